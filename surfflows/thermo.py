@@ -14,7 +14,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from pymatgen.core import Composition, Lattice
@@ -29,36 +29,61 @@ def slab_area(lattice: Lattice) -> float:
 
 
 def bulk_units_and_excess(
-    slab_composition: Composition, bulk_composition: Composition, tol: float = 1e-6
+    slab_composition: Composition,
+    bulk_composition: Composition,
+    reservoir: Iterable[str] | None = None,
+    tol: float = 1e-6,
 ) -> tuple[float, dict[str, float]]:
-    """Split a slab composition into bulk formula units plus an excess.
-
-    The number of bulk units is set by the element that is scarcest relative to the bulk
-    (so the excess is non-negative), preferring the bulk's most abundant element when the
-    slab is stoichiometric.
+    """Split a slab composition into bulk cells plus an excess of reservoir elements.
 
     Parameters
     ----------
     slab_composition, bulk_composition
         Compositions of the slab and of the bulk cell used as reference.
+    reservoir
+        Elements exchanged with a reservoir (e.g. ``["O"]``). The other ("host") bulk
+        elements fix the number of bulk cells and must be in the bulk's ratio. ``None``:
+        no reservoir is chosen and the excess is reported relative to the scarcest
+        element (non-negative), which is enough to tell whether a slab is stoichiometric.
+    tol
+        Tolerance on atom counts.
 
     Returns
     -------
     n_units
         Number of bulk cells (``N_slab / N_bulk`` for a stoichiometric slab).
     excess
-        Element -> excess atoms relative to ``n_units`` bulk cells (empty if stoichiometric).
+        Element -> excess atoms relative to ``n_units`` bulk cells (empty if stoichiometric;
+        negative for a deficit when a reservoir is given).
     """
     slab = slab_composition.get_el_amt_dict()
     bulk = bulk_composition.get_el_amt_dict()
-    unknown = set(slab) - set(bulk)
-    if unknown:
-        raise ValueError(f"slab has elements {sorted(unknown)} that the bulk has not")
-    n_units = min(slab.get(el, 0.0) / amt for el, amt in bulk.items())
+    if reservoir is None:
+        unknown = set(slab) - set(bulk)
+        if unknown:
+            raise ValueError(f"slab has elements {sorted(unknown)} that the bulk has not")
+        n_units = min(slab.get(el, 0.0) / amt for el, amt in bulk.items())
+        candidates = set(bulk)
+    else:
+        reservoir = set(reservoir)
+        unknown = set(slab) - set(bulk) - reservoir
+        if unknown:
+            raise ValueError(f"slab elements {sorted(unknown)} are neither bulk nor reservoir")
+        host = {el: slab.get(el, 0.0) / amt for el, amt in bulk.items() if el not in reservoir}
+        if not host:
+            raise ValueError("every bulk element is a reservoir: the bulk cannot fix the slab")
+        if max(host.values()) - min(host.values()) > tol:
+            raise ValueError(
+                f"slab {slab_composition.formula} cannot be balanced against bulk "
+                f"{bulk_composition.formula} with reservoir {sorted(reservoir)}: host element "
+                f"ratios {host} differ"
+            )
+        n_units = next(iter(host.values()))
+        candidates = set(bulk) | reservoir
     excess = {
-        el: slab.get(el, 0.0) - n_units * amt
-        for el, amt in bulk.items()
-        if abs(slab.get(el, 0.0) - n_units * amt) > tol
+        el: slab.get(el, 0.0) - n_units * bulk.get(el, 0.0)
+        for el in sorted(candidates)
+        if abs(slab.get(el, 0.0) - n_units * bulk.get(el, 0.0)) > tol
     }
     return n_units, excess
 
@@ -85,8 +110,8 @@ def surface_energy(
     area
         ``|a x b|`` of the slab, Å².
     mu
-        Chemical potentials (eV/atom, absolute) of the excess elements. Required when the
-        slab is not stoichiometric; an error names the missing elements otherwise.
+        Absolute chemical potentials (eV/atom) of the reservoir elements, e.g.
+        ``{"O": E_O2 / 2 + delta_mu_O}``. Required when the slab is not stoichiometric.
     n_surfaces
         Number of surfaces the slab exposes (2 for a symmetric slab).
 
@@ -98,15 +123,17 @@ def surface_energy(
     if area <= 0:
         raise ValueError(f"slab area must be positive, got {area}")
     n_units, excess = bulk_units_and_excess(slab_composition, bulk_composition)
-    missing = sorted(set(excess) - set(mu or {}))
-    if missing:
-        raise ValueError(
-            f"slab {slab_composition.formula} is not stoichiometric (excess "
-            f"{ {k: round(v, 3) for k, v in excess.items()} }): chemical potentials of "
-            f"{missing} are needed"
-        )
-    reservoir = sum(n * (mu or {})[el] for el, n in excess.items())
-    return (slab_energy - n_units * bulk_energy - reservoir) / (n_surfaces * area)
+    if excess:
+        if not mu:
+            raise ValueError(
+                f"slab {slab_composition.formula} is not stoichiometric (excess "
+                f"{ {k: round(v, 3) for k, v in excess.items()} } against bulk "
+                f"{bulk_composition.reduced_formula}): give chemical potentials of the "
+                "reservoir elements"
+            )
+        n_units, excess = bulk_units_and_excess(slab_composition, bulk_composition, mu)
+    reservoir_energy = sum(n * mu[el] for el, n in excess.items())
+    return (slab_energy - n_units * bulk_energy - reservoir_energy) / (n_surfaces * area)
 
 
 def to_j_per_m2(gamma_ev_per_a2: float) -> float:
