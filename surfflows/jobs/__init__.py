@@ -1,0 +1,1 @@
+"""jobflow Makers and flows of surfflows."""

@@ -1,0 +1,82 @@
+"""Relaxation Makers: a bulk with a free cell, and batches of slabs with fixed cells.
+
+Every Maker loads its model once per process (see :func:`surfflows.models.load_model`);
+a slab Maker relaxes a whole list of slabs in one job, so a jobflow-remote worker gets
+a few large jobs rather than thousands of tiny ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jobflow import Maker, job
+from pymatgen.core import Structure
+
+from surfflows.models import ModelSpec, check_elements
+from surfflows.relax import relax_one, relax_structures
+from surfflows.schemas import BulkRelaxDoc, SlabRelaxDoc
+from surfflows.slabs import SlabCandidate
+
+
+@dataclass
+class BulkRelaxMaker(Maker):
+    """Relax a bulk structure (positions and cell) with CHGNet and FIRE.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    model
+        The CHGNet model.
+    fmax
+        Force criterion, eV/Å.
+    max_steps
+        Step limit; a run that reaches it is recorded as not converged.
+    """
+
+    name: str = "bulk relax"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    fmax: float = 0.05
+    max_steps: int = 500
+
+    @job(output_schema=BulkRelaxDoc, data=[Structure])
+    def make(self, structure: Structure, material_id: str) -> BulkRelaxDoc:
+        """Relax ``structure``; the document names ``material_id`` and the model."""
+        check_elements(structure, f"bulk {material_id}")
+        result = relax_one(
+            structure, self.model, relax_cell=True, fmax=self.fmax, max_steps=self.max_steps
+        )
+        return BulkRelaxDoc.from_result(result, self.model, self.fmax, material_id)
+
+
+@dataclass
+class SlabRelaxMaker(Maker):
+    """Relax a list of slabs (fixed cell, fixed atoms respected) in one job.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    model
+        The CHGNet model.
+    fmax
+        Force criterion, eV/Å.
+    max_steps
+        Step limit per slab.
+    """
+
+    name: str = "slab relax"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    fmax: float = 0.05
+    max_steps: int = 500
+
+    @job(data=[Structure])
+    def make(self, slabs: list[SlabCandidate], material_id: str) -> list[SlabRelaxDoc]:
+        """Relax every slab; one :class:`SlabRelaxDoc` per input, failures included."""
+        results = relax_structures(
+            [s.structure for s in slabs], self.model, fmax=self.fmax, max_steps=self.max_steps
+        )
+        return [
+            SlabRelaxDoc.from_result(result, self.model, self.fmax, material_id, slab)
+            for result, slab in zip(results, slabs, strict=True)
+        ]
