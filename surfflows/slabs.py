@@ -91,12 +91,7 @@ def layer_heights(slab: Structure, tolerance: float) -> np.ndarray:
     z = slab.cart_coords[:, 2]
     order = np.argsort(z)
     layers = np.empty(len(z), dtype=int)
-    layer = 0
-    for prev, idx in zip(order[:-1], order[1:], strict=True):
-        layers[prev] = layer
-        if z[idx] - z[prev] > tolerance:
-            layer += 1
-    layers[order[-1]] = layer
+    layers[order] = np.concatenate([[0], np.cumsum(np.diff(z[order]) > tolerance)])
     return layers
 
 
