@@ -110,7 +110,9 @@ def _in_plane_supercell(slab: Slab, min_size: float) -> Slab:
     nb = max(1, math.ceil(min_size / slab.lattice.b))
     if na == nb == 1:
         return slab
-    return slab * (na, nb, 1)
+    supercell = slab.copy()
+    supercell.make_supercell([na, nb, 1])  # in place, keeps the Slab type and its metadata
+    return supercell
 
 
 def generate_slabs(bulk: Structure, settings: SlabSettings | None = None) -> list[SlabCandidate]:
