@@ -1,0 +1,17 @@
+# torch is pinned to the CPU build on the install path: an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+PIP_INSTALL = $(PYTHON) -m pip install --quiet "torch==2.13.0" -e ".[test]"
+
+.PHONY: install demo test lint
+
+install:
+	$(PIP_INSTALL)
+
+demo: install
+	$(PYTHON) -m surfflows.cli run configs/demo.yaml
+
+test: install
+	SURFFLOWS_TORCH_THREADS=1 $(PYTHON) -m pytest -n 2 -q
+
+lint:
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
