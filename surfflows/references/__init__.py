@@ -1,0 +1,1 @@
+"""Readers that turn published DFT reference data into the canonical reference frames."""
