@@ -159,7 +159,18 @@ def load_model(spec: ModelSpec) -> CHGNet:
 
 
 def get_calculator(spec: ModelSpec) -> CHGNetCalculator:
-    """An ASE calculator around the cached model of ``spec``."""
+    """An ASE calculator around the cached model of ``spec`` (one per model and process).
+
+    ASE calculators recompute whenever the atoms they are asked about change, so one
+    calculator serves consecutive relaxations.
+    """
+    load_model(spec)  # caches a checkpoint given by path before the keyed lookup
+    return _calculator_cached(spec.kind, spec.version, spec.sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def _calculator_cached(kind: str, version: str | None, sha256: str | None) -> CHGNetCalculator:
     from chgnet.model.dynamics import CHGNetCalculator
 
+    spec = ModelSpec(kind=kind, version=version, sha256=sha256)
     return CHGNetCalculator(model=load_model(spec), on_isolated_atoms="ignore")
