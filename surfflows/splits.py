@@ -1,0 +1,201 @@
+"""Deterministic train / validation / test split of a reference set by material.
+
+Slabs of one material share its bulk, so a split by slab would leak test materials into
+training: every split here is by ``material_id``. A material's part depends only on
+``sha256(f"{seed}:{material_id}")`` (not on Python's salted ``hash``, nor on the other
+materials), so the split is reproducible anywhere and adding materials never moves
+existing ones. The fractions are met in expectation, not exactly.
+
+A split is stored in the ``splits`` store under ``split_id = "<set_name>:seed<seed>"`` and
+reused by every later step; materials ingested later are added to it by the same rule,
+never reassigning stored ones. The test part is never used for training, early stopping or
+model selection.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+from maggma.core import Store
+from pydantic import BaseModel, Field, computed_field, field_validator
+
+from surfflows.references.ingest import using_store
+
+SplitPart = Literal["train", "val", "test"]
+PARTS: tuple[SplitPart, ...] = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def assign_part(material_id: str, seed: int, fractions: tuple[float, float, float]) -> SplitPart:
+    """Part of one material: ``sha256(f"{seed}:{material_id}")`` mapped to [0, 1) and binned.
+
+    Examples
+    --------
+    >>> assign_part("mp-30", 0, (1.0, 0.0, 0.0))
+    'train'
+    """
+    digest = hashlib.sha256(f"{seed}:{material_id}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    return PARTS[bisect.bisect_right(list(itertools.accumulate(fractions[:2])), position)]
+
+
+def split_id(set_name: str, seed: int) -> str:
+    """Key of a stored split: ``"<set_name>:seed<seed>"``."""
+    return f"{set_name}:seed{seed}"
+
+
+class SplitDoc(BaseModel):
+    """Assignment of every material of a reference set to train, val or test."""
+
+    split_id: str = Field(description="Key in the splits store: '<set_name>:seed<seed>'.")
+    set_name: str = Field(description="Reference set split.")
+    seed: int = Field(description="Seed hashed with each material id.")
+    fractions: tuple[float, float, float] = Field(
+        description="Expected train, val, test fractions (sum 1)."
+    )
+    assignments: dict[str, SplitPart] = Field(description="material_id -> part.")
+    created_at: str = Field(default_factory=_now, description="ISO time the split was made.")
+    updated_at: str = Field(default_factory=_now, description="ISO time materials were last added.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _check_fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) < 0 or abs(sum(value) - 1) > 1e-9:
+            raise ValueError(f"fractions must be non-negative and sum to 1, got {value}")
+        return value
+
+    @computed_field(description="Number of materials per part.")
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of materials in each part."""
+        counts = Counter(self.assignments.values())
+        return {part: counts[part] for part in PARTS}
+
+    def with_materials(self, material_ids: Iterable[str]) -> SplitDoc:
+        """This split plus new materials, assigned by the same rule; existing ones never move.
+
+        Returns ``self`` if every material is already assigned.
+        """
+        new = {
+            material_id: assign_part(material_id, self.seed, self.fractions)
+            for material_id in sorted(set(material_ids) - self.assignments.keys())
+        }
+        if not new:
+            return self
+        return self.model_copy(
+            update={"assignments": {**self.assignments, **new}, "updated_at": _now()}
+        )
+
+
+def make_split(
+    set_name: str,
+    material_ids: Iterable[str],
+    *,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> SplitDoc:
+    """Split materials into train / val / test by a stable hash of (seed, material id).
+
+    Parameters
+    ----------
+    set_name
+        Reference set the materials belong to.
+    material_ids
+        Material ids (duplicates are ignored).
+    fractions
+        Expected train, val, test fractions.
+    seed
+        Seed; another seed gives an independent split.
+
+    Returns
+    -------
+    SplitDoc
+        The split (not stored; see :func:`get_or_create_split`).
+    """
+    return SplitDoc(
+        split_id=split_id(set_name, seed),
+        set_name=set_name,
+        seed=seed,
+        fractions=fractions,
+        assignments={},
+    ).with_materials(material_ids)
+
+
+def get_or_create_split(
+    set_name: str,
+    seed: int = 0,
+    store: Store | None = None,
+    *,
+    fractions: tuple[float, float, float] | None = None,
+    references: Store | None = None,
+) -> SplitDoc:
+    """The stored split of a reference set, created or extended from its material ids.
+
+    Parameters
+    ----------
+    set_name
+        Reference set, already ingested into the references store.
+    seed
+        Seed of the split.
+    store
+        Splits store, left open; default the ``splits`` store of the current settings.
+    fractions
+        Fractions of a new split (default :data:`DEFAULT_FRACTIONS`). For a stored split
+        they must be None or equal to the stored ones.
+    references
+        References store to read material ids from, left open; default the ``references``
+        store of the current settings.
+
+    Returns
+    -------
+    SplitDoc
+        The stored split, unchanged if it covers every material of the set; else extended
+        with the new materials (existing assignments kept) and stored again.
+
+    Raises
+    ------
+    ValueError
+        If the set has no documents, or ``fractions`` contradict the stored split.
+    """
+    with using_store(references, "references") as references:
+        material_ids = [
+            m for m in references.distinct("material_id", {"set_name": set_name}) if m is not None
+        ]
+    if not material_ids:
+        raise ValueError(f"the references store has no documents of set {set_name!r}")
+    with using_store(store, "splits") as store:
+        stored = store.query_one({"split_id": split_id(set_name, seed)})
+        if stored is None:
+            split = make_split(
+                set_name, material_ids, fractions=fractions or DEFAULT_FRACTIONS, seed=seed
+            )
+        else:
+            split = SplitDoc.model_validate(stored)
+            if fractions is not None and tuple(fractions) != split.fractions:
+                raise ValueError(
+                    f"split {split.split_id} is stored with fractions {split.fractions}, "
+                    f"not {tuple(fractions)}: use another seed for another split"
+                )
+            extended = split.with_materials(material_ids)
+            if extended is split:
+                return split
+            split = extended
+        store.update([split.model_dump(mode="json")], key="split_id")
+    return split
+
+
+def materials_in(split: SplitDoc, part: SplitPart) -> list[str]:
+    """Sorted material ids of one part (``"train"``, ``"val"`` or ``"test"``)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; parts are {PARTS}")
+    return sorted(m for m, assigned in split.assignments.items() if assigned == part)
