@@ -203,3 +203,80 @@ class SurfaceEnergyDoc(BaseModel):
             slab.area,
         )
         return cls(**fields, status="ok", gamma_ev_per_a2=gamma, gamma=to_j_per_m2(gamma))
+
+
+class ModelEnergyDoc(BaseModel):
+    """The model's energy of one reference structure (single point or ions relaxed)."""
+
+    reference_key: str = Field(description="Key of the reference document (set:id).")
+    doc_type: Literal["slab", "bulk", "adslab"] = Field(description="Kind of reference record.")
+    n_atoms: int = Field(description="Number of atoms.")
+    energy: float | None = Field(description="Model total energy, eV (None if failed).")
+    energy_per_atom: float | None = Field(description="Model energy per atom, eV/atom.")
+    converged: bool = Field(description="Single point succeeded / relaxation converged.")
+    n_steps: int = Field(default=0, description="Relaxation steps (0 for a single point).")
+    max_force: float | None = Field(default=None, description="Largest force on a free atom.")
+    error: str | None = Field(default=None, description="Error summary if it failed.")
+
+
+class EvaluationDoc(BaseModel):
+    """Model energies of a chunk of one reference set, in one mode.
+
+    Modes: ``single_point`` at the DFT geometry, or ``relaxed``: ions relaxed by the model
+    from the DFT geometry with the DFT cell kept, for slabs and bulks alike (so slab and
+    bulk share the DFT lattice and the same model).
+    """
+
+    model_id: str = Field(description="Model identity.")
+    model: ModelSpec = Field(description="Full model spec.")
+    set_name: str = Field(description="Reference set.")
+    mode: Literal["single_point", "relaxed"] = Field(description="Evaluation mode.")
+    fmax: float | None = Field(default=None, description="Force criterion (relaxed mode), eV/Å.")
+    results: list[ModelEnergyDoc] = Field(description="One entry per reference structure.")
+    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
+
+
+class SurfaceErrorDoc(BaseModel):
+    """Surface-energy error of one reference slab under one model and mode (builder output)."""
+
+    error_id: str = Field(description="model_id|mode|reference_key (upsert key).")
+    model_id: str = Field(description="Model identity.")
+    set_name: str = Field(description="Reference set.")
+    mode: str = Field(description="single_point or relaxed.")
+    reference_key: str = Field(description="Key of the reference slab.")
+    material_id: str = Field(description="Bulk material (split unit).")
+    split: str | None = Field(description="train / val / test part of the material.")
+    formula: str = Field(description="Formula of the slab.")
+    miller_index: MillerIndex | None = Field(description="Miller index, if recorded.")
+    facet_family: str = Field(description="{100}, {110}, {111}, high-index or unknown.")
+    chemistry_class: str = Field(description="oxide, metal or other.")
+    status: Literal["ok", "excluded"] = Field(description="ok: error computed.")
+    reason: str | None = Field(description="Why the slab is excluded.")
+    gamma_ref: float | None = Field(description="Reference surface energy, J/m².")
+    gamma_model: float | None = Field(description="Model surface energy, J/m².")
+    gamma_error: float | None = Field(description="gamma_model - gamma_ref, J/m².")
+    energy_error_per_atom: float | None = Field(description="Raw slab energy error, eV/atom.")
+    source_completed_at: str = Field(description="Newest evaluation this error was built from.")
+    references_updated_at: str = Field(description="Newest reference ingest it saw.")
+    last_updated: str = Field(default_factory=_now, description="When the builder wrote it.")
+
+
+class BenchmarkDoc(BaseModel):
+    """Error statistics of one model on one reference set, mode and split part."""
+
+    benchmark_id: str = Field(description="model_id|set_name|mode|split (upsert key).")
+    model_id: str = Field(description="Model identity.")
+    set_name: str = Field(description="Reference set.")
+    mode: str = Field(description="single_point or relaxed.")
+    split: str = Field(description="train, val, test or all.")
+    n: int = Field(description="Slabs with an error.")
+    mae: float | None = Field(description="Mean absolute gamma error, J/m².")
+    rmse: float | None = Field(description="Root-mean-square gamma error, J/m².")
+    mean_signed_error: float | None = Field(description="Mean of gamma_model - gamma_ref.")
+    max_abs_error: float | None = Field(description="Largest absolute gamma error, J/m².")
+    by_facet_family: dict[str, dict] = Field(description="Statistics per facet family.")
+    by_chemistry_class: dict[str, dict] = Field(description="Statistics per chemistry class.")
+    n_excluded: dict[str, int] = Field(description="Excluded slabs per reason category.")
+    excluded_reasons: dict[str, int] = Field(description="Excluded slabs per exact reason.")
+    source_updated: str = Field(description="Newest surface-error document used.")
+    last_updated: str = Field(default_factory=_now, description="When the builder wrote it.")

@@ -1,0 +1,181 @@
+"""Evaluate a model on reference structures (reference mode).
+
+Reference mode keeps the DFT lattice for slab and bulk alike: either a single point at
+the DFT geometry, or the ions relaxed by the model within the DFT cell. Never mix a DFT
+lattice with a model-relaxed bulk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jobflow import Flow, Maker, job
+from maggma.core import Store
+from pymatgen.core import Structure
+
+from surfflows.models import ModelSpec, load_model
+from surfflows.relax import relax_structures
+from surfflows.schemas import EvaluationDoc, ModelEnergyDoc
+
+#: (reference key, doc type, structure) of one reference record.
+ReferenceItem = tuple[str, str, Structure]
+
+
+def single_points(structures: list[Structure], model: ModelSpec) -> list[tuple[float, str | None]]:
+    """(total energy in eV, error or None) per structure at fixed geometry, batched.
+
+    If a batch fails, the structures are evaluated one by one so that only the culprit
+    is recorded as failed.
+    """
+    chgnet = load_model(model)
+    try:
+        predictions = chgnet.predict_structure(structures, task="e", batch_size=16)
+        if len(structures) == 1:
+            predictions = [predictions]
+        return [
+            (float(p["e"]) * len(s), None) for p, s in zip(predictions, structures, strict=True)
+        ]
+    except Exception:
+        outcomes: list[tuple[float, str | None]] = []
+        for structure in structures:
+            try:
+                energy = float(chgnet.predict_structure(structure, task="e")["e"]) * len(structure)
+                outcomes.append((energy, None))
+            except Exception as exc:
+                outcomes.append((float("nan"), f"{type(exc).__name__}: {exc}"))
+        return outcomes
+
+
+@job(output_schema=EvaluationDoc)
+def evaluate_chunk(
+    items: list[ReferenceItem],
+    set_name: str,
+    model: ModelSpec,
+    mode: Literal["single_point", "relaxed"],
+    fmax: float,
+    max_steps: int,
+) -> EvaluationDoc:
+    """Model energies of reference structures, one :class:`ModelEnergyDoc` each."""
+    structures = [structure for _, _, structure in items]
+    docs = []
+    if mode == "single_point":
+        for (key, doc_type, structure), (energy, error) in zip(
+            items, single_points(structures, model), strict=True
+        ):
+            ok = error is None and energy == energy
+            docs.append(
+                ModelEnergyDoc(
+                    reference_key=key,
+                    doc_type=doc_type,
+                    n_atoms=len(structure),
+                    energy=energy if ok else None,
+                    energy_per_atom=energy / len(structure) if ok else None,
+                    converged=ok,
+                    error=error,
+                )
+            )
+    else:
+        results = relax_structures(structures, model, fmax=fmax, max_steps=max_steps)
+        for (key, doc_type, structure), result in zip(items, results, strict=True):
+            ok = result.error is None and result.energy == result.energy
+            docs.append(
+                ModelEnergyDoc(
+                    reference_key=key,
+                    doc_type=doc_type,
+                    n_atoms=len(structure),
+                    energy=result.energy if ok else None,
+                    energy_per_atom=result.energy / len(structure) if ok else None,
+                    converged=result.ok,
+                    n_steps=result.n_steps,
+                    max_force=result.max_force if ok else None,
+                    error=result.error,
+                )
+            )
+    return EvaluationDoc(
+        model_id=model.model_id,
+        model=model,
+        set_name=set_name,
+        mode=mode,
+        fmax=fmax if mode == "relaxed" else None,
+        results=docs,
+    )
+
+
+@dataclass
+class EvaluateMaker(Maker):
+    """Evaluate a model on the slabs and bulks of a reference set.
+
+    Parameters
+    ----------
+    name
+        Flow name.
+    model
+        The model to evaluate (pretrained or a registered checkpoint).
+    modes
+        ``single_point`` and/or ``relaxed`` (ions only, DFT cell kept).
+    fmax, max_steps
+        Relaxation settings of the relaxed mode.
+    chunk_size
+        Structures per job.
+    """
+
+    name: str = "evaluate"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    modes: tuple[str, ...] = ("single_point", "relaxed")
+    fmax: float = 0.05
+    max_steps: int = 300
+    chunk_size: int = 128
+
+    def make(self, set_name: str, items: list[ReferenceItem]) -> Flow:
+        """One job per chunk of ``items`` and per mode."""
+        if not items:
+            raise ValueError(f"nothing to evaluate in reference set {set_name!r}")
+        unknown = set(self.modes) - {"single_point", "relaxed"}
+        if unknown:
+            raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
+        jobs = []
+        for mode in self.modes:
+            for start in range(0, len(items), self.chunk_size):
+                chunk_job = evaluate_chunk(
+                    items[start : start + self.chunk_size],
+                    set_name,
+                    self.model,
+                    mode,
+                    self.fmax,
+                    self.max_steps,
+                )
+                chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
+                jobs.append(chunk_job)
+        return Flow(jobs, name=f"{self.name} {self.model.model_id} on {set_name}")
+
+
+def reference_items(
+    set_name: str,
+    references: Store,
+    assignments: dict[str, str] | None = None,
+    parts: tuple[str, ...] | None = None,
+) -> list[ReferenceItem]:
+    """Slabs of a reference set (optionally of some split parts) and the bulks they need.
+
+    Fixed atoms recorded on a reference (``fixed_indices``, e.g. OC22) become
+    ``selective_dynamics`` so the relaxed mode respects the DFT constraints.
+    """
+    items: list[ReferenceItem] = []
+    bulk_keys: set[str] = set()
+    with references:
+        for doc in references.query({"set_name": set_name, "doc_type": "slab"}):
+            part = (assignments or {}).get(doc["material_id"])
+            if parts is not None and part not in parts:
+                continue
+            structure = Structure.from_dict(doc["structure"])
+            if doc.get("fixed_indices"):
+                fixed = set(doc["fixed_indices"])
+                flags = [[i not in fixed] * 3 for i in range(len(structure))]
+                structure.add_site_property("selective_dynamics", flags)
+            items.append((doc["key"], "slab", structure))
+            if doc.get("bulk_key"):
+                bulk_keys.add(doc["bulk_key"])
+        for doc in references.query({"key": {"$in": sorted(bulk_keys)}}):
+            items.append((doc["key"], "bulk", Structure.from_dict(doc["structure"])))
+    return items
