@@ -70,7 +70,7 @@ def _print_surface_table(docs: list[dict], title: str) -> None:
 
     table = Table(title=title)
     for column in ("material", "facet", "termination", "model", "status", "γ (J/m²)", "atoms"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in to_rows(docs):
         gamma = f"{row['gamma']:.3f}" if row["gamma"] is not None else "-"
         table.add_row(
@@ -135,6 +135,206 @@ def submit(
         _fail(str(exc))
     ids = submit_campaign(campaign, worker=worker, project=project, priority=priority)
     console.print(f"submitted {len(ids)} jobs of {len(campaign.materials)} flows: {ids[:5]}...")
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str], typer.Argument(help="Packaged set names or folders in the canonical format.")
+    ],
+    level_of_theory: Annotated[
+        str | None, typer.Option(help="Level of theory of a user folder (else its README).")
+    ] = None,
+) -> None:
+    """Ingest DFT reference sets (upsert by key: re-ingesting changes nothing)."""
+    from surfflows.references.ingest import ingest_path
+
+    for source in sources:
+        try:
+            report = ingest_path(source, level_of_theory=level_of_theory)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(f"{source}: {exc}")
+        console.print(report.summary())
+
+
+oc22_app = typer.Typer(help="OC22: download the published files and ingest them.")
+app.add_typer(oc22_app, name="oc22")
+
+
+@oc22_app.command("download")
+def oc22_download(
+    dest: Annotated[Path, typer.Argument(help="Download folder.")],
+    files: Annotated[
+        list[str] | None, typer.Option("--file", help="Published file name (repeatable).")
+    ] = None,
+    extract: Annotated[bool, typer.Option(help="Unpack tarballs after the md5 check.")] = False,
+) -> None:
+    """Download OC22 files with md5 check and resume (default: IS2RE LMDBs + metadata)."""
+    from surfflows.references.oc22 import download
+
+    names = files or ["is2res_total_train_val_test_lmdbs.tar.gz", "oc22_metadata.pkl"]
+    for path in download(names, dest, extract=extract):
+        console.print(f"ok {path}")
+
+
+@oc22_app.command("ingest")
+def oc22_ingest(
+    split_dir: Annotated[Path, typer.Argument(help="IS2RE-total split folder of LMDB shards.")],
+    metadata: Annotated[Path, typer.Option(help="oc22_metadata.pkl")],
+    bulks: Annotated[
+        Path | None, typer.Option(help="Canonical bulks.extxyz (bulk_id = mp id).")
+    ] = None,
+    mp_api_key: Annotated[
+        str | None,
+        typer.Option(envvar="MP_API_KEY", help="Fetch bulks from Materials Project instead."),
+    ] = None,
+    set_name: Annotated[str, typer.Option(help="Name of the set in the store.")] = "oc22",
+) -> None:
+    """Ingest an OC22 split as canonical reference documents (clean slabs and adslabs)."""
+    from ase.io import read
+
+    from surfflows.references.ingest import ingest_reference_set
+    from surfflows.references.oc22 import (
+        bulks_from_materials_project,
+        oc22_reference_set,
+        read_metadata,
+    )
+
+    bulk_frames = read(bulks, ":") if bulks else []
+    if not bulk_frames and mp_api_key:
+        mp_ids = sorted({m["bulk_id"] for m in read_metadata(metadata).values()})
+        bulk_frames = bulks_from_materials_project(mp_ids, mp_api_key)
+    refset = oc22_reference_set(split_dir, metadata, bulk_frames, set_name=set_name)
+    console.print(ingest_reference_set(refset).summary())
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[
+        str, typer.Option(help="Reference set name in the store, or a canonical folder.")
+    ],
+    model: Annotated[str, typer.Option(help="Model: chgnet-0.3.0, a checkpoint...")] = (
+        "chgnet-0.3.0"
+    ),
+    mode: Annotated[str, typer.Option(help="single_point, relaxed or both.")] = "both",
+    split: Annotated[str, typer.Option(help="all, train, val or test.")] = "all",
+    level_of_theory: Annotated[
+        str | None, typer.Option(help="For a folder that is not yet ingested.")
+    ] = None,
+    fmax: Annotated[float, typer.Option(help="Relaxed mode force criterion, eV/Å.")] = 0.05,
+    max_steps: Annotated[int, typer.Option(help="Relaxed mode step limit.")] = 300,
+    chunk_size: Annotated[int, typer.Option(help="Structures per job.")] = 128,
+) -> None:
+    """Evaluate a model on a reference set: single points and/or ions relaxed at the DFT cell."""
+    from jobflow import run_locally
+
+    from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+    from surfflows.models import ModelSpec
+    from surfflows.references.ingest import ingest_path
+    from surfflows.splits import get_or_create_split
+    from surfflows.stores import get_job_store, get_store
+
+    modes = ("single_point", "relaxed") if mode == "both" else (mode,)
+    if split not in ("all", "train", "val", "test"):
+        _fail(f"unknown split part {split!r}")
+    try:
+        spec = ModelSpec.parse(model)
+        set_name = reference
+        if Path(reference).is_dir():
+            report = ingest_path(reference, level_of_theory=level_of_theory)
+            console.print(report.summary())
+            set_name = report.set_name
+        splits = get_store("splits")
+        with splits:
+            assignments = get_or_create_split(set_name, store=splits).assignments
+        items = reference_items(
+            set_name,
+            get_store("references"),
+            assignments,
+            None if split == "all" else (split,),
+        )
+        flow = EvaluateMaker(
+            model=spec, modes=modes, fmax=fmax, max_steps=max_steps, chunk_size=chunk_size
+        ).make(set_name, items)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    start = time.perf_counter()
+    console.print(f"evaluating {spec.model_id} on {len(items)} structures of {set_name} {modes}")
+    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    console.print(f"done in {time.perf_counter() - start:.0f} s; now run: surfflows build")
+
+
+@app.command()
+def build() -> None:
+    """Run the error and benchmark builders incrementally (same as mrun configs/builders.yaml)."""
+    from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+
+    for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
+        builder.connect()
+        n_items = n_docs = 0
+        for item in builder.get_items():
+            docs = builder.process_item(item)
+            builder.update_targets([docs])
+            n_items += 1
+            n_docs += len(docs)
+        builder.finalize()
+        console.print(f"{type(builder).__name__}: {n_items} items processed, {n_docs} documents")
+
+
+BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _benchmark_table(rows: list[dict]) -> Table:
+    table = Table(title="surface-energy errors (J/m²): model - reference")
+    for column in (*BENCHMARK_COLUMNS, "excluded"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        stats = (r["mae"], r["rmse"], r["mean_signed_error"], r["max_abs_error"])
+        excluded = ", ".join(f"{k} {v}" for k, v in sorted(r["n_excluded"].items()))
+        table.add_row(
+            r["set_name"], r["model_id"], r["mode"], r["split"], str(r["n"]),
+            *(_num(x) for x in stats), excluded,
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("reports"),
+    model: Annotated[str | None, typer.Option(help="Only this model id.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Only this reference set.")] = None,
+) -> None:
+    """Benchmark table in the terminal and parity plots (PNG) per model, set and mode."""
+    from surfflows.plots import parity_plot
+    from surfflows.stores import get_store
+
+    criteria = {k: v for k, v in (("model_id", model), ("set_name", reference)) if v}
+    benchmarks = get_store("benchmarks")
+    errors = get_store("surface_errors")
+    refs = get_store("references")
+    with benchmarks, errors, refs:
+        rows = sorted(
+            benchmarks.query(criteria),
+            key=lambda r: (r["set_name"], r["model_id"], r["mode"], r["split"]),
+        )
+        if not rows:
+            _fail("no benchmark rows: run surfflows evaluate, then surfflows build")
+        console.print(_benchmark_table(rows))
+        for r in (r for r in rows if r["split"] == "all"):
+            group = {"model_id": r["model_id"], "set_name": r["set_name"], "mode": r["mode"]}
+            ref = refs.query_one({"set_name": r["set_name"]}, properties=["source", "citation"])
+            source = (ref or {}).get("citation") or (ref or {}).get("source")
+            path = parity_plot(
+                list(errors.query(group)),
+                out / f"parity_{r['set_name']}_{r['model_id']}_{r['mode']}.png",
+                title=f"{r['model_id']} on {r['set_name']} ({r['mode']})",
+                attribution=f"Reference data: {source}" if source else "",
+            )
+            console.print(f"wrote {path}")
 
 
 @app.command()

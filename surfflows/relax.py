@@ -5,8 +5,11 @@ Two paths share one result type, :class:`RelaxResult`:
 * :func:`relax_one` relaxes one structure with ASE's FIRE through the CHGNet ASE
   calculator; with ``relax_cell=True`` the cell relaxes too (FrechetCellFilter). Bulk
   relaxations use it.
-* :func:`relax_structures` relaxes many fixed-cell structures (slabs); a failure of one
-  structure is recorded on its result and the others go on.
+* :func:`relax_structures` relaxes many fixed-cell structures (slabs) together: one CHGNet
+  forward pass gives the energies and forces of a whole batch, and a batched FIRE that
+  repeats ``ase.optimize.FIRE`` step for step moves each structure. A structure leaves the
+  batch when it converges, fails or runs out of steps, and a waiting one takes its place;
+  a failure of one structure is recorded on its result and the others go on.
 
 Fixed atoms come from the ``selective_dynamics`` site property (pymatgen / VASP
 convention: ``[False, False, False]`` = fixed): an atom with all three flags False is
@@ -16,19 +19,26 @@ held by ``FixAtoms``. Site properties of the input are carried to the output str
 from __future__ import annotations
 
 import math
+import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from surfflows.models import ModelSpec, get_calculator
+from surfflows.models import ModelSpec, get_calculator, load_model
+
+if TYPE_CHECKING:
+    from chgnet.graph import CrystalGraph
+    from chgnet.model import CHGNet
 
 
 @dataclass
@@ -75,6 +85,11 @@ def fixed_mask(structure: Structure) -> np.ndarray:
     if flags is None:
         return np.zeros(len(structure), dtype=bool)
     return ~np.asarray(flags, dtype=bool).any(axis=1)
+
+
+def _error_message(exc: Exception) -> str:
+    """What a failed relaxation records: the exception and the end of its traceback."""
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
 
 def _to_atoms(structure: Structure):
@@ -137,8 +152,243 @@ def relax_one(
             result.error = "non-finite energy"
     except Exception as exc:  # a failed relaxation is a record, not a crash
         result.converged = False
-        result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        result.error = _error_message(exc)
     return result
+
+
+@dataclass
+class RelaxTimings:
+    """Where the wall time of a :func:`relax_structures` call went (pass one to fill it).
+
+    Attributes
+    ----------
+    graphs
+        Building CHGNet crystal graphs from the current geometries, s.
+    forward
+        CHGNet forward passes (energies and forces, autograd included), s.
+    optimizer
+        FIRE steps and bookkeeping, s.
+    n_forward
+        Forward passes (one per batch step; more where a failing batch was split).
+    n_evaluations
+        Energy-and-force evaluations of single structures.
+    """
+
+    graphs: float = 0.0
+    forward: float = 0.0
+    optimizer: float = 0.0
+    n_forward: int = 0
+    n_evaluations: int = 0
+
+
+@dataclass(frozen=True)
+class _FireParameters:
+    """FIRE settings (Bitzek et al., PRL 97, 170201 (2006)); defaults of ASE 3.29's FIRE.
+
+    ``maxstep`` caps the norm of a structure's whole displacement vector per step (all its
+    atoms together), as ``ase.optimize.FIRE`` does; ``n_min`` is ASE's ``Nmin``.
+    """
+
+    dt: float = 0.1
+    maxstep: float = 0.2
+    dtmax: float = 1.0
+    n_min: int = 5
+    finc: float = 1.1
+    fdec: float = 0.5
+    astart: float = 0.1
+    fa: float = 0.99
+
+
+_FIRE = _FireParameters()
+
+#: Energy (eV) and forces (eV/Å) of one structure, or why they could not be computed.
+_Evaluation = tuple[float, np.ndarray] | str
+
+
+@dataclass
+class _Relaxation:
+    """One structure in the batched engine: geometry, FIRE state and the result it fills."""
+
+    result: RelaxResult
+    lattice: Lattice
+    species: list
+    positions: np.ndarray  # Cartesian, Å, (n_atoms, 3)
+    free: np.ndarray  # (n_atoms,) False for atoms fixed by selective_dynamics
+    forces: np.ndarray | None = None  # constrained forces at ``positions``, eV/Å
+    velocity: np.ndarray | None = None  # None until the first FIRE step, as in ASE
+    dt: float = _FIRE.dt
+    a: float = _FIRE.astart
+    n_downhill: int = 0  # ASE's ``Nsteps``: steps since the last uphill reset
+
+    @classmethod
+    def start(cls, structure: Structure, result: RelaxResult) -> _Relaxation:
+        """Set up the relaxation of ``structure``; ValueError for an unusable input."""
+        positions = np.array(structure.cart_coords, dtype=float).reshape(-1, 3)
+        if len(positions) == 0:
+            raise ValueError("structure has no atoms")
+        if not np.isfinite(positions).all():
+            raise ValueError("structure has non-finite atomic coordinates")
+        return cls(result, structure.lattice, structure.species, positions, ~fixed_mask(structure))
+
+    def structure(self, site_properties: dict | None = None) -> Structure:
+        """The current geometry as a structure, with ``site_properties`` if given."""
+        return Structure(
+            self.lattice,
+            self.species,
+            self.positions,
+            coords_are_cartesian=True,
+            site_properties=site_properties,
+        )
+
+    def fail(self, message: str) -> bool:
+        """Record a failure; the relaxation is finished."""
+        self.result.converged = False
+        self.result.error = message
+        return True
+
+    def record(self, evaluation: _Evaluation, fmax: float, max_steps: int) -> bool:
+        """Record the evaluation at the current positions; True if the relaxation is finished.
+
+        As in ``ase.optimize.Optimizer.irun``: converged when the largest force on a free atom
+        is below ``fmax``, stopped (not converged) once ``max_steps`` steps are taken.
+        """
+        result = self.result
+        if isinstance(evaluation, str):
+            return self.fail(evaluation)
+        energy, forces = evaluation
+        if not (math.isfinite(energy) and np.isfinite(forces).all()):
+            return self.fail(f"non-finite energy or forces after {result.n_steps} steps")
+        self.forces = np.where(self.free[:, None], forces, 0.0)  # what FixAtoms does
+        if result.n_steps == 0:
+            result.initial_energy = energy
+        result.energies.append(energy)
+        result.max_force = float(np.linalg.norm(self.forces, axis=1).max())
+        result.converged = result.max_force < fmax
+        if not result.converged and result.n_steps < max_steps:
+            return False
+        result.energy = energy
+        result.structure = self.structure(result.structure.site_properties)
+        return True
+
+
+def _fire_step(runs: Sequence[_Relaxation]) -> None:
+    """Move every run by one FIRE step: ``ase.optimize.FIRE.step`` vectorised over the batch.
+
+    The atoms of all runs are stacked; per-structure quantities (the dot products, ``a``,
+    ``dt``, ``Nsteps``, the step length) are segment sums over each structure's atoms, so
+    each structure follows exactly the trajectory ASE's FIRE would give it. Fixed atoms
+    have zero force and zero velocity, hence never move.
+    """
+    n = len(runs)
+    owner = np.repeat(np.arange(n), [len(run.positions) for run in runs])
+
+    def per_structure(per_atom: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=per_atom, minlength=n)
+
+    force = np.concatenate([run.forces for run in runs])
+    first = np.array([run.velocity is None for run in runs])
+    velocity = np.concatenate(
+        [np.zeros_like(run.forces) if run.velocity is None else run.velocity for run in runs]
+    )
+    a = np.array([run.a for run in runs])
+    dt = np.array([run.dt for run in runs])
+    n_downhill = np.array([run.n_downhill for run in runs])
+
+    vf = per_structure(np.einsum("ij,ij->i", force, velocity))
+    ff = per_structure(np.einsum("ij,ij->i", force, force))
+    vv = per_structure(np.einsum("ij,ij->i", velocity, velocity))
+    downhill = ~first & (vf > 0.0)
+    uphill = ~first & ~downhill
+
+    # Downhill: turn the velocity towards the force, keeping its length; after n_min
+    # downhill steps in a row, lengthen the time step and mix less.
+    turn = np.zeros(n)
+    turn[downhill] = a[downhill] * np.sqrt(vv[downhill] / ff[downhill])
+    keep = np.where(downhill, 1.0 - a, 1.0)
+    velocity = keep[owner, None] * velocity + turn[owner, None] * force
+    speed_up = downhill & (n_downhill > _FIRE.n_min)
+    dt = np.where(speed_up, np.minimum(dt * _FIRE.finc, _FIRE.dtmax), dt)
+    a = np.where(speed_up, a * _FIRE.fa, a)
+    n_downhill = np.where(downhill, n_downhill + 1, n_downhill)
+
+    # Uphill (or stalled): stop, shorten the time step, restart the mixing.
+    velocity[uphill[owner]] = 0.0
+    dt = np.where(uphill, dt * _FIRE.fdec, dt)
+    a = np.where(uphill, _FIRE.astart, a)
+    n_downhill = np.where(uphill, 0, n_downhill)
+
+    # Euler step; a step longer than maxstep (whole-structure norm) is scaled down to it.
+    velocity += dt[owner, None] * force
+    step = dt[owner, None] * velocity
+    length = np.sqrt(per_structure(np.einsum("ij,ij->i", step, step)))
+    too_long = length > _FIRE.maxstep
+    scale = np.ones(n)
+    scale[too_long] = _FIRE.maxstep / length[too_long]
+    step *= scale[owner, None]
+
+    bounds = np.cumsum([len(run.positions) for run in runs])[:-1]
+    for i, (run, v, dr) in enumerate(
+        zip(runs, np.split(velocity, bounds), np.split(step, bounds), strict=True)
+    ):
+        run.velocity = v
+        run.positions = run.positions + dr
+        run.a, run.dt, run.n_downhill = float(a[i]), float(dt[i]), int(n_downhill[i])
+        run.result.n_steps += 1
+
+
+def _forward(
+    chgnet: CHGNet, graphs: list[CrystalGraph], timings: RelaxTimings
+) -> list[tuple[float, np.ndarray]]:
+    """Total energies and forces of ``graphs`` from one CHGNet forward pass.
+
+    Like ``CHGNet.predict_graph`` (forces need autograd through the positions, so no
+    ``torch.no_grad``); only energy and forces are asked for (no stress, no magmoms).
+    """
+    tic = time.perf_counter()
+    prediction = chgnet(graphs, task="ef")
+    energies = prediction["e"].detach()
+    if chgnet.is_intensive:  # eV/atom -> eV
+        energies = energies * prediction["atoms_per_graph"]
+    evaluations = [
+        (float(energy), force.detach().cpu().numpy().astype(float))
+        for energy, force in zip(energies.cpu(), prediction["f"], strict=True)
+    ]
+    timings.forward += time.perf_counter() - tic
+    timings.n_forward += 1
+    timings.n_evaluations += len(graphs)
+    return evaluations
+
+
+def _evaluate(
+    chgnet: CHGNet, runs: Sequence[_Relaxation], timings: RelaxTimings
+) -> list[_Evaluation]:
+    """Energy and forces of every run at its current positions, in one forward pass.
+
+    A structure whose graph cannot be built fails alone. If the batched forward pass raises,
+    the structures are evaluated one by one, so that only the culprit fails.
+    """
+    tic = time.perf_counter()
+    device = next(chgnet.parameters()).device
+    evaluations: dict[int, _Evaluation] = {}
+    graphs: dict[int, CrystalGraph] = {}
+    for i, run in enumerate(runs):
+        try:
+            graphs[i] = chgnet.graph_converter(run.structure()).to(device)
+        except Exception as exc:
+            evaluations[i] = _error_message(exc)
+    timings.graphs += time.perf_counter() - tic
+    if graphs:
+        try:
+            evaluations.update(
+                zip(graphs, _forward(chgnet, list(graphs.values()), timings), strict=True)
+            )
+        except Exception:
+            for i, graph in graphs.items():
+                try:
+                    evaluations[i] = _forward(chgnet, [graph], timings)[0]
+                except Exception as exc:
+                    evaluations[i] = _error_message(exc)
+    return [evaluations[i] for i in range(len(runs))]
 
 
 def relax_structures(
@@ -147,10 +397,72 @@ def relax_structures(
     *,
     fmax: float = 0.05,
     max_steps: int = 500,
+    batch_size: int = 16,
     progress: bool = True,
+    timings: RelaxTimings | None = None,
 ) -> list[RelaxResult]:
-    """Relax fixed-cell structures (slabs), one result per input, in input order."""
-    return [
-        relax_one(s, model, relax_cell=False, fmax=fmax, max_steps=max_steps)
-        for s in tqdm(structures, desc="relax", disable=not progress, leave=False)
-    ]
+    """Relax fixed-cell structures (slabs) in batches; one result per input, in input order.
+
+    Each structure follows ASE's FIRE (default parameters) as :func:`relax_one` would run it
+    with ``relax_cell=False``, but the energies and forces of up to ``batch_size`` structures
+    come from one CHGNet forward pass. A structure leaves the batch when its largest force on
+    a free atom is below ``fmax`` (converged), when it has taken ``max_steps`` steps (not
+    converged) or when it fails (``error`` set: unusable input, a graph or forward pass that
+    raises, non-finite energy or forces); a waiting structure then takes its place. Never
+    raises for a failed relaxation.
+
+    Parameters
+    ----------
+    structures
+        Input structures (``selective_dynamics`` marks fixed atoms); cells stay fixed.
+    model
+        CHGNet model, loaded once per process.
+    fmax
+        Force criterion, eV/Å.
+    max_steps
+        Step limit per structure; a structure that hits it is recorded as not converged.
+    batch_size
+        Structures evaluated together in one forward pass.
+    progress
+        Show a progress bar (structures finished / total).
+    timings
+        If given, filled with where the time went (graphs, forward passes, optimizer).
+
+    Returns
+    -------
+    list[RelaxResult]
+        As from :func:`relax_one`: final structure with the input's site properties, energies,
+        largest final force, steps taken, convergence and the energy after every step.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    timings = RelaxTimings() if timings is None else timings
+    chgnet = load_model(model)
+    # Isolated atoms are handled as by the ASE calculator of relax_one.
+    chgnet.graph_converter.set_isolated_atom_response("ignore")
+    results = [RelaxResult(structure=structure) for structure in structures]
+    waiting = deque(zip(structures, results, strict=True))
+    active: list[_Relaxation] = []
+    with tqdm(
+        total=len(results), desc="relax", unit="structure", disable=not progress, leave=False
+    ) as bar:
+        while waiting or active:
+            while waiting and len(active) < batch_size:
+                structure, result = waiting.popleft()
+                try:
+                    active.append(_Relaxation.start(structure, result))
+                except Exception as exc:
+                    result.error = _error_message(exc)
+                    bar.update()
+            evaluations = _evaluate(chgnet, active, timings)
+            tic = time.perf_counter()
+            finished = [
+                run.record(evaluation, fmax, max_steps)
+                for run, evaluation in zip(active, evaluations, strict=True)
+            ]
+            bar.update(sum(finished))
+            active = [run for run, done in zip(active, finished, strict=True) if not done]
+            if active:
+                _fire_step(active)
+            timings.optimizer += time.perf_counter() - tic
+    return results

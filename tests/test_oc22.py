@@ -206,7 +206,7 @@ def test_is2re_frames_split_slabs_and_adslabs_and_count_every_skip(dataset, meta
     assert [atoms.info["sid"] for atoms in frames.slabs] == [3589, 36509, 3148]
     assert [atoms.info["sid"] for atoms in frames.adslabs] == [23315, 31757]
     assert frames.skipped == {"no_metadata": 1, "nan_energy": 1, "unknown_element": 2}
-    assert frames.skipped_examples == {
+    assert frames.skipped_sids == {
         "no_metadata": [999999],
         "nan_energy": [2714],
         "unknown_element": [1068, 12032],
@@ -260,7 +260,7 @@ def test_malformed_records_and_bad_metadata_are_counted(tmp_path, metadata):
     )
     assert frames.slabs == [] and frames.adslabs == []
     assert frames.skipped == {"malformed": 3, "nonfinite_array": 1, "bad_metadata": 1}
-    assert frames.skipped_examples == {
+    assert frames.skipped_sids == {
         "malformed": [3589, 36509],
         "nonfinite_array": [3148],
         "bad_metadata": [4242],
@@ -282,7 +282,7 @@ def test_test_split_has_no_targets_but_initial_frames(dataset, metadata):
     frames = frames_from_is2re(root / "is2re" / "test_id", metadata)
     assert frames.slabs == [] and frames.adslabs == []
     assert frames.skipped == {"no_target": 2}
-    assert frames.skipped_examples == {"no_target": [3589, 3148]}
+    assert frames.skipped_sids == {"no_target": [3589, 3148]}
 
     initial = frames_from_is2re(root / "is2re" / "test_id", metadata, relaxed=False)
     assert [atoms.info["sid"] for atoms in initial.slabs] == [3589, 3148] and not initial.skipped
@@ -297,7 +297,7 @@ def test_s2ef_frames_carry_energy_forces_and_fid(dataset, metadata):
     frames = frames_from_s2ef(root / "s2ef" / "train", metadata)
     assert [atoms.info["fid"] for atoms in frames.slabs] == list(range(11))
     assert {atoms.info["slab_id"] for atoms in frames.slabs} == {"oc22-3589"}
-    assert frames.skipped == {"no_target": 1} and frames.skipped_examples == {"no_target": [23315]}
+    assert frames.skipped == {"no_target": 1} and frames.skipped_sids == {"no_target": [23315]}
     frame = frames.slabs[4]
     assert frame.info["ref_energy"] == pytest.approx(-140.4)
     np.testing.assert_allclose(frame.positions, trajectory[4].positions, atol=1e-5)

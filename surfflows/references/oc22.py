@@ -59,7 +59,6 @@ MP_SETTINGS_MISMATCH = (
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60.0
-_MAX_EXAMPLES = 5
 # Linear-fit coefficients beyond this magnitude (eV/atom) are numerical garbage.
 _GARBAGE_EV = 1e3
 
@@ -449,20 +448,20 @@ class OC22Frames:
         relaxed positions or forces absent, as in the test splits), ``nan_energy``,
         ``nonfinite_array`` (positions, cell or forces not finite), ``unknown_element``
         (atomic number outside 1..94) and ``malformed`` (a field missing or of the wrong shape).
-    skipped_examples
-        Reason -> the first few sids skipped for it.
+    skipped_sids
+        Reason -> sids skipped for it (records without a readable sid are only counted).
     """
 
     slabs: list[Atoms] = field(default_factory=list)
     adslabs: list[Atoms] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
-    skipped_examples: dict[str, list[int]] = field(default_factory=dict)
+    skipped_sids: dict[str, list[int]] = field(default_factory=dict)
 
     def _skip(self, reason: str, sid: int | None) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        examples = self.skipped_examples.setdefault(reason, [])
-        if sid is not None and len(examples) < _MAX_EXAMPLES:
-            examples.append(sid)
+        sids = self.skipped_sids.setdefault(reason, [])
+        if sid is not None:
+            sids.append(sid)
 
 
 class _Skip(Exception):
@@ -729,3 +728,58 @@ def bulks_from_materials_project(mp_ids: Sequence[str], api_key: str | None = No
         }
         bulks.append(atoms)
     return bulks
+
+
+#: Provenance recorded on every OC22 reference document.
+OC22_INFO = {
+    "level_of_theory": "VASP PBE+U (Materials Project U values), OC22 settings",
+    "source": "Open Catalyst 2022 (OC22), " + OC22_BASE_URL,
+    "licence": "CC BY 4.0",
+    "citation": 'R. Tran, J. Lan, M. Shuaibi et al., "The Open Catalyst 2022 (OC22) dataset '
+    'and challenges for oxide electrocatalysts", ACS Catal. (2023); arXiv:2206.08917',
+}
+
+
+def oc22_reference_set(
+    split_dir: str | Path,
+    metadata_path: str | Path,
+    bulk_frames: Sequence[Atoms] = (),
+    *,
+    set_name: str = "oc22",
+):
+    """Canonical reference set from an OC22 IS2RE-total split, its metadata and bulks.
+
+    Parameters
+    ----------
+    split_dir
+        Folder of the split's LMDB shards (e.g. ``.../is2re-total/val_id``).
+    metadata_path
+        ``oc22_metadata.pkl``.
+    bulk_frames
+        Canonical bulk frames (``bulk_id`` = Materials Project id): from the user's own
+        extxyz at OC22 settings, or :func:`bulks_from_materials_project` (the settings
+        mismatch is recorded on each). Without them slabs are kept but unlinked.
+    set_name
+        Name of the set in the references store.
+
+    Returns
+    -------
+    surfflows.references.canonical.ReferenceSet
+        The same canonical documents as any extxyz set; OC22 skips (no metadata, no
+        target, NaN energy, unknown element...) are merged into ``skipped``.
+    """
+    from surfflows.references.canonical import ReferenceSetInfo, documents_from_frames
+
+    frames = frames_from_is2re(split_dir, read_metadata(metadata_path))
+    refset = documents_from_frames(
+        ReferenceSetInfo(name=set_name, **OC22_INFO),
+        slab_frames=frames.slabs,
+        bulk_frames=bulk_frames,
+        adslab_frames=frames.adslabs,
+        sources={"slabs": str(split_dir), "adslabs": str(split_dir), "bulks": "bulk frames"},
+    )
+    for reason, count in frames.skipped.items():
+        sids = [f"oc22-{sid}" for sid in frames.skipped_sids.get(reason, [])]
+        sids += ["oc22-(no sid)"] * (count - len(sids))
+        refset.skipped.setdefault(f"oc22_{reason}", []).extend(sids)
+    return refset
