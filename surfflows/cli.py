@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Wide tables when piped (rich assumes 80 columns off a terminal).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str) -> None:
