@@ -17,6 +17,9 @@ models
     registry of fine-tuned checkpoints (metadata; bytes live in ``outputs_data``).
 surface_errors, benchmarks
     builder targets.
+features, selections
+    CHGNet structure features of candidate training structures, and stored training-set
+    selections (DIRECT or random).
 
 Notes
 -----
@@ -40,6 +43,8 @@ STORE_NAMES = (
     "models",
     "surface_errors",
     "benchmarks",
+    "features",
+    "selections",
 )
 
 
