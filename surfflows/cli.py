@@ -340,6 +340,40 @@ def report(
 
 
 @app.command()
+def select(
+    reference: Annotated[str, typer.Option(help="Reference set in the store.")],
+    budget: Annotated[int, typer.Option(help="Training slabs to select.")],
+    method: Annotated[str, typer.Option(help="direct or random.")] = "direct",
+    seed: Annotated[int, typer.Option(help="Seed of random picks.")] = 0,
+    model: Annotated[str, typer.Option(help="Model whose features DIRECT uses.")] = (
+        "chgnet-0.3.0"
+    ),
+) -> None:
+    """Select training slabs of a set's train split by DIRECT sampling or at random."""
+    from surfflows.models import ModelSpec
+    from surfflows.sampling import select as select_slabs
+    from surfflows.stores import get_store
+
+    stores = {n: get_store(n) for n in ("references", "splits", "features", "selections")}
+    for store in stores.values():
+        store.connect()
+    try:
+        doc = select_slabs(
+            reference, method, budget, seed=seed, model=ModelSpec.parse(model), **stores
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        for store in stores.values():
+            store.close()
+    pcs = f", {doc.n_components} PCs ({doc.explained_variance:.0%})" if doc.n_components else ""
+    console.print(
+        f"{doc.selection_id}: {doc.budget} of {doc.n_pool} train slabs{pcs}\n"
+        + "\n".join(f"  {key}" for key in doc.reference_keys)
+    )
+
+
+@app.command()
 def info() -> None:
     """Show the settings in force and how many documents each store holds."""
     from surfflows.settings import get_settings
