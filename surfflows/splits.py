@@ -25,7 +25,7 @@ from typing import Literal
 from maggma.core import Store
 from pydantic import BaseModel, Field, computed_field, field_validator
 
-from surfflows.references.ingest import using_store
+from surfflows.stores import using_store
 
 SplitPart = Literal["train", "val", "test"]
 PARTS: tuple[SplitPart, ...] = ("train", "val", "test")

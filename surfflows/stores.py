@@ -29,6 +29,9 @@ per embedded database, or use MongoDB.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
@@ -96,3 +99,22 @@ def ensure_indexes(store: Store, keys: tuple[str, ...]) -> None:
             store.ensure_index(key)
         except NotImplementedError:
             return
+
+
+@contextmanager
+def using_store(store: Store | None, name: str) -> Iterator[Store]:
+    """Connect a store the caller passed (and leave it open), or open and close a named one.
+
+    Parameters
+    ----------
+    store
+        The caller's store, or None.
+    name
+        Name of the store of the current settings to use when ``store`` is None.
+    """
+    if store is not None:
+        store.connect()  # a no-op for a connected store
+        yield store
+        return
+    with get_store(name) as own:
+        yield own

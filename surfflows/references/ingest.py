@@ -9,39 +9,18 @@ theory, so a bad file loses nothing already stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from maggma.core import Store
 from pydantic import BaseModel, Field
 
 from surfflows.references.canonical import ReferenceSet, read_reference_set
-from surfflows.stores import ensure_indexes, get_store
+from surfflows.stores import ensure_indexes, using_store
 
 #: Fields of a stored document that are not its content.
 _META_FIELDS = ("_id", "ingested_at")
 #: Indexed fields of the references store (where the backend supports indexes).
 INDEX_FIELDS = ("key", "set_name", "doc_type", "material_id")
-
-
-@contextmanager
-def using_store(store: Store | None, name: str) -> Iterator[Store]:
-    """Connect a store the caller passed (and leave it open), or open and close a named one.
-
-    Parameters
-    ----------
-    store
-        The caller's store, or None.
-    name
-        Name of the store of the current settings to use when ``store`` is None.
-    """
-    if store is not None:
-        store.connect()  # a no-op for a connected store
-        yield store
-        return
-    with get_store(name) as own:
-        yield own
 
 
 class IngestReport(BaseModel):
