@@ -158,8 +158,8 @@ def reference_items(
 ) -> list[ReferenceItem]:
     """Slabs of a reference set (optionally of some split parts) and the bulks they need.
 
-    Fixed atoms recorded on a reference (``fixed_indices``, e.g. OC22) become
-    ``selective_dynamics`` so the relaxed mode respects the DFT constraints.
+    Reference structures carry the DFT fixed atoms as ``selective_dynamics`` (e.g. OC22),
+    which the relaxed mode respects.
     """
     items: list[ReferenceItem] = []
     bulk_keys: set[str] = set()
@@ -168,12 +168,7 @@ def reference_items(
             part = (assignments or {}).get(doc["material_id"])
             if parts is not None and part not in parts:
                 continue
-            structure = Structure.from_dict(doc["structure"])
-            if doc.get("fixed_indices"):
-                fixed = set(doc["fixed_indices"])
-                flags = [[i not in fixed] * 3 for i in range(len(structure))]
-                structure.add_site_property("selective_dynamics", flags)
-            items.append((doc["key"], "slab", structure))
+            items.append((doc["key"], "slab", Structure.from_dict(doc["structure"])))
             if doc.get("bulk_key"):
                 bulk_keys.add(doc["bulk_key"])
         for doc in references.query({"key": {"$in": sorted(bulk_keys)}}):
