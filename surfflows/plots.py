@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 from surfflows.benchmark import summarize
+
+if TYPE_CHECKING:
+    from surfflows.schemas import SurfacePropertiesDoc, SurfaceThermoDoc
 
 CLASS_COLOURS = {"oxide": "tab:red", "metal": "tab:blue", "other": "tab:green"}
 
@@ -72,3 +78,169 @@ def parity_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _hkl(miller_index: Sequence[int]) -> str:
+    return "(" + " ".join(str(i) for i in miller_index) + ")"
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path.resolve()
+
+
+def facet_colours(miller_indices: Iterable[Sequence[int]]) -> dict[tuple[int, ...], tuple]:
+    """One colour per facet (sorted Miller indices, tab10 then tab20), shared by all plots."""
+    facets = sorted({tuple(hkl) for hkl in miller_indices})
+    cmap = plt.get_cmap("tab10" if len(facets) <= 10 else "tab20")
+    return {hkl: cmap(i % cmap.N) for i, hkl in enumerate(facets)}
+
+
+def surface_phase_diagram_plot(doc: SurfaceThermoDoc, path: str | Path) -> Path:
+    """gamma versus delta mu_O: one thin line per termination, the stable ones thick.
+
+    Parameters
+    ----------
+    doc
+        Surface-thermodynamics document with a delta mu_O range.
+    path
+        PNG file to write.
+
+    Returns
+    -------
+    Path
+        Absolute path of the PNG.
+    """
+    lo, hi = doc.delta_mu_O_range
+    x = np.array([lo, hi])
+    colours = facet_colours(line.miller_index for line in doc.lines)
+    styles = ["--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
+    seen: dict[tuple[int, ...], int] = {}
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    for line in doc.lines:
+        hkl = tuple(line.miller_index)
+        style = styles[seen.get(hkl, 0) % len(styles)]
+        seen[hkl] = seen.get(hkl, 0) + 1
+        ax.plot(
+            x,
+            line.gamma_0 + line.slope * x,
+            color=colours[hkl],
+            lw=1.1,
+            ls=style,
+            alpha=0.8,
+            label=f"{_hkl(hkl)} {line.termination} {line.slab_formula}",
+        )
+    for row in doc.stable:
+        ax.plot(
+            [row.delta_mu_O_from, row.delta_mu_O_to],
+            [row.gamma_from, row.gamma_to],
+            color=colours[tuple(row.miller_index)],
+            lw=4,
+            solid_capstyle="butt",
+        )
+    ax.axhline(0, color="k", lw=0.6)
+    for limit, text in ((doc.delta_mu_O_min, "O-poor"), (doc.delta_mu_O_max, "O-rich")):
+        if limit is not None and lo <= limit <= hi:
+            ax.axvline(limit, color="0.4", lw=0.8, ls="--")
+            ax.annotate(
+                text,
+                (limit, 1.0),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("Δμ_O (eV),  μ_O = E(O₂)/2 + Δμ_O")
+    ax.set_ylabel("γ (J/m²)")
+    ax.set_title(
+        f"{doc.formula} ({doc.material_id}), {doc.model_id}: thick = stable termination",
+        fontsize=9,
+        pad=14,
+    )
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _wulff_figure(
+    doc: SurfacePropertiesDoc, colours: dict[tuple[int, ...], tuple] | None = None
+) -> plt.Figure:
+    """pymatgen's WulffShape matplotlib plot of a document (facets coloured by Miller index)."""
+    colours = colours or facet_colours(s.miller_index for s in doc.surfaces)
+    ax = doc.to_wulff().get_plot(
+        direction=(1, 1, 1),  # oblique view: three facet families visible
+        bar_on=False,
+        legend_on=True,
+        aspect_ratio=(6, 6),
+        custom_colors=colours,
+    )
+    fig = ax.get_figure()
+    fig.set_dpi(100)
+    return fig
+
+
+def _wulff_title(name: str, doc: SurfacePropertiesDoc) -> str:
+    mu = "" if doc.delta_mu_O is None else f", Δμ_O = {doc.delta_mu_O:+.2f} eV"
+    return (
+        f"{name}{mu}\nγ_w = {doc.weighted_surface_energy:.3f} J/m², "
+        f"shape factor {doc.shape_factor:.2f}, anisotropy {doc.surface_anisotropy:.3f}"
+    )
+
+
+def wulff_plot(doc: SurfacePropertiesDoc, path: str | Path) -> Path | None:
+    """PNG of the Wulff shape of a document; None if it has none (see ``doc.note``)."""
+    if doc.weighted_surface_energy is None:
+        return None
+    fig = _wulff_figure(doc)
+    fig.suptitle(_wulff_title(f"{doc.pretty_formula} ({doc.material_id}), {doc.model_id}", doc))
+    return _save(fig, path)
+
+
+def _trim(image: np.ndarray, margin: int = 10) -> np.ndarray:
+    """Crop the white border of an RGB(A) image array, keeping ``margin`` pixels."""
+    ink = np.argwhere(image[..., :3].min(axis=-1) < 0.98)
+    if len(ink) == 0:
+        return image
+    (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0)
+    return image[
+        max(top - margin, 0) : bottom + margin + 1, max(left - margin, 0) : right + margin + 1
+    ]
+
+
+def wulff_comparison_plot(
+    docs: Sequence[tuple[str, SurfacePropertiesDoc]], path: str | Path, caption: str = ""
+) -> Path:
+    """Wulff shapes side by side (e.g. DFT reference and models), facets in shared colours.
+
+    Parameters
+    ----------
+    docs
+        ``(panel title, Wulff document)`` pairs; documents without a shape show their note.
+    path
+        PNG file to write.
+    caption
+        Text under the panels (e.g. the reference data's citation).
+    """
+    colours = facet_colours(s.miller_index for _, doc in docs for s in doc.surfaces)
+    fig, axes = plt.subplots(
+        1, len(docs), figsize=(5 * len(docs), 5.6), dpi=120, squeeze=False, layout="constrained"
+    )
+    for ax, (name, doc) in zip(axes[0], docs, strict=True):
+        ax.set_axis_off()
+        if doc.weighted_surface_energy is None:
+            ax.text(0.5, 0.5, f"{name}\n{doc.note}", ha="center", va="center", wrap=True)
+            continue
+        panel = _wulff_figure(doc, colours)
+        buffer = io.BytesIO()
+        panel.savefig(buffer, format="png")
+        plt.close(panel)
+        buffer.seek(0)
+        ax.imshow(_trim(plt.imread(buffer)))
+        ax.set_title(_wulff_title(name, doc), fontsize=9)
+    if caption:
+        fig.supxlabel(caption, fontsize=7, color="0.3")
+    return _save(fig, path)

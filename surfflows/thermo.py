@@ -14,10 +14,16 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from pymatgen.core import Composition, Lattice
+from pymatgen.analysis.surface_analysis import SlabEntry, SurfaceEnergyPlotter
+from pymatgen.core import Composition, Element, Lattice, Structure
+from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+from scipy.stats import kendalltau, spearmanr
+from sympy import Symbol
 
 #: eV/Å² -> J/m² (1 eV = 1.602176634e-19 J, 1 Å² = 1e-20 m²).
 EV_PER_A2_TO_J_PER_M2 = 16.02176634
@@ -139,3 +145,277 @@ def surface_energy(
 def to_j_per_m2(gamma_ev_per_a2: float) -> float:
     """eV/Å² -> J/m²."""
     return gamma_ev_per_a2 * EV_PER_A2_TO_J_PER_M2
+
+
+# ---------------------------------------------------------------------------------------------
+# Surface thermodynamics: reference chemical potentials, gamma(delta mu), Wulff shapes.
+#
+# Oxygen is the reservoir element: mu_O = E(O2) / 2 + delta mu_O, with E(O2) from the same
+# model as slab and bulk. gamma of a symmetric slab is linear in delta mu_O,
+#     gamma(delta mu_O) = gamma_0 - n_O / (2 A) * delta mu_O,
+# n_O being the slab's oxygen excess over whole bulk units (negative for a deficit).
+# pymatgen's SlabEntry / SurfaceEnergyPlotter name the same variable ``delu_O``.
+# ---------------------------------------------------------------------------------------------
+
+#: The sympy symbol of delta mu_O in pymatgen's surface analysis (``delu_<element>``).
+DELU_O = Symbol("delu_O")
+
+
+def oxygen_molecule(
+    bond_length: float = 1.21, box: tuple[float, float, float] = (10.0, 10.5, 11.0)
+) -> Structure:
+    """An O2 molecule in a large, slightly non-cubic box: the gas reference of oxygen.
+
+    Unequal box edges keep the periodic images from imposing cubic symmetry; every edge is
+    well beyond CHGNet's 6 Å atom-graph cutoff, so the molecule does not see its images.
+    Relax it with a fixed cell (``relax_one(..., relax_cell=False)``).
+
+    Parameters
+    ----------
+    bond_length
+        Starting O-O distance, Å.
+    box
+        Orthorhombic box edges, Å.
+    """
+    a, b, c = box
+    centre = np.array([a, b, c]) / 2
+    half = np.array([0.0, 0.0, bond_length / 2])
+    return Structure(
+        Lattice.orthorhombic(a, b, c),
+        ["O", "O"],
+        [centre - half, centre + half],
+        coords_are_cartesian=True,
+    )
+
+
+def elemental_prototypes(element: str) -> dict[str, Structure]:
+    """fcc, bcc and hcp (ideal c/a) primitive cells of ``element``, sized from its radius.
+
+    Starting lattice constants are those of touching hard spheres of pymatgen's
+    ``Element`` radius r (metallic radius, else the empirical atomic radius):
+    fcc ``a = 2 sqrt(2) r``, bcc ``a = 4 r / sqrt(3)``, hcp ``a = 2 r``,
+    ``c = sqrt(8/3) a``. Relaxed by a model with a free cell, the lowest energy per atom
+    of the three is that model's elemental reference ``E_model(M)``.
+
+    Parameters
+    ----------
+    element
+        Element symbol, e.g. ``"Ti"``.
+
+    Returns
+    -------
+    dict[str, Structure]
+        ``{"fcc": ..., "bcc": ..., "hcp": ...}`` with 1, 1 and 2 atoms.
+    """
+    el = Element(element)
+    radius = float(el.metallic_radius or el.atomic_radius or 0.0)
+    if radius <= 0:
+        raise ValueError(f"pymatgen has no radius for {element}: cannot size its prototypes")
+    fcc = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(2 * math.sqrt(2) * radius), [element], [[0, 0, 0]]
+    )
+    bcc = Structure.from_spacegroup(
+        "Im-3m", Lattice.cubic(4 * radius / math.sqrt(3)), [element], [[0, 0, 0]]
+    )
+    a = 2 * radius
+    hcp = Structure.from_spacegroup(
+        "P6_3/mmc", Lattice.hexagonal(a, math.sqrt(8 / 3) * a), [element], [[1 / 3, 2 / 3, 0.25]]
+    )
+    return {
+        "fcc": fcc.get_primitive_structure(),
+        "bcc": bcc.get_primitive_structure(),
+        "hcp": hcp,
+    }
+
+
+def surface_energy_line(
+    slab_energy: float,
+    slab_composition: Composition,
+    bulk_energy: float,
+    bulk_composition: Composition,
+    area: float,
+    mu_ref: Mapping[str, float],
+    n_surfaces: int = 2,
+) -> tuple[float, dict[str, float]]:
+    """gamma as a linear function of the reservoir chemical potentials.
+
+    ``gamma(delta mu) = gamma_0 + sum_X slope_X * delta mu_X`` with
+    ``mu_X = mu_ref[X] + delta mu_X``; ``gamma_0`` is :func:`surface_energy` at
+    ``mu = mu_ref`` and ``slope_X = -n_X / (n_surfaces A)``, ``n_X`` the excess of ``X``
+    over whole bulk units (see :func:`bulk_units_and_excess`).
+
+    Parameters
+    ----------
+    slab_energy, slab_composition, bulk_energy, bulk_composition, area, n_surfaces
+        As for :func:`surface_energy`.
+    mu_ref
+        Reference chemical potentials of the reservoir elements, eV/atom, e.g.
+        ``{"O": E_O2 / 2}``. Ignored for a stoichiometric slab.
+
+    Returns
+    -------
+    gamma_0
+        gamma at ``delta mu = 0``, eV/Å².
+    slopes
+        Element -> ``d gamma / d delta mu_X``, Å⁻² (empty for a stoichiometric slab).
+    """
+    gamma_0 = surface_energy(
+        slab_energy, slab_composition, bulk_energy, bulk_composition, area, mu_ref, n_surfaces
+    )
+    _, excess = bulk_units_and_excess(slab_composition, bulk_composition)
+    if excess:
+        _, excess = bulk_units_and_excess(slab_composition, bulk_composition, mu_ref)
+    return gamma_0, {el: -n / (n_surfaces * area) for el, n in excess.items()}
+
+
+def gamma_at(gamma_0: float, slopes: Mapping[str, float], delta_mu: Mapping[str, float]) -> float:
+    """Evaluate a :func:`surface_energy_line` at ``delta_mu`` (element -> eV); eV/Å²."""
+    missing = sorted(set(slopes) - set(delta_mu))
+    if missing:
+        raise ValueError(f"gamma depends on delta mu of {missing}: give a value for each")
+    return gamma_0 + sum(slope * delta_mu[el] for el, slope in slopes.items())
+
+
+def formation_energy(
+    bulk_energy: float, bulk_composition: Composition, element_energies: Mapping[str, float]
+) -> float:
+    """Formation energy per reduced formula unit, eV.
+
+    ``Delta H_f = E(bulk) / n_fu - sum_el x_el E_el`` with ``E_el`` the elemental reference
+    energy per atom (``E(O2) / 2`` for oxygen, the lowest metal prototype for a metal), all
+    from one model.
+    """
+    reduced, n_fu = bulk_composition.get_reduced_composition_and_factor()
+    amounts = reduced.get_el_amt_dict()
+    missing = sorted(set(amounts) - set(element_energies))
+    if missing:
+        raise ValueError(f"no elemental reference energy for {missing}")
+    return bulk_energy / n_fu - sum(x * element_energies[el] for el, x in amounts.items())
+
+
+def oxygen_chemical_potential_bounds(
+    bulk_energy: float,
+    bulk_composition: Composition,
+    o2_energy: float,
+    metal_energies: Mapping[str, float] | None = None,
+) -> tuple[float | None, float]:
+    """Range of delta mu_O over which an oxide is stable against its elements.
+
+    O-rich limit: ``delta mu_O = 0`` (the oxide in equilibrium with O2 gas,
+    ``mu_O = E(O2) / 2``). O-poor limit, binary oxide M_xO_y only: ``x mu_M + y mu_O =
+    E(M_xO_y)`` with ``mu_M <= E(M)`` gives ``delta mu_O >= Delta H_f / y``,
+    ``Delta H_f = E(M_xO_y) - x E(M) - (y / 2) E(O2)`` per formula unit. For an oxide of
+    several other elements the O-poor limit depends on competing phases that are not
+    computed here: it is returned as None (the range is bounded by the O-rich limit only).
+
+    Parameters
+    ----------
+    bulk_energy, bulk_composition
+        Energy (eV) and composition of the oxide cell.
+    o2_energy
+        Energy of the O2 molecule, eV (same model).
+    metal_energies
+        Metal -> energy per atom of its elemental reference, eV (needed for a binary oxide).
+
+    Returns
+    -------
+    tuple[float | None, float]
+        ``(O-poor limit or None, O-rich limit = 0.0)``, eV.
+    """
+    amounts = bulk_composition.reduced_composition.get_el_amt_dict()
+    if "O" not in amounts:
+        raise ValueError(f"{bulk_composition.reduced_formula} contains no oxygen")
+    metals = sorted(set(amounts) - {"O"})
+    if len(metals) != 1:
+        return None, 0.0
+    energies = {"O": o2_energy / 2, **(metal_energies or {})}
+    return formation_energy(bulk_energy, bulk_composition, energies) / amounts["O"], 0.0
+
+
+def surface_energy_plotter(
+    bulk: Structure,
+    bulk_energy: float,
+    slab_entries: Sequence[SlabEntry],
+    o2_energy: float | None = None,
+) -> SurfaceEnergyPlotter:
+    """pymatgen's SurfaceEnergyPlotter with delta mu_O (``delu_O``) as the variable.
+
+    Parameters
+    ----------
+    bulk, bulk_energy
+        The bulk cell the slabs were cut from and its energy (eV); its conventional cell
+        frames the Miller indices and the Wulff shapes.
+    slab_entries
+        One SlabEntry per termination; give each a unique ``entry_id``.
+    o2_energy
+        Energy of the O2 molecule (eV); required when the bulk contains oxygen, since the
+        O reference makes ``gamma`` a function of ``delu_O`` (the other elements follow
+        from the bulk).
+    """
+    has_oxygen = "O" in bulk.composition.get_el_amt_dict()
+    if has_oxygen and o2_energy is None:
+        raise ValueError(f"{bulk.composition.reduced_formula} contains O: give the O2 energy")
+    references = [ComputedEntry(Composition("O2"), o2_energy)] if has_oxygen else None
+    ucell = ComputedStructureEntry(bulk, bulk_energy)
+    return SurfaceEnergyPlotter(list(slab_entries), ucell, ref_entries=references)
+
+
+def stable_terminations(
+    plotter: SurfaceEnergyPlotter, window: tuple[float, float]
+) -> list[tuple[SlabEntry, float, float]]:
+    """Terminations on the lower envelope of gamma(delta mu_O), per facet.
+
+    pymatgen's ``SurfaceEnergyPlotter.stable_u_range_dict`` over ``window``; where gamma
+    does not depend on delta mu_O (no oxygen, or only stoichiometric slabs) the lowest
+    termination of each facet holds the whole window.
+
+    Returns
+    -------
+    list[tuple[SlabEntry, float, float]]
+        ``(entry, delta mu_O from, delta mu_O to)`` sorted by facet and range.
+    """
+    lo, hi = sorted(window)
+    if DELU_O in plotter.list_of_chempots:
+        with warnings.catch_warnings():  # parallel lines: "No solution"
+            warnings.simplefilter("ignore")
+            ranges = plotter.stable_u_range_dict([lo, hi], DELU_O, no_doped=True)
+        rows = [(entry, float(min(u)), float(max(u))) for entry, u in ranges.items() if u]
+    else:
+        rows = [
+            (plotter.get_stable_entry_at_u(hkl, no_doped=True)[0], lo, hi)
+            for hkl in plotter.all_slab_entries
+        ]
+    return sorted(rows, key=lambda row: (tuple(row[0].miller_index), row[1]))
+
+
+def ranking_agreement(
+    reference: Mapping[tuple[int, ...], float], model: Mapping[tuple[int, ...], float]
+) -> dict[str, float | int | None]:
+    """Agreement of two facet rankings by surface energy (facets both rank).
+
+    Returns
+    -------
+    dict
+        ``n_facets``, ``kendall_tau``, ``kendall_p``, ``spearman_rho``, ``spearman_p``
+        (scipy.stats; None where undefined, e.g. fewer than two facets or constant energies).
+    """
+    common = sorted(set(reference) & set(model))
+    out: dict[str, float | int | None] = {"n_facets": len(common)}
+    if len(common) < 2:
+        return out | dict.fromkeys(("kendall_tau", "kendall_p", "spearman_rho", "spearman_p"))
+    ref = [reference[hkl] for hkl in common]
+    mod = [model[hkl] for hkl in common]
+    with warnings.catch_warnings():  # constant input: NaN and a warning
+        warnings.simplefilter("ignore")
+        tau = kendalltau(ref, mod)
+        rho = spearmanr(ref, mod)
+
+    def finite(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    return out | {
+        "kendall_tau": finite(tau.statistic),
+        "kendall_p": finite(tau.pvalue),
+        "spearman_rho": finite(rho.statistic),
+        "spearman_p": finite(rho.pvalue),
+    }
