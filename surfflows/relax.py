@@ -169,7 +169,8 @@ class RelaxTimings:
     optimizer
         FIRE steps and bookkeeping, s.
     n_forward
-        Forward passes (one per batch step; more where a failing batch was split).
+        Completed forward passes (one per batch step; one per structure where a failing
+        batch was split).
     n_evaluations
         Energy-and-force evaluations of single structures.
     """

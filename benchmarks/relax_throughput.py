@@ -1,0 +1,407 @@
+"""Throughput of fixed-cell slab relaxations with CHGNet, three ways.
+
+(a) atomate2 ``ForceFieldRelaxMaker`` (CHGNet, FIRE, ``relax_cell=False``): one jobflow job per
+    slab, run with ``jobflow.run_locally`` into an in-memory JobStore;
+(b) chgnet ``StructOptimizer(optimizer_class="FIRE")``: one slab after the other in one process;
+(c) :func:`surfflows.relax.relax_structures`: the batched engine.
+
+All three run ASE's FIRE algorithm (c reimplements it) on the same rattled slabs with the
+same ``fmax`` and step limit; fixed atoms (``selective_dynamics``) are honoured by all three.
+The script prints slabs/hour, the speed-ups c/a and c/b, the energy agreement of (c) with
+(b), and the "floor": the time (c) spends in CHGNet forward passes alone, which no batching
+of the Python around it can beat.
+
+Examples
+--------
+Quick check (a handful of slabs, results in ``relax_throughput_quick.json``)::
+
+    python benchmarks/relax_throughput.py --quick
+
+Full benchmark on a quiet machine::
+
+    python benchmarks/relax_throughput.py --n-slabs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+from pymatgen.core.surface import SlabGenerator
+
+from surfflows.models import ModelSpec, load_model
+from surfflows.relax import RelaxTimings, fixed_mask, relax_structures
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIN_ATOMS, MAX_ATOMS = 20, 100
+MIN_SURFACE_LENGTH = 7.0  # Å
+
+
+def bulk_cells() -> dict[str, Structure]:
+    """Conventional bulk cells from experimental lattice constants (room temperature)."""
+    fcc = [[0, 0, 0]]
+    return {
+        # Cu a = 3.615 Å, Pt a = 3.924 Å (Wyckoff, Crystal Structures, 1963)
+        "Cu": Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], fcc),
+        "Pt": Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.924), ["Pt"], fcc),
+        # MgO rock salt a = 4.212 Å (Hazen, Am. Mineral. 61, 266 (1976))
+        "MgO": Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(4.212), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        ),
+        # rutile a = 4.594 Å, c = 2.959 Å, u = 0.3048 (Burdett et al., JACS 109, 3639 (1987))
+        "TiO2": Structure.from_spacegroup(
+            "P4_2/mnm",
+            Lattice.tetragonal(4.594, 2.959),
+            ["Ti", "O"],
+            [[0, 0, 0], [0.3048, 0.3048, 0]],
+        ),
+    }
+
+
+FACETS = {
+    "Cu": [(1, 1, 1), (1, 0, 0), (1, 1, 0)],
+    "Pt": [(1, 1, 1), (1, 0, 0), (1, 1, 0)],
+    "MgO": [(1, 0, 0), (1, 1, 0)],
+    "TiO2": [(1, 1, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],
+}
+
+
+def _in_plane_supercell(n_atoms: int, a: float, b: float) -> tuple[int, int] | None:
+    """In-plane repeat making both surface vectors >= MIN_SURFACE_LENGTH where the atom count
+    allows, within MIN_ATOMS..MAX_ATOMS atoms; None if no repeat fits."""
+    repeat = [math.ceil(MIN_SURFACE_LENGTH / a), math.ceil(MIN_SURFACE_LENGTH / b)]
+    lengths = (a, b)
+    while n_atoms * repeat[0] * repeat[1] > MAX_ATOMS and max(repeat) > 1:
+        longest = max((0, 1), key=lambda i: repeat[i] * lengths[i] if repeat[i] > 1 else 0)
+        repeat[longest] -= 1
+    while n_atoms * repeat[0] * repeat[1] < MIN_ATOMS:
+        shortest = min((0, 1), key=lambda i: repeat[i] * lengths[i])
+        repeat[shortest] += 1
+    if n_atoms * repeat[0] * repeat[1] > MAX_ATOMS:
+        return None
+    return repeat[0], repeat[1]
+
+
+def distinct_slabs() -> list[tuple[str, Structure]]:
+    """One slab per facet and termination, 20-100 atoms, bottom layer fixed.
+
+    Ordered round-robin over the materials, so that the first few slabs already mix
+    metals and oxides.
+    """
+    per_material: list[list[tuple[str, Structure]]] = []
+    for material, bulk in bulk_cells().items():
+        slabs = []
+        for miller in FACETS[material]:
+            generator = SlabGenerator(
+                bulk, miller, min_slab_size=7, min_vacuum_size=12, center_slab=True, primitive=True
+            )
+            for termination, slab in enumerate(generator.get_slabs(symmetrize=False)):
+                repeat = _in_plane_supercell(len(slab), slab.lattice.a, slab.lattice.b)
+                if repeat is None:
+                    continue
+                cell = Structure.from_sites(slab.get_orthogonal_c_slab()) * (*repeat, 1)
+                z = cell.cart_coords[:, 2]
+                cell.add_site_property(
+                    "selective_dynamics", [[bool(zi > z.min() + 1.0)] * 3 for zi in z]
+                )
+                name = f"{material}({''.join(map(str, miller))})-t{termination}"
+                slabs.append((name, cell))
+        per_material.append(slabs)
+    return [s for group in itertools.zip_longest(*per_material) for s in group if s is not None]
+
+
+def benchmark_slabs(n_slabs: int, seed: int, rattle: float) -> list[tuple[str, Structure]]:
+    """``n_slabs`` slabs: the distinct ones cycled, each copy rattled with its own seed."""
+    pool = distinct_slabs()
+    slabs = []
+    for i in range(n_slabs):
+        name, slab = pool[i % len(pool)]
+        rng = np.random.default_rng(seed + i)
+        positions = slab.cart_coords + rng.normal(0.0, rattle, (len(slab), 3))
+        positions[fixed_mask(slab)] = slab.cart_coords[fixed_mask(slab)]
+        rattled = Structure(
+            slab.lattice,
+            slab.species,
+            positions,
+            coords_are_cartesian=True,
+            site_properties=slab.site_properties,
+        )
+        slabs.append((name, rattled))
+    return slabs
+
+
+@dataclass
+class MethodRun:
+    """One method over the whole slab set."""
+
+    method: str
+    wall_s: float
+    cpu_s: float
+    energies: list[float]  # final total energies, eV (NaN where failed)
+    n_steps: list[int]
+    converged: list[bool]
+    extra: dict = field(default_factory=dict)
+
+    def slabs_per_hour(self) -> float:
+        return 3600.0 * len(self.energies) / self.wall_s
+
+    def as_json(self) -> dict:
+        """The run as strict JSON (a failed slab's NaN energy becomes null)."""
+        data = asdict(self) | {"slabs_per_hour": self.slabs_per_hour()}
+        data["energies"] = [e if math.isfinite(e) else None for e in self.energies]
+        return data
+
+
+@contextlib.contextmanager
+def _clock() -> Iterator[dict[str, float]]:
+    """Yield a dict that receives the wall and CPU seconds of the block."""
+    elapsed: dict[str, float] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield elapsed
+    elapsed["wall"] = time.perf_counter() - wall
+    elapsed["cpu"] = time.process_time() - cpu
+
+
+def run_atomate2(slabs: list[Structure], fmax: float, max_steps: int) -> MethodRun:
+    """(a) One atomate2 ForceFieldRelaxMaker job per slab through ``jobflow.run_locally``."""
+    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+    from jobflow import Flow, JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    maker = ForceFieldRelaxMaker(
+        force_field_name="CHGNet",
+        relax_cell=False,
+        steps=max_steps,
+        relax_kwargs={"fmax": fmax},
+        optimizer_kwargs={"optimizer": "FIRE"},
+    )
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp), _clock() as elapsed:
+        jobs = [maker.make(slab) for slab in slabs]
+        responses = run_locally(Flow(jobs), store=store, log=False, root_dir=tmp)
+    docs = [responses[job.uuid][1].output if job.uuid in responses else None for job in jobs]
+    return MethodRun(
+        method="atomate2",
+        wall_s=elapsed["wall"],
+        cpu_s=elapsed["cpu"],
+        energies=[doc.output.energy if doc else math.nan for doc in docs],
+        # the observer records the start, every step, and the end once more
+        n_steps=[doc.output.n_steps - 2 if doc else 0 for doc in docs],
+        converged=[bool(doc and doc.is_force_converged) for doc in docs],
+    )
+
+
+def run_struct_optimizer(
+    slabs: list[Structure], spec: ModelSpec, fmax: float, max_steps: int
+) -> MethodRun:
+    """(b) chgnet's StructOptimizer (ASE FIRE), one slab after the other."""
+    from chgnet.model import StructOptimizer
+
+    optimizer = StructOptimizer(model=load_model(spec), optimizer_class="FIRE")
+    energies, n_steps, converged = [], [], []
+    with _clock() as elapsed:
+        for slab in slabs:
+            trajectory = optimizer.relax(
+                slab, fmax=fmax, steps=max_steps, relax_cell=False, verbose=False
+            )["trajectory"]
+            # the observer records the start, every step, and the end once more
+            energies.append(float(trajectory.energies[-1]))
+            n_steps.append(len(trajectory.energies) - 2)
+            max_force = np.linalg.norm(trajectory.forces[-1], axis=1).max()
+            converged.append(bool(max_force < fmax))
+    return MethodRun(
+        "StructOptimizer", elapsed["wall"], elapsed["cpu"], energies, n_steps, converged
+    )
+
+
+def run_batched(
+    slabs: list[Structure], spec: ModelSpec, fmax: float, max_steps: int, batch_size: int
+) -> MethodRun:
+    """(c) The batched engine, with its forward passes timed."""
+    timings = RelaxTimings()
+    with _clock() as elapsed:
+        results = relax_structures(
+            slabs, spec, fmax=fmax, max_steps=max_steps, batch_size=batch_size, timings=timings
+        )
+    return MethodRun(
+        method="batched",
+        wall_s=elapsed["wall"],
+        cpu_s=elapsed["cpu"],
+        energies=[r.energy for r in results],
+        n_steps=[r.n_steps for r in results],
+        converged=[r.ok for r in results],
+        extra={"timings": asdict(timings)},
+    )
+
+
+def energy_agreement(
+    run: MethodRun, reference: MethodRun, n_atoms: list[int]
+) -> dict[str, float | int | None]:
+    """Mean and max |ΔE| (meV/atom) over the slabs both runs converged (None if none did)."""
+    both = [
+        abs(e - e_ref) / n * 1e3
+        for e, e_ref, n, ok, ok_ref in zip(
+            run.energies,
+            reference.energies,
+            n_atoms,
+            run.converged,
+            reference.converged,
+            strict=True,
+        )
+        if ok and ok_ref
+    ]
+    return {
+        "n_compared": len(both),
+        "mean_meV_per_atom": float(np.mean(both)) if both else None,
+        "max_meV_per_atom": float(np.max(both)) if both else None,
+    }
+
+
+def _plot(runs: list[MethodRun], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar([r.method for r in runs], [r.slabs_per_hour() for r in runs], color="C0")
+    ax.set_ylabel("slabs / hour")
+    ax.set_title(f"CHGNet slab relaxations ({len(runs[0].energies)} slabs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark from the command line; return the report that is saved as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-slabs", type=int, default=100, help="slabs to relax (default 100)")
+    parser.add_argument("--quick", action="store_true", help="a handful of slabs (4)")
+    parser.add_argument("--fmax", type=float, default=0.05, help="force criterion, eV/Å")
+    parser.add_argument("--max-steps", type=int, default=500, help="step limit per slab")
+    parser.add_argument("--batch-size", type=int, default=16, help="batched engine slots")
+    parser.add_argument("--rattle", type=float, default=0.05, help="rattle of free atoms, Å")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--methods",
+        default="atomate2,StructOptimizer,batched",
+        help="comma-separated subset of atomate2, StructOptimizer, batched",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+
+    n_slabs = 4 if args.quick else args.n_slabs
+    output = args.output or RESULTS_DIR / (
+        "relax_throughput_quick.json" if args.quick else "relax_throughput.json"
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = args.methods.split(",")
+    spec = ModelSpec()  # CHGNet 0.3.0: what atomate2's CHGNetCalculator() loads by default
+    named = benchmark_slabs(n_slabs, args.seed, args.rattle)
+    slabs = [slab for _, slab in named]
+    n_atoms = [len(slab) for slab in slabs]
+    load_model(spec)  # loading is not timed for (b) and (c)
+    print(
+        f"{n_slabs} slabs, {min(n_atoms)}-{max(n_atoms)} atoms, {torch.get_num_threads()} "
+        f"torch threads, fmax {args.fmax} eV/Å, max {args.max_steps} steps",
+        flush=True,
+    )
+
+    runs: dict[str, MethodRun] = {}
+    if "batched" in methods:
+        runs["batched"] = run_batched(slabs, spec, args.fmax, args.max_steps, args.batch_size)
+    if "StructOptimizer" in methods:
+        runs["StructOptimizer"] = run_struct_optimizer(slabs, spec, args.fmax, args.max_steps)
+    if "atomate2" in methods:
+        runs["atomate2"] = run_atomate2(slabs, args.fmax, args.max_steps)
+
+    print(
+        f"\n{'method':<16} {'wall s':>9} {'CPU s':>9} {'slabs/h':>9} {'conv.':>7} "
+        f"{'steps':>7} {'ms/eval':>8}"
+    )
+    for run in runs.values():
+        evaluations = sum(n + 1 for n in run.n_steps)
+        print(
+            f"{run.method:<16} {run.wall_s:9.1f} {run.cpu_s:9.1f} {run.slabs_per_hour():9.0f} "
+            f"{sum(run.converged):3d}/{len(run.converged):<3d} {np.mean(run.n_steps):7.1f} "
+            f"{1e3 * run.wall_s / evaluations:8.1f}"
+        )
+
+    report: dict = {
+        "config": {
+            "n_slabs": n_slabs,
+            "quick": args.quick,
+            "fmax": args.fmax,
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "rattle": args.rattle,
+            "seed": args.seed,
+            "model": spec.model_id,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "slabs": [f"{name} ({len(slab)} atoms)" for name, slab in named],
+        },
+        "methods": {name: run.as_json() for name, run in runs.items()},
+    }
+    if "batched" in runs:
+        batched = runs["batched"]
+        for name in ("atomate2", "StructOptimizer"):
+            if name in runs:
+                other = runs[name]
+                report[f"speedup_vs_{name}"] = {
+                    "wall": other.wall_s / batched.wall_s,
+                    "cpu": other.cpu_s / batched.cpu_s,
+                }
+                agreement = energy_agreement(batched, other, n_atoms)
+                report[f"energy_vs_{name}"] = agreement
+                print(
+                    f"batched / {name}: {other.wall_s / batched.wall_s:.2f}x wall, "
+                    f"{other.cpu_s / batched.cpu_s:.2f}x CPU; |dE| over "
+                    f"{agreement['n_compared']} slabs converged by both: "
+                    + (
+                        f"mean {agreement['mean_meV_per_atom']:.4f}, "
+                        f"max {agreement['max_meV_per_atom']:.4f} meV/atom"
+                        if agreement["n_compared"]
+                        else "-"
+                    )
+                )
+        timings = batched.extra["timings"]
+        report["floor"] = {
+            "forward_s": timings["forward"],
+            "graphs_s": timings["graphs"],
+            "optimizer_s": timings["optimizer"],
+            "fraction_of_floor": timings["forward"] / batched.wall_s,
+        }
+        print(
+            f"floor (forward passes of the batched engine): {timings['forward']:.1f} s of "
+            f"{batched.wall_s:.1f} s = {timings['forward'] / batched.wall_s:.0%}; graphs "
+            f"{timings['graphs']:.1f} s, FIRE {timings['optimizer']:.1f} s, "
+            f"{timings['n_forward']} forward passes for {timings['n_evaluations']} evaluations"
+        )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, allow_nan=False))
+    _plot(list(runs.values()), output.with_suffix(".png"))
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
