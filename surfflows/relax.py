@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
@@ -87,6 +88,27 @@ def fixed_mask(structure: Structure) -> np.ndarray:
     return ~np.asarray(flags, dtype=bool).any(axis=1)
 
 
+#: Atoms closer than this (Å) are taken as a broken structure, not relaxed.
+MIN_DISTANCE = 0.5
+
+
+def check_geometry(structure: Structure) -> None:
+    """Raise ValueError for a structure no relaxation should start from.
+
+    Empty structures, non-finite coordinates and atoms closer than :data:`MIN_DISTANCE`
+    (periodic images included) are rejected, naming the atoms.
+    """
+    if len(structure) == 0:
+        raise ValueError("structure has no atoms")
+    if not np.isfinite(structure.cart_coords).all():
+        raise ValueError("structure has non-finite atomic coordinates")
+    if len(structure) > 1:
+        distances = structure.distance_matrix + np.eye(len(structure)) * 1e3
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        if distances[i, j] < MIN_DISTANCE:
+            raise ValueError(f"atoms {i} and {j} are {distances[i, j]:.2f} Å apart")
+
+
 def _error_message(exc: Exception) -> str:
     """What a failed relaxation records: the exception and the end of its traceback."""
     return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
@@ -135,6 +157,7 @@ def relax_one(
     """
     result = RelaxResult(structure=structure)
     try:
+        check_geometry(structure)
         atoms = _to_atoms(structure)
         atoms.calc = get_calculator(model)
         result.initial_energy = float(atoms.get_potential_energy())
@@ -224,11 +247,8 @@ class _Relaxation:
     @classmethod
     def start(cls, structure: Structure, result: RelaxResult) -> _Relaxation:
         """Set up the relaxation of ``structure``; ValueError for an unusable input."""
+        check_geometry(structure)
         positions = np.array(structure.cart_coords, dtype=float).reshape(-1, 3)
-        if len(positions) == 0:
-            raise ValueError("structure has no atoms")
-        if not np.isfinite(positions).all():
-            raise ValueError("structure has non-finite atomic coordinates")
         return cls(result, structure.lattice, structure.species, positions, ~fixed_mask(structure))
 
     def structure(self, site_properties: dict | None = None) -> Structure:
@@ -340,19 +360,27 @@ def _fire_step(runs: Sequence[_Relaxation]) -> None:
 def _forward(
     chgnet: CHGNet, graphs: list[CrystalGraph], timings: RelaxTimings
 ) -> list[tuple[float, np.ndarray]]:
-    """Total energies and forces of ``graphs`` from one CHGNet forward pass.
+    """Total energies and forces of ``graphs`` from one CHGNet energy pass and one backward.
 
-    Like ``CHGNet.predict_graph`` (forces need autograd through the positions, so no
-    ``torch.no_grad``); only energy and forces are asked for (no stress, no magmoms).
+    ``CHGNet.forward(task="ef")`` builds the force graph with ``create_graph=True`` (what
+    training needs); relaxations only need the forces' values, so the energy is
+    differentiated once, without a second-order graph, with respect to the fractional
+    coordinates: ``F = -(dE/d frac) L^-T`` for a cell whose rows are the lattice vectors.
     """
     tic = time.perf_counter()
-    prediction = chgnet(graphs, task="ef")
-    energies = prediction["e"].detach()
+    for graph in graphs:
+        graph.atom_frac_coord.requires_grad_(True)
+    prediction = chgnet(graphs, task="e")
+    energies = prediction["e"]
     if chgnet.is_intensive:  # eV/atom -> eV
         energies = energies * prediction["atoms_per_graph"]
+    gradients = torch.autograd.grad(energies.sum(), [g.atom_frac_coord for g in graphs])
     evaluations = [
-        (float(energy), force.detach().cpu().numpy().astype(float))
-        for energy, force in zip(energies.cpu(), prediction["f"], strict=True)
+        (
+            float(energy),
+            (-gradient @ torch.linalg.inv(graph.lattice).T).detach().cpu().numpy().astype(float),
+        )
+        for energy, gradient, graph in zip(energies.detach().cpu(), gradients, graphs, strict=True)
     ]
     timings.forward += time.perf_counter() - tic
     timings.n_forward += 1

@@ -161,7 +161,7 @@ def test_broken_structures_fail_alone(slabs: list[Structure], reference: list[Re
     good = slabs[1]
     lattice, species, positions = good.lattice, good.species, good.cart_coords
     cartesian = {"coords_are_cartesian": True}
-    on_top = Structure(  # two atoms at one point: CHGNet returns NaN
+    on_top = Structure(  # two atoms at one point
         lattice, [*species, species[0]], np.vstack([positions, positions[:1]]), **cartesian
     )
     nan_position = Structure(
@@ -172,7 +172,7 @@ def test_broken_structures_fail_alone(slabs: list[Structure], reference: list[Re
         [on_top, good, nan_position, beyond_pu], MODEL, fmax=FMAX, batch_size=4, progress=False
     )
     on_top_res, good_res, nan_res, beyond_res = results
-    assert "non-finite energy or forces" in on_top_res.error
+    assert "0.00 Å apart" in on_top_res.error
     assert "non-finite atomic coordinates" in nan_res.error
     assert beyond_res.error is not None
     for res, structure in ((on_top_res, on_top), (nan_res, nan_position), (beyond_res, beyond_pu)):
@@ -180,3 +180,7 @@ def test_broken_structures_fail_alone(slabs: list[Structure], reference: list[Re
         assert res.structure is structure
     assert good_res.ok
     assert abs(good_res.energy - reference[1].energy) / len(good) < 1e-3
+    # the one-at-a-time path records the same inputs as failures too
+    for structure, message in ((on_top, "Å apart"), (nan_position, "non-finite")):
+        single = relax_one(structure, MODEL, fmax=FMAX)
+        assert not single.ok and message in single.error
