@@ -244,3 +244,86 @@ def wulff_comparison_plot(
     if caption:
         fig.supxlabel(caption, fontsize=7, color="0.3")
     return _save(fig, path)
+
+
+def finetune_depth_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Gamma MAE versus fine-tuning depth X beside the zero-shot parent.
+
+    Parameters
+    ----------
+    rows
+        Sweep rows (:func:`surfflows.jobs.finetune.sweep_summary`): ``depth`` (None for the
+        parent), ``val_mae``, ``test_mae`` (J/m²); one point per checkpoint (seed), a line
+        through the mean per X.
+    path
+        PNG file to write.
+    title
+        Plot title (set and mode).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    tuned = [r for r in rows if r["depth"] is not None]
+    for part, colour in (("test", "tab:red"), ("val", "tab:blue")):
+        points = [(r["depth"], r[f"{part}_mae"]) for r in tuned if r[f"{part}_mae"] is not None]
+        if points:
+            depths = sorted({d for d, _ in points})
+            means = [np.mean([m for d, m in points if d == depth]) for depth in depths]
+            ax.scatter(*zip(*points, strict=True), color=colour, s=16, alpha=0.6)
+            ax.plot(depths, means, "-o", color=colour, label=f"fine-tuned, {part}")
+        for r in rows:
+            if r["depth"] is None and r[f"{part}_mae"] is not None:
+                ax.axhline(
+                    r[f"{part}_mae"],
+                    color=colour,
+                    ls="--",
+                    lw=1,
+                    label=f"zero-shot {r['model_id']}, {part}",
+                )
+    ax.set_xlabel("X (trainable units from the readout backwards)")
+    ax.set_ylabel("γ MAE (J/m²)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Training loss and validation gamma MAE per epoch of fine-tuned checkpoints.
+
+    Parameters
+    ----------
+    docs
+        FineTuneDoc dictionaries (``depth``, ``history``, ``best_epoch``, ``hyperparameters``).
+    path
+        PNG file to write.
+    title
+        Plot title.
+    """
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    depths = sorted({d["depth"] for d in docs})
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(depths), 1)))
+    for doc in sorted(docs, key=lambda d: (d["depth"], d["hyperparameters"]["seed"])):
+        colour = colours[depths.index(doc["depth"])]
+        label = f"X={doc['depth']} seed {doc['hyperparameters']['seed']}"
+        epochs = [r["epoch"] for r in doc["history"]]
+        loss_ax.plot(epochs, [r["train_loss"] for r in doc["history"]], color=colour, label=label)
+        val = [np.nan if r["val_gamma_mae"] is None else r["val_gamma_mae"] for r in doc["history"]]
+        val_ax.plot(epochs, val, color=colour, label=label)
+        val_ax.plot([doc["best_epoch"]], [val[doc["best_epoch"]]], "o", color=colour)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    val_ax.set_xlabel("epoch (dot: selected)")
+    val_ax.set_ylabel("validation γ MAE (J/m²)")
+    val_ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1027,9 +1027,13 @@ class BulkSetErrors(BaseModel):
         default=0, description="Cells left out: an element without a fitted offset, or failed."
     )
     n_elements: int = Field(description="Elements with an offset (free parameters).")
-    mae_per_atom: float = Field(description="MAE of the aligned residual, eV/atom.")
-    parent_mae_per_atom: float = Field(description="The parent's, eV/atom.")
-    relative_change: float = Field(description="mae / parent_mae - 1 (0.1: 10 % worse).")
+    mae_per_atom: float | None = Field(
+        description="MAE of the aligned residual, eV/atom (None: no cell evaluated)."
+    )
+    parent_mae_per_atom: float | None = Field(description="The parent's, eV/atom.")
+    relative_change: float | None = Field(
+        description="mae / parent_mae - 1 (0.1: 10 % worse)."
+    )
     force_mae: float | None = Field(default=None, description="Force MAE, eV/Å (if labelled).")
     parent_force_mae: float | None = Field(default=None, description="The parent's, eV/Å.")
 
@@ -1041,5 +1045,7 @@ class ForgettingDoc(BaseModel):
     model: ModelSpec = Field(description="Its spec.")
     parent_model_id: str = Field(description="Model it is compared with.")
     sets: list[BulkSetErrors] = Field(description="One entry per bulk set.")
-    max_relative_change: float = Field(description="Largest relative_change over the sets.")
+    max_relative_change: float | None = Field(
+        description="Largest relative_change over the sets (None if none has one)."
+    )
     created_at: str = Field(default_factory=_now, description="ISO time the document was made.")

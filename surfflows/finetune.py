@@ -1,0 +1,983 @@
+"""Fine-tune the last X units of CHGNet on surface reference data.
+
+Depth X (``/work/shared/DESIGN.md``, "Fine-tuning depth X")
+------------------------------------------------------------
+CHGNet's energy path in forward order is ``embedding -> block 0 -> ... -> block n-2 ->
+atom_conv n-1 -> readout``, a block being ``[atom_conv i, bond_conv i, angle i]``.
+X counts units from the readout backwards (:func:`depth_units`):
+
+====  =====================================================================================
+X     modules fitted (CHGNet 0.3.0: n_conv = 4)
+====  =====================================================================================
+0     ``composition_model`` (AtomRef, per-element reference energies) only
+1     + ``readout_norm``, ``mlp``
+2     + ``atom_conv_layers.3``
+3     + ``atom_conv_layers.2``, ``bond_conv_layers.2``, ``angle_layers.2``
+4, 5  + block 1, + block 0
+6     + embeddings (``atom_embedding``, bond and angle bases and embeddings, bond weights)
+====  =====================================================================================
+
+``site_wise`` (the magnetic-moment head) is never trained: no magmom labels. In unit 3
+``angle_layers.2`` is fitted in name only, since CHGNet's energy does not read the angle
+features after the last block.
+
+Objective
+---------
+1. Per-element reference energies are fitted first (linear least squares, chgnet's
+   :meth:`AtomRef.fit`) to the residual ``E_DFT - E_parent`` per atom of the training
+   structures and added to the parent's AtomRef, so a data set's energy scale (JARVIS
+   OptB88vdW versus CHGNet's MP2020-corrected PBE) is not learned by the network. AtomRef
+   is then frozen.
+2. The X units are trained with Adam(W) and a cosine learning-rate decay on
+   ``energy_weight * L(E/N) + gamma_weight * L(gamma) [+ force_weight * L(F)]`` where
+   ``L`` is MSE, Huber or L1, ``E/N`` the energy per atom of slabs and bulks (eV/atom) and
+   ``gamma = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` (J/m²) of each training slab with
+   its bulk in the same batch. gamma is invariant to per-element offsets for stoichiometric
+   slabs, so that term targets exactly what is evaluated.
+3. After every epoch the validation gamma MAE (val slabs with their bulks) is measured; the
+   epoch with the lowest one is kept (epoch 0 is the model before any gradient step), and
+   training stops after ``patience`` epochs without improvement.
+
+Compute
+-------
+CrystalGraphs and batches are made once. Without forces, the frozen stages do not change,
+so their output is computed once per batch and only the X trainable stages run each step
+(:func:`run_stages` replays ``CHGNet._compute``'s energy path stage by stage; a test checks
+it against ``CHGNet.forward``). Forces (``force_weight > 0``) and X = all need the full
+forward pass (``CHGNet.forward``) every step and cost 10-100 times more.
+
+Batches are fixed groups of materials (a bulk with its slabs), formed once with the seed;
+their order is reshuffled every epoch. ``last.pth.tar`` in the work folder holds model,
+optimizer, scheduler, random state and history after every epoch, so a run resumes where
+it stopped; ``best.pth.tar`` holds the selected model and loads with ``CHGNet.from_file``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from chgnet.graph import CrystalGraph, CrystalGraphConverter
+from chgnet.model import CHGNet
+from chgnet.model.composition_model import AtomRef
+from chgnet.model.model import BatchedGraph
+from pymatgen.core import Element, Structure
+from torch import Tensor, nn
+
+from surfflows.schemas import EpochRecord, FineTuneSettings
+from surfflows.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
+
+#: Modules of the embedding unit (the largest X).
+EMBEDDING_MODULES = (
+    "atom_embedding",
+    "bond_basis_expansion",
+    "bond_embedding",
+    "bond_weights_ag",
+    "bond_weights_bg",
+    "angle_basis_expansion",
+    "angle_embedding",
+)
+READOUT_MODULES = ("readout_norm", "mlp")
+#: Checkpoint files in a fine-tune work folder.
+LAST_CHECKPOINT = "last.pth.tar"
+BEST_CHECKPOINT = "best.pth.tar"
+
+
+# ------------------------------------------------------------------------------ depth
+
+
+def network_stages(model: CHGNet) -> list[tuple[str, ...]]:
+    """Module names of each stage of CHGNet's energy path, in forward order.
+
+    Stage 0 is the embedding, stages 1..n_conv-1 the blocks, stage n_conv the last
+    atom_conv, stage n_conv + 1 the readout; :func:`run_stages` runs them.
+    """
+    names = dict(model.named_modules())
+    n_conv = model.n_conv
+    blocks = [
+        tuple(
+            name
+            for name in (f"atom_conv_layers.{i}", f"bond_conv_layers.{i}", f"angle_layers.{i}")
+            if name in names
+        )
+        for i in range(n_conv - 1)
+    ]
+    embedding = tuple(name for name in EMBEDDING_MODULES if name in names)
+    readout = tuple(name for name in READOUT_MODULES if names.get(name) is not None)
+    return [embedding, *blocks, (f"atom_conv_layers.{n_conv - 1}",), readout]
+
+
+def depth_units(model: CHGNet) -> list[tuple[str, ...]]:
+    """Units in the order X adds them: ``composition_model``, readout, ..., embedding."""
+    return [("composition_model",), *reversed(network_stages(model))]
+
+
+def max_depth(model: CHGNet) -> int:
+    """The X that fits every unit (6 for CHGNet 0.3.0)."""
+    return len(depth_units(model)) - 1
+
+
+def _parameter_modules(model: CHGNet) -> list[str]:
+    """Names of the modules that hold parameters, ModuleLists expanded to their items."""
+    out = []
+    for name, child in model.named_children():
+        items = (
+            [(f"{name}.{i}", c) for i, c in enumerate(child)]
+            if isinstance(child, nn.ModuleList)
+            else [(name, child)]
+        )
+        out += [n for n, c in items if c is not None and any(True for _ in c.parameters())]
+    return out
+
+
+@dataclass(frozen=True)
+class FreezeInfo:
+    """Which modules of a CHGNet are fitted at depth X.
+
+    Attributes
+    ----------
+    depth
+        X.
+    trainable_modules
+        ``composition_model`` (fitted by least squares) and the modules of the X units.
+    frozen_modules
+        Every other module with parameters.
+    trainable_parameters
+        Parameters of ``trainable_modules``.
+    optimized_parameters
+        Parameters the optimizer updates (``trainable_parameters`` less AtomRef's).
+    """
+
+    depth: int
+    trainable_modules: list[str]
+    frozen_modules: list[str]
+    trainable_parameters: int
+    optimized_parameters: int
+
+
+def freeze_to_depth(model: CHGNet, depth: int) -> FreezeInfo:
+    """Set ``requires_grad`` so that only the network units 1..X are optimized.
+
+    AtomRef (unit 0) is fitted by least squares (:func:`fit_atomref_shift`), never by the
+    optimizer, so its parameters stay frozen here.
+
+    Raises
+    ------
+    ValueError
+        If ``depth`` is not in ``0..max_depth(model)``.
+    """
+    units = depth_units(model)
+    if not 0 <= depth < len(units):
+        raise ValueError(f"depth X={depth} out of range 0..{len(units) - 1} for this CHGNet")
+    trainable = [name for unit in units[: depth + 1] for name in unit]
+    modules = dict(model.named_modules())
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for name in trainable[1:]:
+        for parameter in modules[name].parameters():
+            parameter.requires_grad = True
+
+    def count(names: Sequence[str]) -> int:
+        return sum(p.numel() for name in names for p in modules[name].parameters())
+
+    return FreezeInfo(
+        depth=depth,
+        trainable_modules=trainable,
+        frozen_modules=[n for n in _parameter_modules(model) if n not in trainable],
+        trainable_parameters=count(trainable),
+        optimized_parameters=count(trainable[1:]),
+    )
+
+
+# ------------------------------------------------------------------------- forward pass
+
+
+def run_stages(
+    model: CHGNet, graph: BatchedGraph, state: dict[str, Tensor], start: int, stop: int
+) -> dict[str, Tensor]:
+    """Run stages ``start..stop-1`` of CHGNet's energy path (see :func:`network_stages`).
+
+    The energy part of ``CHGNet._compute`` (chgnet 0.3-0.4), cut into stages so that the
+    output of frozen stages can be cached.
+
+    Parameters
+    ----------
+    model
+        The CHGNet.
+    graph
+        Batched graph of the structures.
+    state
+        Features after stage ``start - 1`` (empty for ``start == 0``): ``atom``, ``bond``,
+        ``angle``, ``weights_ag``, ``weights_bg``.
+    start, stop
+        Stage range.
+
+    Returns
+    -------
+    dict
+        Features after stage ``stop - 1``; after the readout also ``energy``: the network
+        energy per atom (intensive model) of each structure, AtomRef not included.
+    """
+    state = dict(state)
+    n_conv = model.n_conv
+    has_angles = len(graph.angle_bases) != 0
+    for stage in range(start, stop):
+        if stage == 0:
+            state["atom"] = model.atom_embedding(graph.atomic_numbers - 1)
+            state["bond"] = model.bond_embedding(graph.bond_bases_ag)
+            state["weights_ag"] = model.bond_weights_ag(graph.bond_bases_ag)
+            state["weights_bg"] = model.bond_weights_bg(graph.bond_bases_bg)
+            if has_angles:
+                state["angle"] = model.angle_embedding(graph.angle_bases)
+        elif stage <= n_conv:
+            idx = stage - 1
+            state["atom"] = model.atom_conv_layers[idx](
+                atom_feas=state["atom"],
+                bond_feas=state["bond"],
+                bond_weights=state["weights_ag"],
+                atom_graph=graph.batched_atom_graph,
+                directed2undirected=graph.directed2undirected,
+            )
+            if idx == n_conv - 1 or not has_angles or model.bond_conv_layers[idx] is None:
+                continue
+            state["bond"] = model.bond_conv_layers[idx](
+                atom_feas=state["atom"],
+                bond_feas=state["bond"],
+                bond_weights=state["weights_bg"],
+                angle_feas=state["angle"],
+                bond_graph=graph.batched_bond_graph,
+            )
+            if model.angle_layers[idx] is not None:
+                state["angle"] = model.angle_layers[idx](
+                    atom_feas=state["atom"],
+                    bond_feas=state["bond"],
+                    angle_feas=state["angle"],
+                    bond_graph=graph.batched_bond_graph,
+                )
+        else:
+            atoms = (
+                state["atom"] if model.readout_norm is None else model.readout_norm(state["atom"])
+            )
+            n_atoms = torch.bincount(graph.atom_owners)
+            if model.mlp_first:
+                energy = model.pooling(model.mlp(atoms), graph.atom_owners).view(-1)
+            else:
+                energy = model.mlp(model.pooling(atoms, graph.atom_owners)).view(-1) * n_atoms
+            state["energy"] = energy / n_atoms if model.is_intensive else energy
+    return state
+
+
+# ------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Sample:
+    """One training or validation structure with its labels."""
+
+    key: str
+    doc_type: str
+    material_id: str
+    graph: CrystalGraph
+    n_atoms: int
+    energy: float
+    forces: np.ndarray | None = None
+
+
+@dataclass
+class SurfacePair:
+    """A slab and its bulk (indices into the samples) with the reference gamma."""
+
+    slab: int
+    bulk: int
+    n_units: float
+    area: float
+    gamma_ref: float
+
+
+@dataclass
+class ReferenceData:
+    """Samples, the slab/bulk pairs among them, and the records left out with the reason."""
+
+    samples: list[Sample] = field(default_factory=list)
+    pairs: list[SurfacePair] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        """Reference keys of the samples."""
+        return [s.key for s in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        """Structures, slabs, bulks, gamma pairs, materials and force-labelled structures."""
+        return {
+            "structures": len(self.samples),
+            "slabs": sum(s.doc_type == "slab" for s in self.samples),
+            "bulks": sum(s.doc_type == "bulk" for s in self.samples),
+            "gamma_pairs": len(self.pairs),
+            "materials": len({s.material_id for s in self.samples}),
+            "force_labelled": sum(s.forces is not None for s in self.samples),
+        }
+
+
+def reference_data(
+    docs: Sequence[dict[str, Any]],
+    assignments: dict[str, str],
+    parts: Sequence[str],
+    converter: CrystalGraphConverter,
+    *,
+    zero_force_labels: bool = False,
+    slab_keys: Collection[str] | None = None,
+) -> ReferenceData:
+    """Slabs and bulks of some split parts of a reference set, screened, as CrystalGraphs.
+
+    Parameters
+    ----------
+    docs
+        Reference documents of one set (slabs and bulks; others are ignored).
+    assignments
+        material_id -> split part.
+    parts
+        Parts to take (``("train",)`` for training, ``("val",)`` for validation).
+    converter
+        The model's graph converter.
+    zero_force_labels
+        Zero forces as labels for frames without ``ref_forces`` (DFT-relaxed frames only).
+    slab_keys
+        Only these slabs (e.g. a DIRECT or random selection of the train part), with their
+        bulks; None: every slab of the parts.
+
+    Returns
+    -------
+    ReferenceData
+        Left out, by reason: ``flagged:<flag>`` (a record with ``flags``; each flag counts),
+        ``no_bulk`` (a slab whose bulk is absent), ``bulk_without_slab`` (a bulk none of
+        whose slabs is kept, so no surface term), ``graph_failed``. A slab that is not
+        stoichiometric or has no reference gamma is kept for its energy without a gamma
+        term.
+    """
+    dropped: dict[str, list[str]] = defaultdict(list)
+    by_key = {doc["key"]: doc for doc in docs}
+    selected = [
+        doc
+        for doc in docs
+        if doc["doc_type"] in ("slab", "bulk") and assignments.get(doc["material_id"]) in parts
+        if doc["doc_type"] == "bulk" or slab_keys is None or doc["key"] in slab_keys
+    ]
+    slabs = []
+    for doc in (d for d in selected if d["doc_type"] == "slab"):
+        if doc.get("flags"):
+            for flag in doc["flags"]:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
+        elif doc.get("bulk_key") not in by_key:
+            dropped["no_bulk"].append(doc["key"])
+        else:
+            slabs.append(doc)
+    needed = {doc["bulk_key"] for doc in slabs}
+    bulks = []
+    for doc in (d for d in selected if d["doc_type"] == "bulk"):
+        if doc.get("flags"):
+            for flag in doc["flags"]:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
+        elif doc["key"] not in needed:
+            dropped["bulk_without_slab"].append(doc["key"])
+        else:
+            bulks.append(doc)
+    # Bulks first so that a slab's bulk is known when the slab's pair is made.
+    data = ReferenceData()
+    index: dict[str, int] = {}
+    for doc in [*bulks, *slabs]:
+        structure = Structure.from_dict(doc["structure"])
+        try:
+            graph = converter(structure, graph_id=doc["key"])
+        except Exception:
+            dropped["graph_failed"].append(doc["key"])
+            continue
+        forces = doc.get("ref_forces")
+        if forces is None and zero_force_labels:
+            forces = np.zeros((len(structure), 3))
+        index[doc["key"]] = len(data.samples)
+        data.samples.append(
+            Sample(
+                key=doc["key"],
+                doc_type=doc["doc_type"],
+                material_id=doc["material_id"],
+                graph=graph,
+                n_atoms=len(structure),
+                energy=float(doc["ref_energy"]),
+                forces=None if forces is None else np.asarray(forces, dtype=float),
+            )
+        )
+        if doc["doc_type"] != "slab" or doc["bulk_key"] not in index:
+            continue
+        gamma_ref = doc.get("gamma_ref_recomputed")
+        bulk = Structure.from_dict(by_key[doc["bulk_key"]]["structure"])
+        n_units, excess = bulk_units_and_excess(structure.composition, bulk.composition)
+        if gamma_ref is None or excess:
+            continue
+        data.pairs.append(
+            SurfacePair(
+                slab=index[doc["key"]],
+                bulk=index[doc["bulk_key"]],
+                n_units=n_units,
+                area=slab_area(structure.lattice),
+                gamma_ref=float(gamma_ref),
+            )
+        )
+    data.dropped = dict(dropped)
+    return data
+
+
+# --------------------------------------------------------------------- per-element fit
+
+
+def predict_energies(model: CHGNet, graphs: Sequence[CrystalGraph], batch_size: int = 32) -> Tensor:
+    """Energy per atom (eV/atom) of each graph with ``model``, batched, without gradients."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(graphs), batch_size):
+            out.append(model(list(graphs[start : start + batch_size]), task="e")["e"])
+    return torch.cat(out)
+
+
+def fit_atomref_shift(
+    model: CHGNet,
+    graphs: Sequence[CrystalGraph],
+    energy_per_atom: Sequence[float],
+    *,
+    predicted: Tensor | None = None,
+) -> dict[str, float]:
+    """Fit per-element reference energies to the residual of ``model`` and add them to its AtomRef.
+
+    The residual ``e_DFT - e_model`` (eV/atom) is fitted with chgnet's
+    :meth:`AtomRef.fit` (pseudo-inverse: elements absent from the data get zero); the result
+    is added to ``model.composition_model``. A constant per-element shift of the labels is
+    recovered exactly when the compositions determine it.
+
+    Parameters
+    ----------
+    model
+        CHGNet with an intensive AtomRef composition model; modified in place.
+    graphs, energy_per_atom
+        Training structures and their reference energies per atom.
+    predicted
+        The model's energies per atom of ``graphs`` if already known.
+
+    Returns
+    -------
+    dict
+        Element symbol -> fitted shift (eV/atom) for the elements of the data.
+    """
+    if not isinstance(model.composition_model, AtomRef) or not model.composition_model.is_intensive:
+        raise ValueError("fit_atomref_shift needs a CHGNet with an intensive AtomRef")
+    if predicted is None:
+        predicted = predict_energies(model, graphs)
+    residual = torch.as_tensor(energy_per_atom, dtype=predicted.dtype) - predicted
+    shift = AtomRef(is_intensive=True, max_num_elements=model.composition_model.max_num_elements)
+    shift.fit(list(graphs), residual.tolist())
+    weight = shift.fc.weight.detach().to(model.composition_model.fc.weight.dtype)
+    with torch.no_grad():
+        model.composition_model.fc.weight += weight
+    present = sorted({int(z) for g in graphs for z in g.atomic_number})
+    return {Element.from_Z(z).symbol: float(weight[0, z - 1]) for z in present}
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class Batch:
+    """A fixed batch: graphs, labels, slab/bulk pairs and the cached frozen-stage output."""
+
+    samples: list[int]
+    graphs: list[CrystalGraph]
+    n_atoms: Tensor
+    energy_per_atom: Tensor
+    pair_slab: Tensor
+    pair_bulk: Tensor
+    pair_units: Tensor
+    pair_area: Tensor
+    gamma_ref: Tensor
+    forces: list[Tensor] | None
+    composition_energy: Tensor | None = None
+    graph: BatchedGraph | None = None
+    frozen: dict[str, Tensor] | None = None
+
+
+def material_groups(data: ReferenceData) -> list[list[int]]:
+    """Sample indices grouped so that every slab is with its bulk (one group per bulk)."""
+    groups: dict[int, list[int]] = {}
+    for i, sample in enumerate(data.samples):
+        if sample.doc_type == "bulk":
+            groups[i] = [i]
+    paired = set()
+    for pair in data.pairs:
+        groups[pair.bulk].append(pair.slab)
+        paired.add(pair.slab)
+    lone = [[i] for i, s in enumerate(data.samples) if s.doc_type != "bulk" and i not in paired]
+    return [*groups.values(), *lone]
+
+
+def make_batches(
+    data: ReferenceData, batch_size: int, rng: np.random.Generator | None = None
+) -> list[list[int]]:
+    """Pack material groups (shuffled by ``rng``, else in order) into batches of ~batch_size."""
+    groups = material_groups(data)
+    order = rng.permutation(len(groups)) if rng is not None else range(len(groups))
+    batches: list[list[int]] = [[]]
+    for g in order:
+        if batches[-1] and len(batches[-1]) + len(groups[g]) > batch_size:
+            batches.append([])
+        batches[-1].extend(groups[g])
+    return [b for b in batches if b]
+
+
+def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int | None) -> Batch:
+    """Tensors of one batch; with ``cut``, the batched graph and stages ``0..cut-1`` are cached.
+
+    ``cut=None`` means nothing can be cached (forces, or trainable embeddings).
+    """
+    position = {sample: i for i, sample in enumerate(indices)}
+    pairs = [p for p in data.pairs if p.slab in position]
+    samples = [data.samples[i] for i in indices]
+    graphs = [s.graph for s in samples]
+    labelled = all(s.forces is not None for s in samples)
+    batch = Batch(
+        samples=indices,
+        graphs=graphs,
+        n_atoms=torch.tensor([s.n_atoms for s in samples], dtype=torch.float32),
+        energy_per_atom=torch.tensor([s.energy / s.n_atoms for s in samples], dtype=torch.float32),
+        pair_slab=torch.tensor([position[p.slab] for p in pairs], dtype=torch.long),
+        pair_bulk=torch.tensor([position[p.bulk] for p in pairs], dtype=torch.long),
+        pair_units=torch.tensor([p.n_units for p in pairs], dtype=torch.float32),
+        pair_area=torch.tensor([p.area for p in pairs], dtype=torch.float32),
+        gamma_ref=torch.tensor([p.gamma_ref for p in pairs], dtype=torch.float32),
+        forces=[torch.tensor(s.forces, dtype=torch.float32) for s in samples] if labelled else None,
+    )
+    if cut is not None:
+        with torch.no_grad():
+            batch.graph = BatchedGraph.from_graphs(
+                graphs, model.bond_basis_expansion, model.angle_basis_expansion
+            )
+            state = run_stages(model, batch.graph, {}, 0, cut)
+        # The readout reads only atom features: keep the cache small.
+        keep = ("atom",) if cut == model.n_conv + 1 else tuple(state)
+        batch.frozen = {k: state[k] for k in keep}
+    return batch
+
+
+def forward_batch(
+    model: CHGNet, batch: Batch, cut: int | None, with_forces: bool = False
+) -> tuple[Tensor, list[Tensor] | None]:
+    """Energy per atom of the batch's structures (AtomRef included) and forces if asked.
+
+    With ``cut``, only stages ``cut..`` run on the cached features and AtomRef's energy is
+    ``batch.composition_energy``; else ``CHGNet.forward`` runs in full.
+    """
+    if cut is not None:
+        state = run_stages(model, batch.graph, batch.frozen, cut, model.n_conv + 2)
+        return state["energy"] + batch.composition_energy, None
+    if with_forces:
+        for graph in batch.graphs:
+            graph.atom_frac_coord.requires_grad_(True)
+    prediction = model(batch.graphs, task="ef" if with_forces else "e")
+    return prediction["e"], prediction.get("f")
+
+
+def gamma_j_per_m2(energy_per_atom: Tensor, batch: Batch) -> Tensor:
+    """gamma = (E_slab - n E_bulk) / 2A of the batch's pairs, J/m², from energies per atom."""
+    total = energy_per_atom * batch.n_atoms
+    slab, bulk = total[batch.pair_slab], total[batch.pair_bulk]
+    return (slab - batch.pair_units * bulk) / (2 * batch.pair_area) * EV_PER_A2_TO_J_PER_M2
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Errors:
+    """Loss and errors accumulated over the batches of an epoch."""
+
+    loss: list[float] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
+    energy: list[Tensor] = field(default_factory=list)
+    gamma: list[Tensor] = field(default_factory=list)
+
+    def add(self, batch: Batch, energy: Tensor, loss: Tensor) -> None:
+        energy = energy.detach()
+        self.loss.append(float(loss))
+        self.weights.append(len(batch.samples))
+        self.energy.append(energy - batch.energy_per_atom)
+        if len(batch.gamma_ref):
+            self.gamma.append(gamma_j_per_m2(energy, batch) - batch.gamma_ref)
+
+    def summary(self) -> dict[str, float | None]:
+        energy = torch.cat(self.energy)
+        gamma = torch.cat(self.gamma) if self.gamma else None
+        return {
+            "loss": float(np.average(self.loss, weights=self.weights)),
+            "energy_mae": float(energy.abs().mean()),
+            "gamma_mae": None if gamma is None else float(gamma.abs().mean()),
+            "gamma_mse": None if gamma is None else float(gamma.mean()),
+        }
+
+
+class _Objective:
+    """The loss of :mod:`surfflows.finetune`'s objective for one batch."""
+
+    def __init__(self, settings: FineTuneSettings):
+        self.settings = settings
+        if settings.criterion == "mse":
+            self.criterion = nn.MSELoss()
+        elif settings.criterion == "l1":
+            self.criterion = nn.L1Loss()
+        else:
+            self.criterion = nn.HuberLoss(delta=settings.huber_delta)
+
+    def __call__(self, batch: Batch, energy: Tensor, forces: list[Tensor] | None) -> Tensor:
+        s = self.settings
+        loss = s.energy_weight * self.criterion(energy, batch.energy_per_atom)
+        if len(batch.gamma_ref) and s.gamma_weight > 0:
+            gamma = gamma_j_per_m2(energy, batch)
+            loss = loss + s.gamma_weight * self.criterion(gamma, batch.gamma_ref)
+        if forces is not None and batch.forces is not None:
+            loss = loss + s.force_weight * self.criterion(
+                torch.cat(forces), torch.cat(batch.forces)
+            )
+        return loss
+
+
+def run_epoch(
+    model: CHGNet,
+    batches: Sequence[Batch],
+    cut: int | None,
+    objective: _Objective,
+    optimizer: torch.optim.Optimizer | None = None,
+    order: Sequence[int] | None = None,
+) -> dict[str, float | None]:
+    """One pass over ``batches`` (in ``order``): a training epoch with ``optimizer``, else an
+    evaluation. Returns the mean loss, energy MAE (eV/atom), gamma MAE and mean signed
+    gamma error (J/m²); forces enter the loss only when training with force_weight > 0.
+    """
+    with_forces = optimizer is not None and objective.settings.force_weight > 0
+    errors = _Errors()
+    for b in order if order is not None else range(len(batches)):
+        batch = batches[b]
+        with torch.set_grad_enabled(optimizer is not None):
+            energy, forces = forward_batch(model, batch, cut, with_forces)
+            loss = objective(batch, energy, forces)
+        if optimizer is not None:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        errors.add(batch, energy, loss.detach())
+    return errors.summary()
+
+
+@dataclass
+class FineTuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes
+    ----------
+    model
+        The best-epoch model (also saved as ``best_checkpoint``).
+    freeze
+        Trainable and frozen modules at depth X.
+    history
+        One record per epoch, epoch 0 before any gradient step.
+    best_epoch
+        Epoch with the lowest validation gamma MAE.
+    atomref_shift
+        Fitted per-element shift, eV/atom.
+    best_checkpoint
+        File of the best model (``CHGNet.from_file`` loads it).
+    stopped_early
+        Whether patience ended the run before ``epochs``.
+    resumed_from_epoch
+        Last epoch of the checkpoint resumed from, else None.
+    setup_seconds, wall_seconds
+        Time of the set-up (graphs, batches, caches) and of the whole call.
+    """
+
+    model: CHGNet
+    freeze: FreezeInfo
+    history: list[EpochRecord]
+    best_epoch: int
+    atomref_shift: dict[str, float]
+    best_checkpoint: Path
+    stopped_early: bool
+    resumed_from_epoch: int | None
+    setup_seconds: float
+    wall_seconds: float
+
+
+def cache_cut(model: CHGNet, settings: FineTuneSettings) -> int | None:
+    """First trainable stage, whose input is cached; None when nothing can be cached."""
+    n_stages = model.n_conv + 2
+    if settings.force_weight > 0 or settings.depth >= n_stages:
+        return None
+    return n_stages - max(settings.depth, 1)
+
+
+def cosine_lr(settings: FineTuneSettings, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (1-based): cosine from lr to lr * lr_decay_fraction."""
+    low = settings.learning_rate * settings.lr_decay_fraction
+    progress = (epoch - 1) / max(settings.epochs - 1, 1)
+    return low + (settings.learning_rate - low) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def _record(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> EpochRecord:
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=train["loss"],
+        train_energy_mae=train["energy_mae"],
+        train_gamma_mae=train["gamma_mae"],
+        val_energy_mae=val["energy_mae"],
+        val_gamma_mae=val["gamma_mae"],
+        val_gamma_mean_signed_error=val["gamma_mse"],
+        learning_rate=lr,
+        seconds=seconds,
+    )
+
+
+def _selection_key(record: EpochRecord) -> float:
+    """Validation gamma MAE (energy MAE for data without gamma pairs)."""
+    return record.val_gamma_mae if record.val_gamma_mae is not None else record.val_energy_mae
+
+
+def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
+    """Whether saved settings are these, apart from the run's length and patience."""
+    ignore = {"epochs", "patience"}
+    kept = {k: v for k, v in saved.items() if k not in ignore}
+    return kept == settings.model_dump(exclude=ignore)
+
+
+def _set_composition(model: CHGNet, batches: Sequence[Batch]) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            batch.composition_energy = model.composition_model(batch.graphs)
+
+
+def finetune(
+    parent: CHGNet,
+    train: ReferenceData,
+    val: ReferenceData,
+    settings: FineTuneSettings,
+    work_dir: str | Path,
+    *,
+    progress: Callable[[EpochRecord], None] | None = None,
+) -> FineTuneResult:
+    """Fine-tune the last X units of a copy of ``parent`` (see the module docstring).
+
+    Parameters
+    ----------
+    parent
+        Pretrained CHGNet (not modified).
+    train, val
+        Training and validation data (disjoint materials; the test part never enters).
+    settings
+        Hyperparameters; ``settings.depth`` is X.
+    work_dir
+        Folder for ``last.pth.tar`` (resumable state, written every epoch) and
+        ``best.pth.tar``. If it holds a ``last.pth.tar`` of a run with the same settings
+        (``epochs`` and ``patience`` aside) and data, training resumes from it.
+    progress
+        Called with each epoch's record.
+
+    Returns
+    -------
+    FineTuneResult
+        The best-epoch model, history and files.
+
+    Raises
+    ------
+    ValueError
+        If the depth is out of range, there is no training or validation data, forces are
+        weighted without force labels, or ``work_dir`` holds a run with other settings or
+        data.
+    """
+    start_time = time.perf_counter()
+    if not train.samples or not val.samples:
+        raise ValueError(
+            f"need training and validation structures, got {len(train.samples)} and "
+            f"{len(val.samples)}"
+        )
+    if settings.force_weight > 0 and not any(s.forces is not None for s in train.samples):
+        raise ValueError("force_weight > 0 but no training structure has force labels")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    last = work_dir / LAST_CHECKPOINT
+    saved = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    if saved is not None and not _same_run(saved["settings"], settings):
+        raise ValueError(f"{last} was written with other settings: use another work folder")
+    if saved is not None and (saved["train_keys"], saved["val_keys"]) != (train.keys, val.keys):
+        raise ValueError(f"{last} was trained on other data: use another work folder")
+
+    model = copy.deepcopy(parent)
+    freeze = freeze_to_depth(model, settings.depth)
+    if saved is not None:
+        model.load_state_dict(saved["model"]["state_dict"])
+    cut = cache_cut(model, settings)
+    train_batches = [
+        build_batch(model, train, b, cut) for b in make_batches(train, settings.batch_size, rng)
+    ]
+    val_batches = [build_batch(model, val, b, cut) for b in make_batches(val, settings.batch_size)]
+    _set_composition(model, train_batches)
+    if saved is None:
+        predicted = torch.empty(len(train.samples))
+        with torch.no_grad():
+            for batch in train_batches:
+                predicted[batch.samples] = forward_batch(model, batch, cut)[0]
+        atomref_shift = fit_atomref_shift(
+            model,
+            [s.graph for s in train.samples],
+            [s.energy / s.n_atoms for s in train.samples],
+            predicted=predicted,
+        )
+        _set_composition(model, train_batches)
+    else:
+        atomref_shift = saved["atomref_shift"]
+    _set_composition(model, val_batches)
+    setup_seconds = time.perf_counter() - start_time
+
+    objective = _Objective(settings)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (
+        torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        if parameters
+        else None
+    )
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        history = [EpochRecord.model_validate(r) for r in saved["history"]]
+        best_state = saved["best_state_dict"]
+    else:
+        tick = time.perf_counter()
+        model.eval()
+        history = [
+            _record(
+                0,
+                run_epoch(model, train_batches, cut, objective),
+                run_epoch(model, val_batches, cut, objective),
+                0.0,
+                time.perf_counter() - tick,
+            )
+        ]
+        best_state = copy.deepcopy(model.state_dict())
+        if progress:
+            progress(history[0])
+    resumed_from = history[-1].epoch if saved is not None else None
+
+    def best() -> EpochRecord:
+        return min(history, key=_selection_key)
+
+    stopped_early = False
+    while optimizer is not None and history[-1].epoch < settings.epochs:
+        if settings.patience and history[-1].epoch - best().epoch >= settings.patience:
+            stopped_early = True
+            break
+        epoch = history[-1].epoch + 1
+        tick = time.perf_counter()
+        lr = cosine_lr(settings, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = rng.permutation(len(train_batches))
+        train_errors = run_epoch(model, train_batches, cut, objective, optimizer, order)
+        model.eval()
+        val_errors = run_epoch(model, val_batches, cut, objective)
+        history.append(_record(epoch, train_errors, val_errors, lr, time.perf_counter() - tick))
+        if best() is history[-1]:
+            best_state = copy.deepcopy(model.state_dict())
+        torch.save(
+            {
+                "model": model.as_dict(),
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state,
+                "history": [r.model_dump() for r in history],
+                "best_state_dict": best_state,
+                "atomref_shift": atomref_shift,
+                "settings": settings.model_dump(),
+                "train_keys": train.keys,
+                "val_keys": val.keys,
+            },
+            last,
+        )
+        if progress:
+            progress(history[-1])
+
+    model.load_state_dict(best_state)
+    model.eval()
+    best_checkpoint = work_dir / BEST_CHECKPOINT
+    torch.save({"model": model.as_dict()}, best_checkpoint)
+    return FineTuneResult(
+        model=model,
+        freeze=freeze,
+        history=history,
+        best_epoch=best().epoch,
+        atomref_shift=atomref_shift,
+        best_checkpoint=best_checkpoint,
+        stopped_early=stopped_early,
+        resumed_from_epoch=resumed_from,
+        setup_seconds=setup_seconds,
+        wall_seconds=time.perf_counter() - start_time,
+    )
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+def aligned_energy_mae(
+    fit_compositions: Sequence[dict[str, float]],
+    fit_residuals: Sequence[float],
+    compositions: Sequence[dict[str, float]],
+    residuals: Sequence[float],
+) -> tuple[float | None, int, int]:
+    """MAE per atom of energy residuals after a per-element linear offset.
+
+    The offsets ``mu_el`` minimise ``sum (r_i - sum_el x_i,el mu_el)^2`` over the ``fit``
+    cells, ``x`` being atom fractions and ``r = e_ref - e_model`` per atom (sklearn's
+    least squares, no intercept); the MAE is taken over the evaluated cells that contain
+    only fitted elements.
+
+    Returns
+    -------
+    mae, n_evaluated, n_elements
+        MAE (eV/atom; None if no cell is evaluated), cells evaluated, elements with an
+        offset.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    elements = sorted({el for comp in fit_compositions for el in comp})
+    column = {el: i for i, el in enumerate(elements)}
+
+    def fractions(comps: Sequence[dict[str, float]]) -> np.ndarray:
+        x = np.zeros((len(comps), len(elements)))
+        for row, comp in enumerate(comps):
+            total = sum(comp.values())
+            for el, amount in comp.items():
+                x[row, column[el]] = amount / total
+        return x
+
+    fit = LinearRegression(fit_intercept=False).fit(
+        fractions(fit_compositions), np.asarray(fit_residuals)
+    )
+    keep = [i for i, comp in enumerate(compositions) if set(comp) <= column.keys()]
+    if not keep:
+        return None, 0, len(elements)
+    x = fractions([compositions[i] for i in keep])
+    r = np.asarray(residuals, dtype=float)[keep]
+    return float(np.abs(r - fit.predict(x)).mean()), len(keep), len(elements)

@@ -1,0 +1,277 @@
+"""Fine-tuning by depth X: freezing, the staged forward pass, the per-element fit, a real
+one-epoch fine-tune on a tiny metal set (registry, document, evaluation, resume), the sweep
+through the command line, and the bulk-forgetting check."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.io import read, write
+from chgnet.model.model import BatchedGraph
+from jobflow import run_locally
+from pymatgen.core import Lattice, Structure
+from typer.testing import CliRunner
+
+from surfflows.cli import app
+from surfflows.finetune import (
+    aligned_energy_mae,
+    fit_atomref_shift,
+    freeze_to_depth,
+    max_depth,
+    predict_energies,
+    reference_data,
+    run_stages,
+)
+from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
+from surfflows.models import ModelSpec, file_sha256, load_model
+from surfflows.references.ingest import ingest_path
+from surfflows.schemas import FineTuneDoc, FineTuneSettings
+from surfflows.splits import SplitDoc, split_id
+from surfflows.stores import get_job_store, get_store
+
+DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references"
+#: Material -> split part of the tiny set: Cu and Ni train, Pt val, Rh test.
+PARTS = {"Cu": "train", "Ni": "train", "Pt": "val", "Rh": "test"}
+SMALL = {"Cu": 8, "Ni": 4, "Pt": 4, "Rh": 4}
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    return load_model(ModelSpec())
+
+
+@pytest.fixture
+def tiny_set(tmp_path) -> str:
+    """Small PBE metal slabs and bulks (Cu, Ni train; Pt val; Rh test), a flagged Ni copy,
+    a six-cell bulk set for the forgetting check, all ingested, with a stored split."""
+    folder = tmp_path / "tiny_ft"
+    folder.mkdir()
+    slabs = [
+        a
+        for a in read(DATA / "pbe_metal_surfaces" / "slabs.extxyz", ":")
+        if a.info["material_id"] in PARTS and len(a) <= SMALL[a.info["material_id"]]
+    ]
+    flagged = slabs[-1].copy()
+    flagged.info.update(slab_id="flagged_copy", flags="gamma_outside_0-5")
+    bulks = [
+        a
+        for a in read(DATA / "pbe_metal_surfaces" / "bulks.extxyz", ":")
+        if a.info["material_id"] in PARTS
+    ]
+    write(folder / "slabs.extxyz", [*slabs, flagged])
+    write(folder / "bulks.extxyz", bulks)
+    (folder / "README.md").write_text("# tiny\nlevel_of_theory: VASP PBE\n")
+    ingest_path(folder)
+    eos = tmp_path / "tiny_eos"
+    eos.mkdir()
+    write(eos / "bulks.extxyz", read(DATA / "bo2_bulk_eos" / "bulks.extxyz", "::50"))
+    (eos / "README.md").write_text("# tiny eos\nlevel_of_theory: VASP PBE\n")
+    ingest_path(eos)
+    with get_store("splits") as splits:
+        doc = SplitDoc(
+            split_id=split_id("tiny_ft", 0),
+            set_name="tiny_ft",
+            seed=0,
+            fractions=(0.5, 0.25, 0.25),
+            assignments=PARTS,
+        )
+        splits.update([doc.model_dump(mode="json")], key="split_id")
+    return "tiny_ft"
+
+
+def test_freezing_by_depth(chgnet):
+    model = copy.deepcopy(chgnet)
+    assert max_depth(model) == 6
+    zero = freeze_to_depth(model, 0)
+    assert zero.trainable_modules == ["composition_model"]
+    assert zero.trainable_parameters == 94 and zero.optimized_parameters == 0
+    assert not any(p.requires_grad for p in model.parameters())
+    readout = freeze_to_depth(model, 1)
+    assert readout.trainable_modules == ["composition_model", "readout_norm", "mlp"]
+    n_readout = sum(p.numel() for m in (model.readout_norm, model.mlp) for p in m.parameters())
+    assert readout.optimized_parameters == n_readout
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_readout
+    two = freeze_to_depth(model, 2)
+    assert two.trainable_modules[-1] == "atom_conv_layers.3"
+    assert "atom_conv_layers.2" in two.frozen_modules and "site_wise" in two.frozen_modules
+    three = freeze_to_depth(model, 3)
+    assert three.trainable_modules[-3:] == [
+        "atom_conv_layers.2",
+        "bond_conv_layers.2",
+        "angle_layers.2",
+    ]
+    everything = freeze_to_depth(model, 6)
+    assert everything.frozen_modules == ["site_wise"]
+    assert everything.trainable_parameters == model.n_params - model.site_wise.weight.numel() - 1
+    with pytest.raises(ValueError, match="out of range"):
+        freeze_to_depth(model, 7)
+
+
+def test_staged_forward_matches_chgnet(chgnet, cu_bulk, rutile_bulk):
+    """The cached-prefix path is CHGNet's own energy for every cut (guards chgnet upgrades)."""
+    graphs = [chgnet.graph_converter(s) for s in (cu_bulk, rutile_bulk)]
+    reference = predict_energies(chgnet, graphs)
+    with torch.no_grad():
+        batch = BatchedGraph.from_graphs(
+            graphs, chgnet.bond_basis_expansion, chgnet.angle_basis_expansion
+        )
+        composition = chgnet.composition_model(graphs)
+        for cut in range(chgnet.n_conv + 2):
+            frozen = run_stages(chgnet, batch, {}, 0, cut)
+            energy = run_stages(chgnet, batch, frozen, cut, chgnet.n_conv + 2)["energy"]
+            torch.testing.assert_close(energy + composition, reference)
+
+
+def test_atomref_fit_recovers_a_per_element_shift(chgnet, cu_bulk):
+    rocksalt = [[0, 0, 0], [0.5, 0.5, 0.5]]
+    structures = [
+        cu_bulk,
+        Structure(
+            Lattice.cubic(3.52),
+            ["Ni"] * 4,
+            [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]],
+        ),
+        Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.18), ["Ni", "O"], rocksalt),
+        Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], rocksalt),
+    ]
+    shift = {"Cu": -0.7, "Ni": 0.3, "O": 1.1, "Mg": -2.0}
+    model = copy.deepcopy(chgnet)
+    graphs = [model.graph_converter(s) for s in structures]
+    before = predict_energies(model, graphs)
+    labels = [
+        float(e)
+        + sum(shift[el.symbol] * x for el, x in s.composition.fractional_composition.items())
+        for e, s in zip(before, structures, strict=True)
+    ]
+    fitted = fit_atomref_shift(model, graphs, labels)
+    assert fitted == pytest.approx(shift, abs=1e-4)
+    torch.testing.assert_close(
+        predict_energies(model, graphs), torch.tensor(labels), atol=1e-4, rtol=0
+    )
+
+
+def test_aligned_energy_mae():
+    comps = [{"Ti": 1, "O": 2}, {"Sn": 2, "O": 4}, {"Ti": 2, "O": 4}, {"Sn": 1, "O": 2}]
+    offsets = {"Ti": 0.5, "Sn": -1.0, "O": 0.2}
+    residuals = [sum(offsets[e] * n for e, n in c.items()) / sum(c.values()) for c in comps]
+    mae, n, n_elements = aligned_energy_mae(comps, residuals, comps, residuals)
+    assert mae == pytest.approx(0, abs=1e-9) and (n, n_elements) == (4, 3)
+    noisy = [r + d for r, d in zip(residuals, (0.01, -0.01, -0.01, 0.01), strict=True)]
+    assert aligned_energy_mae(comps, noisy, comps, noisy)[0] == pytest.approx(0.01)
+    # a cell with an element without an offset is left out
+    assert aligned_energy_mae(comps, residuals, [*comps, {"V": 1}], [*residuals, 9.0])[1] == 4
+
+
+def test_reference_data_screens_and_splits(tiny_set, chgnet):
+    with get_store("references") as refs:
+        docs = list(refs.query({"set_name": tiny_set}))
+    train = reference_data(docs, PARTS, ("train",), chgnet.graph_converter)
+    assert {s.material_id for s in train.samples} == {"Cu", "Ni"}
+    assert train.dropped == {"flagged:gamma_outside_0-5": ["tiny_ft:flagged_copy"]}
+    assert train.counts()["gamma_pairs"] == train.counts()["slabs"] == 5
+    one = reference_data(
+        docs, PARTS, ("train",), chgnet.graph_converter, slab_keys={"tiny_ft:Ni_100"}
+    )
+    assert one.keys == ["tiny_ft:bulk:5", "tiny_ft:Ni_100"]
+    assert one.dropped["bulk_without_slab"] == ["tiny_ft:bulk:399"]
+
+
+def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
+    store = get_job_store()
+    settings = FineTuneSettings(depth=2, epochs=1, batch_size=8)
+    work = tmp_path / "run"
+    maker = FineTuneMaker(settings=settings, work_dir=str(work))
+    responses = run_locally(maker.make(tiny_set), store=store, log=False, ensure_success=True)
+    doc: FineTuneDoc = next(iter(responses.values()))[1].output
+
+    # training used every unflagged Cu and Ni record, and nothing of Pt (val) or Rh (test)
+    with get_store("references") as refs:
+        by_material = {
+            m: {d["key"] for d in refs.query({"set_name": tiny_set, "material_id": m})}
+            for m in PARTS
+        }
+    assert set(doc.train_keys) == (by_material["Cu"] | by_material["Ni"]) - {"tiny_ft:flagged_copy"}
+    assert set(doc.val_keys) == by_material["Pt"]
+    assert not set(doc.train_keys + doc.val_keys) & by_material["Rh"]
+    assert doc.n_train["materials"] == 2 and doc.n_val["slabs"] == 1
+    assert doc.dropped == {"flagged:gamma_outside_0-5": ["tiny_ft:flagged_copy"]}
+
+    # the document: depth, modules, curves; the checkpoint: registered under its sha256
+    assert doc.depth == 2 and doc.trainable_modules[-1] == "atom_conv_layers.3"
+    assert [r.epoch for r in doc.history] == [0, 1] and doc.history[1].val_gamma_mae > 0
+    assert doc.sha256 == file_sha256(doc.checkpoint_path) == doc.model.sha256
+    with get_store("models") as models:
+        entry = models.query_one({"sha256": doc.sha256})
+    assert entry["model_id"] == doc.model_id and entry["metadata"]["depth"] == 2
+    assert entry["metadata"]["history"][1]["epoch"] == 1
+
+    # the checkpoint is a ModelSpec for every flow: evaluate it on the test part
+    spec = ModelSpec.parse(doc.model_id)
+    items = reference_items(tiny_set, get_store("references"), PARTS, ("test",))
+    flow = EvaluateMaker(model=spec, modes=("single_point",)).make(tiny_set, items)
+    run_locally(flow, store=store, log=False, ensure_success=True)
+    with store:
+        evaluation = store.query_one(
+            {"output.@class": "EvaluationDoc", "output.model_id": doc.model_id}
+        )["output"]
+    assert {r["reference_key"] for r in evaluation["results"]} == {
+        "tiny_ft:Rh_100",
+        "tiny_ft:bulk:265",
+    }
+    assert all(r["converged"] for r in evaluation["results"])
+
+    # bulk forgetting beside the parent
+    forgetting = run_locally(
+        bulk_forgetting(spec, ModelSpec(), tiny_set, ("tiny_eos",)),
+        store=store,
+        log=False,
+        ensure_success=True,
+        raise_immediately=True,
+    )
+    sets = next(iter(forgetting.values()))[1].output.sets
+    assert sets[0].name == "tiny_eos" and sets[0].n_structures == 6
+    assert sets[0].force_mae is not None and np.isfinite(sets[0].relative_change)
+
+    # resume from last.pth.tar: the epoch count continues
+    longer = FineTuneMaker(settings=settings.model_copy(update={"epochs": 2}), work_dir=str(work))
+    responses = run_locally(longer.make(tiny_set), store=store, log=False, ensure_success=True)
+    resumed: FineTuneDoc = next(iter(responses.values()))[1].output
+    assert resumed.resumed_from_epoch == 1
+    assert [r.epoch for r in resumed.history] == [0, 1, 2]
+    assert resumed.history[1] == doc.history[1]
+
+
+def test_sweep_command_and_report(tiny_set, tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "reference": tiny_set,
+                "depths": [0, 1],
+                "bulk_sets": ["tiny_eos"],
+                "hyperparameters": {"epochs": 1, "batch_size": 8},
+                "work_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(config), "--out", str(tmp_path / "sweep.json")])
+    assert result.exit_code == 0, result.output
+    rows = yaml.safe_load((tmp_path / "sweep.json").read_text())["single_point"]
+    assert [r["depth"] for r in rows] == [None, 0, 1]
+    parent, zero, _ = rows
+    assert parent["model_id"] == "chgnet-0.3.0" and parent["n_test"] == 1
+    # X=0 only shifts per-element energies: gamma of a stoichiometric slab is unchanged
+    assert zero["test_mae"] == pytest.approx(parent["test_mae"], abs=1e-4)
+    assert set(zero["forgetting"]) == {"tiny_eos", "tiny_ft:test"}
+    result = runner.invoke(app, ["report", "--out", str(tmp_path / "reports")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "finetune_depth_tiny_ft_single_point.png").is_file()
+    assert (tmp_path / "reports" / "finetune_curves_tiny_ft.png").is_file()
