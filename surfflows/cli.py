@@ -858,6 +858,74 @@ def sweep(
     console.print(f"sweep done in {time.perf_counter() - start:.0f} s")
 
 
+@app.command("learning-curve")
+def learning_curve(
+    config: Annotated[Path, typer.Argument(help="Learning-curve YAML.")] = Path(
+        "configs/learning_curve.yaml"
+    ),
+    out: Annotated[Path, typer.Option(help="Folder for table and plots.")] = Path("reports"),
+    run_flow: Annotated[bool, typer.Option("--run/--report-only", help="Run or only report.")] = (
+        True
+    ),
+) -> None:
+    """DIRECT versus random fine-tuning data at several budgets: run, build, table, plots."""
+    import json
+
+    import yaml
+    from jobflow import run_locally
+
+    from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+    from surfflows.jobs.learning_curve import (
+        LearningCurveConfig,
+        coverage,
+        learning_curve_rows,
+        summarize_curve,
+    )
+    from surfflows.models import ModelSpec
+    from surfflows.plots import coverage_plot, learning_curve_plot
+    from surfflows.stores import get_job_store, get_store
+
+    try:
+        campaign = LearningCurveConfig.model_validate(yaml.safe_load(config.read_text()))
+    except Exception as exc:
+        _fail(f"{config}: {exc}")
+    start = time.perf_counter()
+    if run_flow:
+        flow = campaign.maker().make(campaign.reference)
+        run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+        for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
+            builder.connect()
+            builder.update_targets([builder.process_item(i) for i in builder.get_items()])
+    names = ("outputs", "benchmarks", "references", "splits", "features", "selections")
+    stores = {n: get_store(n) for n in names}
+    for store in stores.values():
+        store.connect()
+    rows = learning_curve_rows(stores["outputs"], stores["benchmarks"], campaign.name)
+    summary = summarize_curve(rows)
+    table = Table(title=f"{campaign.name}: test γ MAE (J/m²) over seeds")
+    for column in ("method", "budget", "seeds", "mean", "std"):
+        table.add_column(column)
+    for r in summary:
+        table.add_row(
+            r["method"], str(r["budget"]), str(r["n_seeds"]),
+            f"{r['test_mae_mean']:.3f}", f"{r['test_mae_std']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{campaign.name}.json").write_text(json.dumps({"rows": rows, "summary": summary}))
+    curve = learning_curve_plot(summary, out / f"{campaign.name}.png", campaign.name)
+    console.print(f"wrote {curve}")
+    top = max(campaign.budgets)
+    ids = [
+        d["selection_id"]
+        for d in stores["selections"].query({"set_name": campaign.reference, "seed": 0})
+        if d["budget"] == top or len(d["reference_keys"]) == top
+    ]
+    pca, marked = coverage(campaign.reference, ids, ModelSpec.parse(campaign.parent), stores)
+    path = coverage_plot(pca, marked, out / f"{campaign.name}_coverage.png", campaign.reference)
+    console.print(f"wrote {path}; {time.perf_counter() - start:.0f} s")
+
+
 @app.command()
 def info() -> None:
     """Show the settings in force and how many documents each store holds."""

@@ -327,3 +327,50 @@ def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def learning_curve_plot(summary: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Test gamma MAE versus training budget, mean ± standard deviation over seeds."""
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    for method, colour in (("direct", "tab:red"), ("random", "tab:blue")):
+        rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["budget"])
+        if rows:
+            ax.errorbar(
+                [r["budget"] for r in rows],
+                [r["test_mae_mean"] for r in rows],
+                yerr=[r["test_mae_std"] for r in rows],
+                marker="o",
+                capsize=3,
+                color=colour,
+                label=f"{method} ({rows[0]['n_seeds']} seeds)",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("training slabs (with their bulks)")
+    ax.set_ylabel("test γ MAE (J/m²)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    return _save(fig, path)
+
+
+def coverage_plot(
+    pca_features: np.ndarray, selections: dict[str, Sequence[int]], path: str | Path, title: str
+) -> Path:
+    """The pool in its first two weighted principal components, with selected slabs marked."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    ax.scatter(pca_features[:, 0], pca_features[:, 1], s=10, color="0.75", label="pool")
+    for (label, indexes), style in zip(
+        selections.items(), (("tab:red", "o"), ("tab:blue", "x")), strict=False
+    ):
+        ax.scatter(
+            pca_features[indexes, 0],
+            pca_features[indexes, 1],
+            s=28,
+            color=style[0],
+            marker=style[1],
+            label=label,
+        )
+    ax.set_xlabel("PC1 (weighted)")
+    ax.set_ylabel("PC2 (weighted)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -174,7 +174,8 @@ def select(
 ) -> SelectionDoc:
     """Select ``budget`` training slabs of a set by DIRECT or at random, and store the choice.
 
-    A selection with the same id is returned from the store unchanged (reproducible).
+    A selection with the same id is returned from the store unchanged (reproducible). A
+    budget of at least the pool size selects the whole pool.
     """
     from surfflows.splits import get_or_create_split
 
@@ -189,7 +190,9 @@ def select(
     if not pool:
         raise ValueError(f"no unflagged train-split slabs with a bulk in {set_name!r}")
     info: dict = {}
-    if method == "direct":
+    if budget >= len(pool):  # the whole pool: both methods give the same set
+        indexes = list(range(len(pool)))
+    elif method == "direct":
         indexes, info = direct_select(stored_features(pool, model, features), budget)
     elif method == "random":
         indexes = random_select(len(pool), budget, seed)
