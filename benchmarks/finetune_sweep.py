@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -37,28 +38,28 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune_sweep.yaml"
 
 
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def per_depth(rows: list[dict]) -> dict[str, dict]:
-    """Means over seeds per X (and the zero-shot row as ``zero-shot``)."""
+    """Means over seeds per X (the parent as ``zero-shot``); ``test_mae_std`` over seeds."""
     out = {}
     for depth in sorted({r["depth"] for r in rows}, key=lambda d: -1 if d is None else d):
         group = [r for r in rows if r["depth"] == depth]
-
-        def mean(key: str, group: list[dict] = group) -> float | None:
-            values = [r[key] for r in group if r.get(key) is not None]
-            return float(np.mean(values)) if values else None
-
         sets = sorted({name for r in group for name in r["forgetting"]})
+        tests = [r["test_mae"] for r in group if r["test_mae"] is not None]
         out["zero-shot" if depth is None else f"X={depth}"] = {
             "n_seeds": len(group),
-            **{k: mean(k) for k in ("val_mae", "val_mse", "test_mae", "test_mse")},
-            "test_mae_std": float(np.std([r["test_mae"] for r in group if r["test_mae"]]))
-            if len(group) > 1
-            else None,
-            "bulk_forgetting": {
-                name: float(np.mean([r["forgetting"][name] for r in group])) for name in sets
+            **{
+                k: _mean([r[k] for r in group])
+                for k in ("val_mae", "val_mse", "test_mae", "test_mse")
             },
-            "bulk_mae": {name: float(np.mean([r["bulk_mae"][name] for r in group])) for name in sets},
-            **{k: mean(k) for k in ("epoch_s", "wall_s", "best_epoch")},
+            "test_mae_std": float(np.std(tests)) if len(tests) > 1 else None,
+            "bulk_forgetting": {n: _mean([r["forgetting"][n] for r in group]) for n in sets},
+            "bulk_mae": {n: _mean([r["bulk_mae"][n] for r in group]) for n in sets},
+            **{k: _mean([r.get(k) for r in group]) for k in ("epoch_s", "wall_s", "best_epoch")},
         }
     return out
 
@@ -76,6 +77,8 @@ def main() -> None:
     os.environ["SURFFLOWS_MODEL_CACHE_DIR"] = str(scratch / "models")
     os.environ["SURFFLOWS_TORCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
+    logging.basicConfig(format="%(asctime)s %(message)s")
+    logging.getLogger("surfflows.jobs.finetune").setLevel(logging.INFO)
 
     from jobflow import run_locally
 

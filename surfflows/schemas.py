@@ -902,14 +902,14 @@ class FineTuneSettings(BaseModel):
         "per-element reference energies, 1: readout, 2: + last atom_conv, then whole "
         "[atom_conv, bond_conv, angle] blocks, the largest X adds the embeddings).",
     )
-    epochs: int = Field(default=60, ge=0, description="Training epochs (maximum).")
+    epochs: int = Field(default=20, ge=0, description="Training epochs (maximum).")
     learning_rate: float = Field(default=1e-3, gt=0, description="Initial Adam learning rate.")
     lr_decay_fraction: float = Field(
         default=0.1, gt=0, le=1, description="Cosine decay to this fraction of the learning rate."
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(
-        default=32,
+        default=16,
         ge=1,
         description="Structures per batch (about: a slab always shares its batch with its bulk).",
     )
@@ -937,7 +937,7 @@ class FineTuneSettings(BaseModel):
     )
     huber_delta: float = Field(default=0.1, gt=0, description="Delta of the Huber loss.")
     patience: int | None = Field(
-        default=15,
+        default=8,
         ge=1,
         description="Stop after this many epochs without a lower validation gamma MAE (None: "
         "never stop early).",
