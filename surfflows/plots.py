@@ -284,11 +284,7 @@ def finetune_depth_plot(rows: Sequence[dict[str, Any]], path: str | Path, title:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
@@ -322,11 +318,7 @@ def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title
     val_ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def learning_curve_plot(summary: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
