@@ -73,11 +73,7 @@ def parity_plot(
     if attribution:
         fig.text(0.01, 0.005, attribution, fontsize=6, color="0.3")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _hkl(miller_index: Sequence[int]) -> str:
