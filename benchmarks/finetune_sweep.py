@@ -36,6 +36,9 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune_sweep.yaml"
+ATTRIBUTION = (
+    "Reference data: JARVIS-DFT surfaces, K. Choudhary et al., Digital Discovery (2024), CC BY 4.0"
+)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -109,8 +112,9 @@ def main() -> None:
     png = finetune_depth_plot(
         summary[mode],
         stem.with_suffix(".png"),
-        f"{config.name}: fine-tuned {ModelSpec.parse(config.parent).model_id} on "
-        f"{config.reference} ({mode}); reference data: JARVIS-DFT (CC BY 4.0)",
+        f"{config.name}: {ModelSpec.parse(config.parent).model_id} fine-tuned on "
+        f"{config.reference} ({mode})",
+        attribution=ATTRIBUTION,
     )
     curves = finetune_curves_plot(docs, f"{stem}_curves.png", f"{config.name} loss curves")
     result = {

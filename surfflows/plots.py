@@ -242,7 +242,9 @@ def wulff_comparison_plot(
     return _save(fig, path)
 
 
-def finetune_depth_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+def finetune_depth_plot(
+    rows: Sequence[dict[str, Any]], path: str | Path, title: str, attribution: str = ""
+) -> Path:
     """Gamma MAE versus fine-tuning depth X beside the zero-shot parent.
 
     Parameters
@@ -255,6 +257,8 @@ def finetune_depth_plot(rows: Sequence[dict[str, Any]], path: str | Path, title:
         PNG file to write.
     title
         Plot title (set and mode).
+    attribution
+        Source of the reference data, printed under the axes.
     """
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     tuned = [r for r in rows if r["depth"] is not None]
@@ -279,7 +283,9 @@ def finetune_depth_plot(rows: Sequence[dict[str, Any]], path: str | Path, title:
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    if attribution:
+        fig.text(0.01, 0.005, attribution, fontsize=6, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, path)
 
 
