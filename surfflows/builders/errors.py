@@ -68,9 +68,17 @@ class SurfaceEnergyErrorBuilder(Builder):
         return max(stamps, default="")
 
     def get_items(self) -> Iterator[dict[str, Any]]:
-        """Groups with evaluations or references newer than their surface errors."""
+        """Groups with evaluations or references newer than their surface errors.
+
+        A reference set and its split are read once, however many models and modes
+        evaluated it; the groups of one set share them.
+        """
+        updated: dict[str, str] = {}
+        loaded: dict[str, tuple[list[dict], dict[str, str]]] = {}
         for (model_id, set_name, mode), completed in sorted(self._groups().items()):
-            refs_updated = self._references_updated(set_name)
+            if set_name not in updated:
+                updated[set_name] = self._references_updated(set_name)
+            refs_updated = updated[set_name]
             built = self.surface_errors.query_one(
                 {"model_id": model_id, "set_name": set_name, "mode": mode},
                 properties=["source_completed_at", "references_updated_at"],
@@ -88,7 +96,11 @@ class SurfaceEnergyErrorBuilder(Builder):
             for doc in sorted(self.outputs.query(criteria), key=lambda d: d["completed_at"]):
                 for result in doc["output"]["results"]:
                     energies[result["reference_key"]] = result  # newest evaluation wins
-            split = get_or_create_split(set_name, store=self.splits)
+            if set_name not in loaded:
+                split = get_or_create_split(set_name, store=self.splits)
+                references = list(self.references.query({"set_name": set_name}))
+                loaded[set_name] = (references, split.assignments)
+            references, assignments = loaded[set_name]
             self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
             yield {
                 "model_id": model_id,
@@ -97,8 +109,8 @@ class SurfaceEnergyErrorBuilder(Builder):
                 "source_completed_at": completed,
                 "references_updated_at": refs_updated,
                 "energies": energies,
-                "references": list(self.references.query({"set_name": set_name})),
-                "assignments": split.assignments,
+                "references": references,
+                "assignments": assignments,
             }
 
     def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
