@@ -762,6 +762,9 @@ def finetune(
         bool | None, typer.Option(help="Zero forces as labels of relaxed frames.")
     ] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
+    anchor_weight: Annotated[
+        float | None, typer.Option(help="L2-SP pull towards the parent's weights.")
+    ] = None,
     parent: Annotated[str, typer.Option(help="Model to fine-tune.")] = "chgnet-0.3.0",
     work_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (a rerun there resumes).")
@@ -793,7 +796,7 @@ def finetune(
         "depth": layers, "epochs": epochs, "learning_rate": lr, "seed": seed,
         "batch_size": batch_size, "energy_weight": energy_weight, "gamma_weight": gamma_weight,
         "force_weight": force_weight, "zero_force_labels": zero_force_labels,
-        "patience": patience,
+        "patience": patience, "anchor_weight": anchor_weight,
     }  # fmt: skip
     try:
         settings = FineTuneSettings(**{k: v for k, v in given.items() if v is not None})

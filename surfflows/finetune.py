@@ -29,11 +29,14 @@ Objective
    OptB88vdW versus CHGNet's MP2020-corrected PBE) is not learned by the network. AtomRef
    is then frozen.
 2. The X units are trained with Adam(W) and a cosine learning-rate decay on
-   ``energy_weight * L(E/N) + gamma_weight * L(gamma) [+ force_weight * L(F)]`` where
+   ``energy_weight * L(E/N) + gamma_weight * L(gamma) [+ force_weight * L(F)]
+   [+ anchor_weight * |theta - theta_parent|^2]`` where
    ``L`` is MSE, Huber or L1, ``E/N`` the energy per atom of slabs and bulks (eV/atom) and
    ``gamma = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` (J/m²) of each training slab with
    its bulk in the same batch. gamma is invariant to per-element offsets for stoichiometric
-   slabs, so that term targets exactly what is evaluated.
+   slabs, so that term targets exactly what is evaluated. The last term (L2-SP, Li, Grandvalet
+   and Davoine, ICML 2018) pulls the trainable weights towards the parent's, against
+   forgetting what the parent knew about bulks.
 3. After every epoch the validation gamma MAE (val slabs with their bulks) is measured; the
    epoch with the lowest one is kept (epoch 0 is the model before any gradient step), and
    training stops after ``patience`` epochs without improvement.
@@ -630,10 +633,16 @@ class _Errors:
 
 
 class _Objective:
-    """The loss of :mod:`surfflows.finetune`'s objective for one batch."""
+    """The loss of :mod:`surfflows.finetune`'s objective for one batch.
 
-    def __init__(self, settings: FineTuneSettings):
+    ``anchors`` pairs each trainable parameter with its parent value; with
+    ``settings.anchor_weight > 0``, :meth:`anchor_penalty` is the L2-SP term
+    ``anchor_weight * sum((theta - theta_parent)^2)`` added to every training step.
+    """
+
+    def __init__(self, settings: FineTuneSettings, anchors: Sequence[tuple[Tensor, Tensor]] = ()):
         self.settings = settings
+        self.anchors = list(anchors)
         if settings.criterion == "mse":
             self.criterion = nn.MSELoss()
         elif settings.criterion == "l1":
@@ -652,6 +661,13 @@ class _Objective:
                 torch.cat(forces), torch.cat(batch.forces)
             )
         return loss
+
+    def anchor_penalty(self) -> Tensor | None:
+        """L2-SP penalty of the trainable parameters' distance from the parent, or None."""
+        if self.settings.anchor_weight == 0 or not self.anchors:
+            return None
+        distance = sum(((p - p0) ** 2).sum() for p, p0 in self.anchors)
+        return self.settings.anchor_weight * distance
 
 
 def run_epoch(
@@ -674,6 +690,9 @@ def run_epoch(
             energy, forces = forward_batch(model, batch, cut, with_forces)
             loss = objective(batch, energy, forces)
         if optimizer is not None:
+            penalty = objective.anchor_penalty()
+            if penalty is not None:
+                loss = loss + penalty
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -756,7 +775,7 @@ def _selection_key(record: EpochRecord) -> float:
 def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
     """Whether saved settings are these, apart from the run's length and patience."""
     ignore = {"epochs", "patience"}
-    kept = {k: v for k, v in saved.items() if k not in ignore}
+    kept = FineTuneSettings.model_validate(saved).model_dump(exclude=ignore)
     return kept == settings.model_dump(exclude=ignore)
 
 
@@ -850,8 +869,10 @@ def finetune(
     _set_composition(model, val_batches)
     setup_seconds = time.perf_counter() - start_time
 
-    objective = _Objective(settings)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parent_values = dict(parent.named_parameters())
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    objective = _Objective(settings, [(p, parent_values[n].detach()) for n, p in trainable])
+    parameters = [p for _, p in trainable]
     optimizer = (
         torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         if parameters

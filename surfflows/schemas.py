@@ -908,6 +908,12 @@ class FineTuneSettings(BaseModel):
         default=0.1, gt=0, le=1, description="Cosine decay to this fraction of the learning rate."
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    anchor_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="L2-SP weight: penalty anchor_weight * sum((theta - theta_parent)^2) over "
+        "the trainable parameters, against forgetting (0: off).",
+    )
     batch_size: int = Field(
         default=16,
         ge=1,

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from surfflows.cli import app
 from surfflows.finetune import (
     aligned_energy_mae,
+    finetune,
     fit_atomref_shift,
     freeze_to_depth,
     max_depth,
@@ -180,6 +181,32 @@ def test_reference_data_screens_and_splits(tiny_set, chgnet):
     )
     assert one.keys == ["tiny_ft:bulk:5", "tiny_ft:Ni_100"]
     assert one.dropped["bulk_without_slab"] == ["tiny_ft:bulk:399"]
+
+
+def test_anchor_weight_keeps_weights_near_the_parent(tiny_set, chgnet, tmp_path):
+    with get_store("references") as refs:
+        docs = list(refs.query({"set_name": tiny_set}))
+    train = reference_data(docs, PARTS, ("train",), chgnet.graph_converter)
+    val = reference_data(docs, PARTS, ("val",), chgnet.graph_converter)
+    parent = dict(chgnet.named_parameters())
+
+    def distance_from_parent(anchor_weight: float) -> float:
+        """Squared distance of the readout from the parent's after the last epoch."""
+        settings = FineTuneSettings(
+            depth=1, epochs=6, learning_rate=1e-2, anchor_weight=anchor_weight, patience=None
+        )
+        work = tmp_path / f"anchor_{anchor_weight}"
+        finetune(chgnet, train, val, settings, work)
+        last = torch.load(work / "last.pth.tar", weights_only=False)["model"]["state_dict"]
+        return sum(
+            float(((last[n] - p) ** 2).sum())
+            for n, p in parent.items()
+            if n.startswith(("mlp", "readout_norm"))
+        )
+
+    free, anchored = distance_from_parent(0.0), distance_from_parent(1e4)
+    assert free > 0
+    assert anchored < 0.5 * free, (anchored, free)
 
 
 def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
