@@ -1037,9 +1037,7 @@ class BulkSetErrors(BaseModel):
         description="MAE of the aligned residual, eV/atom (None: no cell evaluated)."
     )
     parent_mae_per_atom: float | None = Field(description="The parent's, eV/atom.")
-    relative_change: float | None = Field(
-        description="mae / parent_mae - 1 (0.1: 10 % worse)."
-    )
+    relative_change: float | None = Field(description="mae / parent_mae - 1 (0.1: 10 % worse).")
     force_mae: float | None = Field(default=None, description="Force MAE, eV/Å (if labelled).")
     parent_force_mae: float | None = Field(default=None, description="The parent's, eV/Å.")
 
