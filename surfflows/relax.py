@@ -6,7 +6,8 @@ Two paths share one result type, :class:`RelaxResult`:
   calculator; with ``relax_cell=True`` the cell relaxes too (FrechetCellFilter). Bulk
   relaxations use it.
 * :func:`relax_structures` relaxes many fixed-cell structures (slabs) together: one CHGNet
-  forward pass gives the energies and forces of a whole batch, and a batched FIRE that
+  forward pass gives the energies and forces of a whole batch (graphs built by
+  :func:`surfflows.graphs.crystal_graph`), and a batched FIRE that
   repeats ``ase.optimize.FIRE`` step for step moves each structure. A structure leaves the
   batch when it converges, fails or runs out of steps, and a waiting one takes its place;
   a failure of one structure is recorded on its result and the others go on.
@@ -35,6 +36,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
+from surfflows.graphs import GraphMismatchError, crystal_graph
 from surfflows.models import ModelSpec, get_calculator, load_model
 
 if TYPE_CHECKING:
@@ -401,8 +403,13 @@ def _evaluate(
     evaluations: dict[int, _Evaluation] = {}
     graphs: dict[int, CrystalGraph] = {}
     for i, run in enumerate(runs):
+        structure = run.structure()
         try:
-            graphs[i] = chgnet.graph_converter(run.structure()).to(device)
+            try:
+                graph = crystal_graph(chgnet.graph_converter, structure)
+            except GraphMismatchError:
+                graph = chgnet.graph_converter(structure)
+            graphs[i] = graph.to(device)
         except Exception as exc:
             evaluations[i] = _error_message(exc)
     timings.graphs += time.perf_counter() - tic
