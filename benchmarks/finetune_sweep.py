@@ -60,8 +60,8 @@ def per_depth(rows: list[dict]) -> dict[str, dict]:
                 for k in ("val_mae", "val_mse", "test_mae", "test_mse")
             },
             "test_mae_std": float(np.std(tests)) if len(tests) > 1 else None,
-            "bulk_forgetting": {n: _mean([r["forgetting"][n] for r in group]) for n in sets},
-            "bulk_mae": {n: _mean([r["bulk_mae"][n] for r in group]) for n in sets},
+            "bulk_forgetting": {n: _mean([r["forgetting"].get(n) for r in group]) for n in sets},
+            "bulk_mae": {n: _mean([r["bulk_mae"].get(n) for r in group]) for n in sets},
             **{k: _mean([r.get(k) for r in group]) for k in ("epoch_s", "wall_s", "best_epoch")},
         }
     return out

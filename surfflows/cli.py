@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from surfflows.campaign import CampaignConfig
 
 app = typer.Typer(
     help="Surface-energy campaigns with CHGNet, stored in MongoDB or an embedded MontyDB.",
@@ -23,6 +26,16 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
+
+
+def _load_campaign(config: Path) -> CampaignConfig:
+    """The campaign file parsed and validated, or a clear error naming what is wrong."""
+    from surfflows.campaign import CampaignConfig
+
+    try:
+        return CampaignConfig.from_yaml(config)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 def _parse_miller(text: str | None) -> tuple[int, int, int] | None:
@@ -43,14 +56,11 @@ def run(
     config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/demo.yaml).")],
 ) -> None:
     """Run a surface-energy campaign locally into the configured store."""
-    from surfflows.campaign import CampaignConfig, run_campaign
+    from surfflows.campaign import run_campaign
     from surfflows.query import surface_energies
     from surfflows.stores import get_job_store
 
-    try:
-        campaign = CampaignConfig.from_yaml(config)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    campaign = _load_campaign(config)
     store = get_job_store()
     start = time.perf_counter()
     run_campaign(campaign, store)
@@ -128,13 +138,9 @@ def submit(
     priority: Annotated[int, typer.Option(help="Queue priority.")] = 0,
 ) -> None:
     """Submit a campaign to jobflow-remote (needs its MongoDB-backed project)."""
-    from surfflows.campaign import CampaignConfig
     from surfflows.remote import submit_campaign
 
-    try:
-        campaign = CampaignConfig.from_yaml(config)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    campaign = _load_campaign(config)
     ids = submit_campaign(campaign, worker=worker, project=project, priority=priority)
     console.print(f"submitted {len(ids)} jobs of {len(campaign.materials)} flows: {ids[:5]}...")
 
@@ -379,7 +385,7 @@ def select(
 def _thermo_runs(
     material: str,
     structure: Path | None,
-    config: Path | None,
+    campaign: CampaignConfig | None,
     models: list[str] | None,
     slab_overrides: dict,
     relax_overrides: dict,
@@ -389,8 +395,8 @@ def _thermo_runs(
 ) -> list[dict]:
     """Run what is missing of the thermo flow of one material per model; print and save.
 
-    MATERIAL is a material id of the campaign ``config`` or a structure file (``--structure``
-    names the file explicitly); the config's settings apply, then the command-line ones.
+    MATERIAL is a material id of ``campaign`` or a structure file (``--structure`` names the
+    file explicitly); the campaign's settings apply, then the command-line ones.
 
     Returns
     -------
@@ -402,14 +408,13 @@ def _thermo_runs(
     from monty.json import jsanitize
     from pymatgen.core import Structure
 
-    from surfflows.campaign import CampaignConfig, RelaxSettings
+    from surfflows.campaign import RelaxSettings
     from surfflows.jobs.thermo import ThermoMaker, thermo_flow
     from surfflows.models import ModelSpec
     from surfflows.slabs import SlabSettings
     from surfflows.stores import get_job_store
 
     try:
-        campaign = CampaignConfig.from_yaml(config) if config and config.is_file() else None
         entry = (
             next((m for m in campaign.materials if m.id == material), None) if campaign else None
         )
@@ -417,7 +422,7 @@ def _thermo_runs(
             structure, material = Path(material), Path(material).stem
         if structure is None and entry is None:
             known = [m.id for m in campaign.materials] if campaign else []
-            _fail(f"{material!r} is neither a structure file nor a material of {config} {known}")
+            _fail(f"{material!r} is neither a structure file nor a campaign material {known}")
         bulk = Structure.from_file(structure or entry.structure)
         slabs = (entry.slabs if entry else None) or (campaign.slabs if campaign else SlabSettings())
         slabs = SlabSettings.model_validate(slabs.model_dump() | slab_overrides)
@@ -469,12 +474,10 @@ def _write_json(data: dict | list, path: Path) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-def _hkl_text(miller_index: list[int]) -> str:
-    return "(" + " ".join(str(i) for i in miller_index) + ")"
-
-
 def _print_thermo(doc: dict) -> None:
     """Bounds, stable termination per facet and Wulff shapes of a SurfaceThermoDoc (JSON)."""
+    from surfflows.query import hkl_text
+
     title = f"{doc['formula']} ({doc['material_id']}), {doc['model_id']}"
     if doc["reservoir"]:
         console.print(
@@ -487,7 +490,7 @@ def _print_thermo(doc: dict) -> None:
         table.add_column(column)
     for row in doc["stable"]:
         table.add_row(
-            _hkl_text(row["miller_index"]),
+            hkl_text(row["miller_index"]),
             _num(row["delta_mu_O_from"]),
             _num(row["delta_mu_O_to"]),
             row["termination"],
@@ -509,7 +512,7 @@ def _print_thermo(doc: dict) -> None:
             cells.append(
                 f"{s['surface_energy']:.3f} / {_num(s['area_fraction'])} {s['termination']}"
             )
-        wulff.add_row(_hkl_text(surface["miller_index"]), *cells)
+        wulff.add_row(hkl_text(surface["miller_index"]), *cells)
     for label, key in (
         ("weighted γ (J/m²)", "weighted_surface_energy"),
         ("shape factor", "shape_factor"),
@@ -521,7 +524,7 @@ def _print_thermo(doc: dict) -> None:
         if shape["note"]:
             console.print(f"Δμ_O {shape['delta_mu_O']}: {shape['note']}")
     if doc["excluded"]:
-        reasons = [f"{_hkl_text(e['miller_index'])} {e['reason']}" for e in doc["excluded"]]
+        reasons = [f"{hkl_text(e['miller_index'])} {e['reason']}" for e in doc["excluded"]]
         console.print(f"{len(reasons)} slabs excluded: {reasons}")
     pngs = [doc["diagram_png"], *(shape["wulff_png"] for shape in shapes)]
     console.print("PNG: " + ", ".join(p for p in pngs if p))
@@ -587,7 +590,8 @@ def thermo(
     slabs, relax = _slab_relax_overrides(
         max_index, miller, min_slab_size, min_vacuum_size, fmax, max_steps
     )
-    _thermo_runs(material, structure, config, model, slabs, relax, delta_mu_o, out)
+    campaign = _load_campaign(config) if config.is_file() else None
+    _thermo_runs(material, structure, campaign, model, slabs, relax, delta_mu_o, out)
 
 
 @app.command("thermo-campaign")
@@ -598,17 +602,13 @@ def thermo_campaign(
     out: OutOption = Path("thermo"),
 ) -> None:
     """Surface phase diagrams and Wulff shapes of every material of a campaign file."""
-    from surfflows.campaign import CampaignConfig
 
-    try:
-        campaign = CampaignConfig.from_yaml(config)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    campaign = _load_campaign(config)
     summary = Table(title=f"thermo campaign {campaign.name}")
     for column in ("material", "model", "Δμ_O bounds (eV)", "stable rows", "excluded", "s"):
         summary.add_column(column)
     for material in campaign.materials:
-        for run in _thermo_runs(material.id, None, config, model, {}, {}, delta_mu_o, out):
+        for run in _thermo_runs(material.id, None, campaign, model, {}, {}, delta_mu_o, out):
             doc = run["thermo"]
             summary.add_row(
                 material.id,
@@ -644,6 +644,7 @@ def wulff_compare(
 
     from surfflows.jobs.thermo import reference_wulff
     from surfflows.plots import wulff_comparison_plot
+    from surfflows.query import hkl_text
 
     try:
         dft, provenance = reference_wulff(reference, material)
@@ -654,7 +655,8 @@ def wulff_compare(
     )
     if max_index is None:
         slabs["miller_indices"] = [tuple(s.miller_index) for s in dft.surfaces]
-    runs = _thermo_runs(material, structure, config, model, slabs, relax, None, out, reference)
+    campaign = _load_campaign(config) if config.is_file() else None
+    runs = _thermo_runs(material, structure, campaign, model, slabs, relax, None, out, reference)
     comparisons = [run["comparison"] for run in runs]
     first = comparisons[0]
     table = Table(title=f"{material}: {first['reference']['model_id']} vs model (γ J/m², f area)")
@@ -665,7 +667,7 @@ def wulff_compare(
             table.add_column(f"{column} {c['model_id']}")
     by_facet = [{tuple(f["miller_index"]): f for f in c["facets"]} for c in comparisons]
     for facet in first["facets"]:
-        row = [_hkl_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
+        row = [hkl_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
         row += [str(facet["rank_reference"]), _num(facet["area_fraction_reference"])]
         for facets in by_facet:
             f = facets.get(tuple(facet["miller_index"]))
@@ -689,7 +691,7 @@ def wulff_compare(
             str(c["n_facets"]),
             f"{_num(c['kendall_tau'])} ({_num(c['kendall_p'])})",
             f"{_num(c['spearman_rho'])} ({_num(c['spearman_p'])})",
-            f"{_hkl_text(c['lowest_facet_reference'])} / {_hkl_text(c['lowest_facet_model'])}",
+            f"{hkl_text(c['lowest_facet_reference'])} / {hkl_text(c['lowest_facet_model'])}",
             _num(c["mean_abs_area_fraction_difference"]),
             _num(c["max_abs_area_fraction_difference"]),
             f"{c['mean_signed_gamma_error']:+.3f}",
@@ -877,7 +879,6 @@ def learning_curve(
     import yaml
     from jobflow import run_locally
 
-    from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
     from surfflows.jobs.learning_curve import (
         LearningCurveConfig,
         coverage,
@@ -896,9 +897,7 @@ def learning_curve(
     if run_flow:
         flow = campaign.maker().make(campaign.reference)
         run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
-        for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
-            builder.connect()
-            builder.update_targets([builder.process_item(i) for i in builder.get_items()])
+        build()
     names = ("outputs", "benchmarks", "references", "splits", "features", "selections")
     stores = {n: get_store(n) for n in names}
     for store in stores.values():

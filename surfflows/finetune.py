@@ -51,7 +51,7 @@ forward pass (``CHGNet.forward``) every step and cost 10-100 times more.
 
 Batches are fixed groups of materials (a bulk with its slabs), formed once with the seed;
 their order is reshuffled every epoch. ``last.pth.tar`` in the work folder holds model,
-optimizer, scheduler, random state and history after every epoch, so a run resumes where
+optimizer, random state and history after every epoch, so a run resumes where
 it stopped; ``best.pth.tar`` holds the selected model and loads with ``CHGNet.from_file``.
 """
 
@@ -92,6 +92,8 @@ READOUT_MODULES = ("readout_norm", "mlp")
 #: Checkpoint files in a fine-tune work folder.
 LAST_CHECKPOINT = "last.pth.tar"
 BEST_CHECKPOINT = "best.pth.tar"
+#: Settings a run may change and still resume (same work folder, same checkpoint).
+RESUME_IGNORED = frozenset({"epochs", "patience"})
 
 
 # ------------------------------------------------------------------------------ depth
@@ -774,9 +776,8 @@ def _selection_key(record: EpochRecord) -> float:
 
 def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
     """Whether saved settings are these, apart from the run's length and patience."""
-    ignore = {"epochs", "patience"}
-    kept = FineTuneSettings.model_validate(saved).model_dump(exclude=ignore)
-    return kept == settings.model_dump(exclude=ignore)
+    kept = FineTuneSettings.model_validate(saved).model_dump(exclude=RESUME_IGNORED)
+    return kept == settings.model_dump(exclude=RESUME_IGNORED)
 
 
 def _set_composition(model: CHGNet, batches: Sequence[Batch]) -> None:

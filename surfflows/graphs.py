@@ -119,12 +119,10 @@ def crystal_graph(converter: CrystalGraphConverter, structure: Structure) -> Cry
     Returns
     -------
     CrystalGraph
-        Fractional coordinates and lattice require gradients, as from the converter.
-
-    Raises
-    ------
-    GraphMismatchError
-        If the neighbour list is not symmetric (fall back to ``converter(structure)``).
+        Fractional coordinates and lattice require gradients, as from the converter. A
+        structure the arrays cannot handle alike (an atom without neighbours, whose handling
+        is the converter's ``on_isolated_atoms`` setting, or an unpaired edge) is handed to
+        ``converter(structure)``.
     """
     center, neighbor, image, distance = structure.get_neighbor_list(
         r=converter.atom_graph_cutoff, sites=structure.sites, numerical_tol=1e-8
@@ -132,7 +130,12 @@ def crystal_graph(converter: CrystalGraphConverter, structure: Structure) -> Cry
     center, neighbor = center.astype(np.int64), neighbor.astype(np.int64)
     image = np.asarray(image, dtype=np.int64).reshape(-1, 3)
     n_atoms = len(structure)
-    directed2undirected, pairs = _undirected_edges(center, neighbor, image)
+    if np.unique(center).size < n_atoms:
+        return converter(structure)
+    try:
+        directed2undirected, pairs = _undirected_edges(center, neighbor, image)
+    except GraphMismatchError:
+        return converter(structure)
     bond_graph = _bond_graph(
         center,
         neighbor,

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from surfflows.benchmark import summarize
+from surfflows.query import hkl_text
 
 if TYPE_CHECKING:
     from surfflows.schemas import SurfacePropertiesDoc, SurfaceThermoDoc
@@ -76,10 +77,6 @@ def parity_plot(
     return _save(fig, path)
 
 
-def _hkl(miller_index: Sequence[int]) -> str:
-    return "(" + " ".join(str(i) for i in miller_index) + ")"
-
-
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +124,7 @@ def surface_phase_diagram_plot(doc: SurfaceThermoDoc, path: str | Path) -> Path:
             lw=1.1,
             ls=style,
             alpha=0.8,
-            label=f"{_hkl(hkl)} {line.termination} {line.slab_formula}",
+            label=f"{hkl_text(hkl)} {line.termination} {line.slab_formula}",
         )
     for row in doc.stable:
         ax.plot(

@@ -36,7 +36,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from surfflows.graphs import GraphMismatchError, crystal_graph
+from surfflows.graphs import crystal_graph
 from surfflows.models import ModelSpec, get_calculator, load_model
 
 if TYPE_CHECKING:
@@ -403,13 +403,8 @@ def _evaluate(
     evaluations: dict[int, _Evaluation] = {}
     graphs: dict[int, CrystalGraph] = {}
     for i, run in enumerate(runs):
-        structure = run.structure()
         try:
-            try:
-                graph = crystal_graph(chgnet.graph_converter, structure)
-            except GraphMismatchError:
-                graph = chgnet.graph_converter(structure)
-            graphs[i] = graph.to(device)
+            graphs[i] = crystal_graph(chgnet.graph_converter, run.structure()).to(device)
         except Exception as exc:
             evaluations[i] = _error_message(exc)
     timings.graphs += time.perf_counter() - tic

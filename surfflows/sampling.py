@@ -182,6 +182,8 @@ def select(
     model = model or ModelSpec()
     split = get_or_create_split(set_name, store=splits, references=references)
     feature_model = model.model_id if method == "direct" else None
+    if method not in ("direct", "random"):
+        raise ValueError(f"unknown selection method {method!r}; use direct or random")
     selection_id = f"{set_name}|{split.split_id}|{method}|{budget}|{seed}|{feature_model}"
     stored = selections.query_one({"selection_id": selection_id})
     if stored:
@@ -194,10 +196,8 @@ def select(
         indexes = list(range(len(pool)))
     elif method == "direct":
         indexes, info = direct_select(stored_features(pool, model, features), budget)
-    elif method == "random":
-        indexes = random_select(len(pool), budget, seed)
     else:
-        raise ValueError(f"unknown selection method {method!r}; use direct or random")
+        indexes = random_select(len(pool), budget, seed)
     doc = SelectionDoc(
         selection_id=selection_id,
         set_name=set_name,

@@ -268,14 +268,6 @@ def surface_energy_line(
     return gamma_0, {el: -n / (n_surfaces * area) for el, n in excess.items()}
 
 
-def gamma_at(gamma_0: float, slopes: Mapping[str, float], delta_mu: Mapping[str, float]) -> float:
-    """Evaluate a :func:`surface_energy_line` at ``delta_mu`` (element -> eV); eV/Å²."""
-    missing = sorted(set(slopes) - set(delta_mu))
-    if missing:
-        raise ValueError(f"gamma depends on delta mu of {missing}: give a value for each")
-    return gamma_0 + sum(slope * delta_mu[el] for el, slope in slopes.items())
-
-
 def formation_energy(
     bulk_energy: float, bulk_composition: Composition, element_energies: Mapping[str, float]
 ) -> float:

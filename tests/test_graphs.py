@@ -63,3 +63,10 @@ def test_unpaired_edge_is_reported():
     image = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0]])
     with pytest.raises(GraphMismatchError, match="reverse"):
         _undirected_edges(center, neighbor, image)
+
+
+def test_isolated_atom_is_left_to_the_converter(chgnet):
+    converter = type(chgnet.graph_converter)(algorithm="fast", on_isolated_atoms="error")
+    lone = Structure(Lattice.cubic(20.0), ["Cu", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match="isolated atom"):
+        crystal_graph(converter, lone)

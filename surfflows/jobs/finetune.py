@@ -24,7 +24,7 @@ from jobflow import Flow, Job, Maker, Response, job
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.finetune import aligned_energy_mae, finetune, reference_data
+from surfflows.finetune import RESUME_IGNORED, aligned_energy_mae, finetune, reference_data
 from surfflows.jobs.evaluate import EvaluateMaker, reference_items
 from surfflows.models import ModelSpec, load_model
 from surfflows.registry import register_checkpoint
@@ -62,7 +62,7 @@ def default_work_dir(
     The hash covers parent, settings and slab selection but not ``epochs`` and
     ``patience``, so a longer rerun resumes in the same folder.
     """
-    fingerprint = settings.model_dump_json(exclude={"epochs", "patience"}) + parent.model_id
+    fingerprint = settings.model_dump_json(exclude=RESUME_IGNORED) + parent.model_id
     fingerprint += ",".join(sorted(slab_keys or []))
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
     return Path.cwd() / "finetune" / f"{set_name}_X{settings.depth}_seed{settings.seed}_{digest}"

@@ -12,6 +12,7 @@ DIRECT is deterministic for a given feature model, so its seeds vary only the tr
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,14 +47,10 @@ def select_training_slabs(
     set_name: str, method: Method, budget: int, seed: int, feature_model: ModelSpec
 ) -> SelectionDoc:
     """Select (or fetch the stored) training slabs of a set's train split."""
-    stores = {n: get_store(n) for n in ("references", "splits", "features", "selections")}
-    for store in stores.values():
-        store.connect()
-    try:
+    names = ("references", "splits", "features", "selections")
+    with contextlib.ExitStack() as stack:
+        stores = {n: stack.enter_context(get_store(n)) for n in names}
         return select(set_name, method, budget, seed=seed, model=feature_model, **stores)
-    finally:
-        for store in stores.values():
-            store.close()
 
 
 @job(output_schema=LearningCurvePointDoc)
