@@ -85,11 +85,11 @@ def main() -> None:
 
     from jobflow import run_locally
 
-    from surfflows.cli import build
+    from surfflows.cli.benchmark import build
+    from surfflows.engine.models import ModelSpec
+    from surfflows.io.ingest import ingest_path
     from surfflows.jobs.finetune import SweepConfig, sweep_summary
-    from surfflows.models import ModelSpec
-    from surfflows.plots import finetune_curves_plot, finetune_depth_plot
-    from surfflows.references.ingest import ingest_path
+    from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
     from surfflows.stores import get_job_store, get_store
 
     config = SweepConfig.from_yaml(args.config)

@@ -3,7 +3,7 @@
 (a) atomate2 ``ForceFieldRelaxMaker`` (CHGNet, FIRE, ``relax_cell=False``): one jobflow job per
     slab, run with ``jobflow.run_locally`` into an in-memory JobStore;
 (b) chgnet ``StructOptimizer(optimizer_class="FIRE")``: one slab after the other in one process;
-(c) :func:`surfflows.relax.relax_structures`: the batched engine.
+(c) :func:`surfflows.engine.relax.relax_structures`: the batched engine.
 
 All three run ASE's FIRE algorithm (c reimplements it) on the same rattled slabs with the
 same ``fmax`` and step limit; fixed atoms (``selective_dynamics``) are honoured by all three.
@@ -44,8 +44,9 @@ import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
-from surfflows.models import ModelSpec, load_model
-from surfflows.relax import RelaxTimings, fixed_mask, relax_structures
+from surfflows.core.slabs import fixed_mask
+from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.relax import RelaxTimings, relax_structures
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIN_ATOMS, MAX_ATOMS = 20, 100

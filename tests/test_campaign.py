@@ -11,11 +11,11 @@ from jobflow import Flow, run_locally
 from monty.json import MontyDecoder, jsanitize
 from typer.testing import CliRunner
 
-from surfflows.campaign import CampaignConfig, run_campaign
 from surfflows.cli import app
+from surfflows.core.slabs import SlabSettings
+from surfflows.flows.campaign import CampaignConfig, run_campaign
 from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.query import surface_energies
-from surfflows.slabs import SlabSettings
+from surfflows.reports.query import surface_energies
 from surfflows.stores import get_job_store
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -12,12 +12,12 @@ from ase.io import read, write
 from jobflow import run_locally
 from typer.testing import CliRunner
 
-from surfflows.benchmark import chemistry_class, facet_family, summarize
 from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
 from surfflows.cli import app
+from surfflows.core.benchmark import chemistry_class, facet_family, summarize
+from surfflows.engine.models import ModelSpec
+from surfflows.io.ingest import ingest_path
 from surfflows.jobs.evaluate import EvaluateMaker, reference_items
-from surfflows.models import ModelSpec
-from surfflows.references.ingest import ingest_path
 from surfflows.stores import get_job_store, get_store
 
 PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_metal_surfaces"

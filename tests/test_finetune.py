@@ -18,7 +18,8 @@ from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
 from surfflows.cli import app
-from surfflows.finetune import (
+from surfflows.core.splits import SplitDoc, split_id
+from surfflows.engine.finetune import (
     aligned_energy_mae,
     finetune,
     fit_atomref_shift,
@@ -28,12 +29,11 @@ from surfflows.finetune import (
     reference_data,
     run_stages,
 )
+from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.io.ingest import ingest_path
 from surfflows.jobs.evaluate import EvaluateMaker, reference_items
 from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
-from surfflows.models import ModelSpec, file_sha256, load_model
-from surfflows.references.ingest import ingest_path
-from surfflows.schemas import FineTuneDoc, FineTuneSettings
-from surfflows.splits import SplitDoc, split_id
+from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
 from surfflows.stores import get_job_store, get_store
 
 DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references"

@@ -1,4 +1,4 @@
-"""surfflows.graphs.crystal_graph against chgnet's CrystalGraphConverter, array for array."""
+"""surfflows.engine.graphs.crystal_graph against chgnet's CrystalGraphConverter, array for array."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
-from surfflows.graphs import GraphMismatchError, _undirected_edges, crystal_graph
-from surfflows.models import ModelSpec, load_model
+from surfflows.engine.graphs import GraphMismatchError, _undirected_edges, crystal_graph
+from surfflows.engine.models import ModelSpec, load_model
 
 FIELDS = (
     "atomic_number",

@@ -9,9 +9,9 @@ from ase.io import read, write
 from jobflow import run_locally
 from pydantic import ValidationError
 
+from surfflows.io.ingest import ingest_path
 from surfflows.jobs.learning_curve import LearningCurveConfig, LearningCurveMaker, summarize_curve
-from surfflows.references.ingest import ingest_path
-from surfflows.schemas import FineTuneSettings
+from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.stores import get_job_store, get_store
 
 JARVIS = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "jarvis_surfaces"

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 
-from surfflows.models import ModelSpec, check_elements, file_sha256, load_model
-from surfflows.registry import checkpoint_path, register_checkpoint
+from surfflows.engine.models import ModelSpec, check_elements, file_sha256, load_model
+from surfflows.io.registry import checkpoint_path, register_checkpoint
 
 PRETRAINED_030 = next((Path(chgnet.__file__).parent / "pretrained" / "0.3.0").glob("*.pth.tar"))
 

@@ -32,7 +32,7 @@ from oc22_fixtures import (
     write_shard,
 )
 
-from surfflows.references.oc22 import (
+from surfflows.io.oc22 import (
     OC22_FILES,
     download,
     frames_from_is2re,

@@ -11,16 +11,16 @@ from pymatgen.analysis.surface_analysis import SlabEntry
 from pymatgen.core.surface import Slab
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from surfflows.references.canonical import (
+from surfflows.core.splits import get_or_create_split, make_split, materials_in
+from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
+from surfflows.io.canonical import (
     PACKAGED_SETS,
     ReferenceSlabDoc,
     documents_from_frames,
     read_reference_set,
 )
-from surfflows.references.ingest import ingest_path
-from surfflows.splits import get_or_create_split, make_split, materials_in
+from surfflows.io.ingest import ingest_path
 from surfflows.stores import get_store
-from surfflows.thermo import EV_PER_A2_TO_J_PER_M2
 
 PBE_DIR = "surfflows/data/references/pbe_metal_surfaces"
 

@@ -15,8 +15,8 @@ import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
-from surfflows.models import ModelSpec
-from surfflows.relax import (
+from surfflows.engine.models import ModelSpec
+from surfflows.engine.relax import (
     RelaxResult,
     RelaxTimings,
     fixed_mask,

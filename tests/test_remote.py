@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surfflows.remote import validate_project_file
+from surfflows.flows.remote import validate_project_file
 
 TEMPLATE = Path(__file__).parents[1] / "configs" / "jobflow_remote" / "surfflows.yaml"
 
@@ -34,8 +34,8 @@ def test_broken_project_is_named(tmp_path):
 def test_submit_to_mongodb_queue(tmp_path, monkeypatch):
     from jobflow_remote import ConfigManager
 
-    from surfflows.campaign import CampaignConfig
-    from surfflows.remote import submit_campaign
+    from surfflows.flows.campaign import CampaignConfig
+    from surfflows.flows.remote import submit_campaign
 
     project = yaml.safe_load(TEMPLATE.read_text())
     project["name"] = "surfflows_test"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surfflows.references.ingest import ingest_path
-from surfflows.sampling import direct_select, random_select, select
-from surfflows.splits import get_or_create_split
+from surfflows.core.splits import get_or_create_split
+from surfflows.engine.sampling import direct_select, random_select, select
+from surfflows.io.ingest import ingest_path
 from surfflows.stores import get_store
 
 

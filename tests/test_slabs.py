@@ -7,8 +7,7 @@ import pytest
 from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 
-from surfflows.relax import fixed_mask
-from surfflows.slabs import SlabSettings, generate_slabs, layer_heights
+from surfflows.core.slabs import SlabSettings, fixed_mask, generate_slabs, layer_heights
 
 
 def test_cu_low_index_facets(cu_bulk):

@@ -8,7 +8,7 @@ from pymatgen.core import Composition, Structure
 from pymatgen.core.surface import SlabGenerator
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from surfflows.thermo import (
+from surfflows.core.thermo import (
     EV_PER_A2_TO_J_PER_M2,
     bulk_units_and_excess,
     slab_area,

@@ -19,10 +19,8 @@ from pymatgen.analysis.surface_analysis import SlabEntry
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
-from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
-from surfflows.schemas import SurfaceThermoDoc, WulffComparisonDoc
-from surfflows.slabs import SlabSettings
-from surfflows.thermo import (
+from surfflows.core.slabs import SlabSettings
+from surfflows.core.thermo import (
     DELU_O,
     EV_PER_A2_TO_J_PER_M2,
     oxygen_chemical_potential_bounds,
@@ -31,6 +29,8 @@ from surfflows.thermo import (
     surface_energy_line,
     surface_energy_plotter,
 )
+from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
+from surfflows.schemas.thermo import SurfaceThermoDoc, WulffComparisonDoc
 
 TINY = SlabSettings(miller_indices=[(1, 1, 0), (0, 0, 1)], min_slab_size=5.0, min_vacuum_size=10.0)
 MATERIAL = "TiO2-rutile"

@@ -1,4 +1,4 @@
-"""maggma builders: thin document movers over :mod:`surfflows.benchmark`.
+"""maggma builders: thin document movers over :mod:`surfflows.core.benchmark`.
 
 Run them with ``surfflows build`` or ``mrun configs/builders.yaml``. Both are
 incremental: a rerun with nothing new processes nothing, and a new model's results are

@@ -8,8 +8,8 @@ from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.benchmark import reason_category, summarize
-from surfflows.schemas import BenchmarkDoc
+from surfflows.core.benchmark import reason_category, summarize
+from surfflows.schemas.benchmark import BenchmarkDoc
 from surfflows.stores import get_store
 
 SPLIT_PARTS = ("train", "val", "test", "all")

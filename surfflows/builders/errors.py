@@ -7,9 +7,9 @@ from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.benchmark import chemistry_class, facet_family, slab_surface_error
-from surfflows.schemas import SurfaceErrorDoc
-from surfflows.splits import get_or_create_split
+from surfflows.core.benchmark import chemistry_class, facet_family, slab_surface_error
+from surfflows.core.splits import get_or_create_split
+from surfflows.schemas.benchmark import SurfaceErrorDoc
 from surfflows.stores import ensure_indexes, get_store
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}

@@ -14,9 +14,9 @@ from jobflow import Flow, Maker, job
 from maggma.core import Store
 from pymatgen.core import Structure
 
-from surfflows.models import ModelSpec, load_model
-from surfflows.relax import relax_structures
-from surfflows.schemas import EvaluationDoc, ModelEnergyDoc
+from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.relax import relax_structures
+from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
 
 #: (reference key, doc type, structure) of one reference record.
 ReferenceItem = tuple[str, str, Structure]

@@ -24,12 +24,12 @@ from jobflow import Flow, Job, Maker, Response, job
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.finetune import RESUME_IGNORED, aligned_energy_mae, finetune, reference_data
+from surfflows.core.splits import get_or_create_split
+from surfflows.engine.finetune import RESUME_IGNORED, aligned_energy_mae, finetune, reference_data
+from surfflows.engine.models import ModelSpec, load_model
+from surfflows.io.registry import register_checkpoint
 from surfflows.jobs.evaluate import EvaluateMaker, reference_items
-from surfflows.models import ModelSpec, load_model
-from surfflows.registry import register_checkpoint
-from surfflows.schemas import BulkSetErrors, FineTuneDoc, FineTuneSettings, ForgettingDoc
-from surfflows.splits import get_or_create_split
+from surfflows.schemas.finetune import BulkSetErrors, FineTuneDoc, FineTuneSettings, ForgettingDoc
 from surfflows.stores import get_store, using_store
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def finetune_checkpoint(
     """Fine-tune ``parent`` on the train part of ``set_name``, register the best checkpoint.
 
     Returns the :class:`FineTuneDoc`, which is also the checkpoint's metadata in the
-    ``models`` store. See :func:`surfflows.finetune.finetune` for the training;
+    ``models`` store. See :func:`surfflows.engine.finetune.finetune` for the training;
     ``slab_keys`` restricts the training slabs to a selection of the train part.
     """
     split_id, assignments = _split(set_name)
@@ -253,7 +253,7 @@ def bulk_set_errors(
     """Aligned energy errors (and force errors where labelled) of a model and its parent.
 
     Per-element offsets are fitted for each model on ``fit_docs`` and the residual MAE per
-    atom is taken over ``eval_docs`` (see :func:`~surfflows.finetune.aligned_energy_mae`).
+    atom is taken over ``eval_docs`` (see :func:`~surfflows.engine.finetune.aligned_energy_mae`).
     """
     keys = tuple(d["key"] for d in eval_docs)
     fit_keys = tuple(d["key"] for d in fit_docs)
@@ -506,7 +506,7 @@ def finetune_report_plots(out: str | Path, set_name: str | None = None) -> list[
     Reads the ``models`` and ``benchmarks`` stores (run the builders first); writes
     ``finetune_depth_<set>_<mode>.png`` and ``finetune_curves_<set>.png`` into ``out``.
     """
-    from surfflows.plots import finetune_curves_plot, finetune_depth_plot
+    from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
 
     criteria = {"metadata.depth": {"$exists": True}}
     if set_name:

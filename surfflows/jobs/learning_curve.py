@@ -21,10 +21,10 @@ from jobflow import Flow, Maker, job
 from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
 
+from surfflows.engine.models import ModelSpec
+from surfflows.engine.sampling import Method, SelectionDoc, select
 from surfflows.jobs.finetune import FineTuneMaker, evaluate_parts
-from surfflows.models import ModelSpec
-from surfflows.sampling import Method, SelectionDoc, select
-from surfflows.schemas import FineTuneDoc, FineTuneSettings
+from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
 from surfflows.stores import get_store
 
 
@@ -203,8 +203,8 @@ def coverage(
     stores
         Open ``references``, ``splits``, ``features`` and ``selections`` stores.
     """
-    from surfflows.sampling import direct_select, stored_features, training_pool
-    from surfflows.splits import get_or_create_split
+    from surfflows.core.splits import get_or_create_split
+    from surfflows.engine.sampling import direct_select, stored_features, training_pool
 
     split = get_or_create_split(set_name, store=stores["splits"], references=stores["references"])
     pool = training_pool(set_name, stores["references"], split.assignments)

@@ -1,6 +1,6 @@
 """Relaxation Makers: a bulk with a free cell, and batches of slabs with fixed cells.
 
-Every Maker loads its model once per process (see :func:`surfflows.models.load_model`);
+Every Maker loads its model once per process (see :func:`surfflows.engine.models.load_model`);
 a slab Maker relaxes a whole list of slabs in one job, so a jobflow-remote worker gets
 a few large jobs rather than thousands of tiny ones.
 """
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from jobflow import Maker, job
 from pymatgen.core import Structure
 
-from surfflows.models import ModelSpec, check_elements
-from surfflows.relax import relax_one, relax_structures
-from surfflows.schemas import BulkRelaxDoc, SlabRelaxDoc
-from surfflows.slabs import SlabCandidate
+from surfflows.core.slabs import SlabCandidate
+from surfflows.engine.models import ModelSpec, check_elements
+from surfflows.engine.relax import relax_one, relax_structures
+from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
 
 @dataclass

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
+from surfflows.core.slabs import SlabSettings, generate_slabs
+from surfflows.engine.models import ModelSpec, check_elements
 from surfflows.jobs.relax import BulkRelaxMaker, SlabRelaxMaker
-from surfflows.models import ModelSpec, check_elements
-from surfflows.schemas import BulkRelaxDoc, SlabRelaxDoc, SurfaceEnergyDoc
-from surfflows.slabs import SlabSettings, generate_slabs
+from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
+from surfflows.schemas.surface import SurfaceEnergyDoc
 
 
 @job(output_schema=SurfaceEnergyDoc)

@@ -25,23 +25,23 @@ from jobflow import Flow, JobStore, Maker, OutputReference, job
 from monty.json import MontyDecoder
 from pymatgen.core import Composition, Structure
 
+from surfflows.core.slabs import SlabSettings, conventional_cell, generate_slabs
+from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
+from surfflows.engine.models import ModelSpec
+from surfflows.engine.relax import relax_one
+from surfflows.io.canonical import read_reference_set
 from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.models import ModelSpec
-from surfflows.plots import surface_phase_diagram_plot, wulff_comparison_plot, wulff_plot
-from surfflows.query import surface_energies
-from surfflows.references.canonical import read_reference_set
-from surfflows.relax import relax_one
-from surfflows.schemas import (
-    BulkRelaxDoc,
+from surfflows.reports.plots import surface_phase_diagram_plot, wulff_comparison_plot, wulff_plot
+from surfflows.reports.query import surface_energies
+from surfflows.schemas.relax import BulkRelaxDoc
+from surfflows.schemas.surface import SurfaceEnergyDoc
+from surfflows.schemas.thermo import (
     ElementReferenceDoc,
-    SurfaceEnergyDoc,
     SurfaceEntryDoc,
     SurfacePropertiesDoc,
     SurfaceThermoDoc,
     WulffComparisonDoc,
 )
-from surfflows.slabs import SlabSettings, conventional_cell, generate_slabs
-from surfflows.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
 
 
 def reference_elements(composition: Composition) -> list[str]:
@@ -61,7 +61,7 @@ def elemental_reference(
 
     Oxygen: an O2 molecule in a large, slightly non-cubic box, relaxed with a fixed cell.
     Any other element: its fcc, bcc and hcp prototypes relaxed with a free cell, the
-    lowest energy per atom kept (see :func:`surfflows.thermo.elemental_prototypes`).
+    lowest energy per atom kept (see :func:`surfflows.core.thermo.elemental_prototypes`).
     """
     if element == "O":
         results = {

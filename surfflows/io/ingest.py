@@ -14,7 +14,7 @@ from pathlib import Path
 from maggma.core import Store
 from pydantic import BaseModel, Field
 
-from surfflows.references.canonical import ReferenceSet, read_reference_set
+from surfflows.io.canonical import ReferenceSet, read_reference_set
 from surfflows.stores import ensure_indexes, using_store
 
 #: Fields of a stored document that are not its content.
@@ -61,8 +61,8 @@ def ingest_reference_set(refset: ReferenceSet, store: Store | None = None) -> In
     Parameters
     ----------
     refset
-        Documents read by :func:`~surfflows.references.canonical.read_reference_set` or
-        :func:`~surfflows.references.canonical.documents_from_frames`.
+        Documents read by :func:`~surfflows.io.canonical.read_reference_set` or
+        :func:`~surfflows.io.canonical.documents_from_frames`.
     store
         Target store, left open; default the ``references`` store of the current settings.
 
@@ -116,7 +116,7 @@ def ingest_path(path_or_name: str | Path, level_of_theory: str | None = None) ->
     Parameters
     ----------
     path_or_name, level_of_theory
-        As :func:`~surfflows.references.canonical.read_reference_set`.
+        As :func:`~surfflows.io.canonical.read_reference_set`.
 
     Returns
     -------

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from surfflows.models import ModelSpec, file_sha256
+from surfflows.engine.models import ModelSpec, file_sha256
 from surfflows.settings import get_settings
 from surfflows.stores import get_store
 

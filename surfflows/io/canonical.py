@@ -12,7 +12,7 @@ Conventions
 * Energies are raw DFT total energies (eV) of one set's level of theory; energies of two
   sets are never combined.
 * ``gamma_ref_recomputed = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` (J/m², via
-  :func:`surfflows.thermo.surface_energy`) for a slab that is stoichiometric with respect to
+  :func:`surfflows.core.thermo.surface_energy`) for a slab that is stoichiometric with respect to
   its bulk; ``A = |a x b|`` of the slab cell.
 
 Bad input is never dropped silently. Structural problems (an empty or non-periodic frame, a
@@ -60,8 +60,8 @@ from monty.json import jsanitize
 from pydantic import BaseModel, Field, PlainSerializer
 from pymatgen.core import Composition, Lattice, Structure
 
-from surfflows.models import check_elements
-from surfflows.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
+from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
+from surfflows.engine.models import check_elements
 
 #: A pymatgen Structure stored as its ``as_dict()`` (read back by monty's pydantic hook).
 StructureField = Annotated[Structure, PlainSerializer(Structure.as_dict, return_type=dict)]

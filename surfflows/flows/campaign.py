@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pymatgen.core import Structure
 from rich.progress import Progress
 
+from surfflows.core.slabs import SlabSettings
+from surfflows.engine.models import ModelSpec, check_elements
 from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.models import ModelSpec, check_elements
-from surfflows.slabs import SlabSettings
 
 
 class RelaxSettings(BaseModel):

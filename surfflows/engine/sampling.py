@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from surfflows.models import ModelSpec, load_model
+from surfflows.engine.models import ModelSpec, load_model
 
 Method = Literal["direct", "random"]
 
@@ -177,7 +177,7 @@ def select(
     A selection with the same id is returned from the store unchanged (reproducible). A
     budget of at least the pool size selects the whole pool.
     """
-    from surfflows.splits import get_or_create_split
+    from surfflows.core.splits import get_or_create_split
 
     model = model or ModelSpec()
     split = get_or_create_split(set_name, store=splits, references=references)

@@ -13,11 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from surfflows.benchmark import summarize
-from surfflows.query import hkl_text
+from surfflows.core.benchmark import summarize
+from surfflows.reports.query import hkl_text
 
 if TYPE_CHECKING:
-    from surfflows.schemas import SurfacePropertiesDoc, SurfaceThermoDoc
+    from surfflows.schemas.thermo import SurfacePropertiesDoc, SurfaceThermoDoc
 
 CLASS_COLOURS = {"oxide": "tab:red", "metal": "tab:blue", "other": "tab:green"}
 

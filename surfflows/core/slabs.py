@@ -5,7 +5,7 @@ Materials Project surface database). Every distinct termination of each facet is
 kept; by default slabs are symmetric (two equivalent faces) so that
 ``gamma = (E_slab - n E_bulk) / 2A`` holds. A symmetrised slab may be
 non-stoichiometric: it is kept and labelled, and its surface energy needs explicit
-chemical potentials (see :mod:`surfflows.thermo`).
+chemical potentials (see :mod:`surfflows.core.thermo`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pymatgen.core.surface import (
 )
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from surfflows.thermo import bulk_units_and_excess, slab_area
+from surfflows.core.thermo import bulk_units_and_excess, slab_area
 
 MillerIndex = tuple[int, int, int]
 
@@ -84,6 +84,14 @@ class SlabCandidate(BaseModel):
 def conventional_cell(bulk: Structure) -> Structure:
     """Conventional standard cell, the frame in which Miller indices are given."""
     return SpacegroupAnalyzer(bulk).get_conventional_standard_structure()
+
+
+def fixed_mask(structure: Structure) -> np.ndarray:
+    """Boolean mask of atoms fixed by ``selective_dynamics`` (all three flags False)."""
+    flags = structure.site_properties.get("selective_dynamics")
+    if flags is None:
+        return np.zeros(len(structure), dtype=bool)
+    return ~np.asarray(flags, dtype=bool).any(axis=1)
 
 
 def layer_heights(slab: Structure, tolerance: float) -> np.ndarray:

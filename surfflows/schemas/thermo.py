@@ -1,16 +1,15 @@
-"""Pydantic documents of surface campaigns.
+"""Surface thermodynamics documents: elemental references, gamma(delta mu_O), Wulff shapes.
 
-Each document names the model that made it (``model_id``: ``chgnet-0.3.0`` or
-``chgnet-ft-<sha12>``) and carries the slab metadata (Miller index, shift,
-termination, fixed atoms) itself, since relaxed structures lose it.
+The Wulff documents mirror emmet's surface-properties document
+(emmet.core.surface_properties: SurfacePropDoc / SurfaceEntry field names) plus the surfflows
+fields.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.analysis.surface_analysis import SlabEntry
@@ -18,297 +17,31 @@ from pymatgen.analysis.wulff import WulffShape
 from pymatgen.core import Composition, Structure
 from scipy.spatial import QhullError
 
-from surfflows.models import ModelSpec
-from surfflows.relax import RelaxResult, fixed_mask
-from surfflows.slabs import (
+from surfflows.core.slabs import (
     MillerIndex,
-    SlabCandidate,
     SlabSettings,
     conventional_cell,
     generate_slabs,
 )
-from surfflows.thermo import (
+from surfflows.core.thermo import (
     DELU_O,
     bulk_units_and_excess,
     formation_energy,
     oxygen_chemical_potential_bounds,
     ranking_agreement,
     stable_terminations,
-    surface_energy,
     surface_energy_line,
     surface_energy_plotter,
     to_j_per_m2,
 )
+from surfflows.core.timestamps import now_iso
+from surfflows.engine.models import ModelSpec
+from surfflows.schemas.relax import BulkRelaxDoc, RelaxFields
+from surfflows.schemas.surface import SurfaceEnergyDoc
 
+if TYPE_CHECKING:
+    from surfflows.engine.relax import RelaxResult
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-class RelaxFields(BaseModel):
-    """Outcome of one CHGNet relaxation (shared by bulk and slab documents)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    model_id: str = Field(description="Model identity (CHGNet version or checkpoint sha256).")
-    model: ModelSpec = Field(description="Full model spec, enough to reload the model.")
-    formula: str = Field(description="Reduced formula.")
-    n_atoms: int = Field(description="Number of atoms.")
-    structure: Structure = Field(description="Final (relaxed) structure.")
-    energy: float | None = Field(description="Final total energy, eV (None if failed).")
-    energy_per_atom: float | None = Field(description="Final energy per atom, eV/atom.")
-    initial_energy: float | None = Field(description="Energy of the input geometry, eV.")
-    max_force: float | None = Field(description="Largest residual force on a free atom, eV/Å.")
-    n_steps: int = Field(description="Optimizer steps taken.")
-    converged: bool = Field(description="Force (and stress) criterion met within the step limit.")
-    fmax: float = Field(description="Force criterion used, eV/Å.")
-    error: str | None = Field(default=None, description="Error summary if the relaxation failed.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
-
-    @staticmethod
-    def relax_fields(result: RelaxResult, model: ModelSpec, fmax: float) -> dict:
-        """Fields shared by all relaxation documents, from a :class:`RelaxResult`."""
-
-        def finite(x: float) -> float | None:
-            return float(x) if x == x and abs(x) != float("inf") else None
-
-        energy = finite(result.energy)
-        return {
-            "model_id": model.model_id,
-            "model": model,
-            "formula": result.structure.composition.reduced_formula,
-            "n_atoms": len(result.structure),
-            "structure": result.structure,
-            "energy": energy,
-            "energy_per_atom": None if energy is None else energy / len(result.structure),
-            "initial_energy": finite(result.initial_energy),
-            "max_force": finite(result.max_force),
-            "n_steps": result.n_steps,
-            "converged": result.ok,
-            "fmax": fmax,
-            "error": result.error,
-        }
-
-
-class BulkRelaxDoc(RelaxFields):
-    """A bulk relaxed with a free cell."""
-
-    material_id: str = Field(description="User label of the bulk material (e.g. mp-30).")
-    relax_cell: bool = Field(default=True, description="Whether the cell was relaxed.")
-
-    @classmethod
-    def from_result(
-        cls, result: RelaxResult, model: ModelSpec, fmax: float, material_id: str
-    ) -> BulkRelaxDoc:
-        """Document of a bulk relaxation."""
-        return cls(**cls.relax_fields(result, model, fmax), material_id=material_id)
-
-
-class SlabRelaxDoc(RelaxFields):
-    """A slab relaxed with a fixed cell, with its slab metadata."""
-
-    material_id: str = Field(description="Bulk material the slab was cut from.")
-    miller_index: MillerIndex = Field(description="Miller index (conventional bulk cell).")
-    shift: float = Field(description="SlabGenerator shift of the termination.")
-    termination: str = Field(description="Termination label.")
-    is_symmetric: bool = Field(description="Two equivalent faces.")
-    is_stoichiometric: bool = Field(description="Bulk composition.")
-    excess: dict[str, float] = Field(description="Atoms beyond whole bulk units.")
-    area: float = Field(description="|a x b|, Å².")
-    fixed_indices: list[int] = Field(description="Indices of atoms held fixed.")
-
-    @classmethod
-    def from_result(
-        cls,
-        result: RelaxResult,
-        model: ModelSpec,
-        fmax: float,
-        material_id: str,
-        candidate: SlabCandidate,
-    ) -> SlabRelaxDoc:
-        """Document of a slab relaxation, carrying the candidate's metadata."""
-        return cls(
-            **cls.relax_fields(result, model, fmax),
-            material_id=material_id,
-            miller_index=candidate.miller_index,
-            shift=candidate.shift,
-            termination=candidate.termination,
-            is_symmetric=candidate.is_symmetric,
-            is_stoichiometric=candidate.is_stoichiometric,
-            excess=candidate.excess,
-            area=candidate.area,
-            fixed_indices=[int(i) for i in fixed_mask(candidate.structure).nonzero()[0]],
-        )
-
-
-class SurfaceEnergyDoc(BaseModel):
-    """Surface energy of one slab termination under one model.
-
-    ``gamma = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` for a symmetric, stoichiometric
-    slab, with slab and bulk energies from the same model and the slab cut from that
-    model's relaxed bulk. Non-stoichiometric slabs get ``status="non_stoichiometric"`` and
-    no gamma here: gamma(delta mu) needs explicit chemical potentials.
-    """
-
-    material_id: str = Field(description="Bulk material.")
-    formula: str = Field(description="Reduced formula of the bulk.")
-    slab_formula: str = Field(description="Formula of the slab cell.")
-    model_id: str = Field(description="Model that relaxed slab and bulk.")
-    miller_index: MillerIndex = Field(description="Miller index (conventional bulk cell).")
-    shift: float = Field(description="SlabGenerator shift of the termination.")
-    termination: str = Field(description="Termination label.")
-    status: Literal["ok", "non_stoichiometric", "failed"] = Field(
-        description="ok: gamma computed; non_stoichiometric: needs mu; failed: a relaxation failed."
-    )
-    reason: str | None = Field(default=None, description="Why gamma is missing, if it is.")
-    gamma: float | None = Field(default=None, description="Surface energy, J/m².")
-    gamma_ev_per_a2: float | None = Field(default=None, description="Surface energy, eV/Å².")
-    slab_energy: float | None = Field(description="Slab total energy, eV.")
-    bulk_energy: float | None = Field(description="Bulk total energy of the bulk cell, eV.")
-    bulk_energy_per_atom: float | None = Field(description="Bulk energy per atom, eV/atom.")
-    n_slab_atoms: int = Field(description="Atoms in the slab.")
-    n_bulk_atoms: int = Field(description="Atoms in the bulk cell.")
-    n_bulk_units: float = Field(description="Bulk cells in the slab (N_slab/N_bulk if stoich.).")
-    excess: dict[str, float] = Field(description="Atoms beyond whole bulk units.")
-    area: float = Field(description="|a x b| of the slab, Å².")
-    slab_converged: bool = Field(description="Slab relaxation converged.")
-    bulk_converged: bool = Field(description="Bulk relaxation converged.")
-    slab_steps: int = Field(description="Optimizer steps of the slab relaxation.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
-
-    @classmethod
-    def from_relaxations(cls, slab: SlabRelaxDoc, bulk: BulkRelaxDoc) -> SurfaceEnergyDoc:
-        """Surface energy from a slab and the bulk it was cut from (same model)."""
-        if slab.model_id != bulk.model_id:
-            raise ValueError(
-                f"slab ({slab.model_id}) and bulk ({bulk.model_id}) come from different models"
-            )
-        n_units, _ = bulk_units_and_excess(slab.structure.composition, bulk.structure.composition)
-        fields = {
-            "material_id": slab.material_id,
-            "formula": bulk.formula,
-            "slab_formula": slab.structure.composition.formula.replace(" ", ""),
-            "model_id": slab.model_id,
-            "miller_index": slab.miller_index,
-            "shift": slab.shift,
-            "termination": slab.termination,
-            "slab_energy": slab.energy,
-            "bulk_energy": bulk.energy,
-            "bulk_energy_per_atom": bulk.energy_per_atom,
-            "n_slab_atoms": slab.n_atoms,
-            "n_bulk_atoms": bulk.n_atoms,
-            "n_bulk_units": n_units,
-            "excess": slab.excess,
-            "area": slab.area,
-            "slab_converged": slab.converged,
-            "bulk_converged": bulk.converged,
-            "slab_steps": slab.n_steps,
-        }
-        failed = [
-            f"{what} relaxation: {doc.error.splitlines()[0] if doc.error else 'not converged'}"
-            for what, doc in (("bulk", bulk), ("slab", slab))
-            if not doc.converged
-        ]
-        if failed:
-            return cls(**fields, status="failed", reason="; ".join(failed))
-        if not slab.is_stoichiometric:
-            return cls(
-                **fields,
-                status="non_stoichiometric",
-                reason=f"excess {slab.excess}: gamma needs chemical potentials (surfflows thermo)",
-            )
-        gamma = surface_energy(
-            slab.energy,
-            slab.structure.composition,
-            bulk.energy,
-            bulk.structure.composition,
-            slab.area,
-        )
-        return cls(**fields, status="ok", gamma_ev_per_a2=gamma, gamma=to_j_per_m2(gamma))
-
-
-class ModelEnergyDoc(BaseModel):
-    """The model's energy of one reference structure (single point or ions relaxed)."""
-
-    reference_key: str = Field(description="Key of the reference document (set:id).")
-    doc_type: Literal["slab", "bulk", "adslab"] = Field(description="Kind of reference record.")
-    n_atoms: int = Field(description="Number of atoms.")
-    energy: float | None = Field(description="Model total energy, eV (None if failed).")
-    energy_per_atom: float | None = Field(description="Model energy per atom, eV/atom.")
-    converged: bool = Field(description="Single point succeeded / relaxation converged.")
-    n_steps: int = Field(default=0, description="Relaxation steps (0 for a single point).")
-    max_force: float | None = Field(default=None, description="Largest force on a free atom.")
-    error: str | None = Field(default=None, description="Error summary if it failed.")
-
-
-class EvaluationDoc(BaseModel):
-    """Model energies of a chunk of one reference set, in one mode.
-
-    Modes: ``single_point`` at the DFT geometry, or ``relaxed``: ions relaxed by the model
-    from the DFT geometry with the DFT cell kept, for slabs and bulks alike (so slab and
-    bulk share the DFT lattice and the same model).
-    """
-
-    model_id: str = Field(description="Model identity.")
-    model: ModelSpec = Field(description="Full model spec.")
-    set_name: str = Field(description="Reference set.")
-    mode: Literal["single_point", "relaxed"] = Field(description="Evaluation mode.")
-    fmax: float | None = Field(default=None, description="Force criterion (relaxed mode), eV/Å.")
-    results: list[ModelEnergyDoc] = Field(description="One entry per reference structure.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
-
-
-class SurfaceErrorDoc(BaseModel):
-    """Surface-energy error of one reference slab under one model and mode (builder output)."""
-
-    error_id: str = Field(description="model_id|mode|reference_key (upsert key).")
-    model_id: str = Field(description="Model identity.")
-    set_name: str = Field(description="Reference set.")
-    mode: str = Field(description="single_point or relaxed.")
-    reference_key: str = Field(description="Key of the reference slab.")
-    material_id: str = Field(description="Bulk material (split unit).")
-    split: str | None = Field(description="train / val / test part of the material.")
-    formula: str = Field(description="Formula of the slab.")
-    miller_index: MillerIndex | None = Field(description="Miller index, if recorded.")
-    facet_family: str = Field(description="{100}, {110}, {111}, high-index or unknown.")
-    chemistry_class: str = Field(description="oxide, metal or other.")
-    status: Literal["ok", "excluded"] = Field(description="ok: error computed.")
-    reason: str | None = Field(description="Why the slab is excluded.")
-    gamma_ref: float | None = Field(description="Reference surface energy, J/m².")
-    gamma_model: float | None = Field(description="Model surface energy, J/m².")
-    gamma_error: float | None = Field(description="gamma_model - gamma_ref, J/m².")
-    energy_error_per_atom: float | None = Field(description="Raw slab energy error, eV/atom.")
-    source_completed_at: str = Field(description="Newest evaluation this error was built from.")
-    references_updated_at: str = Field(description="Newest reference ingest it saw.")
-    last_updated: str = Field(default_factory=_now, description="When the builder wrote it.")
-
-
-class BenchmarkDoc(BaseModel):
-    """Error statistics of one model on one reference set, mode and split part."""
-
-    benchmark_id: str = Field(description="model_id|set_name|mode|split (upsert key).")
-    model_id: str = Field(description="Model identity.")
-    set_name: str = Field(description="Reference set.")
-    mode: str = Field(description="single_point or relaxed.")
-    split: str = Field(description="train, val, test or all.")
-    n: int = Field(description="Slabs with an error.")
-    mae: float | None = Field(description="Mean absolute gamma error, J/m².")
-    rmse: float | None = Field(description="Root-mean-square gamma error, J/m².")
-    mean_signed_error: float | None = Field(description="Mean of gamma_model - gamma_ref.")
-    max_abs_error: float | None = Field(description="Largest absolute gamma error, J/m².")
-    by_facet_family: dict[str, dict] = Field(description="Statistics per facet family.")
-    by_chemistry_class: dict[str, dict] = Field(description="Statistics per chemistry class.")
-    n_excluded: dict[str, int] = Field(description="Excluded slabs per reason category.")
-    excluded_reasons: dict[str, int] = Field(description="Excluded slabs per exact reason.")
-    source_updated: str = Field(description="Newest surface-error document used.")
-    last_updated: str = Field(default_factory=_now, description="When the builder wrote it.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Surface thermodynamics: elemental references, gamma(delta mu_O), Wulff shapes. The Wulff
-# documents mirror emmet's surface-properties document (emmet.core.surface_properties:
-# SurfacePropDoc / SurfaceEntry field names) plus the surfflows fields.
-# ---------------------------------------------------------------------------------------------
 
 #: delta mu_O range (eV) of diagrams whose O-poor limit is not computed (oxides of several
 #: other elements) or not meaningful (a non-negative model formation energy).
@@ -447,7 +180,7 @@ class SurfacePropertiesDoc(BaseModel):
     structure: Structure = Field(description="Conventional bulk cell (frame of the Wulff shape).")
     note: str | None = Field(default=None, description="Why Wulff quantities are missing.")
     wulff_png: str | None = Field(default=None, description="PNG of the Wulff shape.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
     def to_wulff(self) -> WulffShape:
         """pymatgen WulffShape of the surfaces (energies in eV/Å²)."""
@@ -512,7 +245,7 @@ class SurfaceThermoDoc(BaseModel):
 
     Conventions: ``mu_O = E(O2) / 2 + delta mu_O`` with E(O2) from the same model as slabs and
     bulk; ``gamma(delta mu_O) = (E_slab - n E_bulk - n_O mu_O) / 2A`` per termination
-    (:func:`surfflows.thermo.surface_energy_line`); the stable termination of each facet is
+    (:func:`surfflows.core.thermo.surface_energy_line`); the stable termination of each facet is
     the lower envelope (pymatgen ``SurfaceEnergyPlotter``). Bounds of delta mu_O come from the
     model's own formation energy of the bulk (binary oxides; O-rich limit only otherwise).
     """
@@ -544,7 +277,7 @@ class SurfaceThermoDoc(BaseModel):
     excluded: list[ExcludedSlab] = Field(description="Slabs left out, with reasons.")
     wulff_shapes: list[SurfacePropertiesDoc] = Field(description="Wulff shapes at chosen mu.")
     diagram_png: str | None = Field(default=None, description="PNG of gamma vs delta mu_O.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
     @classmethod
     def from_surface_energies(
@@ -829,7 +562,7 @@ class WulffComparisonDoc(BaseModel):
     reference: SurfacePropertiesDoc = Field(description="Reference Wulff on common facets.")
     model: SurfacePropertiesDoc = Field(description="Model Wulff on common facets.")
     comparison_png: str | None = Field(default=None, description="PNG of the two shapes.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
     @classmethod
     def from_properties(
@@ -890,166 +623,3 @@ class WulffComparisonDoc(BaseModel):
             reference=reference,
             model=model,
         )
-
-
-class FineTuneSettings(BaseModel):
-    """Hyperparameters of one CHGNet fine-tune (see :mod:`surfflows.finetune`)."""
-
-    depth: int = Field(
-        default=1,
-        ge=0,
-        description="X: trainable units counted from the readout backwards (0: only the "
-        "per-element reference energies, 1: readout, 2: + last atom_conv, then whole "
-        "[atom_conv, bond_conv, angle] blocks, the largest X adds the embeddings).",
-    )
-    epochs: int = Field(default=20, ge=0, description="Training epochs (maximum).")
-    learning_rate: float = Field(default=1e-3, gt=0, description="Initial Adam learning rate.")
-    lr_decay_fraction: float = Field(
-        default=0.1, gt=0, le=1, description="Cosine decay to this fraction of the learning rate."
-    )
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    anchor_weight: float = Field(
-        default=0.0,
-        ge=0,
-        description="L2-SP weight: penalty anchor_weight * sum((theta - theta_parent)^2) over "
-        "the trainable parameters, against forgetting (0: off).",
-    )
-    batch_size: int = Field(
-        default=16,
-        ge=1,
-        description="Structures per batch (about: a slab always shares its batch with its bulk).",
-    )
-    energy_weight: float = Field(
-        default=1.0,
-        ge=0,
-        description="Weight of the energy-per-atom loss (eV/atom), slabs and bulks.",
-    )
-    gamma_weight: float = Field(
-        default=1.0, ge=0, description="Weight of the surface-energy loss (J/m²) of each slab."
-    )
-    force_weight: float = Field(
-        default=0.0,
-        ge=0,
-        description="Weight of the force loss (eV/Å); needs force labels (the set's ref_forces "
-        "or zero_force_labels) and a full forward pass with forces each step (slow).",
-    )
-    zero_force_labels: bool = Field(
-        default=False,
-        description="Use zero forces as labels for frames without ref_forces: valid only for "
-        "DFT-relaxed geometries (relaxed slabs and bulks).",
-    )
-    criterion: Literal["mse", "huber", "l1"] = Field(
-        default="mse", description="Loss of each term (huber with delta huber_delta)."
-    )
-    huber_delta: float = Field(default=0.1, gt=0, description="Delta of the Huber loss.")
-    patience: int | None = Field(
-        default=8,
-        ge=1,
-        description="Stop after this many epochs without a lower validation gamma MAE (None: "
-        "never stop early).",
-    )
-    seed: int = Field(default=0, description="Seed of torch and of the batch order.")
-
-
-class EpochRecord(BaseModel):
-    """Losses and errors after one epoch (epoch 0: after the per-element fit, no step yet)."""
-
-    epoch: int = Field(description="Epoch number; 0 is the model before any gradient step.")
-    train_loss: float = Field(description="Mean training loss over the epoch's batches.")
-    train_energy_mae: float = Field(description="Training energy MAE, eV/atom.")
-    train_gamma_mae: float | None = Field(description="Training gamma MAE, J/m².")
-    val_energy_mae: float = Field(description="Validation energy MAE, eV/atom.")
-    val_gamma_mae: float | None = Field(description="Validation gamma MAE, J/m² (selects epochs).")
-    val_gamma_mean_signed_error: float | None = Field(
-        description="Validation mean of gamma_model - gamma_ref, J/m²."
-    )
-    learning_rate: float = Field(description="Learning rate used in the epoch.")
-    seconds: float = Field(description="Wall time of the epoch (training and validation), s.")
-
-
-class FineTuneDoc(BaseModel):
-    """A fine-tuned CHGNet checkpoint: how it was made and how it trained.
-
-    Output of the fine-tune job and the ``metadata`` of its entry in the ``models`` store.
-    """
-
-    model_id: str = Field(description="chgnet-ft-<sha12> of the best-epoch checkpoint.")
-    model: ModelSpec = Field(description="Spec of the checkpoint (registered by sha256).")
-    sha256: str = Field(description="sha256 of the checkpoint file.")
-    parent_model_id: str = Field(description="Model fine-tuned.")
-    parent: ModelSpec = Field(description="Spec of the parent model.")
-    set_name: str = Field(description="Reference set trained on.")
-    level_of_theory: str = Field(description="Level of theory of the set's energies.")
-    split_id: str = Field(description="Split used: train part for training, val for selection.")
-    sweep: str | None = Field(default=None, description="Name of the sweep the run belongs to.")
-    depth: int = Field(description="X, trainable units from the readout backwards.")
-    trainable_modules: list[str] = Field(
-        description="Modules fitted: composition_model (least squares) and the X units."
-    )
-    frozen_modules: list[str] = Field(description="Modules kept at the parent's weights.")
-    trainable_parameters: int = Field(
-        description="Parameters of the trainable modules (AtomRef's 94 included)."
-    )
-    atomref_shift: dict[str, float] = Field(
-        description="Per-element reference energies fitted to the training data and added to "
-        "the parent's AtomRef, eV/atom, by element."
-    )
-    hyperparameters: FineTuneSettings = Field(description="Settings of the run.")
-    n_train: dict[str, int] = Field(
-        description="Training data: structures, slabs, bulks, gamma_pairs, materials, "
-        "force_labelled."
-    )
-    n_val: dict[str, int] = Field(description="Validation data, same counts.")
-    train_keys: list[str] = Field(description="Reference keys of every training structure.")
-    val_keys: list[str] = Field(description="Reference keys of every validation structure.")
-    dropped: dict[str, list[str]] = Field(
-        description="Reason -> keys of train/val records not used (flags are screened: a "
-        "record with two flags appears under both)."
-    )
-    n_dropped: int = Field(description="Records of the train and val parts not used.")
-    history: list[EpochRecord] = Field(description="Loss curves, one record per epoch.")
-    best_epoch: int = Field(description="Epoch with the lowest validation gamma MAE (kept).")
-    best_val_gamma_mae: float | None = Field(description="Validation gamma MAE there, J/m².")
-    best_val_energy_mae: float = Field(description="Validation energy MAE there, eV/atom.")
-    stopped_early: bool = Field(description="Training stopped by patience before `epochs`.")
-    resumed_from_epoch: int | None = Field(
-        default=None, description="Last epoch of the checkpoint the run resumed from."
-    )
-    setup_seconds: float = Field(description="Graphs, batches and frozen-feature cache, s.")
-    mean_epoch_seconds: float | None = Field(description="Mean wall time of an epoch, s.")
-    wall_seconds: float = Field(description="Wall time of the whole fine-tune, s.")
-    checkpoint_path: str = Field(description="Checkpoint file on the machine that trained.")
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")
-
-
-class BulkSetErrors(BaseModel):
-    """Aligned bulk energy errors of a model and its parent on one set of unseen bulks."""
-
-    name: str = Field(description="Bulk set: a reference set, or '<set>:test' bulk cells.")
-    level_of_theory: str = Field(description="Level of theory of its energies.")
-    alignment: str = Field(description="Bulks the per-element offsets were fitted on.")
-    n_structures: int = Field(description="Bulk cells evaluated.")
-    n_excluded: int = Field(
-        default=0, description="Cells left out: an element without a fitted offset, or failed."
-    )
-    n_elements: int = Field(description="Elements with an offset (free parameters).")
-    mae_per_atom: float | None = Field(
-        description="MAE of the aligned residual, eV/atom (None: no cell evaluated)."
-    )
-    parent_mae_per_atom: float | None = Field(description="The parent's, eV/atom.")
-    relative_change: float | None = Field(description="mae / parent_mae - 1 (0.1: 10 % worse).")
-    force_mae: float | None = Field(default=None, description="Force MAE, eV/Å (if labelled).")
-    parent_force_mae: float | None = Field(default=None, description="The parent's, eV/Å.")
-
-
-class ForgettingDoc(BaseModel):
-    """Bulk forgetting of a model: aligned bulk energy errors beside its parent's."""
-
-    model_id: str = Field(description="Model checked.")
-    model: ModelSpec = Field(description="Its spec.")
-    parent_model_id: str = Field(description="Model it is compared with.")
-    sets: list[BulkSetErrors] = Field(description="One entry per bulk set.")
-    max_relative_change: float | None = Field(
-        description="Largest relative_change over the sets (None if none has one)."
-    )
-    created_at: str = Field(default_factory=_now, description="ISO time the document was made.")

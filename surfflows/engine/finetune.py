@@ -75,8 +75,8 @@ from chgnet.model.model import BatchedGraph
 from pymatgen.core import Element, Structure
 from torch import Tensor, nn
 
-from surfflows.schemas import EpochRecord, FineTuneSettings
-from surfflows.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
+from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
+from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
 
 #: Modules of the embedding unit (the largest X).
 EMBEDDING_MODULES = (
@@ -635,7 +635,7 @@ class _Errors:
 
 
 class _Objective:
-    """The loss of :mod:`surfflows.finetune`'s objective for one batch.
+    """The loss of :mod:`surfflows.engine.finetune`'s objective for one batch.
 
     ``anchors`` pairs each trainable parameter with its parent value; with
     ``settings.anchor_weight > 0``, :meth:`anchor_penalty` is the L2-SP term

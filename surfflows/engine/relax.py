@@ -7,7 +7,7 @@ Two paths share one result type, :class:`RelaxResult`:
   relaxations use it.
 * :func:`relax_structures` relaxes many fixed-cell structures (slabs) together: one CHGNet
   forward pass gives the energies and forces of a whole batch (graphs built by
-  :func:`surfflows.graphs.crystal_graph`), and a batched FIRE that
+  :func:`surfflows.engine.graphs.crystal_graph`), and a batched FIRE that
   repeats ``ase.optimize.FIRE`` step for step moves each structure. A structure leaves the
   batch when it converges, fails or runs out of steps, and a waiting one takes its place;
   a failure of one structure is recorded on its result and the others go on.
@@ -36,8 +36,9 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from surfflows.graphs import crystal_graph
-from surfflows.models import ModelSpec, get_calculator, load_model
+from surfflows.core.slabs import fixed_mask
+from surfflows.engine.graphs import crystal_graph
+from surfflows.engine.models import ModelSpec, get_calculator, load_model
 
 if TYPE_CHECKING:
     from chgnet.graph import CrystalGraph
@@ -80,14 +81,6 @@ class RelaxResult:
     def ok(self) -> bool:
         """Converged and without error: fit to enter a surface energy."""
         return self.converged and self.error is None and math.isfinite(self.energy)
-
-
-def fixed_mask(structure: Structure) -> np.ndarray:
-    """Boolean mask of atoms fixed by ``selective_dynamics`` (all three flags False)."""
-    flags = structure.site_properties.get("selective_dynamics")
-    if flags is None:
-        return np.zeros(len(structure), dtype=bool)
-    return ~np.asarray(flags, dtype=bool).any(axis=1)
 
 
 #: Atoms closer than this (Å) are taken as a broken structure, not relaxed.

@@ -93,7 +93,7 @@ class ModelSpec(BaseModel):
         if Path(text).is_file():
             return cls.from_checkpoint(text)
         if text.startswith(("sha256:", "chgnet-ft-")):
-            from surfflows.registry import find_model
+            from surfflows.io.registry import find_model
 
             return find_model(text.removeprefix("sha256:").removeprefix("chgnet-ft-"))
         raise ValueError(
@@ -138,7 +138,7 @@ def _load_cached(kind: str, version: str | None, sha256: str | None) -> CHGNet:
     _configure_torch()
     if kind == "pretrained":
         return CHGNet.load(model_name=version, verbose=False)
-    from surfflows.registry import checkpoint_path
+    from surfflows.io.registry import checkpoint_path
 
     return CHGNet.from_file(str(checkpoint_path(sha256)))
 
@@ -150,7 +150,7 @@ def load_model(spec: ModelSpec) -> CHGNet:
     local model cache, else the registry in the database (fetched and cached).
     """
     if spec.kind == "checkpoint" and spec.checkpoint and Path(spec.checkpoint).is_file():
-        from surfflows.registry import cache_checkpoint
+        from surfflows.io.registry import cache_checkpoint
 
         cache_checkpoint(spec.checkpoint, spec.sha256)
     model = _load_cached(spec.kind, spec.version, spec.sha256)

@@ -764,11 +764,11 @@ def oc22_reference_set(
 
     Returns
     -------
-    surfflows.references.canonical.ReferenceSet
+    surfflows.io.canonical.ReferenceSet
         The same canonical documents as any extxyz set; OC22 skips (no metadata, no
         target, NaN energy, unknown element...) are merged into ``skipped``.
     """
-    from surfflows.references.canonical import ReferenceSetInfo, documents_from_frames
+    from surfflows.io.canonical import ReferenceSetInfo, documents_from_frames
 
     frames = frames_from_is2re(split_dir, read_metadata(metadata_path))
     refset = documents_from_frames(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from surfflows.campaign import CampaignConfig
+from surfflows.flows.campaign import CampaignConfig
 
 
 def validate_project_file(path: str | Path):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Structure
 
-from surfflows.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
+from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
 
 
 def facet_family(miller_index: Sequence[int] | None) -> str:

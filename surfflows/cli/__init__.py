@@ -1,0 +1,11 @@
+"""The ``surfflows`` command line: thin typer commands, one module per command group.
+
+Settings are read and stores opened here; the orchestration lives in :mod:`surfflows.flows`.
+"""
+
+from __future__ import annotations
+
+from surfflows.cli import benchmark, campaign, finetune, info, references, thermo
+from surfflows.cli.common import app
+
+__all__ = ["app", "benchmark", "campaign", "finetune", "info", "references", "thermo"]

@@ -1,0 +1,5 @@
+"""``python -m surfflows.cli``."""
+
+from surfflows.cli import app
+
+app()

@@ -1,0 +1,143 @@
+"""Commands of the zero-shot / fine-tuned benchmark: evaluate, build, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+if TYPE_CHECKING:
+    pass
+
+from surfflows.cli.common import app, console, fail, num
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[
+        str, typer.Option(help="Reference set name in the store, or a canonical folder.")
+    ],
+    model: Annotated[str, typer.Option(help="Model: chgnet-0.3.0, a checkpoint...")] = (
+        "chgnet-0.3.0"
+    ),
+    mode: Annotated[str, typer.Option(help="single_point, relaxed or both.")] = "both",
+    split: Annotated[str, typer.Option(help="all, train, val or test.")] = "all",
+    level_of_theory: Annotated[
+        str | None, typer.Option(help="For a folder that is not yet ingested.")
+    ] = None,
+    fmax: Annotated[float, typer.Option(help="Relaxed mode force criterion, eV/Å.")] = 0.05,
+    max_steps: Annotated[int, typer.Option(help="Relaxed mode step limit.")] = 300,
+    chunk_size: Annotated[int, typer.Option(help="Structures per job.")] = 128,
+) -> None:
+    """Evaluate a model on a reference set: single points and/or ions relaxed at the DFT cell."""
+    from jobflow import run_locally
+
+    from surfflows.core.splits import get_or_create_split
+    from surfflows.engine.models import ModelSpec
+    from surfflows.io.ingest import ingest_path
+    from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+    from surfflows.stores import get_job_store, get_store
+
+    modes = ("single_point", "relaxed") if mode == "both" else (mode,)
+    if split not in ("all", "train", "val", "test"):
+        fail(f"unknown split part {split!r}")
+    try:
+        spec = ModelSpec.parse(model)
+        set_name = reference
+        if Path(reference).is_dir():
+            report = ingest_path(reference, level_of_theory=level_of_theory)
+            console.print(report.summary())
+            set_name = report.set_name
+        splits = get_store("splits")
+        with splits:
+            assignments = get_or_create_split(set_name, store=splits).assignments
+        items = reference_items(
+            set_name,
+            get_store("references"),
+            assignments,
+            None if split == "all" else (split,),
+        )
+        flow = EvaluateMaker(
+            model=spec, modes=modes, fmax=fmax, max_steps=max_steps, chunk_size=chunk_size
+        ).make(set_name, items)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    start = time.perf_counter()
+    console.print(f"evaluating {spec.model_id} on {len(items)} structures of {set_name} {modes}")
+    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    console.print(f"done in {time.perf_counter() - start:.0f} s; now run: surfflows build")
+
+
+@app.command()
+def build() -> None:
+    """Run the error and benchmark builders incrementally (same as mrun configs/builders.yaml)."""
+    from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+
+    for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
+        builder.connect()
+        n_items = n_docs = 0
+        for item in builder.get_items():
+            docs = builder.process_item(item)
+            builder.update_targets([docs])
+            n_items += 1
+            n_docs += len(docs)
+        builder.finalize()
+        console.print(f"{type(builder).__name__}: {n_items} items processed, {n_docs} documents")
+
+
+BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
+
+
+def _benchmark_table(rows: list[dict]) -> Table:
+    table = Table(title="surface-energy errors (J/m²): model - reference")
+    for column in (*BENCHMARK_COLUMNS, "excluded"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        stats = (r["mae"], r["rmse"], r["mean_signed_error"], r["max_abs_error"])
+        excluded = ", ".join(f"{k} {v}" for k, v in sorted(r["n_excluded"].items()))
+        table.add_row(
+            r["set_name"], r["model_id"], r["mode"], r["split"], str(r["n"]),
+            *(num(x) for x in stats), excluded,
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("reports"),
+    model: Annotated[str | None, typer.Option(help="Only this model id.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Only this reference set.")] = None,
+) -> None:
+    """Benchmark table in the terminal and parity plots (PNG) per model, set and mode."""
+    from surfflows.jobs.finetune import finetune_report_plots
+    from surfflows.reports.plots import parity_plot
+    from surfflows.stores import get_store
+
+    criteria = {k: v for k, v in (("model_id", model), ("set_name", reference)) if v}
+    benchmarks = get_store("benchmarks")
+    errors = get_store("surface_errors")
+    refs = get_store("references")
+    with benchmarks, errors, refs:
+        rows = sorted(
+            benchmarks.query(criteria),
+            key=lambda r: (r["set_name"], r["model_id"], r["mode"], r["split"]),
+        )
+        if not rows:
+            fail("no benchmark rows: run surfflows evaluate, then surfflows build")
+        console.print(_benchmark_table(rows))
+        for r in (r for r in rows if r["split"] == "all"):
+            group = {"model_id": r["model_id"], "set_name": r["set_name"], "mode": r["mode"]}
+            ref = refs.query_one({"set_name": r["set_name"]}, properties=["source", "citation"])
+            source = (ref or {}).get("citation") or (ref or {}).get("source")
+            path = parity_plot(
+                list(errors.query(group)),
+                out / f"parity_{r['set_name']}_{r['model_id']}_{r['mode']}.png",
+                title=f"{r['model_id']} on {r['set_name']} ({r['mode']})",
+                attribution=f"Reference data: {source}" if source else "",
+            )
+            console.print(f"wrote {path}")
+    for path in finetune_report_plots(out, reference):
+        console.print(f"wrote {path}")

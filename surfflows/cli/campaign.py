@@ -1,0 +1,109 @@
+"""Commands of surface campaigns: run one locally, read its results, submit it to jobflow-remote."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+if TYPE_CHECKING:
+    pass
+
+from surfflows.cli.common import app, console, fail, load_campaign, parse_miller
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/demo.yaml).")],
+) -> None:
+    """Run a surface-energy campaign locally into the configured store."""
+    from surfflows.flows.campaign import run_campaign
+    from surfflows.reports.query import surface_energies
+    from surfflows.stores import get_job_store
+
+    campaign = load_campaign(config)
+    store = get_job_store()
+    start = time.perf_counter()
+    run_campaign(campaign, store)
+    elapsed = time.perf_counter() - start
+    model_id = campaign.model_spec().model_id
+    docs = [
+        d
+        for m in campaign.materials
+        for d in surface_energies(store, material_id=m.id, model_id=model_id)
+    ]
+    _print_surface_table(docs, title=f"campaign {campaign.name} ({model_id})")
+    statuses = [d["status"] for d in docs]
+    counts = {s: statuses.count(s) for s in ("ok", "non_stoichiometric", "failed")}
+    console.print(f"{len(docs)} slabs in {elapsed:.0f} s: {counts}")
+
+
+def _print_surface_table(docs: list[dict], title: str) -> None:
+    from surfflows.reports.query import to_rows
+
+    table = Table(title=title)
+    for column in ("material", "facet", "termination", "model", "status", "γ (J/m²)", "atoms"):
+        table.add_column(column, overflow="fold")
+    for row in to_rows(docs):
+        gamma = f"{row['gamma']:.3f}" if row["gamma"] is not None else "-"
+        table.add_row(
+            row["material_id"],
+            row["miller_index"],
+            row["termination"],
+            row["model_id"],
+            row["status"],
+            gamma,
+            str(row["n_slab_atoms"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def results(
+    formula: Annotated[str | None, typer.Option(help="Reduced formula, e.g. TiO2.")] = None,
+    material: Annotated[str | None, typer.Option(help="Material id.")] = None,
+    miller: Annotated[str | None, typer.Option(help="Miller index, e.g. 111 or '1,-1,0'.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model id, e.g. chgnet-0.3.0.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write json/csv here.")] = None,
+) -> None:
+    """List surface energies (newest per slab and model) as a table, JSON or CSV."""
+    from surfflows.reports.query import export, surface_energies
+    from surfflows.stores import get_job_store
+
+    docs = surface_energies(
+        get_job_store(),
+        formula=formula,
+        material_id=material,
+        miller_index=parse_miller(miller),
+        model_id=model,
+    )
+    if fmt == "table":
+        _print_surface_table(docs, title=f"{len(docs)} surface energies")
+        return
+    if fmt not in ("json", "csv"):
+        fail(f"unknown format {fmt!r}; use table, json or csv")
+    text = export(docs, fmt)
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {len(docs)} documents to {output}")
+    else:
+        print(text)
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML.")],
+    worker: Annotated[str | None, typer.Option(help="jobflow-remote worker.")] = None,
+    project: Annotated[str | None, typer.Option(help="jobflow-remote project.")] = None,
+    priority: Annotated[int, typer.Option(help="Queue priority.")] = 0,
+) -> None:
+    """Submit a campaign to jobflow-remote (needs its MongoDB-backed project)."""
+    from surfflows.flows.remote import submit_campaign
+
+    campaign = load_campaign(config)
+    ids = submit_campaign(campaign, worker=worker, project=project, priority=priority)
+    console.print(f"submitted {len(ids)} jobs of {len(campaign.materials)} flows: {ids[:5]}...")

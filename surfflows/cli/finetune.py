@@ -1,0 +1,267 @@
+"""Commands of fine-tuning: DIRECT / random selection, fine-tune, depth sweep, learning curve."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+if TYPE_CHECKING:
+    pass
+
+from surfflows.cli.benchmark import build
+from surfflows.cli.common import app, console, fail, num
+
+
+@app.command()
+def select(
+    reference: Annotated[str, typer.Option(help="Reference set in the store.")],
+    budget: Annotated[int, typer.Option(help="Training slabs to select.")],
+    method: Annotated[str, typer.Option(help="direct or random.")] = "direct",
+    seed: Annotated[int, typer.Option(help="Seed of random picks.")] = 0,
+    model: Annotated[str, typer.Option(help="Model whose features DIRECT uses.")] = (
+        "chgnet-0.3.0"
+    ),
+) -> None:
+    """Select training slabs of a set's train split by DIRECT sampling or at random."""
+    from surfflows.engine.models import ModelSpec
+    from surfflows.engine.sampling import select as select_slabs
+    from surfflows.stores import get_store
+
+    stores = {n: get_store(n) for n in ("references", "splits", "features", "selections")}
+    for store in stores.values():
+        store.connect()
+    try:
+        doc = select_slabs(
+            reference, method, budget, seed=seed, model=ModelSpec.parse(model), **stores
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    finally:
+        for store in stores.values():
+            store.close()
+    pcs = f", {doc.n_components} PCs ({doc.explained_variance:.0%})" if doc.n_components else ""
+    console.print(
+        f"{doc.selection_id}: {doc.budget} of {doc.n_pool} train slabs{pcs}\n"
+        + "\n".join(f"  {key}" for key in doc.reference_keys)
+    )
+
+
+def _show_finetune_progress() -> None:
+    """Print the fine-tune jobs' per-epoch log lines."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("surfflows.jobs.finetune")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False))
+    logger.setLevel(logging.INFO)
+
+
+def _sweep_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    bulk_sets = sorted({name for r in rows for name in r["forgetting"]})
+    columns = ["model", "X", "seed", "val MAE", "val signed", "test MAE", "test signed", "N test"]
+    columns += [f"bulk {name} Δ" for name in bulk_sets]
+    for column in (*columns, "best epoch", "epoch s", "wall s"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["model_id"],
+            "zero-shot" if r["depth"] is None else str(r["depth"]),
+            "-" if r["seed"] is None else str(r["seed"]),
+            *(num(r[k]) for k in ("val_mae", "val_mse", "test_mae", "test_mse")),
+            str(r["n_test"]),
+            *(
+                "-" if r["forgetting"].get(n) is None else f"{r['forgetting'][n]:+.1%}"
+                for n in bulk_sets
+            ),
+            str(r.get("best_epoch", "-")),
+            "-" if r.get("epoch_s") is None else f"{r['epoch_s']:.1f}",
+            "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f}",
+        )
+    return table
+
+
+@app.command()
+def finetune(
+    reference: Annotated[str, typer.Option(help="Reference set in the store (ingested).")],
+    layers: Annotated[
+        int | None, typer.Option(help="X: trainable units from the readout backwards.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of torch and batch order.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
+    energy_weight: Annotated[float | None, typer.Option(help="Energy loss weight.")] = None,
+    gamma_weight: Annotated[float | None, typer.Option(help="Surface-energy loss weight.")] = None,
+    force_weight: Annotated[float | None, typer.Option(help="Force loss weight (slow).")] = None,
+    zero_force_labels: Annotated[
+        bool | None, typer.Option(help="Zero forces as labels of relaxed frames.")
+    ] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
+    anchor_weight: Annotated[
+        float | None, typer.Option(help="L2-SP pull towards the parent's weights.")
+    ] = None,
+    parent: Annotated[str, typer.Option(help="Model to fine-tune.")] = "chgnet-0.3.0",
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (a rerun there resumes).")
+    ] = None,
+    evaluate: Annotated[
+        bool, typer.Option(help="Evaluate val/test and check bulk forgetting.")
+    ] = True,
+) -> None:
+    """Fine-tune the last X units of CHGNet on a set's train split and register the checkpoint.
+
+    The epoch with the lowest validation gamma MAE is kept. With --evaluate (default) the
+    checkpoint and its parent are evaluated on the val and test parts (single point), bulk
+    forgetting is checked on bo2_bulk_eos and the set's test bulks, and the builders run.
+    """
+    from jobflow import Flow, run_locally
+    from pydantic import ValidationError
+
+    from surfflows.engine.models import ModelSpec
+    from surfflows.jobs.finetune import (
+        FineTuneMaker,
+        bulk_forgetting,
+        evaluate_parts,
+        sweep_summary,
+    )
+    from surfflows.schemas.finetune import FineTuneSettings
+    from surfflows.stores import get_job_store
+
+    given = {
+        "depth": layers, "epochs": epochs, "learning_rate": lr, "seed": seed,
+        "batch_size": batch_size, "energy_weight": energy_weight, "gamma_weight": gamma_weight,
+        "force_weight": force_weight, "zero_force_labels": zero_force_labels,
+        "patience": patience, "anchor_weight": anchor_weight,
+    }  # fmt: skip
+    try:
+        settings = FineTuneSettings(**{k: v for k, v in given.items() if v is not None})
+        spec = ModelSpec.parse(parent)
+    except (ValidationError, ValueError) as exc:
+        fail(str(exc))
+    train = FineTuneMaker(
+        parent=spec, settings=settings, work_dir=str(work_dir) if work_dir else None
+    ).make(reference)
+    jobs = [train]
+    if evaluate:
+        for model in (spec, train.output.model):
+            jobs += [evaluate_parts(model, reference), bulk_forgetting(model, spec, reference)]
+    _show_finetune_progress()
+    store = get_job_store()
+    responses = run_locally(Flow(jobs), store=store, log=False, ensure_success=True)
+    doc = responses[train.uuid][1].output
+    console.print(
+        f"{doc.model_id}: X={doc.depth}, {doc.trainable_parameters:,} trainable parameters, "
+        f"best epoch {doc.best_epoch} of {len(doc.history) - 1}, val gamma MAE "
+        f"{num(doc.best_val_gamma_mae)} J/m², {doc.wall_seconds:.0f} s; dropped "
+        + ", ".join(f"{reason} {len(keys)}" for reason, keys in sorted(doc.dropped.items()))
+    )
+    if evaluate:
+        build()
+        ids = (spec.model_id, doc.model_id)
+        rows = [r for r in sweep_summary(reference) if r["model_id"] in ids]
+        console.print(_sweep_table(rows, title=f"{doc.model_id} on {reference} (J/m²)"))
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep YAML (configs/finetune_sweep.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Write the summary rows as JSON.")] = None,
+) -> None:
+    """Fine-tune for every X and seed of CONFIG, evaluate every checkpoint, tabulate."""
+
+    from jobflow import run_locally
+    from pydantic import ValidationError
+
+    from surfflows.jobs.finetune import SweepConfig, sweep_summary
+    from surfflows.stores import get_job_store
+
+    try:
+        sweep_config = SweepConfig.from_yaml(config)
+        flow = sweep_config.maker().make(sweep_config.reference)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    _show_finetune_progress()
+    start = time.perf_counter()
+    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    build()
+    summary = {}
+    for mode in sweep_config.modes:
+        summary[mode] = sweep_summary(sweep_config.reference, sweep_config.name, mode)
+        title = f"sweep {sweep_config.name} on {sweep_config.reference}, {mode} (J/m²)"
+        console.print(_sweep_table(summary[mode], title=title))
+    if out:
+        out.write_text(json.dumps(summary, indent=2))
+        console.print(f"wrote {out}")
+    console.print(f"sweep done in {time.perf_counter() - start:.0f} s")
+
+
+@app.command("learning-curve")
+def learning_curve(
+    config: Annotated[Path, typer.Argument(help="Learning-curve YAML.")] = Path(
+        "configs/learning_curve.yaml"
+    ),
+    out: Annotated[Path, typer.Option(help="Folder for table and plots.")] = Path("reports"),
+    run_flow: Annotated[bool, typer.Option("--run/--report-only", help="Run or only report.")] = (
+        True
+    ),
+) -> None:
+    """DIRECT versus random fine-tuning data at several budgets: run, build, table, plots."""
+
+    import yaml
+    from jobflow import run_locally
+
+    from surfflows.engine.models import ModelSpec
+    from surfflows.jobs.learning_curve import (
+        LearningCurveConfig,
+        coverage,
+        learning_curve_rows,
+        summarize_curve,
+    )
+    from surfflows.reports.plots import coverage_plot, learning_curve_plot
+    from surfflows.stores import get_job_store, get_store
+
+    try:
+        campaign = LearningCurveConfig.model_validate(yaml.safe_load(config.read_text()))
+    except Exception as exc:
+        fail(f"{config}: {exc}")
+    start = time.perf_counter()
+    if run_flow:
+        flow = campaign.maker().make(campaign.reference)
+        run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+        build()
+    names = ("outputs", "benchmarks", "references", "splits", "features", "selections")
+    stores = {n: get_store(n) for n in names}
+    for store in stores.values():
+        store.connect()
+    rows = learning_curve_rows(stores["outputs"], stores["benchmarks"], campaign.name)
+    summary = summarize_curve(rows)
+    table = Table(title=f"{campaign.name}: test γ MAE (J/m²) over seeds")
+    for column in ("method", "budget", "seeds", "mean", "std"):
+        table.add_column(column)
+    for r in summary:
+        table.add_row(
+            r["method"], str(r["budget"]), str(r["n_seeds"]),
+            f"{r['test_mae_mean']:.3f}", f"{r['test_mae_std']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{campaign.name}.json").write_text(json.dumps({"rows": rows, "summary": summary}))
+    curve = learning_curve_plot(summary, out / f"{campaign.name}.png", campaign.name)
+    console.print(f"wrote {curve}")
+    top = max(campaign.budgets)
+    ids = [
+        d["selection_id"]
+        for d in stores["selections"].query({"set_name": campaign.reference, "seed": 0})
+        if d["budget"] == top or len(d["reference_keys"]) == top
+    ]
+    pca, marked = coverage(campaign.reference, ids, ModelSpec.parse(campaign.parent), stores)
+    path = coverage_plot(pca, marked, out / f"{campaign.name}_coverage.png", campaign.reference)
+    console.print(f"wrote {path}; {time.perf_counter() - start:.0f} s")

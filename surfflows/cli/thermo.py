@@ -1,0 +1,350 @@
+"""Commands of surface thermodynamics: gamma(delta mu_O), Wulff shapes, comparisons."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from surfflows.flows.campaign import CampaignConfig
+
+from surfflows.cli.common import app, console, fail, load_campaign, num, parse_miller, write_json
+
+
+def _thermo_runs(
+    material: str,
+    structure: Path | None,
+    campaign: CampaignConfig | None,
+    models: list[str] | None,
+    slab_overrides: dict,
+    relax_overrides: dict,
+    delta_mu_o: list[float] | None,
+    out: Path,
+    reference_set: str | None = None,
+) -> list[dict]:
+    """Run what is missing of the thermo flow of one material per model; print and save.
+
+    MATERIAL is a material id of ``campaign`` or a structure file (``--structure`` names the
+    file explicitly); the campaign's settings apply, then the command-line ones.
+
+    Returns
+    -------
+    list[dict]
+        Per model: ``thermo`` (SurfaceThermoDoc as JSON), ``comparison`` (WulffComparisonDoc
+        as JSON when ``reference_set`` is given, else None) and ``seconds`` (wall time).
+    """
+    from jobflow import run_locally
+    from monty.json import jsanitize
+    from pymatgen.core import Structure
+
+    from surfflows.core.slabs import SlabSettings
+    from surfflows.engine.models import ModelSpec
+    from surfflows.flows.campaign import RelaxSettings
+    from surfflows.jobs.thermo import ThermoMaker, thermo_flow
+    from surfflows.stores import get_job_store
+
+    try:
+        entry = (
+            next((m for m in campaign.materials if m.id == material), None) if campaign else None
+        )
+        if structure is None and Path(material).is_file():
+            structure, material = Path(material), Path(material).stem
+        if structure is None and entry is None:
+            known = [m.id for m in campaign.materials] if campaign else []
+            fail(f"{material!r} is neither a structure file nor a campaign material {known}")
+        bulk = Structure.from_file(structure or entry.structure)
+        slabs = (entry.slabs if entry else None) or (campaign.slabs if campaign else SlabSettings())
+        slabs = SlabSettings.model_validate(slabs.model_dump() | slab_overrides)
+        relax = (campaign.relax if campaign else RelaxSettings()).model_dump() | relax_overrides
+        relax = RelaxSettings.model_validate(relax)
+        specs = [ModelSpec.parse(m) for m in models or [campaign.model if campaign else "0.3.0"]]
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    store = get_job_store()
+    runs = []
+    for spec in specs:
+        maker = ThermoMaker(
+            model=spec,
+            slab_settings=slabs,
+            fmax=relax.fmax,
+            max_steps=relax.max_steps,
+            chunk_size=relax.chunk_size,
+            delta_mu_o=delta_mu_o or None,
+            plot_dir=str(out.resolve()),
+            reference_set=reference_set,
+            reference_material=material if reference_set else None,
+        )
+        flow, reused = thermo_flow(maker, bulk, material, store)
+        console.print(
+            f"[bold]{material}[/] {spec.model_id}: reusing {', '.join(reused) or 'nothing'}"
+        )
+        start = time.perf_counter()
+        try:
+            run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+        except Exception as exc:  # a job raised: say which material and model
+            fail(f"{material} ({spec.model_id}): {type(exc).__name__}: {exc}")
+        run = {"seconds": time.perf_counter() - start, "comparison": None}
+        for job in flow.jobs:
+            if job.uuid == flow.output.uuid or job.name.startswith("wulff comparison"):
+                output = jsanitize(store.get_output(job.uuid, load=True), strict=True)
+                run["thermo" if job.uuid == flow.output.uuid else "comparison"] = output
+        _print_thermo(run["thermo"])
+        path = out / f"{material}_{spec.model_id}_thermo.json"
+        write_json(run["thermo"], path)
+        console.print(f"{material} ({spec.model_id}): {run['seconds']:.0f} s; wrote {path}")
+        runs.append(run)
+    return runs
+
+
+def _print_thermo(doc: dict) -> None:
+    """Bounds, stable termination per facet and Wulff shapes of a SurfaceThermoDoc (JSON)."""
+    from surfflows.reports.query import hkl_text
+
+    title = f"{doc['formula']} ({doc['material_id']}), {doc['model_id']}"
+    if doc["reservoir"]:
+        console.print(
+            f"Δμ_O bounds: O-poor {num(doc['delta_mu_O_min'])} eV, O-rich "
+            f"{num(doc['delta_mu_O_max'])} eV; E(O2) = {doc['o2_energy']:.4f} eV; "
+            f"{doc['bounds_note']}"
+        )
+    table = Table(title=f"stable termination per facet, {title}")
+    for column in ("facet", "Δμ_O from", "Δμ_O to", "termination", "slab", "γ from", "γ to"):
+        table.add_column(column)
+    for row in doc["stable"]:
+        table.add_row(
+            hkl_text(row["miller_index"]),
+            num(row["delta_mu_O_from"]),
+            num(row["delta_mu_O_to"]),
+            row["termination"],
+            row["slab_formula"],
+            f"{row['gamma_from']:.3f}",
+            f"{row['gamma_to']:.3f}",
+        )
+    console.print(table)
+    shapes = doc["wulff_shapes"]
+    wulff = Table(title=f"Wulff shapes (γ J/m² / area fraction, termination), {title}")
+    wulff.add_column("facet")
+    for shape in shapes:
+        dmu = shape["delta_mu_O"]
+        wulff.add_column("Δμ_O -" if dmu is None else f"Δμ_O {dmu:+.2f} eV")
+    for i, surface in enumerate(shapes[0]["surfaces"]):
+        cells = []
+        for shape in shapes:
+            s = shape["surfaces"][i]
+            cells.append(
+                f"{s['surface_energy']:.3f} / {num(s['area_fraction'])} {s['termination']}"
+            )
+        wulff.add_row(hkl_text(surface["miller_index"]), *cells)
+    for label, key in (
+        ("weighted γ (J/m²)", "weighted_surface_energy"),
+        ("shape factor", "shape_factor"),
+        ("anisotropy", "surface_anisotropy"),
+    ):
+        wulff.add_row(label, *(num(shape[key]) for shape in shapes))
+    console.print(wulff)
+    for shape in shapes:
+        if shape["note"]:
+            console.print(f"Δμ_O {shape['delta_mu_O']}: {shape['note']}")
+    if doc["excluded"]:
+        reasons = [f"{hkl_text(e['miller_index'])} {e['reason']}" for e in doc["excluded"]]
+        console.print(f"{len(reasons)} slabs excluded: {reasons}")
+    pngs = [doc["diagram_png"], *(shape["wulff_png"] for shape in shapes)]
+    console.print("PNG: " + ", ".join(p for p in pngs if p))
+
+
+def _slab_relax_overrides(
+    max_index: int | None,
+    miller: list[str] | None,
+    min_slab_size: float | None,
+    min_vacuum_size: float | None,
+    fmax: float | None,
+    max_steps: int | None,
+) -> tuple[dict, dict]:
+    """Command-line slab and relax settings that override the campaign file's."""
+    slabs = {"min_slab_size": min_slab_size, "min_vacuum_size": min_vacuum_size}
+    slabs = {k: v for k, v in slabs.items() if v is not None}
+    if miller:
+        slabs["miller_indices"] = [parse_miller(m) for m in miller]
+    elif max_index is not None:
+        slabs |= {"max_index": max_index, "miller_indices": None}
+    relax = {k: v for k, v in (("fmax", fmax), ("max_steps", max_steps)) if v is not None}
+    return slabs, relax
+
+
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option("--model", help="Model (repeatable): chgnet-0.3.0, a checkpoint, sha256:<hex>."),
+]
+
+
+DeltaMuOption = Annotated[
+    list[float] | None,
+    typer.Option("--delta-mu-o", help="Δμ_O (eV) of a Wulff shape (repeatable)."),
+]
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="Campaign YAML naming the material and its settings.")
+]
+
+
+OutOption = Annotated[Path, typer.Option(help="Folder for the PNG and JSON files.")]
+
+
+SlabSizeOption = Annotated[float | None, typer.Option(help="Minimum slab thickness, Å.")]
+
+
+VacuumOption = Annotated[float | None, typer.Option(help="Minimum vacuum thickness, Å.")]
+
+
+FmaxOption = Annotated[float | None, typer.Option(help="Force criterion, eV/Å.")]
+
+
+StepsOption = Annotated[int | None, typer.Option(help="Step limit per relaxation.")]
+
+
+@app.command()
+def thermo(
+    material: Annotated[str, typer.Argument(help="Material id of --config, or a structure file.")],
+    model: ModelOption = None,
+    structure: Annotated[Path | None, typer.Option(help="Structure file of MATERIAL.")] = None,
+    config: ConfigOption = Path("configs/demo.yaml"),
+    delta_mu_o: DeltaMuOption = None,
+    max_index: Annotated[int | None, typer.Option(help="Largest Miller index.")] = None,
+    miller: Annotated[list[str] | None, typer.Option(help="Facet, e.g. 110 (repeatable).")] = None,
+    min_slab_size: SlabSizeOption = None,
+    min_vacuum_size: VacuumOption = None,
+    fmax: FmaxOption = None,
+    max_steps: StepsOption = None,
+    out: OutOption = Path("thermo"),
+) -> None:
+    """Surface phase diagram γ(Δμ_O) and Wulff shapes of one material, per model.
+
+    Runs only what the store lacks (surface energies, O2 and metal references of the model),
+    prints the stable termination per facet and the Wulff shapes, writes PNGs and JSON.
+    """
+    slabs, relax = _slab_relax_overrides(
+        max_index, miller, min_slab_size, min_vacuum_size, fmax, max_steps
+    )
+    campaign = load_campaign(config) if config.is_file() else None
+    _thermo_runs(material, structure, campaign, model, slabs, relax, delta_mu_o, out)
+
+
+@app.command("thermo-campaign")
+def thermo_campaign(
+    config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/demo.yaml).")],
+    model: ModelOption = None,
+    delta_mu_o: DeltaMuOption = None,
+    out: OutOption = Path("thermo"),
+) -> None:
+    """Surface phase diagrams and Wulff shapes of every material of a campaign file."""
+
+    campaign = load_campaign(config)
+    summary = Table(title=f"thermo campaign {campaign.name}")
+    for column in ("material", "model", "Δμ_O bounds (eV)", "stable rows", "excluded", "s"):
+        summary.add_column(column)
+    for material in campaign.materials:
+        for run in _thermo_runs(material.id, None, campaign, model, {}, {}, delta_mu_o, out):
+            doc = run["thermo"]
+            summary.add_row(
+                material.id,
+                doc["model_id"],
+                f"[{num(doc['delta_mu_O_min'])}, {num(doc['delta_mu_O_max'])}]",
+                str(len(doc["stable"])),
+                str(len(doc["excluded"])),
+                f"{run['seconds']:.0f}",
+            )
+    console.print(summary)
+
+
+@app.command("wulff-compare")
+def wulff_compare(
+    reference: Annotated[str, typer.Option(help="Reference set: packaged name or folder.")] = (
+        "pbe_metal_surfaces"
+    ),
+    material: Annotated[str, typer.Option(help="Material id in the set and in --config.")] = "Cu",
+    model: ModelOption = None,
+    structure: Annotated[Path | None, typer.Option(help="Bulk structure file.")] = None,
+    config: ConfigOption = Path("configs/demo.yaml"),
+    max_index: Annotated[
+        int | None, typer.Option(help="Cut every facet up to this index (default: the set's).")
+    ] = None,
+    min_slab_size: SlabSizeOption = None,
+    min_vacuum_size: VacuumOption = None,
+    fmax: FmaxOption = None,
+    max_steps: StepsOption = None,
+    out: OutOption = Path("thermo"),
+) -> None:
+    """Facet ranking and Wulff shape of models against a DFT reference set, side by side."""
+    from monty.json import MontyDecoder
+
+    from surfflows.jobs.thermo import reference_wulff
+    from surfflows.reports.plots import wulff_comparison_plot
+    from surfflows.reports.query import hkl_text
+
+    try:
+        dft, provenance = reference_wulff(reference, material)
+    except ValueError as exc:
+        fail(str(exc))
+    slabs, relax = _slab_relax_overrides(
+        max_index, None, min_slab_size, min_vacuum_size, fmax, max_steps
+    )
+    if max_index is None:
+        slabs["miller_indices"] = [tuple(s.miller_index) for s in dft.surfaces]
+    campaign = load_campaign(config) if config.is_file() else None
+    runs = _thermo_runs(material, structure, campaign, model, slabs, relax, None, out, reference)
+    comparisons = [run["comparison"] for run in runs]
+    first = comparisons[0]
+    table = Table(title=f"{material}: {first['reference']['model_id']} vs model (γ J/m², f area)")
+    for column in ("facet", "γ DFT", "rank", "f DFT"):
+        table.add_column(column)
+    for c in comparisons:
+        for column in ("γ", "rank", "f", "Δf"):
+            table.add_column(f"{column} {c['model_id']}")
+    by_facet = [{tuple(f["miller_index"]): f for f in c["facets"]} for c in comparisons]
+    for facet in first["facets"]:
+        row = [hkl_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
+        row += [str(facet["rank_reference"]), num(facet["area_fraction_reference"])]
+        for facets in by_facet:
+            f = facets.get(tuple(facet["miller_index"]))
+            if f is None:  # this model lacks the facet (e.g. its slab failed)
+                row += ["-"] * 4
+                continue
+            row += [f"{f['gamma_model']:.3f}", str(f["rank_model"])]
+            row += [num(f["area_fraction_model"]), num(f["area_fraction_difference"])]
+        table.add_row(*row)
+    console.print(table)
+    summary = Table(title="facet-ranking agreement and Wulff shapes (model vs DFT)")
+    for column in (
+        "model", "facets", "Kendall τ (p)", "Spearman ρ (p)", "lowest DFT / model",
+        "mean |Δf|", "max |Δf|", "mean γ error", "γ_w DFT / model", "shape factor DFT / model",
+    ):  # fmt: skip
+        summary.add_column(column, overflow="fold")
+    for c in comparisons:
+        ref, mod = c["reference"], c["model"]
+        summary.add_row(
+            c["model_id"],
+            str(c["n_facets"]),
+            f"{num(c['kendall_tau'])} ({num(c['kendall_p'])})",
+            f"{num(c['spearman_rho'])} ({num(c['spearman_p'])})",
+            f"{hkl_text(c['lowest_facet_reference'])} / {hkl_text(c['lowest_facet_model'])}",
+            num(c["mean_abs_area_fraction_difference"]),
+            num(c["max_abs_area_fraction_difference"]),
+            f"{c['mean_signed_gamma_error']:+.3f}",
+            f"{num(ref['weighted_surface_energy'])} / {num(mod['weighted_surface_energy'])}",
+            f"{num(ref['shape_factor'])} / {num(mod['shape_factor'])}",
+        )
+    console.print(summary)
+    stem = out / f"{material}_wulff_vs_{Path(reference).name}"
+    write_json(comparisons, stem.with_suffix(".json"))
+    docs = MontyDecoder().process_decoded(comparisons)
+    png = wulff_comparison_plot(
+        [(docs[0].reference.model_id, docs[0].reference), *((d.model_id, d.model) for d in docs)],
+        stem.with_suffix(".png"),
+        caption=f"Reference data: {provenance['citation'] or reference}",
+    )
+    console.print(f"wrote {stem.with_suffix('.json')}, {png}")

@@ -1,0 +1,1 @@
+"""Campaigns composed of surfflows jobs, run locally or submitted to jobflow-remote."""

@@ -1,1 +1,0 @@
-"""Readers that turn published DFT reference data into the canonical reference frames."""

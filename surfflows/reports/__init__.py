@@ -1,0 +1,1 @@
+"""Queries of stored results, tables and PNG plots."""

@@ -1,0 +1,41 @@
+"""Model energies of stored DFT reference structures (single point or relaxed)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from surfflows.core.timestamps import now_iso
+from surfflows.engine.models import ModelSpec
+
+
+class ModelEnergyDoc(BaseModel):
+    """The model's energy of one reference structure (single point or ions relaxed)."""
+
+    reference_key: str = Field(description="Key of the reference document (set:id).")
+    doc_type: Literal["slab", "bulk", "adslab"] = Field(description="Kind of reference record.")
+    n_atoms: int = Field(description="Number of atoms.")
+    energy: float | None = Field(description="Model total energy, eV (None if failed).")
+    energy_per_atom: float | None = Field(description="Model energy per atom, eV/atom.")
+    converged: bool = Field(description="Single point succeeded / relaxation converged.")
+    n_steps: int = Field(default=0, description="Relaxation steps (0 for a single point).")
+    max_force: float | None = Field(default=None, description="Largest force on a free atom.")
+    error: str | None = Field(default=None, description="Error summary if it failed.")
+
+
+class EvaluationDoc(BaseModel):
+    """Model energies of a chunk of one reference set, in one mode.
+
+    Modes: ``single_point`` at the DFT geometry, or ``relaxed``: ions relaxed by the model
+    from the DFT geometry with the DFT cell kept, for slabs and bulks alike (so slab and
+    bulk share the DFT lattice and the same model).
+    """
+
+    model_id: str = Field(description="Model identity.")
+    model: ModelSpec = Field(description="Full model spec.")
+    set_name: str = Field(description="Reference set.")
+    mode: Literal["single_point", "relaxed"] = Field(description="Evaluation mode.")
+    fmax: float | None = Field(default=None, description="Force criterion (relaxed mode), eV/Å.")
+    results: list[ModelEnergyDoc] = Field(description="One entry per reference structure.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")

@@ -1,0 +1,173 @@
+"""Fine-tuning settings, per-epoch records, fine-tune and forgetting documents."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from surfflows.core.timestamps import now_iso
+from surfflows.engine.models import ModelSpec
+
+
+class FineTuneSettings(BaseModel):
+    """Hyperparameters of one CHGNet fine-tune (see :mod:`surfflows.engine.finetune`)."""
+
+    depth: int = Field(
+        default=1,
+        ge=0,
+        description="X: trainable units counted from the readout backwards (0: only the "
+        "per-element reference energies, 1: readout, 2: + last atom_conv, then whole "
+        "[atom_conv, bond_conv, angle] blocks, the largest X adds the embeddings).",
+    )
+    epochs: int = Field(default=20, ge=0, description="Training epochs (maximum).")
+    learning_rate: float = Field(default=1e-3, gt=0, description="Initial Adam learning rate.")
+    lr_decay_fraction: float = Field(
+        default=0.1, gt=0, le=1, description="Cosine decay to this fraction of the learning rate."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    anchor_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="L2-SP weight: penalty anchor_weight * sum((theta - theta_parent)^2) over "
+        "the trainable parameters, against forgetting (0: off).",
+    )
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Structures per batch (about: a slab always shares its batch with its bulk).",
+    )
+    energy_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the energy-per-atom loss (eV/atom), slabs and bulks.",
+    )
+    gamma_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the surface-energy loss (J/m²) of each slab."
+    )
+    force_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of the force loss (eV/Å); needs force labels (the set's ref_forces "
+        "or zero_force_labels) and a full forward pass with forces each step (slow).",
+    )
+    zero_force_labels: bool = Field(
+        default=False,
+        description="Use zero forces as labels for frames without ref_forces: valid only for "
+        "DFT-relaxed geometries (relaxed slabs and bulks).",
+    )
+    criterion: Literal["mse", "huber", "l1"] = Field(
+        default="mse", description="Loss of each term (huber with delta huber_delta)."
+    )
+    huber_delta: float = Field(default=0.1, gt=0, description="Delta of the Huber loss.")
+    patience: int | None = Field(
+        default=8,
+        ge=1,
+        description="Stop after this many epochs without a lower validation gamma MAE (None: "
+        "never stop early).",
+    )
+    seed: int = Field(default=0, description="Seed of torch and of the batch order.")
+
+
+class EpochRecord(BaseModel):
+    """Losses and errors after one epoch (epoch 0: after the per-element fit, no step yet)."""
+
+    epoch: int = Field(description="Epoch number; 0 is the model before any gradient step.")
+    train_loss: float = Field(description="Mean training loss over the epoch's batches.")
+    train_energy_mae: float = Field(description="Training energy MAE, eV/atom.")
+    train_gamma_mae: float | None = Field(description="Training gamma MAE, J/m².")
+    val_energy_mae: float = Field(description="Validation energy MAE, eV/atom.")
+    val_gamma_mae: float | None = Field(description="Validation gamma MAE, J/m² (selects epochs).")
+    val_gamma_mean_signed_error: float | None = Field(
+        description="Validation mean of gamma_model - gamma_ref, J/m²."
+    )
+    learning_rate: float = Field(description="Learning rate used in the epoch.")
+    seconds: float = Field(description="Wall time of the epoch (training and validation), s.")
+
+
+class FineTuneDoc(BaseModel):
+    """A fine-tuned CHGNet checkpoint: how it was made and how it trained.
+
+    Output of the fine-tune job and the ``metadata`` of its entry in the ``models`` store.
+    """
+
+    model_id: str = Field(description="chgnet-ft-<sha12> of the best-epoch checkpoint.")
+    model: ModelSpec = Field(description="Spec of the checkpoint (registered by sha256).")
+    sha256: str = Field(description="sha256 of the checkpoint file.")
+    parent_model_id: str = Field(description="Model fine-tuned.")
+    parent: ModelSpec = Field(description="Spec of the parent model.")
+    set_name: str = Field(description="Reference set trained on.")
+    level_of_theory: str = Field(description="Level of theory of the set's energies.")
+    split_id: str = Field(description="Split used: train part for training, val for selection.")
+    sweep: str | None = Field(default=None, description="Name of the sweep the run belongs to.")
+    depth: int = Field(description="X, trainable units from the readout backwards.")
+    trainable_modules: list[str] = Field(
+        description="Modules fitted: composition_model (least squares) and the X units."
+    )
+    frozen_modules: list[str] = Field(description="Modules kept at the parent's weights.")
+    trainable_parameters: int = Field(
+        description="Parameters of the trainable modules (AtomRef's 94 included)."
+    )
+    atomref_shift: dict[str, float] = Field(
+        description="Per-element reference energies fitted to the training data and added to "
+        "the parent's AtomRef, eV/atom, by element."
+    )
+    hyperparameters: FineTuneSettings = Field(description="Settings of the run.")
+    n_train: dict[str, int] = Field(
+        description="Training data: structures, slabs, bulks, gamma_pairs, materials, "
+        "force_labelled."
+    )
+    n_val: dict[str, int] = Field(description="Validation data, same counts.")
+    train_keys: list[str] = Field(description="Reference keys of every training structure.")
+    val_keys: list[str] = Field(description="Reference keys of every validation structure.")
+    dropped: dict[str, list[str]] = Field(
+        description="Reason -> keys of train/val records not used (flags are screened: a "
+        "record with two flags appears under both)."
+    )
+    n_dropped: int = Field(description="Records of the train and val parts not used.")
+    history: list[EpochRecord] = Field(description="Loss curves, one record per epoch.")
+    best_epoch: int = Field(description="Epoch with the lowest validation gamma MAE (kept).")
+    best_val_gamma_mae: float | None = Field(description="Validation gamma MAE there, J/m².")
+    best_val_energy_mae: float = Field(description="Validation energy MAE there, eV/atom.")
+    stopped_early: bool = Field(description="Training stopped by patience before `epochs`.")
+    resumed_from_epoch: int | None = Field(
+        default=None, description="Last epoch of the checkpoint the run resumed from."
+    )
+    setup_seconds: float = Field(description="Graphs, batches and frozen-feature cache, s.")
+    mean_epoch_seconds: float | None = Field(description="Mean wall time of an epoch, s.")
+    wall_seconds: float = Field(description="Wall time of the whole fine-tune, s.")
+    checkpoint_path: str = Field(description="Checkpoint file on the machine that trained.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
+
+
+class BulkSetErrors(BaseModel):
+    """Aligned bulk energy errors of a model and its parent on one set of unseen bulks."""
+
+    name: str = Field(description="Bulk set: a reference set, or '<set>:test' bulk cells.")
+    level_of_theory: str = Field(description="Level of theory of its energies.")
+    alignment: str = Field(description="Bulks the per-element offsets were fitted on.")
+    n_structures: int = Field(description="Bulk cells evaluated.")
+    n_excluded: int = Field(
+        default=0, description="Cells left out: an element without a fitted offset, or failed."
+    )
+    n_elements: int = Field(description="Elements with an offset (free parameters).")
+    mae_per_atom: float | None = Field(
+        description="MAE of the aligned residual, eV/atom (None: no cell evaluated)."
+    )
+    parent_mae_per_atom: float | None = Field(description="The parent's, eV/atom.")
+    relative_change: float | None = Field(description="mae / parent_mae - 1 (0.1: 10 % worse).")
+    force_mae: float | None = Field(default=None, description="Force MAE, eV/Å (if labelled).")
+    parent_force_mae: float | None = Field(default=None, description="The parent's, eV/Å.")
+
+
+class ForgettingDoc(BaseModel):
+    """Bulk forgetting of a model: aligned bulk energy errors beside its parent's."""
+
+    model_id: str = Field(description="Model checked.")
+    model: ModelSpec = Field(description="Its spec.")
+    parent_model_id: str = Field(description="Model it is compared with.")
+    sets: list[BulkSetErrors] = Field(description="One entry per bulk set.")
+    max_relative_change: float | None = Field(
+        description="Largest relative_change over the sets (None if none has one)."
+    )
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
