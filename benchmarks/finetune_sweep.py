@@ -57,7 +57,7 @@ def per_depth(rows: list[dict]) -> dict[str, dict]:
             "n_seeds": len(group),
             **{
                 k: _mean([r[k] for r in group])
-                for k in ("val_mae", "val_mse", "test_mae", "test_mse")
+                for k in ("val_mae", "val_signed", "test_mae", "test_signed")
             },
             "test_mae_std": float(np.std(tests)) if len(tests) > 1 else None,
             "bulk_forgetting": {n: _mean([r["forgetting"].get(n) for r in group]) for n in sets},
@@ -77,7 +77,6 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="finetune_sweep_"))
     os.environ["SURFFLOWS_DB_DIR"] = str(args.db_dir or scratch / "db")
-    os.environ["SURFFLOWS_MODEL_CACHE_DIR"] = str(scratch / "models")
     os.environ["SURFFLOWS_TORCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(asctime)s %(message)s")
@@ -88,6 +87,7 @@ def main() -> None:
     from surfflows.cli.benchmark import build
     from surfflows.engine.models import ModelSpec
     from surfflows.io.ingest import ingest_path
+    from surfflows.io.inputs import training_inputs
     from surfflows.jobs.finetune import SweepConfig, sweep_summary
     from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
     from surfflows.stores import get_job_store, get_store
@@ -98,14 +98,23 @@ def main() -> None:
     start = time.perf_counter()
     for name in (config.reference, *config.bulk_sets):
         print(ingest_path(name).summary())
-    flow = config.maker().make(config.reference)
-    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    with get_store("references") as references, get_store("splits") as splits:
+        inputs, bulk_sets = training_inputs(
+            config.reference, tuple(config.bulk_sets), references, splits
+        )
+    flow = config.maker(ModelSpec.parse(config.parent)).make(inputs, bulk_sets)
+    store = get_job_store()
+    run_locally(flow, store=store, log=False, ensure_success=True)
     build()
     wall = time.perf_counter() - start
 
-    summary = {mode: sweep_summary(config.reference, config.name, mode) for mode in config.modes}
-    with get_store("models") as models:
-        docs = [d["metadata"] for d in models.query({"metadata.sweep": config.name})]
+    with store, get_store("benchmarks") as benchmarks:
+        summary = {
+            mode: sweep_summary(store.docs_store, benchmarks, config.reference, config.name, mode)
+            for mode in config.modes
+        }
+        criteria = {"output.@class": "FineTuneDoc", "output.sweep": config.name}
+        docs = [d["output"] for d in store.docs_store.query(criteria)]
     mode = config.modes[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stem = args.output.with_suffix("")
@@ -135,8 +144,8 @@ def main() -> None:
     args.output.write_text(json.dumps(result, indent=2))
     for label, row in result["per_depth"][mode].items():
         print(
-            f"{label:10s} val {row['val_mae']:.3f} ({row['val_mse']:+.3f})  test "
-            f"{row['test_mae']:.3f} ({row['test_mse']:+.3f})  forgetting "
+            f"{label:10s} val {row['val_mae']:.3f} ({row['val_signed']:+.3f})  test "
+            f"{row['test_mae']:.3f} ({row['test_signed']:+.3f})  forgetting "
             + ", ".join(f"{k} {v:+.1%}" for k, v in row["bulk_forgetting"].items())
             + f"  epoch {row['epoch_s'] or 0:.1f} s  wall {row['wall_s'] or 0:.0f} s"
         )

@@ -40,13 +40,10 @@ class SurfflowsSettings(BaseSettings):
         "is a maggma MongoURIStore in `database` instead of the embedded MontyStore.",
     )
     database: str = Field(default="surfflows", description="Database name (MongoDB and MontyDB).")
-    model_cache_dir: Path = Field(
-        default=Path("~/.surfflows/models").expanduser(),
-        description="Local cache of fine-tuned checkpoints fetched from the model registry, "
-        "one file per sha256.",
-    )
     torch_threads: int | None = Field(
-        default=None, description="torch intra-op threads for CHGNet (None: torch's default)."
+        default=None,
+        description="torch intra-op threads for CHGNet in CLI runs (None: torch's default). "
+        "Jobs never read settings: a jobflow-remote worker sets OMP_NUM_THREADS instead.",
     )
 
 

@@ -8,18 +8,20 @@ location ``settings.db_dir``); when ``settings.mongodb_uri`` is set, each store 
 Collections
 -----------
 outputs, outputs_data
-    jobflow JobStore: job output documents, and large data (structures, checkpoints).
+    jobflow JobStore: job output documents, and large data (structures, checkpoints). A
+    fine-tuned checkpoint is registered by being an output here (see
+    :mod:`surfflows.io.registry`).
 references
     canonical DFT reference documents (slabs, bulks, adslabs).
 splits
     the train / validation / test assignment of each material of a reference set.
-models
-    registry of fine-tuned checkpoints (metadata; bytes live in ``outputs_data``).
 surface_errors, benchmarks
     builder targets.
 features, selections
-    CHGNet structure features of candidate training structures, and stored training-set
-    selections (DIRECT or random).
+    CHGNet structure features of candidate training structures, and training-set
+    selections (DIRECT or random) made with ``surfflows select``.
+
+Only the CLI, builders, io and reports open these stores; jobs get their data as inputs.
 
 Notes
 -----
@@ -43,7 +45,6 @@ STORE_NAMES = (
     "outputs_data",
     "references",
     "splits",
-    "models",
     "surface_errors",
     "benchmarks",
     "features",

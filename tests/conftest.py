@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own embedded database and model cache."""
+"""Shared fixtures: every test gets its own embedded database."""
 
 from __future__ import annotations
 
@@ -20,11 +20,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+if os.environ.get("SURFFLOWS_TORCH_THREADS"):
+    # what the CLI does with settings.torch_threads, for flows the tests run in-process
+    import torch
+
+    torch.set_num_threads(int(os.environ["SURFFLOWS_TORCH_THREADS"]))
+
+
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
-    """Point surfflows at a fresh MontyDB and model cache under tmp_path."""
+    """Point surfflows at a fresh MontyDB under tmp_path."""
     monkeypatch.setenv("SURFFLOWS_DB_DIR", str(tmp_path / "db"))
-    monkeypatch.setenv("SURFFLOWS_MODEL_CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SURFFLOWS_SETTINGS_FILE", str(tmp_path / "no_settings.yaml"))
     if not MONGODB_URI:
         monkeypatch.delenv("SURFFLOWS_MONGODB_URI", raising=False)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from surfflows.cli import app
 from surfflows.core.slabs import SlabSettings
+from surfflows.engine.models import ModelSpec
 from surfflows.flows.campaign import CampaignConfig, run_campaign
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.reports.query import surface_energies
@@ -78,6 +79,7 @@ def test_flow_json_round_trip(cu_bulk):
     assert restored.jobs[1].function_args[1] == SlabSettings(**SMALL_SLABS)
 
 
+@pytest.mark.slow
 def test_cu_campaign_end_to_end(tmp_path):
     """Real CHGNet: Cu(111) is the lowest-energy facet; results are queryable and exportable."""
     config = CampaignConfig.from_yaml(write_campaign(tmp_path))
@@ -102,11 +104,13 @@ def test_cu_campaign_end_to_end(tmp_path):
     assert len(csv_out.read_text().strip().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_failed_relaxation_is_recorded_not_raised(cu_bulk):
     """A step limit of 1 leaves slabs unconverged: recorded as failed, flow completes."""
-    maker = SurfaceEnergyMaker(
-        slab_settings=SlabSettings(miller_indices=[(1, 1, 0)], min_slab_size=6, min_vacuum_size=10),
+    maker = SurfaceEnergyMaker.for_model(
+        ModelSpec(),
         max_steps=1,
+        slab_settings=SlabSettings(miller_indices=[(1, 1, 0)], min_slab_size=6, min_vacuum_size=10),
     )
     store = get_job_store()
     responses = run_locally(maker.make(cu_bulk, "Cu"), store=store, log=False, ensure_success=True)

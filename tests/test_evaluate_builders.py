@@ -17,7 +17,8 @@ from surfflows.cli import app
 from surfflows.core.benchmark import chemistry_class, facet_family, summarize
 from surfflows.engine.models import ModelSpec
 from surfflows.io.ingest import ingest_path
-from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+from surfflows.io.inputs import reference_inputs, reference_items
+from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.stores import get_job_store, get_store
 
 PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_metal_surfaces"
@@ -53,7 +54,8 @@ def run_builders() -> dict[str, int]:
 
 
 def evaluate(model: ModelSpec, modes=("single_point",)) -> None:
-    items = reference_items("tiny_metals", get_store("references"))
+    with get_store("references") as references, get_store("splits") as splits:
+        items = reference_items(reference_inputs("tiny_metals", references, splits))
     flow = EvaluateMaker(model=model, modes=modes, max_steps=50).make("tiny_metals", items)
     run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
 
@@ -68,6 +70,7 @@ def test_pure_helpers():
     assert stats["rmse"] == pytest.approx((0.05) ** 0.5)
 
 
+@pytest.mark.slow
 def test_evaluate_build_incrementally(tiny_set):
     report = ingest_path(tiny_set)
     assert report.inserted == 8  # Ni(100), Ni(111), Pt(111), Rh(100), the flagged copy, 3 bulks

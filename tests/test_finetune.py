@@ -5,6 +5,7 @@ through the command line, and the bulk-forgetting check."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,11 @@ from surfflows.engine.finetune import (
     reference_data,
     run_stages,
 )
-from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.engine.models import ModelSpec, load_model
 from surfflows.io.ingest import ingest_path
-from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+from surfflows.io.inputs import reference_inputs, reference_items
+from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
+from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
 from surfflows.stores import get_job_store, get_store
@@ -86,6 +89,7 @@ def tiny_set(tmp_path) -> str:
     return "tiny_ft"
 
 
+@pytest.mark.slow
 def test_freezing_by_depth(chgnet):
     model = copy.deepcopy(chgnet)
     assert max_depth(model) == 6
@@ -114,6 +118,7 @@ def test_freezing_by_depth(chgnet):
         freeze_to_depth(model, 7)
 
 
+@pytest.mark.slow
 def test_staged_forward_matches_chgnet(chgnet, cu_bulk, rutile_bulk):
     """The cached-prefix path is CHGNet's own energy for every cut (guards chgnet upgrades)."""
     graphs = [chgnet.graph_converter(s) for s in (cu_bulk, rutile_bulk)]
@@ -129,6 +134,7 @@ def test_staged_forward_matches_chgnet(chgnet, cu_bulk, rutile_bulk):
             torch.testing.assert_close(energy + composition, reference)
 
 
+@pytest.mark.slow
 def test_atomref_fit_recovers_a_per_element_shift(chgnet, cu_bulk):
     rocksalt = [[0, 0, 0], [0.5, 0.5, 0.5]]
     structures = [
@@ -169,6 +175,7 @@ def test_aligned_energy_mae():
     assert aligned_energy_mae(comps, residuals, [*comps, {"V": 1}], [*residuals, 9.0])[1] == 4
 
 
+@pytest.mark.slow
 def test_reference_data_screens_and_splits(tiny_set, chgnet):
     with get_store("references") as refs:
         docs = list(refs.query({"set_name": tiny_set}))
@@ -183,6 +190,7 @@ def test_reference_data_screens_and_splits(tiny_set, chgnet):
     assert one.dropped["bulk_without_slab"] == ["tiny_ft:bulk:399"]
 
 
+@pytest.mark.slow
 def test_anchor_weight_keeps_weights_near_the_parent(tiny_set, chgnet, tmp_path):
     with get_store("references") as refs:
         docs = list(refs.query({"set_name": tiny_set}))
@@ -209,13 +217,22 @@ def test_anchor_weight_keeps_weights_near_the_parent(tiny_set, chgnet, tmp_path)
     assert anchored < 0.5 * free, (anchored, free)
 
 
+def _inputs(set_name: str, doc_types=("slab", "bulk"), split: bool = True):
+    with get_store("references") as references, get_store("splits") as splits:
+        return reference_inputs(set_name, references, splits if split else None, doc_types)
+
+
+@pytest.mark.slow
 def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
     store = get_job_store()
     settings = FineTuneSettings(depth=2, epochs=1, batch_size=8)
     work = tmp_path / "run"
     maker = FineTuneMaker(settings=settings, work_dir=str(work))
-    responses = run_locally(maker.make(tiny_set), store=store, log=False, ensure_success=True)
-    doc: FineTuneDoc = next(iter(responses.values()))[1].output
+    inputs = _inputs(tiny_set)
+    train = maker.make(inputs)
+    run_locally(train, store=store, log=False, ensure_success=True)
+    with store:
+        doc: FineTuneDoc = train.output.resolve(store)
 
     # training used every unflagged Cu and Ni record, and nothing of Pt (val) or Rh (test)
     with get_store("references") as refs:
@@ -229,20 +246,25 @@ def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
     assert doc.n_train["materials"] == 2 and doc.n_val["slabs"] == 1
     assert doc.dropped == {"flagged:gamma_outside_0-5": ["tiny_ft:flagged_copy"]}
 
-    # the document: depth, modules, curves; the checkpoint: registered under its sha256
+    # the document: depth, modules, curves; the checkpoint: registered by being in the
+    # JobStore (bytes in its data store), under its sha256
     assert doc.depth == 2 and doc.trainable_modules[-1] == "atom_conv_layers.3"
     assert [r.epoch for r in doc.history] == [0, 1] and doc.history[1].val_gamma_mae > 0
-    assert doc.sha256 == file_sha256(doc.checkpoint_path) == doc.model.sha256
-    with get_store("models") as models:
-        entry = models.query_one({"sha256": doc.sha256})
-    assert entry["model_id"] == doc.model_id and entry["metadata"]["depth"] == 2
-    assert entry["metadata"]["history"][1]["epoch"] == 1
+    best = decode_checkpoint(doc.checkpoint_b64)
+    assert hashlib.sha256(best).hexdigest() == doc.sha256 == doc.model.sha256
+    assert (work / "best.pth.tar").read_bytes() == best
+    with store:
+        raw = store.docs_store.query_one({"output.sha256": doc.sha256})
+    assert "blob_uuid" in raw["output"]["checkpoint_b64"]  # kept in the data store
+    spec = resolve_model(doc.model_id, store)
+    assert spec == doc.model
 
-    # the checkpoint is a ModelSpec for every flow: evaluate it on the test part
-    spec = ModelSpec.parse(doc.model_id)
-    items = reference_items(tiny_set, get_store("references"), PARTS, ("test",))
-    flow = EvaluateMaker(model=spec, modes=("single_point",)).make(tiny_set, items)
-    run_locally(flow, store=store, log=False, ensure_success=True)
+    # the checkpoint is a ModelSpec for every flow: evaluate it on the test part, its
+    # bytes an input resolved from the JobStore
+    checkpoint = checkpoint_reference(spec, store)
+    items = reference_items(inputs, ("test",))
+    flow = EvaluateMaker(model=spec, modes=("single_point",)).make(tiny_set, items, checkpoint)
+    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
     with store:
         evaluation = store.query_one(
             {"output.@class": "EvaluationDoc", "output.model_id": doc.model_id}
@@ -255,11 +277,14 @@ def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
 
     # bulk forgetting beside the parent
     forgetting = run_locally(
-        bulk_forgetting(spec, ModelSpec(), tiny_set, ("tiny_eos",)),
+        bulk_forgetting(
+            spec, ModelSpec(), inputs, [_inputs("tiny_eos", ("bulk",), False)], checkpoint
+        ),
         store=store,
         log=False,
         ensure_success=True,
         raise_immediately=True,
+        allow_external_references=True,
     )
     sets = next(iter(forgetting.values()))[1].output.sets
     assert sets[0].name == "tiny_eos" and sets[0].n_structures == 6
@@ -267,13 +292,16 @@ def test_finetune_registers_evaluates_and_resumes(tiny_set, tmp_path):
 
     # resume from last.pth.tar: the epoch count continues
     longer = FineTuneMaker(settings=settings.model_copy(update={"epochs": 2}), work_dir=str(work))
-    responses = run_locally(longer.make(tiny_set), store=store, log=False, ensure_success=True)
-    resumed: FineTuneDoc = next(iter(responses.values()))[1].output
+    again = longer.make(inputs)
+    run_locally(again, store=store, log=False, ensure_success=True)
+    with store:
+        resumed: FineTuneDoc = again.output.resolve(store)
     assert resumed.resumed_from_epoch == 1
     assert [r.epoch for r in resumed.history] == [0, 1, 2]
     assert resumed.history[1] == doc.history[1]
 
 
+@pytest.mark.slow
 def test_sweep_command_and_report(tiny_set, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(

@@ -44,6 +44,7 @@ def _structures() -> dict[str, Structure]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_structures()))
 def test_same_graph_as_chgnet(chgnet, name):
     structure = _structures()[name]
@@ -65,6 +66,7 @@ def test_unpaired_edge_is_reported():
         _undirected_edges(center, neighbor, image)
 
 
+@pytest.mark.slow
 def test_isolated_atom_is_left_to_the_converter(chgnet):
     converter = type(chgnet.graph_converter)(algorithm="fast", on_isolated_atoms="error")
     lone = Structure(Lattice.cubic(20.0), ["Cu", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])

@@ -10,7 +10,13 @@ from jobflow import run_locally
 from pydantic import ValidationError
 
 from surfflows.io.ingest import ingest_path
-from surfflows.jobs.learning_curve import LearningCurveConfig, LearningCurveMaker, summarize_curve
+from surfflows.io.inputs import reference_inputs
+from surfflows.jobs.finetune import FineTuneMaker
+from surfflows.jobs.learning_curve import (
+    LearningCurveConfig,
+    LearningCurveMaker,
+    summarize_curve,
+)
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.stores import get_job_store, get_store
 
@@ -59,19 +65,25 @@ def test_config_rejects_unknown_keys():
         )
 
 
+@pytest.mark.slow
 def test_checkpoints_train_only_on_their_selection(small_jarvis):
     ingest_path(small_jarvis)
     maker = LearningCurveMaker(
         name="lc-test",
+        finetune_maker=FineTuneMaker(settings=FineTuneSettings(depth=1, epochs=1)),
         budgets=(4,),
         seeds=(0,),
-        settings=FineTuneSettings(depth=1, epochs=1),
     )
     store = get_job_store()
     references = get_store("references")
-    run_locally(maker.make("small_jarvis"), store=store, log=False, ensure_success=True)
+    with references, get_store("splits") as splits:
+        inputs = reference_inputs("small_jarvis", references, splits)
+    flow = maker.make(inputs)
+    run_locally(flow, store=store, log=False, ensure_success=True)
     with store:
-        points = [d["output"] for d in store.query({"output.@class": "LearningCurvePointDoc"})]
+        # the flow's structured output, not a search by job name
+        points = [p.resolve(store).model_dump() for p in flow.output["points"]]
+        assert store.count({"output.@class": "LearningCurvePointDoc"}) == len(points) == 2
         assert sorted(p["method"] for p in points) == ["direct", "random"]
         for point in points:
             selection = store.query_one(

@@ -10,8 +10,15 @@ import pytest
 from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 
-from surfflows.engine.models import ModelSpec, check_elements, file_sha256, load_model
-from surfflows.io.registry import checkpoint_path, register_checkpoint
+from surfflows.core.validation import check_elements
+from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.io.registry import (
+    checkpoint_reference,
+    decode_checkpoint,
+    register_checkpoint,
+    resolve_model,
+)
+from surfflows.stores import get_job_store
 
 PRETRAINED_030 = next((Path(chgnet.__file__).parent / "pretrained" / "0.3.0").glob("*.pth.tar"))
 
@@ -37,19 +44,37 @@ def test_unsupported_element():
         check_elements(am)
 
 
-def test_checkpoint_registered_and_fetched_on_a_clean_cache(tmp_path):
+@pytest.mark.slow
+def test_checkpoint_registered_in_the_jobstore_and_loaded_from_its_bytes(tmp_path):
+    store = get_job_store()
     local = tmp_path / "ft.pth.tar"
     shutil.copyfile(PRETRAINED_030, local)
-    spec = register_checkpoint(local, {"note": "copy of 0.3.0 for the test"})
-    assert spec.sha256 == file_sha256(local)
+    spec = register_checkpoint(local, store, {"note": "copy of 0.3.0 for the test"})
+    assert spec == ModelSpec(kind="checkpoint", sha256=file_sha256(local))
+    assert spec.checkpoint is None  # identity is the sha256, never a local path
     assert spec.model_id == f"chgnet-ft-{spec.sha256[:12]}"
-    # a worker without the file or the cache gets the bytes from the database
-    cached = checkpoint_path(spec.sha256)
-    cached.unlink()
+    assert register_checkpoint(local, store) == spec  # once per sha256
+    with store:
+        assert store.count({"output.sha256": spec.sha256}) == 1
+    # parse is pure; a prefix is found in the JobStore
+    with pytest.raises(ValueError, match="registered model"):
+        ModelSpec.parse(f"chgnet-ft-{spec.sha256[:10]}")
+    assert resolve_model(f"chgnet-ft-{spec.sha256[:10]}", store) == spec
+    assert ModelSpec.parse(f"sha256:{spec.sha256}") == spec
+    # a worker without the file gets the bytes as a resolved input
     local.unlink()
-    assert ModelSpec.parse(f"sha256:{spec.sha256[:10]}") == ModelSpec(
-        kind="checkpoint", sha256=spec.sha256
-    )
-    model = load_model(ModelSpec(kind="checkpoint", sha256=spec.sha256))
-    assert checkpoint_path(spec.sha256).is_file()
+    reference = checkpoint_reference(spec, store)
+    with store:
+        text = reference.resolve(store)
+    model = load_model(spec, decode_checkpoint(text))
     assert sum(p.numel() for p in model.parameters()) > 100_000
+    with pytest.raises(ValueError, match="expected"):
+        load_model(ModelSpec(kind="checkpoint", sha256="0" * 64), decode_checkpoint(text))
+
+
+def test_unregistered_checkpoint_is_named():
+    spec = ModelSpec(kind="checkpoint", sha256="1" * 64)
+    with pytest.raises(ValueError, match="not registered"):
+        checkpoint_reference(spec, get_job_store())
+    with pytest.raises(FileNotFoundError, match="not loaded"):
+        load_model(spec)

@@ -11,7 +11,7 @@ from pymatgen.analysis.surface_analysis import SlabEntry
 from pymatgen.core.surface import Slab
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
-from surfflows.core.splits import get_or_create_split, make_split, materials_in
+from surfflows.core.splits import make_split
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
 from surfflows.io.canonical import (
     PACKAGED_SETS,
@@ -20,6 +20,7 @@ from surfflows.io.canonical import (
     read_reference_set,
 )
 from surfflows.io.ingest import ingest_path
+from surfflows.io.splits import get_or_create_split
 from surfflows.stores import get_store
 
 PBE_DIR = "surfflows/data/references/pbe_metal_surfaces"
@@ -183,7 +184,10 @@ def test_splits_by_material(db, repo_root):
     assert split == make_split("demo", reversed(ids), seed=3).model_copy(
         update={"created_at": split.created_at, "updated_at": split.updated_at}
     )
-    parts = {part: set(materials_in(split, part)) for part in ("train", "val", "test")}
+    parts = {
+        part: {m for m, assigned in split.assignments.items() if assigned == part}
+        for part in ("train", "val", "test")
+    }
     assert set().union(*parts.values()) == set(ids)
     assert sum(map(len, parts.values())) == len(ids)  # disjoint
     assert all(
@@ -197,19 +201,19 @@ def test_splits_by_material(db, repo_root):
     slabs, bulks = _pbe_frames(repo_root)
     folder = _user_set(db / "cu_set", slabs, bulks)
     ingest_path(folder)
-    stored = get_or_create_split("cu_set")
+    splits, references = get_store("splits"), get_store("references")
+    stores = {"store": splits, "references": references}
+    stored = get_or_create_split("cu_set", **stores)
     assert stored.assignments.keys() == {"Cu"}
-    splits = get_store("splits")
-    with splits:  # a store the caller opened stays open
-        assert get_or_create_split("cu_set", store=splits) == stored
-        assert splits.count() == 1
+    assert get_or_create_split("cu_set", **stores) == stored
+    assert splits.count() == 1
     pt = ase.io.read(repo_root / PBE_DIR / "slabs.extxyz", "-3")  # Pt(111)
     pt_bulk = ase.io.read(repo_root / PBE_DIR / "bulks.extxyz", "4")
     ingest_path(_user_set(folder, [*slabs, pt], [*bulks, pt_bulk]))
-    extended = get_or_create_split("cu_set")
+    extended = get_or_create_split("cu_set", **stores)
     assert extended.assignments.keys() == {"Cu", "Pt"}
     assert extended.assignments["Cu"] == stored.assignments["Cu"]
     assert extended.created_at == stored.created_at
     with pytest.raises(ValueError, match="stored with fractions"):
-        get_or_create_split("cu_set", fractions=(0.5, 0.25, 0.25))
+        get_or_create_split("cu_set", fractions=(0.5, 0.25, 0.25), **stores)
     assert math.isclose(sum(extended.fractions), 1.0)

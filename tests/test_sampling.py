@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surfflows.core.splits import get_or_create_split
-from surfflows.engine.sampling import direct_select, random_select, select
+from surfflows.engine.sampling import direct_select, random_select
 from surfflows.io.ingest import ingest_path
+from surfflows.io.selections import select
+from surfflows.io.splits import get_or_create_split
 from surfflows.stores import get_store
 
 
@@ -38,9 +39,12 @@ def test_random_is_seeded():
     assert len(set(random_select(50, 50, seed=3))) == 50
 
 
+@pytest.mark.slow
 def test_selection_from_train_split_is_stored(stores):
     direct = select("pbe_metal_surfaces", "direct", 5, **stores)
-    split = get_or_create_split("pbe_metal_surfaces", store=stores["splits"])
+    split = get_or_create_split(
+        "pbe_metal_surfaces", store=stores["splits"], references=stores["references"]
+    )
     refs = {
         d["key"]: d for d in stores["references"].query({"key": {"$in": direct.reference_keys}})
     }

@@ -65,10 +65,11 @@ def rutile_run(tmp_path_factory):
     flow = maker.make(_rutile(), MATERIAL)
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     store.connect()
-    doc = MontyDecoder().process_decoded(store.get_output(flow.output.uuid, load=True))
+    doc = MontyDecoder().process_decoded(store.get_output(flow.output["thermo"].uuid, load=True))
     return {"maker": maker, "store": store, "doc": doc}
 
 
+@pytest.mark.slow
 def test_gamma_line_matches_surface_energy_and_slab_entry(rutile_run):
     store, doc = rutile_run["store"], rutile_run["doc"]
     (bulk,) = _outputs(store, "BulkRelaxDoc")
@@ -108,6 +109,7 @@ def test_gamma_line_matches_surface_energy_and_slab_entry(rutile_run):
         assert np.sign(line.slope) == -np.sign(line.excess["O"])
 
 
+@pytest.mark.slow
 def test_oxygen_bounds_ordered_and_negative(rutile_run):
     store, doc = rutile_run["store"], rutile_run["doc"]
     (bulk,) = _outputs(store, "BulkRelaxDoc")
@@ -135,6 +137,7 @@ def test_oxygen_bounds_ordered_and_negative(rutile_run):
     assert oxygen_chemical_potential_bounds(-40.0, Composition("SrTiO3"), -9.8, {}) == (None, 0.0)
 
 
+@pytest.mark.slow
 def test_stable_termination_table_follows_the_lines(rutile_run):
     doc = rutile_run["doc"]
     lo, hi = doc.delta_mu_O_range
@@ -166,6 +169,7 @@ def test_stable_termination_table_follows_the_lines(rutile_run):
     assert len(stoichiometric_001) == 1  # one termination: nothing to switch to
 
 
+@pytest.mark.slow
 def test_wulff_documents(rutile_run, tmp_path):
     store, doc = rutile_run["store"], rutile_run["doc"]
     assert Path(doc.diagram_png).is_file()
@@ -193,6 +197,7 @@ def test_wulff_documents(rutile_run, tmp_path):
         assert wulff.shape_factor == pytest.approx(reference.shape_factor)
 
 
+@pytest.mark.slow
 def test_reuse_runs_only_the_analysis(rutile_run):
     store, maker = rutile_run["store"], rutile_run["maker"]
     flow, reused = thermo_flow(maker, _rutile(), MATERIAL, store)
@@ -200,7 +205,7 @@ def test_reuse_runs_only_the_analysis(rutile_run):
     assert len(reused) == 3  # surface energies, O2, Ti
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     store.connect()
-    again = MontyDecoder().process_decoded(store.get_output(flow.output.uuid, load=True))
+    again = MontyDecoder().process_decoded(store.get_output(flow.output["thermo"].uuid, load=True))
     assert [r.entry_id for r in again.stable] == [r.entry_id for r in rutile_run["doc"].stable]
 
 

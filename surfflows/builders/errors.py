@@ -8,7 +8,7 @@ from typing import Any
 from maggma.core import Builder, Store
 
 from surfflows.core.benchmark import chemistry_class, facet_family, slab_surface_error
-from surfflows.core.splits import get_or_create_split
+from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
 from surfflows.stores import ensure_indexes, get_store
 
@@ -97,7 +97,7 @@ class SurfaceEnergyErrorBuilder(Builder):
                 for result in doc["output"]["results"]:
                     energies[result["reference_key"]] = result  # newest evaluation wins
             if set_name not in loaded:
-                split = get_or_create_split(set_name, store=self.splits)
+                split = get_or_create_split(set_name, store=self.splits, references=self.references)
                 references = list(self.references.query({"set_name": set_name}))
                 loaded[set_name] = (references, split.assignments)
             references, assignments = loaded[set_name]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
-
-if TYPE_CHECKING:
-    pass
 
 from surfflows.cli.common import app, console, fail, num
 
@@ -35,39 +32,34 @@ def evaluate(
     """Evaluate a model on a reference set: single points and/or ions relaxed at the DFT cell."""
     from jobflow import run_locally
 
-    from surfflows.core.splits import get_or_create_split
-    from surfflows.engine.models import ModelSpec
     from surfflows.io.ingest import ingest_path
-    from surfflows.jobs.evaluate import EvaluateMaker, reference_items
+    from surfflows.io.inputs import reference_inputs, reference_items
+    from surfflows.io.registry import checkpoint_reference, resolve_model
+    from surfflows.jobs.evaluate import EvaluateMaker
     from surfflows.stores import get_job_store, get_store
 
     modes = ("single_point", "relaxed") if mode == "both" else (mode,)
     if split not in ("all", "train", "val", "test"):
         fail(f"unknown split part {split!r}")
+    store = get_job_store()
     try:
-        spec = ModelSpec.parse(model)
+        spec = resolve_model(model, store)
         set_name = reference
         if Path(reference).is_dir():
             report = ingest_path(reference, level_of_theory=level_of_theory)
             console.print(report.summary())
             set_name = report.set_name
-        splits = get_store("splits")
-        with splits:
-            assignments = get_or_create_split(set_name, store=splits).assignments
-        items = reference_items(
-            set_name,
-            get_store("references"),
-            assignments,
-            None if split == "all" else (split,),
-        )
+        with get_store("references") as references, get_store("splits") as splits:
+            inputs = reference_inputs(set_name, references, splits)
+        items = reference_items(inputs, None if split == "all" else (split,))
         flow = EvaluateMaker(
             model=spec, modes=modes, fmax=fmax, max_steps=max_steps, chunk_size=chunk_size
-        ).make(set_name, items)
+        ).make(set_name, items, checkpoint_reference(spec, store))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     start = time.perf_counter()
     console.print(f"evaluating {spec.model_id} on {len(items)} structures of {set_name} {modes}")
-    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
     console.print(f"done in {time.perf_counter() - start:.0f} s; now run: surfflows build")
 
 
@@ -139,5 +131,6 @@ def report(
                 attribution=f"Reference data: {source}" if source else "",
             )
             console.print(f"wrote {path}")
-    for path in finetune_report_plots(out, reference):
-        console.print(f"wrote {path}")
+    with get_store("outputs") as outputs, get_store("benchmarks") as benchmarks:
+        for path in finetune_report_plots(out, outputs, benchmarks, reference):
+            console.print(f"wrote {path}")

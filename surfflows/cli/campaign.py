@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
-
-if TYPE_CHECKING:
-    pass
 
 from surfflows.cli.common import app, console, fail, load_campaign, parse_miller
 
@@ -29,7 +26,7 @@ def run(
     start = time.perf_counter()
     run_campaign(campaign, store)
     elapsed = time.perf_counter() - start
-    model_id = campaign.model_spec().model_id
+    model_id = campaign.model_spec(store)[0].model_id
     docs = [
         d
         for m in campaign.materials

@@ -20,6 +20,18 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def configure() -> None:
+    """Apply the settings that concern this process (torch threads)."""
+    from surfflows.settings import get_settings
+
+    threads = get_settings().torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 # Wide tables when piped (rich assumes 80 columns off a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
 

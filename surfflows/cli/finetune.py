@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
-
-if TYPE_CHECKING:
-    pass
 
 from surfflows.cli.benchmark import build
 from surfflows.cli.common import app, console, fail, num
@@ -29,7 +26,7 @@ def select(
 ) -> None:
     """Select training slabs of a set's train split by DIRECT sampling or at random."""
     from surfflows.engine.models import ModelSpec
-    from surfflows.engine.sampling import select as select_slabs
+    from surfflows.io.selections import select as select_slabs
     from surfflows.stores import get_store
 
     stores = {n: get_store(n) for n in ("references", "splits", "features", "selections")}
@@ -75,7 +72,7 @@ def _sweep_table(rows: list[dict], title: str) -> Table:
             r["model_id"],
             "zero-shot" if r["depth"] is None else str(r["depth"]),
             "-" if r["seed"] is None else str(r["seed"]),
-            *(num(r[k]) for k in ("val_mae", "val_mse", "test_mae", "test_mse")),
+            *(num(r[k]) for k in ("val_mae", "val_signed", "test_mae", "test_signed")),
             str(r["n_test"]),
             *(
                 "-" if r["forgetting"].get(n) is None else f"{r['forgetting'][n]:+.1%}"
@@ -122,18 +119,13 @@ def finetune(
     checkpoint and its parent are evaluated on the val and test parts (single point), bulk
     forgetting is checked on bo2_bulk_eos and the set's test bulks, and the builders run.
     """
-    from jobflow import Flow, run_locally
+    from jobflow import run_locally
     from pydantic import ValidationError
 
-    from surfflows.engine.models import ModelSpec
-    from surfflows.jobs.finetune import (
-        FineTuneMaker,
-        bulk_forgetting,
-        evaluate_parts,
-        sweep_summary,
-    )
+    from surfflows.io.registry import checkpoint_reference, resolve_model
+    from surfflows.jobs.finetune import FineTuneMaker, FineTuneSweepMaker, sweep_summary
     from surfflows.schemas.finetune import FineTuneSettings
-    from surfflows.stores import get_job_store
+    from surfflows.stores import get_job_store, get_store
 
     given = {
         "depth": layers, "epochs": epochs, "learning_rate": lr, "seed": seed,
@@ -141,22 +133,30 @@ def finetune(
         "force_weight": force_weight, "zero_force_labels": zero_force_labels,
         "patience": patience, "anchor_weight": anchor_weight,
     }  # fmt: skip
+    store = get_job_store()
     try:
         settings = FineTuneSettings(**{k: v for k, v in given.items() if v is not None})
-        spec = ModelSpec.parse(parent)
+        spec = resolve_model(parent, store)
+        references, bulk_sets = _training_inputs(reference, ("bo2_bulk_eos",) if evaluate else ())
+        finetune_maker = FineTuneMaker(
+            parent=spec, settings=settings, work_dir=str(work_dir) if work_dir else None
+        )
+        parent_checkpoint = checkpoint_reference(spec, store)
     except (ValidationError, ValueError) as exc:
         fail(str(exc))
-    train = FineTuneMaker(
-        parent=spec, settings=settings, work_dir=str(work_dir) if work_dir else None
-    ).make(reference)
-    jobs = [train]
     if evaluate:
-        for model in (spec, train.output.model):
-            jobs += [evaluate_parts(model, reference), bulk_forgetting(model, spec, reference)]
+        flow = FineTuneSweepMaker(
+            name="finetune", finetune_maker=finetune_maker, depths=(settings.depth,),
+            seeds=(settings.seed,),
+        ).make(references, bulk_sets, parent_checkpoint)  # fmt: skip
+        output = flow.output["finetunes"][f"X{settings.depth}_seed{settings.seed}"]
+    else:
+        flow = finetune_maker.make(references, parent_checkpoint=parent_checkpoint)
+        output = flow.output
     _show_finetune_progress()
-    store = get_job_store()
-    responses = run_locally(Flow(jobs), store=store, log=False, ensure_success=True)
-    doc = responses[train.uuid][1].output
+    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
+    with store:
+        doc = output.resolve(store)
     console.print(
         f"{doc.model_id}: X={doc.depth}, {doc.trainable_parameters:,} trainable parameters, "
         f"best epoch {doc.best_epoch} of {len(doc.history) - 1}, val gamma MAE "
@@ -166,8 +166,18 @@ def finetune(
     if evaluate:
         build()
         ids = (spec.model_id, doc.model_id)
-        rows = [r for r in sweep_summary(reference) if r["model_id"] in ids]
+        with store, get_store("benchmarks") as benchmarks:
+            rows = sweep_summary(store.docs_store, benchmarks, reference)
+        rows = [r for r in rows if r["model_id"] in ids]
         console.print(_sweep_table(rows, title=f"{doc.model_id} on {reference} (J/m²)"))
+
+
+def _training_inputs(set_name: str, bulk_sets: tuple[str, ...]):
+    from surfflows.io.inputs import training_inputs
+    from surfflows.stores import get_store
+
+    with get_store("references") as references, get_store("splits") as splits:
+        return training_inputs(set_name, bulk_sets, references, splits)
 
 
 @app.command()
@@ -180,21 +190,32 @@ def sweep(
     from jobflow import run_locally
     from pydantic import ValidationError
 
+    from surfflows.io.registry import checkpoint_reference, resolve_model
     from surfflows.jobs.finetune import SweepConfig, sweep_summary
-    from surfflows.stores import get_job_store
+    from surfflows.stores import get_job_store, get_store
 
+    store = get_job_store()
     try:
         sweep_config = SweepConfig.from_yaml(config)
-        flow = sweep_config.maker().make(sweep_config.reference)
+        parent = resolve_model(sweep_config.parent, store)
+        references, bulk_sets = _training_inputs(
+            sweep_config.reference, tuple(sweep_config.bulk_sets)
+        )
+        flow = sweep_config.maker(parent).make(
+            references, bulk_sets, checkpoint_reference(parent, store)
+        )
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     _show_finetune_progress()
     start = time.perf_counter()
-    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
     build()
     summary = {}
     for mode in sweep_config.modes:
-        summary[mode] = sweep_summary(sweep_config.reference, sweep_config.name, mode)
+        with store, get_store("benchmarks") as benchmarks:
+            summary[mode] = sweep_summary(
+                store.docs_store, benchmarks, sweep_config.reference, sweep_config.name, mode
+            )
         title = f"sweep {sweep_config.name} on {sweep_config.reference}, {mode} (J/m²)"
         console.print(_sweep_table(summary[mode], title=title))
     if out:
@@ -218,7 +239,10 @@ def learning_curve(
     import yaml
     from jobflow import run_locally
 
-    from surfflows.engine.models import ModelSpec
+    from surfflows.engine.sampling import training_pool
+    from surfflows.io.inputs import reference_inputs
+    from surfflows.io.registry import checkpoint_reference, resolve_model
+    from surfflows.io.selections import stored_features
     from surfflows.jobs.learning_curve import (
         LearningCurveConfig,
         coverage,
@@ -228,20 +252,31 @@ def learning_curve(
     from surfflows.reports.plots import coverage_plot, learning_curve_plot
     from surfflows.stores import get_job_store, get_store
 
+    store = get_job_store()
     try:
         campaign = LearningCurveConfig.model_validate(yaml.safe_load(config.read_text()))
+        parent = resolve_model(campaign.parent, store)
+        with get_store("references") as references, get_store("splits") as splits:
+            inputs = reference_inputs(campaign.reference, references, splits)
     except Exception as exc:
         fail(f"{config}: {exc}")
     start = time.perf_counter()
     if run_flow:
-        flow = campaign.maker().make(campaign.reference)
-        run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+        flow = campaign.maker(parent).make(inputs, checkpoint_reference(parent, store))
+        run_locally(
+            flow, store=store, log=False, ensure_success=True, allow_external_references=True
+        )
         build()
-    names = ("outputs", "benchmarks", "references", "splits", "features", "selections")
-    stores = {n: get_store(n) for n in names}
-    for store in stores.values():
-        store.connect()
-    rows = learning_curve_rows(stores["outputs"], stores["benchmarks"], campaign.name)
+    with get_store("outputs") as outputs, get_store("benchmarks") as benchmarks:
+        rows = learning_curve_rows(outputs, benchmarks, campaign.name)
+        top = max(campaign.budgets)
+        selections = [
+            d["output"]
+            for d in outputs.query(
+                {"output.@class": "SelectionDoc", "output.set_name": campaign.reference}
+            )
+            if d["output"]["seed"] == 0 and len(d["output"]["reference_keys"]) == top
+        ]
     summary = summarize_curve(rows)
     table = Table(title=f"{campaign.name}: test γ MAE (J/m²) over seeds")
     for column in ("method", "budget", "seeds", "mean", "std"):
@@ -256,12 +291,10 @@ def learning_curve(
     (out / f"{campaign.name}.json").write_text(json.dumps({"rows": rows, "summary": summary}))
     curve = learning_curve_plot(summary, out / f"{campaign.name}.png", campaign.name)
     console.print(f"wrote {curve}")
-    top = max(campaign.budgets)
-    ids = [
-        d["selection_id"]
-        for d in stores["selections"].query({"set_name": campaign.reference, "seed": 0})
-        if d["budget"] == top or len(d["reference_keys"]) == top
-    ]
-    pca, marked = coverage(campaign.reference, ids, ModelSpec.parse(campaign.parent), stores)
+    pool = training_pool(inputs)
+    with get_store("features") as features:
+        pool_features = stored_features(pool, parent, features)
+    unique = {d["selection_id"]: d for d in selections}.values()
+    pca, marked = coverage([k for k, _ in pool], pool_features, list(unique))
     path = coverage_plot(pca, marked, out / f"{campaign.name}_coverage.png", campaign.reference)
     console.print(f"wrote {path}; {time.perf_counter() - start:.0f} s")

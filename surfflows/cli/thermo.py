@@ -42,8 +42,9 @@ def _thermo_runs(
     from pymatgen.core import Structure
 
     from surfflows.core.slabs import SlabSettings
-    from surfflows.engine.models import ModelSpec
+    from surfflows.engine.models import load_model
     from surfflows.flows.campaign import RelaxSettings
+    from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
     from surfflows.jobs.thermo import ThermoMaker, thermo_flow
     from surfflows.stores import get_job_store
 
@@ -61,10 +62,16 @@ def _thermo_runs(
         slabs = SlabSettings.model_validate(slabs.model_dump() | slab_overrides)
         relax = (campaign.relax if campaign else RelaxSettings()).model_dump() | relax_overrides
         relax = RelaxSettings.model_validate(relax)
-        specs = [ModelSpec.parse(m) for m in models or [campaign.model if campaign else "0.3.0"]]
+        store = get_job_store()
+        names = models or [campaign.model if campaign else "0.3.0"]
+        specs = [resolve_model(m, store) for m in names]
+        for spec in specs:  # thermo jobs run in this process: load fine-tuned models once here
+            reference = checkpoint_reference(spec, store)
+            if reference is not None:
+                with store:
+                    load_model(spec, decode_checkpoint(reference.resolve(store)))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    store = get_job_store()
     runs = []
     for spec in specs:
         maker = ThermoMaker(
@@ -87,11 +94,11 @@ def _thermo_runs(
             run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
         except Exception as exc:  # a job raised: say which material and model
             fail(f"{material} ({spec.model_id}): {type(exc).__name__}: {exc}")
-        run = {"seconds": time.perf_counter() - start, "comparison": None}
-        for job in flow.jobs:
-            if job.uuid == flow.output.uuid or job.name.startswith("wulff comparison"):
-                output = jsanitize(store.get_output(job.uuid, load=True), strict=True)
-                run["thermo" if job.uuid == flow.output.uuid else "comparison"] = output
+        run = {"seconds": time.perf_counter() - start}
+        with store:
+            for key, reference in flow.output.items():
+                output = None if reference is None else reference.resolve(store)
+                run[key] = None if output is None else jsanitize(output, strict=True)
         _print_thermo(run["thermo"])
         path = out / f"{material}_{spec.model_id}_thermo.json"
         write_json(run["thermo"], path)
@@ -102,7 +109,7 @@ def _thermo_runs(
 
 def _print_thermo(doc: dict) -> None:
     """Bounds, stable termination per facet and Wulff shapes of a SurfaceThermoDoc (JSON)."""
-    from surfflows.reports.query import hkl_text
+    from surfflows.core.text import miller_text
 
     title = f"{doc['formula']} ({doc['material_id']}), {doc['model_id']}"
     if doc["reservoir"]:
@@ -116,7 +123,7 @@ def _print_thermo(doc: dict) -> None:
         table.add_column(column)
     for row in doc["stable"]:
         table.add_row(
-            hkl_text(row["miller_index"]),
+            miller_text(row["miller_index"]),
             num(row["delta_mu_O_from"]),
             num(row["delta_mu_O_to"]),
             row["termination"],
@@ -138,7 +145,7 @@ def _print_thermo(doc: dict) -> None:
             cells.append(
                 f"{s['surface_energy']:.3f} / {num(s['area_fraction'])} {s['termination']}"
             )
-        wulff.add_row(hkl_text(surface["miller_index"]), *cells)
+        wulff.add_row(miller_text(surface["miller_index"]), *cells)
     for label, key in (
         ("weighted γ (J/m²)", "weighted_surface_energy"),
         ("shape factor", "shape_factor"),
@@ -150,7 +157,7 @@ def _print_thermo(doc: dict) -> None:
         if shape["note"]:
             console.print(f"Δμ_O {shape['delta_mu_O']}: {shape['note']}")
     if doc["excluded"]:
-        reasons = [f"{hkl_text(e['miller_index'])} {e['reason']}" for e in doc["excluded"]]
+        reasons = [f"{miller_text(e['miller_index'])} {e['reason']}" for e in doc["excluded"]]
         console.print(f"{len(reasons)} slabs excluded: {reasons}")
     pngs = [doc["diagram_png"], *(shape["wulff_png"] for shape in shapes)]
     console.print("PNG: " + ", ".join(p for p in pngs if p))
@@ -282,9 +289,9 @@ def wulff_compare(
     """Facet ranking and Wulff shape of models against a DFT reference set, side by side."""
     from monty.json import MontyDecoder
 
+    from surfflows.core.text import miller_text
     from surfflows.jobs.thermo import reference_wulff
     from surfflows.reports.plots import wulff_comparison_plot
-    from surfflows.reports.query import hkl_text
 
     try:
         dft, provenance = reference_wulff(reference, material)
@@ -307,7 +314,7 @@ def wulff_compare(
             table.add_column(f"{column} {c['model_id']}")
     by_facet = [{tuple(f["miller_index"]): f for f in c["facets"]} for c in comparisons]
     for facet in first["facets"]:
-        row = [hkl_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
+        row = [miller_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
         row += [str(facet["rank_reference"]), num(facet["area_fraction_reference"])]
         for facets in by_facet:
             f = facets.get(tuple(facet["miller_index"]))
@@ -331,7 +338,7 @@ def wulff_compare(
             str(c["n_facets"]),
             f"{num(c['kendall_tau'])} ({num(c['kendall_p'])})",
             f"{num(c['spearman_rho'])} ({num(c['spearman_p'])})",
-            f"{hkl_text(c['lowest_facet_reference'])} / {hkl_text(c['lowest_facet_model'])}",
+            f"{miller_text(c['lowest_facet_reference'])} / {miller_text(c['lowest_facet_model'])}",
             num(c["mean_abs_area_fraction_difference"]),
             num(c["max_abs_area_fraction_difference"]),
             f"{c['mean_signed_gamma_error']:+.3f}",

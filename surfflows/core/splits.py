@@ -19,21 +19,15 @@ import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Literal
 
-from maggma.core import Store
 from pydantic import BaseModel, Field, computed_field, field_validator
 
-from surfflows.stores import using_store
+from surfflows.core.timestamps import now_iso
 
 SplitPart = Literal["train", "val", "test"]
 PARTS: tuple[SplitPart, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def assign_part(material_id: str, seed: int, fractions: tuple[float, float, float]) -> SplitPart:
@@ -64,8 +58,10 @@ class SplitDoc(BaseModel):
         description="Expected train, val, test fractions (sum 1)."
     )
     assignments: dict[str, SplitPart] = Field(description="material_id -> part.")
-    created_at: str = Field(default_factory=_now, description="ISO time the split was made.")
-    updated_at: str = Field(default_factory=_now, description="ISO time materials were last added.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time the split was made.")
+    updated_at: str = Field(
+        default_factory=now_iso, description="ISO time materials were last added."
+    )
 
     @field_validator("fractions")
     @classmethod
@@ -93,7 +89,7 @@ class SplitDoc(BaseModel):
         if not new:
             return self
         return self.model_copy(
-            update={"assignments": {**self.assignments, **new}, "updated_at": _now()}
+            update={"assignments": {**self.assignments, **new}, "updated_at": now_iso()}
         )
 
 
@@ -129,73 +125,3 @@ def make_split(
         fractions=fractions,
         assignments={},
     ).with_materials(material_ids)
-
-
-def get_or_create_split(
-    set_name: str,
-    seed: int = 0,
-    store: Store | None = None,
-    *,
-    fractions: tuple[float, float, float] | None = None,
-    references: Store | None = None,
-) -> SplitDoc:
-    """The stored split of a reference set, created or extended from its material ids.
-
-    Parameters
-    ----------
-    set_name
-        Reference set, already ingested into the references store.
-    seed
-        Seed of the split.
-    store
-        Splits store, left open; default the ``splits`` store of the current settings.
-    fractions
-        Fractions of a new split (default :data:`DEFAULT_FRACTIONS`). For a stored split
-        they must be None or equal to the stored ones.
-    references
-        References store to read material ids from, left open; default the ``references``
-        store of the current settings.
-
-    Returns
-    -------
-    SplitDoc
-        The stored split, unchanged if it covers every material of the set; else extended
-        with the new materials (existing assignments kept) and stored again.
-
-    Raises
-    ------
-    ValueError
-        If the set has no documents, or ``fractions`` contradict the stored split.
-    """
-    with using_store(references, "references") as references:
-        material_ids = [
-            m for m in references.distinct("material_id", {"set_name": set_name}) if m is not None
-        ]
-    if not material_ids:
-        raise ValueError(f"the references store has no documents of set {set_name!r}")
-    with using_store(store, "splits") as store:
-        stored = store.query_one({"split_id": split_id(set_name, seed)})
-        if stored is None:
-            split = make_split(
-                set_name, material_ids, fractions=fractions or DEFAULT_FRACTIONS, seed=seed
-            )
-        else:
-            split = SplitDoc.model_validate(stored)
-            if fractions is not None and tuple(fractions) != split.fractions:
-                raise ValueError(
-                    f"split {split.split_id} is stored with fractions {split.fractions}, "
-                    f"not {tuple(fractions)}: use another seed for another split"
-                )
-            extended = split.with_materials(material_ids)
-            if extended is split:
-                return split
-            split = extended
-        store.update([split.model_dump(mode="json")], key="split_id")
-    return split
-
-
-def materials_in(split: SplitDoc, part: SplitPart) -> list[str]:
-    """Sorted material ids of one part (``"train"``, ``"val"`` or ``"test"``)."""
-    if part not in PARTS:
-        raise ValueError(f"unknown part {part!r}; parts are {PARTS}")
-    return sorted(m for m, assigned in split.assignments.items() if assigned == part)

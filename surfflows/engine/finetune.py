@@ -1,7 +1,7 @@
 """Fine-tune the last X units of CHGNet on surface reference data.
 
-Depth X (``/work/shared/DESIGN.md``, "Fine-tuning depth X")
-------------------------------------------------------------
+Depth X (the design notes' "Fine-tuning depth X")
+----------------------------------------------------
 CHGNet's energy path in forward order is ``embedding -> block 0 -> ... -> block n-2 ->
 atom_conv n-1 -> readout``, a block being ``[atom_conv i, bond_conv i, angle i]``.
 X counts units from the readout backwards (:func:`depth_units`):
@@ -630,7 +630,7 @@ class _Errors:
             "loss": float(np.average(self.loss, weights=self.weights)),
             "energy_mae": float(energy.abs().mean()),
             "gamma_mae": None if gamma is None else float(gamma.abs().mean()),
-            "gamma_mse": None if gamma is None else float(gamma.mean()),
+            "gamma_mean_signed_error": None if gamma is None else float(gamma.mean()),
         }
 
 
@@ -763,7 +763,7 @@ def _record(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> Ep
         train_gamma_mae=train["gamma_mae"],
         val_energy_mae=val["energy_mae"],
         val_gamma_mae=val["gamma_mae"],
-        val_gamma_mean_signed_error=val["gamma_mse"],
+        val_gamma_mean_signed_error=val["gamma_mean_signed_error"],
         learning_rate=lr,
         seconds=seconds,
     )

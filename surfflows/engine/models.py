@@ -18,11 +18,8 @@ from pydantic import BaseModel, Field, model_validator
 if TYPE_CHECKING:
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
-    from pymatgen.core import Structure
 
 PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
-#: CHGNet's atom embedding covers atomic numbers 1..94 (H..Pu).
-MAX_ATOMIC_NUMBER = 94
 
 
 class ModelSpec(BaseModel):
@@ -82,95 +79,102 @@ class ModelSpec(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        """Parse a command-line model name.
+        """Parse a command-line model name, without a database query.
 
-        Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path,
-        ``sha256:<hex>`` or ``chgnet-ft-<sha prefix>`` (looked up in the model registry).
+        Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path or
+        ``sha256:<64 hex digits>``. A shorter registered name (``chgnet-ft-<sha prefix>``)
+        needs the registry: :func:`surfflows.io.registry.resolve_model`.
         """
         name = text.removeprefix("chgnet-") if text.startswith("chgnet-") else text
         if name in PRETRAINED_VERSIONS:
             return cls(version=name)
         if Path(text).is_file():
             return cls.from_checkpoint(text)
-        if text.startswith(("sha256:", "chgnet-ft-")):
-            from surfflows.io.registry import find_model
-
-            return find_model(text.removeprefix("sha256:").removeprefix("chgnet-ft-"))
+        sha = text.removeprefix("sha256:")
+        if text.startswith("sha256:") and len(sha) == 64:
+            return cls(kind="checkpoint", sha256=sha)
         raise ValueError(
             f"model {text!r} is neither a pretrained CHGNet ({', '.join(PRETRAINED_VERSIONS)}), "
-            "an existing checkpoint file, nor a registered model (sha256:<hex> or chgnet-ft-<hex>)"
+            "an existing checkpoint file, nor sha256:<64 hex digits>; a registered model "
+            "(chgnet-ft-<sha prefix>) is found in the JobStore by surfflows.io.registry"
         )
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_elements(structure: Structure, where: str = "structure") -> None:
-    """Raise ValueError if CHGNet cannot embed an element of ``structure``."""
-    bad = sorted({el.symbol for el in structure.composition if el.Z > MAX_ATOMIC_NUMBER})
-    if bad:
-        raise ValueError(
-            f"{where} ({structure.composition.reduced_formula}) contains {', '.join(bad)}: "
-            f"CHGNet handles atomic numbers 1-{MAX_ATOMIC_NUMBER} only"
-        )
-
-
-def _configure_torch() -> None:
-    from surfflows.settings import get_settings
-
-    threads = get_settings().torch_threads
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(kind: str, version: str | None, sha256: str | None) -> CHGNet:
+def _load_pretrained(version: str) -> CHGNet:
     from chgnet.model import CHGNet
 
-    _configure_torch()
-    if kind == "pretrained":
-        return CHGNet.load(model_name=version, verbose=False)
-    from surfflows.io.registry import checkpoint_path
-
-    return CHGNet.from_file(str(checkpoint_path(sha256)))
+    return CHGNet.load(model_name=version, verbose=False)
 
 
-def load_model(spec: ModelSpec) -> CHGNet:
+#: Checkpoint models loaded in this process, by sha256 (a few at most).
+_CHECKPOINTS: dict[str, CHGNet] = {}
+
+
+def _load_checkpoint(sha256: str, data: bytes) -> CHGNet:
+    import io
+
+    import torch
+    from chgnet.model import CHGNet
+
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"checkpoint bytes have sha256 {actual}, expected {sha256}")
+    state = torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=False)
+    if len(_CHECKPOINTS) >= 4:
+        _CHECKPOINTS.pop(next(iter(_CHECKPOINTS)))
+    _CHECKPOINTS[sha256] = CHGNet.from_dict(state["model"])
+    return _CHECKPOINTS[sha256]
+
+
+def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
     """Load the CHGNet of ``spec`` once per process (later calls return the same object).
 
-    A checkpoint is found by sha256: the spec's own path if its hash matches, else the
-    local model cache, else the registry in the database (fetched and cached).
+    Parameters
+    ----------
+    spec
+        The model.
+    checkpoint
+        The checkpoint file's bytes (a job gets them as an input resolved from the
+        JobStore, see :mod:`surfflows.io.registry`); else the spec's own file if it is on
+        this machine with the right sha256, else a model this process loaded before.
     """
-    if spec.kind == "checkpoint" and spec.checkpoint and Path(spec.checkpoint).is_file():
-        from surfflows.io.registry import cache_checkpoint
-
-        cache_checkpoint(spec.checkpoint, spec.sha256)
-    model = _load_cached(spec.kind, spec.version, spec.sha256)
+    if spec.kind == "pretrained":
+        model = _load_pretrained(spec.version)
+    elif spec.sha256 in _CHECKPOINTS:
+        model = _CHECKPOINTS[spec.sha256]
+    elif checkpoint is not None:
+        model = _load_checkpoint(spec.sha256, checkpoint)
+    elif spec.checkpoint and Path(spec.checkpoint).is_file():
+        model = _load_checkpoint(spec.sha256, Path(spec.checkpoint).read_bytes())
+    else:
+        raise FileNotFoundError(
+            f"checkpoint {spec.model_id} is not loaded: pass its bytes (registered in the "
+            "JobStore, surfflows.io.registry.checkpoint_reference) or its file"
+        )
     model.eval()
     return model
 
 
-def get_calculator(spec: ModelSpec) -> CHGNetCalculator:
+def get_calculator(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNetCalculator:
     """An ASE calculator around the cached model of ``spec`` (one per model and process).
 
     ASE calculators recompute whenever the atoms they are asked about change, so one
-    calculator serves consecutive relaxations.
+    calculator serves consecutive relaxations. ``checkpoint`` as for :func:`load_model`.
     """
-    load_model(spec)  # caches a checkpoint given by path before the keyed lookup
-    return _calculator_cached(spec.kind, spec.version, spec.sha256)
-
-
-@functools.lru_cache(maxsize=4)
-def _calculator_cached(kind: str, version: str | None, sha256: str | None) -> CHGNetCalculator:
     from chgnet.model.dynamics import CHGNetCalculator
 
-    spec = ModelSpec(kind=kind, version=version, sha256=sha256)
-    return CHGNetCalculator(model=load_model(spec), on_isolated_atoms="ignore")
+    model = load_model(spec, checkpoint)
+    key = spec.model_id
+    if key not in _CALCULATORS or _CALCULATORS[key].model is not model:
+        _CALCULATORS[key] = CHGNetCalculator(model=model, on_isolated_atoms="ignore")
+    return _CALCULATORS[key]
+
+
+_CALCULATORS: dict[str, CHGNetCalculator] = {}

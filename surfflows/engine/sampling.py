@@ -9,26 +9,28 @@ and stored with the model id.
 
 The unit of selection is a training **slab** of the train split (its bulk always comes
 along, since a surface energy needs both); the pool excludes flagged records and slabs
-without a bulk. A selection is stored (keys, method, budget, seed) and reproducible.
+without a bulk. A selection (keys, method, budget, seed) is reproducible; the CLI keeps
+it in the ``selections`` store (:mod:`surfflows.io.selections`), a flow as a job output.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
-from maggma.core import Store
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec, load_model
+from surfflows.schemas.provenance import OutputDoc
+from surfflows.schemas.references import ReferenceInputs
 
 Method = Literal["direct", "random"]
 
 
-class SelectionDoc(BaseModel):
+class SelectionDoc(OutputDoc):
     """A stored choice of training slabs."""
 
     selection_id: str = Field(description="set|split|method|budget|seed|feature model (key).")
@@ -42,7 +44,7 @@ class SelectionDoc(BaseModel):
     reference_keys: list[str] = Field(description="Selected slab keys, in selection order.")
     n_components: int | None = Field(default=None, description="PCs kept (eigenvalue > 1).")
     explained_variance: float | None = Field(default=None, description="Variance they explain.")
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    created_at: str = Field(default_factory=now_iso, description="ISO time of the selection.")
 
 
 def crystal_features(
@@ -66,35 +68,6 @@ def crystal_features(
             predictions = [predictions]
         rows.extend(np.asarray(p["crystal_fea"], dtype=float) for p in predictions)
     return np.vstack(rows)
-
-
-def stored_features(
-    keys_and_structures: list[tuple[str, Structure]], model: ModelSpec, store: Store
-) -> np.ndarray:
-    """Features of the given structures, computing and storing only the missing ones.
-
-    Documents in ``store`` are keyed ``feature_id = model_id|reference_key``.
-    """
-    ids = [f"{model.model_id}|{key}" for key, _ in keys_and_structures]
-    known = {
-        d["feature_id"]: d["features"]
-        for d in store.query({"feature_id": {"$in": ids}}, properties=["feature_id", "features"])
-    }
-    missing = [(i, s) for i, (_, s) in enumerate(keys_and_structures) if ids[i] not in known]
-    if missing:
-        features = crystal_features([s for _, s in missing], model)
-        docs = [
-            {
-                "feature_id": ids[i],
-                "model_id": model.model_id,
-                "reference_key": keys_and_structures[i][0],
-                "features": row.tolist(),
-            }
-            for (i, _), row in zip(missing, features, strict=True)
-        ]
-        store.update(docs, key="feature_id")
-        known.update({d["feature_id"]: d["features"] for d in docs})
-    return np.asarray([known[i] for i in ids], dtype=float)
 
 
 def direct_select(features: np.ndarray, budget: int, k: int = 1) -> tuple[list[int], dict]:
@@ -144,72 +117,68 @@ def random_select(n_pool: int, budget: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).choice(n_pool, budget, replace=False)]
 
 
-def training_pool(
-    set_name: str, references: Store, assignments: dict[str, str]
-) -> list[tuple[str, Structure]]:
+def training_pool(references: ReferenceInputs) -> list[tuple[str, Structure]]:
     """(key, structure) of the unflagged train-split slabs of a set that have a bulk."""
-    docs = references.query(
-        {"set_name": set_name, "doc_type": "slab"},
-        properties=["key", "material_id", "flags", "bulk_key", "structure"],
-    )
     pool = [
         (d["key"], Structure.from_dict(d["structure"]))
-        for d in docs
-        if assignments.get(d["material_id"]) == "train" and not d.get("flags") and d.get("bulk_key")
+        for d in references.of_type("slab")
+        if references.assignments.get(d["material_id"]) == "train"
+        and not d.get("flags")
+        and d.get("bulk_key")
     ]
     return sorted(pool, key=lambda item: item[0])
 
 
-def select(
-    set_name: str,
+def selection_id(
+    set_name: str, split_id: str, method: str, budget: int, seed: int, feature_model_id: str | None
+) -> str:
+    """Key of a selection: ``set|split|method|budget|seed|feature model``."""
+    return f"{set_name}|{split_id}|{method}|{budget}|{seed}|{feature_model_id}"
+
+
+def select_from_pool(
+    pool_keys: list[str],
+    features: np.ndarray | None,
     method: Method,
     budget: int,
     *,
-    seed: int = 0,
-    model: ModelSpec | None = None,
-    references: Store,
-    splits: Store,
-    features: Store,
-    selections: Store,
+    seed: int,
+    set_name: str,
+    split_id: str,
+    feature_model_id: str | None,
 ) -> SelectionDoc:
-    """Select ``budget`` training slabs of a set by DIRECT or at random, and store the choice.
+    """Select ``budget`` slabs of a pool by DIRECT (on ``features``) or at random.
 
-    A selection with the same id is returned from the store unchanged (reproducible). A
-    budget of at least the pool size selects the whole pool.
+    A budget of at least the pool size selects the whole pool (both methods agree).
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, an empty pool, or DIRECT without features.
     """
-    from surfflows.core.splits import get_or_create_split
-
-    model = model or ModelSpec()
-    split = get_or_create_split(set_name, store=splits, references=references)
-    feature_model = model.model_id if method == "direct" else None
     if method not in ("direct", "random"):
         raise ValueError(f"unknown selection method {method!r}; use direct or random")
-    selection_id = f"{set_name}|{split.split_id}|{method}|{budget}|{seed}|{feature_model}"
-    stored = selections.query_one({"selection_id": selection_id})
-    if stored:
-        return SelectionDoc(**{k: v for k, v in stored.items() if k in SelectionDoc.model_fields})
-    pool = training_pool(set_name, references, split.assignments)
-    if not pool:
+    if not pool_keys:
         raise ValueError(f"no unflagged train-split slabs with a bulk in {set_name!r}")
     info: dict = {}
-    if budget >= len(pool):  # the whole pool: both methods give the same set
-        indexes = list(range(len(pool)))
+    if budget >= len(pool_keys):
+        indexes = list(range(len(pool_keys)))
     elif method == "direct":
-        indexes, info = direct_select(stored_features(pool, model, features), budget)
+        if features is None:
+            raise ValueError("DIRECT needs the pool's features")
+        indexes, info = direct_select(np.asarray(features, dtype=float), budget)
     else:
-        indexes = random_select(len(pool), budget, seed)
-    doc = SelectionDoc(
-        selection_id=selection_id,
+        indexes = random_select(len(pool_keys), budget, seed)
+    return SelectionDoc(
+        selection_id=selection_id(set_name, split_id, method, budget, seed, feature_model_id),
         set_name=set_name,
-        split_id=split.split_id,
+        split_id=split_id,
         method=method,
         budget=budget,
         seed=seed,
-        feature_model_id=feature_model,
-        n_pool=len(pool),
-        reference_keys=[pool[i][0] for i in indexes],
+        feature_model_id=feature_model_id,
+        n_pool=len(pool_keys),
+        reference_keys=[pool_keys[i] for i in indexes],
         n_components=info.get("n_components"),
         explained_variance=info.get("explained_variance"),
     )
-    selections.update([doc.model_dump()], key="selection_id")
-    return doc

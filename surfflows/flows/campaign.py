@@ -20,13 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from jobflow import Flow, JobStore, run_locally
+from jobflow import Flow, JobStore, OutputReference, run_locally
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymatgen.core import Structure
 from rich.progress import Progress
 
 from surfflows.core.slabs import SlabSettings
-from surfflows.engine.models import ModelSpec, check_elements
+from surfflows.core.validation import check_bulk
+from surfflows.engine.models import ModelSpec
+from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
 
 
@@ -89,13 +91,19 @@ class CampaignConfig(BaseModel):
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
-        config.model_spec()  # unknown model names fail here, before any work
+        if not config.model.startswith(("chgnet-ft-", "sha256:")):
+            ModelSpec.parse(config.model)  # unknown model names fail here, before any work
         config.load_structures()
         return config
 
-    def model_spec(self) -> ModelSpec:
-        """The campaign's model."""
-        return ModelSpec.parse(self.model)
+    def model_spec(self, store: JobStore) -> tuple[ModelSpec, OutputReference | None]:
+        """The campaign's model and, if fine-tuned, a reference to its checkpoint in ``store``.
+
+        A checkpoint file is registered in ``store`` on the way (see
+        :func:`surfflows.io.registry.resolve_model`).
+        """
+        spec = resolve_model(self.model, store)
+        return spec, checkpoint_reference(spec, store)
 
     def load_structures(self) -> dict[str, Structure]:
         """Read every bulk; raise ValueError naming the material and file on a bad one."""
@@ -108,24 +116,22 @@ class CampaignConfig(BaseModel):
                 structure = Structure.from_file(material.structure)
             except Exception as exc:
                 raise ValueError(f"{where}: cannot read structure: {exc}") from exc
-            if len(structure) == 0 or not structure.is_3d_periodic:
-                raise ValueError(f"{where}: structure must be non-empty and 3D-periodic")
-            check_elements(structure, where)
+            check_bulk(structure, where)
             structures[material.id] = structure
         return structures
 
-    def flows(self) -> list[Flow]:
-        """One SurfaceEnergyMaker flow per material."""
-        model = self.model_spec()
+    def flows(self, store: JobStore) -> list[Flow]:
+        """One SurfaceEnergyMaker flow per material; ``store`` holds a fine-tuned checkpoint."""
+        model, checkpoint = self.model_spec(store)
         structures = self.load_structures()
         return [
-            SurfaceEnergyMaker(
-                model=model,
+            SurfaceEnergyMaker.for_model(
+                model,
+                self.relax.fmax,
+                self.relax.max_steps,
                 slab_settings=material.slabs or self.slabs,
-                fmax=self.relax.fmax,
-                max_steps=self.relax.max_steps,
                 chunk_size=self.relax.chunk_size,
-            ).make(structures[material.id], material.id)
+            ).make(structures[material.id], material.id, checkpoint)
             for material in self.materials
         ]
 
@@ -139,9 +145,11 @@ def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True)
     uuids = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"campaign {config.name}", total=len(config.materials))
-        for material, flow in zip(config.materials, config.flows(), strict=True):
+        for material, flow in zip(config.materials, config.flows(store), strict=True):
             bar.update(task, description=f"{config.name}: {material.id}")
-            run_locally(flow, store=store, log=False, ensure_success=False)
+            run_locally(
+                flow, store=store, log=False, ensure_success=False, allow_external_references=True
+            )
             uuids.append(flow.uuid)
             bar.advance(task)
     return uuids

@@ -1,35 +1,16 @@
-"""Submitting campaigns through jobflow-remote (needs a MongoDB-backed project).
+"""Submitting flows through jobflow-remote.
 
-jobflow-remote keeps its queue in MongoDB; no part of submission works without a
-server. What can be checked without one is checked here: the project file validates
-against jobflow-remote's own schema, and flows survive their JSON round trip.
+jobflow-remote keeps its queue in MongoDB (a maggma ``MongoStore``): its daemon and ``jf``
+commands need a server. Jobs get every input from the flow or, for outputs already in the
+project's JobStore (a registered checkpoint), from references the runner resolves before
+the job runs, so workers need no surfflows settings.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
+from jobflow import Flow
 
 from surfflows.flows.campaign import CampaignConfig
-
-
-def validate_project_file(path: str | Path):
-    """Validate a jobflow-remote project YAML with jobflow-remote's ``Project`` model.
-
-    Returns
-    -------
-    jobflow_remote.config.base.Project
-        The parsed project.
-    """
-    from jobflow_remote.config.base import Project
-
-    path = Path(path)
-    data = yaml.safe_load(path.read_text())
-    try:
-        return Project.model_validate(data)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a valid jobflow-remote project: {exc}") from exc
 
 
 def submit_campaign(
@@ -51,12 +32,38 @@ def submit_campaign(
         Queue priority.
     """
     try:
-        from jobflow_remote import submit_flow
+        from jobflow_remote import ConfigManager
     except ImportError as exc:
         raise ImportError(
             "jobflow-remote is not installed: pip install 'surfflows[remote]'"
         ) from exc
+    store = ConfigManager().get_project(project).get_jobstore()
+    return submit_flows(config.flows(store), worker=worker, project=project, priority=priority)
+
+
+def submit_flows(
+    flows: list[Flow],
+    *,
+    worker: str | None = None,
+    project: str | None = None,
+    priority: int = 0,
+) -> list[str]:
+    """Submit flows to a jobflow-remote project; return the db ids of their jobs.
+
+    References to outputs already in the project's JobStore (a registered checkpoint) are
+    allowed: the runner resolves them from there before a job runs.
+    """
+    from jobflow_remote import submit_flow
+
     ids: list[str] = []
-    for flow in config.flows():
-        ids.extend(submit_flow(flow, worker=worker, project=project, priority=priority))
+    for flow in flows:
+        ids.extend(
+            submit_flow(
+                flow,
+                worker=worker,
+                project=project,
+                priority=priority,
+                allow_external_references=True,
+            )
+        )
     return ids

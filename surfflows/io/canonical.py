@@ -48,7 +48,6 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,7 +60,8 @@ from pydantic import BaseModel, Field, PlainSerializer
 from pymatgen.core import Composition, Lattice, Structure
 
 from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
-from surfflows.engine.models import check_elements
+from surfflows.core.timestamps import now_iso
+from surfflows.core.validation import check_elements
 
 #: A pymatgen Structure stored as its ``as_dict()`` (read back by monty's pydantic hook).
 StructureField = Annotated[Structure, PlainSerializer(Structure.as_dict, return_type=dict)]
@@ -90,10 +90,6 @@ _KNOWN_INFO = {
 _COMMON_INFO = {"formula", "flags"}
 #: Per-atom arrays that become document fields; any other array becomes a site property.
 _KNOWN_ARRAYS = {"numbers", "positions", "fixed", "ref_forces"}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class ReferenceSetInfo(BaseModel):
@@ -175,7 +171,7 @@ class _ReferenceDoc(BaseModel):
         default_factory=dict,
         description="Set-specific info keys of the frame (e.g. OC22 sid, traj_id, nads).",
     )
-    ingested_at: str = Field(default_factory=_now, description="ISO time the document was made.")
+    ingested_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
 
 class ReferenceBulkDoc(_ReferenceDoc):

@@ -1,104 +1,133 @@
-"""Registry of fine-tuned CHGNet checkpoints, keyed by sha256.
+"""Registry of fine-tuned CHGNet checkpoints: job outputs in the JobStore, keyed by sha256.
 
-Metadata live in the ``models`` store; the checkpoint bytes live in the JobStore's
-data store (``outputs_data``) so that a jobflow-remote worker on another machine can
-fetch them. Each machine caches the file locally under ``settings.model_cache_dir``
-as ``<sha256>.pth.tar``.
+A checkpoint is registered when a document holding its bytes is a job output in the
+JobStore: every fine-tune job's :class:`~surfflows.schemas.finetune.FineTuneDoc` carries
+them, and :func:`register_checkpoint` writes a
+:class:`~surfflows.schemas.finetune.CheckpointDoc` for a file trained elsewhere. The bytes
+(base64 text, field :data:`CHECKPOINT_FIELD`) live in the JobStore's ``data`` additional
+store. Its identity is the sha256 of the file; no local path is stored as identity.
+
+A job that needs the bytes gets them as an input: :func:`checkpoint_reference` is a jobflow
+``OutputReference`` to that output, which jobflow (``run_locally``) or the jobflow-remote
+runner resolves from the JobStore before the job runs, so a worker needs no database
+settings of its own.
 """
 
 from __future__ import annotations
 
-import shutil
-from datetime import UTC, datetime
+import base64
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
-from surfflows.engine.models import ModelSpec, file_sha256
-from surfflows.settings import get_settings
-from surfflows.stores import get_store
+from jobflow import JobStore, OutputReference
+from monty.json import jsanitize
 
-
-def _cache_file(sha256: str) -> Path:
-    return get_settings().model_cache_dir / f"{sha256}.pth.tar"
-
-
-def cache_checkpoint(path: str | Path, sha256: str) -> Path:
-    """Copy a checkpoint into the local cache after checking its hash; return the cached path."""
-    target = _cache_file(sha256)
-    if target.is_file():
-        return target
-    actual = file_sha256(path)
-    if actual != sha256:
-        raise ValueError(f"checkpoint {path} has sha256 {actual}, expected {sha256}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".partial")
-    shutil.copyfile(path, tmp)
-    tmp.replace(target)
-    return target
+from surfflows.core.timestamps import now_iso
+from surfflows.engine.models import ModelSpec
+from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
 
 
-def register_checkpoint(path: str | Path, metadata: dict[str, Any] | None = None) -> ModelSpec:
-    """Store a checkpoint's bytes and metadata in the database; return its ModelSpec.
+def encode_checkpoint(path: str | Path) -> str:
+    """A checkpoint file as base64 text (how job documents carry it)."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
-    Registering the same file twice changes nothing but ``metadata`` (upsert by sha256).
+
+def decode_checkpoint(text: str | None) -> bytes | None:
+    """The bytes of a base64 checkpoint (None stays None)."""
+    return None if text is None else base64.b64decode(text)
+
+
+def _registered(store: JobStore, criteria: dict[str, Any]) -> list[dict[str, Any]]:
+    criteria = {f"output.{CHECKPOINT_FIELD}": {"$exists": True}} | criteria
+    return list(
+        store.query(criteria, properties=["uuid", "output.sha256"], sort={"completed_at": -1})
+    )
+
+
+def register_checkpoint(
+    path: str | Path, store: JobStore, metadata: dict[str, Any] | None = None
+) -> ModelSpec:
+    """Put a checkpoint file's bytes into the JobStore (once per sha256); return its spec.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    store
+        The JobStore of the project (connected or not).
+    metadata
+        Free-form description kept on the :class:`CheckpointDoc`.
     """
     spec = ModelSpec.from_checkpoint(path)
-    data = Path(path).read_bytes()
-    blobs = get_store("outputs_data")
-    models = get_store("models")
-    with blobs, models:
-        blobs.update(
-            [{"model_sha256": spec.sha256, "checkpoint": data, "n_bytes": len(data)}],
-            key="model_sha256",
+    spec = ModelSpec(kind="checkpoint", sha256=spec.sha256)
+    with store:
+        if _registered(store, {"output.sha256": spec.sha256}):
+            return spec
+        doc = CheckpointDoc(
+            model_id=spec.model_id,
+            model=spec,
+            sha256=spec.sha256,
+            n_bytes=Path(path).stat().st_size,
+            metadata=metadata or {},
+            **{CHECKPOINT_FIELD: encode_checkpoint(path)},
         )
-        models.update(
-            [
-                {
-                    "sha256": spec.sha256,
-                    "model_id": spec.model_id,
-                    "n_bytes": len(data),
-                    "registered_at": datetime.now(UTC).isoformat(),
-                    "metadata": metadata or {},
-                }
-            ],
-            key="sha256",
+        store.update(
+            {
+                "uuid": str(uuid4()),
+                "index": 1,
+                "name": f"register checkpoint {spec.model_id}",
+                "output": jsanitize(doc, strict=True, allow_bson=True, enum_values=True),
+                "completed_at": now_iso(),
+                "metadata": {"registered_from": Path(path).name},
+                "hosts": [],
+            },
+            key=["uuid", "index"],
+            save={"data": [CHECKPOINT_FIELD]},
         )
-    cache_checkpoint(path, spec.sha256)
     return spec
 
 
-def checkpoint_path(sha256: str) -> Path:
-    """Local path of a registered checkpoint, fetched from the database if not cached."""
-    target = _cache_file(sha256)
-    if target.is_file():
-        return target
-    blobs = get_store("outputs_data")
-    with blobs:
-        doc = blobs.query_one({"model_sha256": sha256})
-    if doc is None:
-        raise FileNotFoundError(
-            f"no checkpoint with sha256 {sha256} in the local cache or the model registry"
+def checkpoint_reference(spec: ModelSpec, store: JobStore) -> OutputReference | None:
+    """Reference to the bytes of a registered checkpoint (None for a pretrained model).
+
+    Raises
+    ------
+    ValueError
+        If the JobStore holds no checkpoint with the spec's sha256.
+    """
+    if spec.kind == "pretrained":
+        return None
+    with store:
+        hits = _registered(store, {"output.sha256": spec.sha256})
+    if not hits:
+        raise ValueError(
+            f"checkpoint {spec.model_id} (sha256 {spec.sha256}) is not registered in the "
+            "JobStore: fine-tune it there or register its file first"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".partial")
-    tmp.write_bytes(bytes(doc["checkpoint"]))
-    if file_sha256(tmp) != sha256:
-        tmp.unlink()
-        raise ValueError(f"registry bytes for {sha256} do not match their sha256")
-    tmp.replace(target)
-    return target
+    return OutputReference(hits[0]["uuid"], attributes=(("a", CHECKPOINT_FIELD),))
 
 
-def find_model(sha_prefix: str) -> ModelSpec:
-    """The registered ModelSpec whose sha256 starts with ``sha_prefix`` (unique match)."""
-    models = get_store("models")
-    with models:
-        hits = [
-            d["sha256"]
-            for d in models.query({}, properties=["sha256"])
-            if d["sha256"].startswith(sha_prefix)
-        ]
-    if len(hits) != 1:
-        found = "no" if not hits else f"{len(hits)}"
-        raise ValueError(f"{found} registered models match sha256 prefix {sha_prefix!r}")
-    return ModelSpec(kind="checkpoint", sha256=hits[0])
+def resolve_model(text: str, store: JobStore) -> ModelSpec:
+    """:meth:`ModelSpec.parse`, plus registered names: ``chgnet-ft-<prefix>``, ``sha256:<prefix>``.
+
+    A checkpoint given as a file is registered in ``store`` on the way, so that jobs can
+    get its bytes from there.
+    """
+    if text.startswith(("sha256:", "chgnet-ft-")):
+        prefix = text.removeprefix("sha256:").removeprefix("chgnet-ft-")
+        with store:
+            hits = sorted(
+                {d["output"]["sha256"] for d in _registered(store, {})}
+                if len(prefix) < 64
+                else {prefix}
+            )
+        hits = [h for h in hits if h.startswith(prefix)]
+        if len(hits) != 1:
+            found = "no" if not hits else f"{len(hits)}"
+            raise ValueError(f"{found} registered models match sha256 prefix {prefix!r}")
+        return ModelSpec(kind="checkpoint", sha256=hits[0])
+    spec = ModelSpec.parse(text)
+    if spec.kind == "checkpoint" and spec.checkpoint:
+        register_checkpoint(spec.checkpoint, store)
+    return spec

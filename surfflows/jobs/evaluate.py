@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobflow import Flow, Maker, job
-from maggma.core import Store
+from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
 from surfflows.engine.models import ModelSpec, load_model
 from surfflows.engine.relax import relax_structures
+from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
 
 #: (reference key, doc type, structure) of one reference record.
@@ -55,8 +55,14 @@ def evaluate_chunk(
     mode: Literal["single_point", "relaxed"],
     fmax: float,
     max_steps: int,
+    checkpoint: str | None = None,
 ) -> EvaluationDoc:
-    """Model energies of reference structures, one :class:`ModelEnergyDoc` each."""
+    """Model energies of reference structures, one :class:`ModelEnergyDoc` each.
+
+    ``checkpoint``: the model's checkpoint file as base64, for a fine-tuned model (an
+    input resolved from the JobStore, see :func:`surfflows.io.registry.checkpoint_reference`).
+    """
+    load_model(model, decode_checkpoint(checkpoint))
     structures = [structure for _, _, structure in items]
     docs = []
     if mode == "single_point":
@@ -127,8 +133,25 @@ class EvaluateMaker(Maker):
     max_steps: int = 300
     chunk_size: int = 128
 
-    def make(self, set_name: str, items: list[ReferenceItem]) -> Flow:
-        """One job per chunk of ``items`` and per mode."""
+    def make(
+        self,
+        set_name: str,
+        items: list[ReferenceItem],
+        checkpoint: OutputReference | str | None = None,
+    ) -> Flow:
+        """One job per chunk of ``items`` and per mode.
+
+        Parameters
+        ----------
+        set_name
+            Reference set of the items.
+        items
+            (key, doc type, structure) of slabs and bulks
+            (:func:`surfflows.io.inputs.reference_items`).
+        checkpoint
+            The checkpoint bytes of a fine-tuned model (base64, or a reference to them:
+            :func:`surfflows.io.registry.checkpoint_reference`); None for a pretrained one.
+        """
         if not items:
             raise ValueError(f"nothing to evaluate in reference set {set_name!r}")
         unknown = set(self.modes) - {"single_point", "relaxed"}
@@ -144,33 +167,9 @@ class EvaluateMaker(Maker):
                     mode,
                     self.fmax,
                     self.max_steps,
+                    checkpoint,
                 )
                 chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
                 jobs.append(chunk_job)
-        return Flow(jobs, name=f"{self.name} {self.model.model_id} on {set_name}")
-
-
-def reference_items(
-    set_name: str,
-    references: Store,
-    assignments: dict[str, str] | None = None,
-    parts: tuple[str, ...] | None = None,
-) -> list[ReferenceItem]:
-    """Slabs of a reference set (optionally of some split parts) and the bulks they need.
-
-    Reference structures carry the DFT fixed atoms as ``selective_dynamics`` (e.g. OC22),
-    which the relaxed mode respects.
-    """
-    items: list[ReferenceItem] = []
-    bulk_keys: set[str] = set()
-    with references:
-        for doc in references.query({"set_name": set_name, "doc_type": "slab"}):
-            part = (assignments or {}).get(doc["material_id"])
-            if parts is not None and part not in parts:
-                continue
-            items.append((doc["key"], "slab", Structure.from_dict(doc["structure"])))
-            if doc.get("bulk_key"):
-                bulk_keys.add(doc["bulk_key"])
-        for doc in references.query({"key": {"$in": sorted(bulk_keys)}}):
-            items.append((doc["key"], "bulk", Structure.from_dict(doc["structure"])))
-    return items
+        model_id = getattr(self.model, "model_id", "new checkpoint")
+        return Flow(jobs, name=f"{self.name} {model_id} on {set_name}")

@@ -12,43 +12,33 @@ Splits are the stored seed-0 splits that the builders report by.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Job, Maker, Response, job
+from jobflow import Flow, Job, Maker, OutputReference, job
+from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.core.splits import get_or_create_split
 from surfflows.engine.finetune import RESUME_IGNORED, aligned_energy_mae, finetune, reference_data
-from surfflows.engine.models import ModelSpec, load_model
-from surfflows.io.registry import register_checkpoint
-from surfflows.jobs.evaluate import EvaluateMaker, reference_items
-from surfflows.schemas.finetune import BulkSetErrors, FineTuneDoc, FineTuneSettings, ForgettingDoc
-from surfflows.stores import get_store, using_store
+from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.io.inputs import reference_items
+from surfflows.io.registry import decode_checkpoint, encode_checkpoint
+from surfflows.jobs.evaluate import EvaluateMaker
+from surfflows.schemas.finetune import (
+    CHECKPOINT_FIELD,
+    BulkSetErrors,
+    FineTuneDoc,
+    FineTuneSettings,
+    ForgettingDoc,
+)
+from surfflows.schemas.references import ReferenceInputs
 
 logger = logging.getLogger(__name__)
-
-
-def _split(set_name: str) -> tuple[str, dict[str, str]]:
-    """The stored (seed-0) split of a set: its id and material -> part."""
-    with using_store(None, "splits") as splits:
-        split = get_or_create_split(set_name, store=splits)
-    return split.split_id, split.assignments
-
-
-def _reference_docs(set_name: str, doc_type: str | tuple[str, ...]) -> list[dict[str, Any]]:
-    kinds = [doc_type] if isinstance(doc_type, str) else list(doc_type)
-    with using_store(None, "references") as references:
-        docs = list(references.query({"set_name": set_name, "doc_type": {"$in": kinds}}))
-    if not docs:
-        raise ValueError(f"the references store has no {kinds} documents of set {set_name!r}")
-    return docs
 
 
 def default_work_dir(
@@ -68,28 +58,30 @@ def default_work_dir(
     return Path.cwd() / "finetune" / f"{set_name}_X{settings.depth}_seed{settings.seed}_{digest}"
 
 
-@job(output_schema=FineTuneDoc)
+@job(output_schema=FineTuneDoc, data=CHECKPOINT_FIELD)
 def finetune_checkpoint(
-    set_name: str,
+    references: ReferenceInputs,
     parent: ModelSpec,
     settings: FineTuneSettings,
     work_dir: str | None = None,
     sweep: str | None = None,
     slab_keys: list[str] | None = None,
+    parent_checkpoint: str | None = None,
 ) -> FineTuneDoc:
-    """Fine-tune ``parent`` on the train part of ``set_name``, register the best checkpoint.
+    """Fine-tune ``parent`` on the train part of a reference set; return the best checkpoint.
 
-    Returns the :class:`FineTuneDoc`, which is also the checkpoint's metadata in the
-    ``models`` store. See :func:`surfflows.engine.finetune.finetune` for the training;
-    ``slab_keys`` restricts the training slabs to a selection of the train part.
+    The :class:`FineTuneDoc` carries the checkpoint's bytes (``checkpoint_b64``, saved in
+    the JobStore's ``data`` store), which registers it (:mod:`surfflows.io.registry`). See
+    :func:`surfflows.engine.finetune.finetune` for the training; ``slab_keys`` restricts
+    the training slabs to a selection of the train part; ``parent_checkpoint`` is the
+    parent's checkpoint (base64) if it is itself fine-tuned.
     """
-    split_id, assignments = _split(set_name)
-    docs = _reference_docs(set_name, ("slab", "bulk"))
-    parent_model = load_model(parent)
+    set_name, docs = references.set_name, references.docs
+    parent_model = load_model(parent, decode_checkpoint(parent_checkpoint))
     data = {
         part: reference_data(
             docs,
-            assignments,
+            references.assignments,
             (part,),
             parent_model.graph_converter,
             zero_force_labels=settings.zero_force_labels,
@@ -113,7 +105,7 @@ def finetune_checkpoint(
         )  # fmt: skip
 
     result = finetune(parent_model, data["train"], data["val"], settings, folder, progress=progress)
-    spec = ModelSpec.from_checkpoint(result.best_checkpoint)
+    spec = ModelSpec(kind="checkpoint", sha256=file_sha256(result.best_checkpoint))
     best = result.history[result.best_epoch]
     dropped: dict[str, list[str]] = {}
     for part in data.values():
@@ -128,7 +120,7 @@ def finetune_checkpoint(
         parent=parent,
         set_name=set_name,
         level_of_theory=docs[0]["level_of_theory"],
-        split_id=split_id,
+        split_id=references.split_id,
         sweep=sweep,
         depth=settings.depth,
         trainable_modules=result.freeze.trainable_modules,
@@ -151,11 +143,10 @@ def finetune_checkpoint(
         setup_seconds=result.setup_seconds,
         mean_epoch_seconds=float(np.mean([r.seconds for r in trained])) if trained else None,
         wall_seconds=result.wall_seconds,
-        checkpoint_path=str(result.best_checkpoint.resolve()),
+        checkpoint_b64=encode_checkpoint(result.best_checkpoint),
     )
-    register_checkpoint(result.best_checkpoint, metadata=doc.model_dump(mode="json"))
     logger.info(
-        "registered %s: best epoch %d, val gamma MAE %s J/m²",
+        "fine-tuned %s: best epoch %d, val gamma MAE %s J/m²",
         spec.model_id, result.best_epoch, best.val_gamma_mae,
     )  # fmt: skip
     return doc
@@ -178,9 +169,6 @@ class FineTuneMaker(Maker):
         ``last.pth.tar`` there resumes.
     sweep
         Name of the sweep the run belongs to (recorded on the document).
-    slab_keys
-        Train only on these slabs of the train part (a DIRECT or random selection's
-        reference keys) and their bulks; None: the whole train part.
     """
 
     name: str = "finetune"
@@ -188,58 +176,64 @@ class FineTuneMaker(Maker):
     settings: FineTuneSettings = field(default_factory=FineTuneSettings)
     work_dir: str | None = None
     sweep: str | None = None
-    slab_keys: list[str] | None = None
 
-    def make(self, set_name: str) -> Job:
-        """The fine-tune job; its output is the :class:`FineTuneDoc`."""
+    def make(
+        self,
+        references: ReferenceInputs,
+        slab_keys: list[str] | OutputReference | None = None,
+        parent_checkpoint: str | OutputReference | None = None,
+    ) -> Job:
+        """The fine-tune job; its output is the :class:`FineTuneDoc`.
+
+        Parameters
+        ----------
+        references
+            The set's documents and split (:func:`surfflows.io.inputs.reference_inputs`).
+        slab_keys
+            Train only on these slabs of the train part (a selection's reference keys,
+            or a reference to them) and their bulks; None: the whole train part.
+        parent_checkpoint
+            The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
+        """
         new = finetune_checkpoint(
-            set_name, self.parent, self.settings, self.work_dir, self.sweep, self.slab_keys
+            references,
+            self.parent,
+            self.settings,
+            self.work_dir,
+            self.sweep,
+            slab_keys,
+            parent_checkpoint,
         )
-        new.name = f"{self.name} {set_name} X={self.settings.depth} seed={self.settings.seed}"
+        new.name = (
+            f"{self.name} {references.set_name} X={self.settings.depth} seed={self.settings.seed}"
+        )
         return new
 
 
-@job
-def evaluate_parts(
-    model: ModelSpec,
-    set_name: str,
-    parts: tuple[str, ...] = ("val", "test"),
-    modes: tuple[str, ...] = ("single_point",),
-    chunk_size: int = 128,
-) -> Response:
-    """Replace this job by an :class:`EvaluateMaker` flow on some split parts of a set.
-
-    A job rather than a flow because a checkpoint's spec is known only once its
-    fine-tune job has run.
-    """
-    _, assignments = _split(set_name)
-    items = reference_items(set_name, get_store("references"), assignments, parts)
-    return Response(
-        replace=EvaluateMaker(model=model, modes=modes, chunk_size=chunk_size).make(set_name, items)
-    )
+#: Bulk energies (and forces) per (model_id, reference keys): a sweep computes its parent's once.
+_BULK_PREDICTIONS: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, np.ndarray | None]] = {}
 
 
-@functools.lru_cache(maxsize=16)
 def _bulk_predictions(
-    kind: str, version: str | None, sha256: str | None, keys: tuple[str, ...]
+    spec: ModelSpec, docs: list[dict[str, Any]]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Energies per atom and, if every cell has reference forces, forces of some bulks.
 
-    Cached per model and process: a sweep computes its parent's once.
+    Cached per model and process. The model must be loaded (:func:`load_model`) already.
     """
-    with using_store(None, "references") as references:
-        docs = {d["key"]: d for d in references.query({"key": {"$in": list(keys)}})}
-    structures = [Structure.from_dict(docs[k]["structure"]) for k in keys]
-    with_forces = all(docs[k].get("ref_forces") is not None for k in keys)
-    model = load_model(ModelSpec(kind=kind, version=version, sha256=sha256))
-    predictions = model.predict_structure(
-        structures, task="ef" if with_forces else "e", batch_size=16
-    )
-    if len(structures) == 1:
-        predictions = [predictions]
-    energies = np.array([float(p["e"]) for p in predictions])
-    forces = np.concatenate([p["f"] for p in predictions]) if with_forces else None
-    return energies, forces
+    cache_key = (spec.model_id, tuple(d["key"] for d in docs))
+    if cache_key not in _BULK_PREDICTIONS:
+        structures = [Structure.from_dict(d["structure"]) for d in docs]
+        with_forces = all(d.get("ref_forces") is not None for d in docs)
+        predictions = load_model(spec).predict_structure(
+            structures, task="ef" if with_forces else "e", batch_size=16
+        )
+        if len(structures) == 1:
+            predictions = [predictions]
+        energies = np.array([float(p["e"]) for p in predictions])
+        forces = np.concatenate([p["f"] for p in predictions]) if with_forces else None
+        _BULK_PREDICTIONS[cache_key] = (energies, forces)
+    return _BULK_PREDICTIONS[cache_key]
 
 
 def bulk_set_errors(
@@ -255,20 +249,15 @@ def bulk_set_errors(
     Per-element offsets are fitted for each model on ``fit_docs`` and the residual MAE per
     atom is taken over ``eval_docs`` (see :func:`~surfflows.engine.finetune.aligned_energy_mae`).
     """
-    keys = tuple(d["key"] for d in eval_docs)
-    fit_keys = tuple(d["key"] for d in fit_docs)
+    same = [d["key"] for d in fit_docs] == [d["key"] for d in eval_docs]
     ref = np.array([d["ref_energy"] / d["n_atoms"] for d in eval_docs])
     fit_ref = np.array([d["ref_energy"] / d["n_atoms"] for d in fit_docs])
     comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in eval_docs]
     fit_comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in fit_docs]
     out: dict[str, Any] = {}
     for who, spec in (("model", model), ("parent", parent)):
-        energies, forces = _bulk_predictions(spec.kind, spec.version, spec.sha256, keys)
-        fit_energies = (
-            energies
-            if fit_keys == keys
-            else _bulk_predictions(spec.kind, spec.version, spec.sha256, fit_keys)[0]
-        )
+        energies, forces = _bulk_predictions(spec, eval_docs)
+        fit_energies = energies if same else _bulk_predictions(spec, fit_docs)[0]
         mae, n_used, n_elements = aligned_energy_mae(
             fit_comps, fit_ref - fit_energies, comps, ref - energies
         )
@@ -295,25 +284,34 @@ def bulk_set_errors(
 def bulk_forgetting(
     model: ModelSpec,
     parent: ModelSpec,
-    set_name: str,
-    bulk_sets: tuple[str, ...] = ("bo2_bulk_eos",),
+    references: ReferenceInputs,
+    bulk_sets: list[ReferenceInputs],
+    checkpoint: str | None = None,
+    parent_checkpoint: str | None = None,
 ) -> ForgettingDoc:
     """Bulk energy errors of ``model`` and ``parent`` on bulks ``model`` never saw.
 
-    * each set of ``bulk_sets`` (all its bulk cells): per-element offsets fitted on the
-      set itself, per model;
-    * ``<set_name>:test``: the bulk cells of the test materials of ``set_name``. Fitting
-      offsets on them is underdetermined (JARVIS: 47 cells, 50 elements), so the offsets
-      are fitted on the set's train-part bulks and cells with other elements are left out.
+    * each set of ``bulk_sets`` (all its unflagged bulk cells): per-element offsets fitted
+      on the set itself, per model;
+    * ``<set>:test``: the bulk cells of the test materials of the training set
+      ``references``. Fitting offsets on them is underdetermined (JARVIS: 47 cells, 50
+      elements), so the offsets are fitted on the set's train-part bulks and cells with
+      other elements are left out.
+
+    ``checkpoint`` and ``parent_checkpoint``: base64 checkpoints of fine-tuned models.
     """
+    load_model(model, decode_checkpoint(checkpoint))
+    load_model(parent, decode_checkpoint(parent_checkpoint))
     sets = []
-    for name in bulk_sets:
-        docs = [d for d in _reference_docs(name, "bulk") if not d.get("flags")]
-        sets.append(bulk_set_errors(name, docs, docs, model, parent, alignment=name))
-    _, assignments = _split(set_name)
-    bulks = [d for d in _reference_docs(set_name, "bulk") if not d.get("flags")]
+    for bulk_set in bulk_sets:
+        docs = [d for d in bulk_set.of_type("bulk") if not d.get("flags")]
+        sets.append(
+            bulk_set_errors(bulk_set.set_name, docs, docs, model, parent, bulk_set.set_name)
+        )
+    set_name = references.set_name
+    bulks = [d for d in references.of_type("bulk") if not d.get("flags")]
     parts = {
-        part: [d for d in bulks if assignments.get(d["material_id"]) == part]
+        part: [d for d in bulks if references.assignments.get(d["material_id"]) == part]
         for part in ("train", "test")
     }
     sets.append(
@@ -345,57 +343,88 @@ class FineTuneSweepMaker(Maker):
     ----------
     name
         Sweep name, recorded on every :class:`FineTuneDoc`.
-    parent
-        Model fine-tuned (evaluated too, as the zero-shot row, if ``include_parent``).
+    finetune_maker
+        Maker of each fine-tune (its parent is the sweep's parent; ``settings.depth`` and
+        ``settings.seed`` are replaced per run, and ``sweep`` by ``name``).
+    evaluate_maker
+        Maker of the evaluation flows (its ``model`` is replaced per checkpoint).
     depths, seeds
         X values and seeds (each pair one checkpoint).
-    settings
-        Other hyperparameters (``depth`` and ``seed`` are replaced per run).
-    parts, modes
-        Split parts and evaluation modes of the evaluation flows.
-    bulk_sets
-        Bulk sets of the forgetting check (besides the set's test bulks).
+    parts
+        Split parts evaluated.
     include_parent
-        Evaluate the parent and check it too.
+        Evaluate the parent and check it too (the zero-shot row).
     work_dir
         Parent folder of the runs' work folders (default: the current directory).
     """
 
     name: str = "finetune sweep"
-    parent: ModelSpec = field(default_factory=ModelSpec)
+    finetune_maker: FineTuneMaker = field(default_factory=FineTuneMaker)
+    evaluate_maker: EvaluateMaker = field(
+        default_factory=lambda: EvaluateMaker(modes=("single_point",))
+    )
     depths: tuple[int, ...] = (0, 1, 2, 3)
     seeds: tuple[int, ...] = (0,)
-    settings: FineTuneSettings = field(default_factory=FineTuneSettings)
     parts: tuple[str, ...] = ("val", "test")
-    modes: tuple[str, ...] = ("single_point",)
-    bulk_sets: tuple[str, ...] = ("bo2_bulk_eos",)
     include_parent: bool = True
     work_dir: str | None = None
 
-    def make(self, set_name: str) -> Flow:
-        """Per checkpoint: fine-tune -> evaluation flow and forgetting check."""
-        jobs, outputs = [], []
-        models = [self.parent] if self.include_parent else []
+    def make(
+        self,
+        references: ReferenceInputs,
+        bulk_sets: list[ReferenceInputs],
+        parent_checkpoint: str | OutputReference | None = None,
+    ) -> Flow:
+        """Per checkpoint: fine-tune -> evaluation flow and forgetting check.
+
+        Parameters
+        ----------
+        references
+            The training set's documents and split.
+        bulk_sets
+            Bulk sets of the forgetting check (besides the set's own test bulks).
+        parent_checkpoint
+            The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
+
+        Returns
+        -------
+        Flow
+            Its output: ``finetunes`` (the :class:`FineTuneDoc` of each checkpoint, by
+            depth and seed), ``forgetting`` (a :class:`ForgettingDoc` per model).
+        """
+        parent = self.finetune_maker.parent
+        jobs: list[Job | Flow] = []
+        finetunes: dict[str, OutputReference] = {}
+        models = [(parent, parent_checkpoint)] if self.include_parent else []
         for depth in self.depths:
             for seed in self.seeds:
-                settings = self.settings.model_copy(update={"depth": depth, "seed": seed})
-                work_dir = None
+                settings = self.finetune_maker.settings.model_copy(
+                    update={"depth": depth, "seed": seed}
+                )
+                work_dir = self.finetune_maker.work_dir
                 if self.work_dir:
-                    folder = default_work_dir(set_name, self.parent, settings).name
+                    folder = default_work_dir(references.set_name, parent, settings).name
                     work_dir = str(Path(self.work_dir) / folder)
-                train = FineTuneMaker(
-                    parent=self.parent, settings=settings, work_dir=work_dir, sweep=self.name
-                ).make(set_name)
+                train = replace(
+                    self.finetune_maker, settings=settings, work_dir=work_dir, sweep=self.name
+                ).make(references, parent_checkpoint=parent_checkpoint)
                 jobs.append(train)
-                outputs.append(train.output)
-                models.append(train.output.model)
-        for model in models:
-            evaluate = evaluate_parts(model, set_name, self.parts, self.modes)
-            evaluate.name = f"evaluate {set_name} {'/'.join(self.parts)}"
-            forgetting = bulk_forgetting(model, self.parent, set_name, self.bulk_sets)
-            forgetting.name = "bulk forgetting"
-            jobs += [evaluate, forgetting]
-        return Flow(jobs, output=outputs, name=f"{self.name} on {set_name}")
+                finetunes[f"X{depth}_seed{seed}"] = train.output
+                models.append((train.output.model, train.output.checkpoint_b64))
+        items = reference_items(references, self.parts)
+        forgetting = []
+        for model, checkpoint in models:
+            evaluate = replace(self.evaluate_maker, model=model).make(
+                references.set_name, items, checkpoint
+            )
+            check = bulk_forgetting(
+                model, parent, references, bulk_sets, checkpoint, parent_checkpoint
+            )
+            check.name = "bulk forgetting"
+            jobs += [evaluate, check]
+            forgetting.append(check.output)
+        output = {"finetunes": finetunes, "forgetting": forgetting}
+        return Flow(jobs, output=output, name=f"{self.name} on {references.set_name}")
 
 
 class SweepConfig(BaseModel):
@@ -428,45 +457,53 @@ class SweepConfig(BaseModel):
 
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
 
-    def maker(self) -> FineTuneSweepMaker:
-        """The sweep Maker of this configuration."""
+    def maker(self, parent: ModelSpec) -> FineTuneSweepMaker:
+        """The sweep Maker of this configuration, ``parent`` being :attr:`parent` resolved
+        (:func:`surfflows.io.registry.resolve_model`)."""
         bad = {"depth", "seed"} & self.hyperparameters.keys()
         if bad:
             raise ValueError(f"hyperparameters may not set {sorted(bad)}: use depths / seeds")
         return FineTuneSweepMaker(
             name=self.name,
-            parent=ModelSpec.parse(self.parent),
+            finetune_maker=FineTuneMaker(
+                parent=parent, settings=FineTuneSettings(**self.hyperparameters)
+            ),
+            evaluate_maker=EvaluateMaker(modes=tuple(self.modes)),
             depths=tuple(self.depths),
             seeds=tuple(self.seeds),
-            settings=FineTuneSettings(**self.hyperparameters),
             parts=tuple(self.parts),
-            modes=tuple(self.modes),
-            bulk_sets=tuple(self.bulk_sets),
             work_dir=self.work_dir,
         )
 
 
 def sweep_summary(
-    set_name: str, sweep: str | None = None, mode: str = "single_point"
+    outputs: Store,
+    benchmarks: Store,
+    set_name: str,
+    sweep: str | None = None,
+    mode: str = "single_point",
 ) -> list[dict[str, Any]]:
     """One row per model: the parent (zero-shot) and each checkpoint of a sweep.
 
-    Joins the ``models`` store (fine-tune documents), the ``benchmarks`` store (val and test
-    rows; run the builders first) and the newest :class:`ForgettingDoc` of each model.
+    Joins the fine-tune documents and the newest :class:`ForgettingDoc` of each model (job
+    outputs in ``outputs``, the JobStore's docs store) with the ``benchmarks`` store (val
+    and test rows; run the builders first).
 
     Returns
     -------
     list of dict
-        ``model_id``, ``depth`` (None for the parent), ``seed``, ``val_mae``, ``val_mse``,
-        ``test_mae``, ``test_mse``, ``n_test`` (J/m², mean signed error as ``*_mse``),
+        ``model_id``, ``depth`` (None for the parent), ``seed``, ``val_mae``, ``val_signed``,
+        ``test_mae``, ``test_signed``, ``n_test`` (J/m², mean signed error as ``*_signed``),
         ``forgetting`` (bulk set -> relative change), ``bulk_mae`` (bulk set -> eV/atom),
         ``best_epoch``, ``epoch_s``, ``wall_s``, ``trainable_parameters``.
     """
-    criteria: dict[str, Any] = {"metadata.set_name": set_name}
+    criteria: dict[str, Any] = {"output.@class": "FineTuneDoc", "output.set_name": set_name}
     if sweep is not None:
-        criteria["metadata.sweep"] = sweep
-    with using_store(None, "models") as models:
-        finetuned = [d["metadata"] for d in models.query(criteria)]
+        criteria["output.sweep"] = sweep
+    finetuned = {
+        d["output"]["model_id"]: d["output"]
+        for d in outputs.query(criteria, properties=[f"output.{k}" for k in _SUMMARY_FIELDS])
+    }.values()
     parents = sorted({d["parent_model_id"] for d in finetuned})
     rows = [{"model_id": p, "depth": None, "seed": None} for p in parents]
     rows += [
@@ -481,44 +518,52 @@ def sweep_summary(
         }
         for d in sorted(finetuned, key=lambda d: (d["depth"], d["hyperparameters"]["seed"]))
     ]
-    with using_store(None, "benchmarks") as benchmarks, using_store(None, "outputs") as outputs:
-        for row in rows:
-            for part in ("val", "test"):
-                bench = benchmarks.query_one(
-                    {"model_id": row["model_id"], "set_name": set_name, "mode": mode, "split": part}
-                )
-                row[f"{part}_mae"] = bench["mae"] if bench else None
-                row[f"{part}_mse"] = bench["mean_signed_error"] if bench else None
-                row[f"n_{part}"] = bench["n"] if bench else 0
-            forgetting = outputs.query_one(
-                {"output.@class": "ForgettingDoc", "output.model_id": row["model_id"]},
-                sort={"completed_at": -1},
+    for row in rows:
+        for part in ("val", "test"):
+            bench = benchmarks.query_one(
+                {"model_id": row["model_id"], "set_name": set_name, "mode": mode, "split": part}
             )
-            sets = forgetting["output"]["sets"] if forgetting else []
-            row["forgetting"] = {s["name"]: s["relative_change"] for s in sets}
-            row["bulk_mae"] = {s["name"]: s["mae_per_atom"] for s in sets}
+            row[f"{part}_mae"] = bench["mae"] if bench else None
+            row[f"{part}_signed"] = bench["mean_signed_error"] if bench else None
+            row[f"n_{part}"] = bench["n"] if bench else 0
+        forgetting = outputs.query_one(
+            {"output.@class": "ForgettingDoc", "output.model_id": row["model_id"]},
+            sort={"completed_at": -1},
+        )
+        sets = forgetting["output"]["sets"] if forgetting else []
+        row["forgetting"] = {s["name"]: s["relative_change"] for s in sets}
+        row["bulk_mae"] = {s["name"]: s["mae_per_atom"] for s in sets}
     return rows
 
 
-def finetune_report_plots(out: str | Path, set_name: str | None = None) -> list[Path]:
+#: Fine-tune document fields the summaries read (not the checkpoint bytes).
+_SUMMARY_FIELDS = (
+    "model_id", "parent_model_id", "set_name", "sweep", "depth", "hyperparameters",
+    "best_epoch", "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "history",
+)  # fmt: skip
+
+
+def finetune_report_plots(
+    out: str | Path, outputs: Store, benchmarks: Store, set_name: str | None = None
+) -> list[Path]:
     """PNGs of every set with fine-tuned models: gamma MAE versus X per mode, loss curves.
 
-    Reads the ``models`` and ``benchmarks`` stores (run the builders first); writes
-    ``finetune_depth_<set>_<mode>.png`` and ``finetune_curves_<set>.png`` into ``out``.
+    Reads the fine-tune outputs of the JobStore's docs store and the ``benchmarks`` store
+    (run the builders first); writes ``finetune_depth_<set>_<mode>.png`` and
+    ``finetune_curves_<set>.png`` into ``out``.
     """
     from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
 
-    criteria = {"metadata.depth": {"$exists": True}}
+    criteria: dict[str, Any] = {"output.@class": "FineTuneDoc"}
     if set_name:
-        criteria["metadata.set_name"] = set_name
-    with using_store(None, "models") as models:
-        docs = [d["metadata"] for d in models.query(criteria)]
-    with using_store(None, "benchmarks") as benchmarks:
-        modes = benchmarks.distinct("mode")
+        criteria["output.set_name"] = set_name
+    properties = [f"output.{k}" for k in _SUMMARY_FIELDS]
+    docs = [d["output"] for d in outputs.query(criteria, properties=properties)]
+    modes = benchmarks.distinct("mode")
     paths = []
     for name in sorted({d["set_name"] for d in docs}):
         for mode in sorted(modes):
-            rows = sweep_summary(name, mode=mode)
+            rows = sweep_summary(outputs, benchmarks, name, mode=mode)
             if any(r["test_mae"] is not None for r in rows if r["depth"] is not None):
                 title = f"fine-tuned CHGNet on {name}, {mode}"
                 paths.append(

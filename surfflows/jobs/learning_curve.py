@@ -1,10 +1,11 @@
 """Learning curves: fine-tune on DIRECT versus random selections of growing size.
 
-For every (method, budget, seed): select training slabs of the train split (stored in
-``selections``), fine-tune the parent on them (:class:`FineTuneMaker` with those slab keys
-and their bulks; validation split for epoch selection as always), and evaluate the
-checkpoint on the test split. The builders then give test MAE rows per checkpoint, and
-:class:`LearningCurvePointDoc` ties each checkpoint to its selection.
+For every (method, budget, seed): select training slabs of the train split (a job output;
+DIRECT on the parent's features of the pool, computed once), fine-tune the parent on them
+(:class:`FineTuneMaker` with those slab keys and their bulks; validation split for epoch
+selection as always), and evaluate the checkpoint on the test split. The builders then give
+test MAE rows per checkpoint, and :class:`LearningCurvePointDoc` ties each checkpoint to its
+selection.
 
 DIRECT is deterministic for a given feature model, so its seeds vary only the training
 (batch order); random picks vary the selection and the training with the seed.
@@ -12,23 +13,34 @@ DIRECT is deterministic for a given feature model, so its seeds vary only the tr
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Maker, job
+from jobflow import Flow, Job, Maker, OutputReference, job
 from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
+from pymatgen.core import Structure
 
-from surfflows.engine.models import ModelSpec
-from surfflows.engine.sampling import Method, SelectionDoc, select
-from surfflows.jobs.finetune import FineTuneMaker, evaluate_parts
+from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.sampling import (
+    Method,
+    SelectionDoc,
+    crystal_features,
+    direct_select,
+    select_from_pool,
+    training_pool,
+)
+from surfflows.io.inputs import reference_items
+from surfflows.io.registry import decode_checkpoint
+from surfflows.jobs.evaluate import EvaluateMaker
+from surfflows.jobs.finetune import FineTuneMaker
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
-from surfflows.stores import get_store
+from surfflows.schemas.provenance import OutputDoc
+from surfflows.schemas.references import ReferenceInputs
 
 
-class LearningCurvePointDoc(BaseModel):
+class LearningCurvePointDoc(OutputDoc):
     """One point of a learning curve: which selection trained which checkpoint."""
 
     set_name: str = Field(description="Reference set.")
@@ -42,15 +54,37 @@ class LearningCurvePointDoc(BaseModel):
     wall_seconds: float = Field(description="Fine-tune wall time, s.")
 
 
+@job
+def pool_features(
+    structures: list[Structure], model: ModelSpec, checkpoint: str | None = None
+) -> list[list[float]]:
+    """CHGNet crystal features of a training pool (the input of DIRECT), one row each."""
+    load_model(model, decode_checkpoint(checkpoint))
+    return crystal_features(structures, model).tolist()
+
+
 @job(output_schema=SelectionDoc)
 def select_training_slabs(
-    set_name: str, method: Method, budget: int, seed: int, feature_model: ModelSpec
+    pool_keys: list[str],
+    features: list[list[float]] | None,
+    method: Method,
+    budget: int,
+    seed: int,
+    set_name: str,
+    split_id: str,
+    feature_model_id: str | None,
 ) -> SelectionDoc:
-    """Select (or fetch the stored) training slabs of a set's train split."""
-    names = ("references", "splits", "features", "selections")
-    with contextlib.ExitStack() as stack:
-        stores = {n: stack.enter_context(get_store(n)) for n in names}
-        return select(set_name, method, budget, seed=seed, model=feature_model, **stores)
+    """Select training slabs of a pool (:func:`surfflows.engine.sampling.select_from_pool`)."""
+    return select_from_pool(
+        pool_keys,
+        None if features is None else np.asarray(features),
+        method,
+        budget,
+        seed=seed,
+        set_name=set_name,
+        split_id=split_id,
+        feature_model_id=feature_model_id,
+    )
 
 
 @job(output_schema=LearningCurvePointDoc)
@@ -79,10 +113,11 @@ class LearningCurveMaker(Maker):
     ----------
     name
         Flow name (also the sweep name recorded on every point).
-    parent
-        Model to fine-tune; its features drive DIRECT.
-    settings
-        Fine-tuning settings (X = ``settings.depth``); ``seed`` is replaced per point.
+    finetune_maker
+        Maker of each fine-tune (X = ``settings.depth``; ``seed`` is replaced per point,
+        ``sweep`` by ``name``). Its parent's features drive DIRECT.
+    evaluate_maker
+        Maker of the test-split evaluation of each checkpoint (``model`` replaced).
     budgets
         Training slabs per point (a budget above the pool takes the whole pool).
     methods
@@ -92,33 +127,63 @@ class LearningCurveMaker(Maker):
     """
 
     name: str = "learning curve"
-    parent: ModelSpec = field(default_factory=ModelSpec)
-    settings: FineTuneSettings = field(default_factory=FineTuneSettings)
+    finetune_maker: FineTuneMaker = field(default_factory=FineTuneMaker)
+    evaluate_maker: EvaluateMaker = field(
+        default_factory=lambda: EvaluateMaker(modes=("single_point",))
+    )
     budgets: tuple[int, ...] = (25, 50, 100, 200)
     methods: tuple[str, ...] = ("direct", "random")
     seeds: tuple[int, ...] = (0, 1, 2)
 
-    def make(self, set_name: str) -> Flow:
-        """Selection -> fine-tune -> test evaluation -> point, for every combination."""
-        jobs = []
+    def make(
+        self, references: ReferenceInputs, parent_checkpoint: str | OutputReference | None = None
+    ) -> Flow:
+        """Features -> selection -> fine-tune -> test evaluation -> point, per combination.
+
+        Returns
+        -------
+        Flow
+            Its output: ``points``, one :class:`LearningCurvePointDoc` per combination.
+        """
+        parent = self.finetune_maker.parent
+        pool = training_pool(references)
+        keys = [key for key, _ in pool]
+        jobs: list[Job | Flow] = []
+        features = None
+        if "direct" in self.methods:
+            features_job = pool_features([s for _, s in pool], parent, parent_checkpoint)
+            features_job.name = f"features of {len(pool)} train slabs"
+            jobs.append(features_job)
+            features = features_job.output
+        items = reference_items(references, ("test",))
+        points = []
         for method in self.methods:
             for budget in self.budgets:
                 for seed in self.seeds:
                     selection = select_training_slabs(
-                        set_name, method, budget, seed if method == "random" else 0, self.parent
+                        keys,
+                        features if method == "direct" else None,
+                        method,
+                        budget,
+                        seed if method == "random" else 0,
+                        references.set_name,
+                        references.split_id,
+                        parent.model_id if method == "direct" else None,
                     )
                     selection.name = f"select {method} {budget} seed={seed}"
-                    finetune = FineTuneMaker(
-                        parent=self.parent,
-                        settings=self.settings.model_copy(update={"seed": seed}),
+                    finetune = replace(
+                        self.finetune_maker,
+                        settings=self.finetune_maker.settings.model_copy(update={"seed": seed}),
                         sweep=self.name,
-                        slab_keys=selection.output.reference_keys,
-                    ).make(set_name)
+                    ).make(references, selection.output.reference_keys, parent_checkpoint)
                     finetune.name += f" {method} {budget}"
-                    evaluate = evaluate_parts(finetune.output.model, set_name, parts=("test",))
+                    evaluate = replace(self.evaluate_maker, model=finetune.output.model).make(
+                        references.set_name, items, finetune.output.checkpoint_b64
+                    )
                     point = learning_curve_point(selection.output, finetune.output, self.name)
                     jobs += [selection, finetune, evaluate, point]
-        return Flow(jobs, name=f"{self.name} {set_name}")
+                    points.append(point.output)
+        return Flow(jobs, output={"points": points}, name=f"{self.name} {references.set_name}")
 
 
 class LearningCurveConfig(BaseModel):
@@ -134,12 +199,11 @@ class LearningCurveConfig(BaseModel):
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1, description="Seeds per point.")
     hyperparameters: FineTuneSettings = Field(description="Fine-tuning settings (depth = X).")
 
-    def maker(self) -> LearningCurveMaker:
-        """The Maker of this campaign."""
+    def maker(self, parent: ModelSpec) -> LearningCurveMaker:
+        """The Maker of this campaign, ``parent`` being :attr:`parent` resolved."""
         return LearningCurveMaker(
             name=self.name,
-            parent=ModelSpec.parse(self.parent),
-            settings=self.hyperparameters,
+            finetune_maker=FineTuneMaker(parent=parent, settings=self.hyperparameters),
             budgets=tuple(self.budgets),
             methods=tuple(self.methods),
             seeds=tuple(self.seeds),
@@ -188,32 +252,23 @@ def summarize_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def coverage(
-    set_name: str, selection_ids: list[str], feature_model: ModelSpec, stores: dict[str, Store]
+    pool_keys: list[str], features: np.ndarray, selections: list[dict[str, Any]]
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """Weighted PC coordinates of a set's training pool and the pool rows of some selections.
+    """Weighted PC coordinates of a training pool and the pool rows of some selections.
 
     Parameters
     ----------
-    set_name
-        Reference set.
-    selection_ids
-        Stored selections to mark (labelled by their method and budget).
-    feature_model
-        Model whose stored features define the PCs (as DIRECT used them).
-    stores
-        Open ``references``, ``splits``, ``features`` and ``selections`` stores.
+    pool_keys
+        Reference keys of the pool, in the order of the rows of ``features``.
+    features
+        The pool's features, as DIRECT used them.
+    selections
+        Selection documents to mark (labelled by their method and budget).
     """
-    from surfflows.core.splits import get_or_create_split
-    from surfflows.engine.sampling import direct_select, stored_features, training_pool
-
-    split = get_or_create_split(set_name, store=stores["splits"], references=stores["references"])
-    pool = training_pool(set_name, stores["references"], split.assignments)
-    features = stored_features(pool, feature_model, stores["features"])
     _, info = direct_select(features, budget=1)
-    row = {key: i for i, (key, _) in enumerate(pool)}
-    marked = {}
-    for selection_id in selection_ids:
-        doc = stores["selections"].query_one({"selection_id": selection_id})
-        label = f"{doc['method']} ({len(doc['reference_keys'])})"
-        marked[label] = [row[key] for key in doc["reference_keys"]]
+    row = {key: i for i, key in enumerate(pool_keys)}
+    marked = {
+        f"{doc['method']} ({len(doc['reference_keys'])})": [row[k] for k in doc["reference_keys"]]
+        for doc in selections
+    }
     return info["pca_features"], marked

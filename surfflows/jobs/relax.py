@@ -13,8 +13,10 @@ from jobflow import Maker, job
 from pymatgen.core import Structure
 
 from surfflows.core.slabs import SlabCandidate
-from surfflows.engine.models import ModelSpec, check_elements
+from surfflows.core.validation import check_elements
+from surfflows.engine.models import ModelSpec, load_model
 from surfflows.engine.relax import relax_one, relax_structures
+from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
 
@@ -40,9 +42,15 @@ class BulkRelaxMaker(Maker):
     max_steps: int = 500
 
     @job(output_schema=BulkRelaxDoc, data=[Structure])
-    def make(self, structure: Structure, material_id: str) -> BulkRelaxDoc:
-        """Relax ``structure``; the document names ``material_id`` and the model."""
+    def make(
+        self, structure: Structure, material_id: str, checkpoint: str | None = None
+    ) -> BulkRelaxDoc:
+        """Relax ``structure``; the document names ``material_id`` and the model.
+
+        ``checkpoint``: the model's checkpoint (base64) if it is fine-tuned.
+        """
         check_elements(structure, f"bulk {material_id}")
+        load_model(self.model, decode_checkpoint(checkpoint))
         result = relax_one(
             structure, self.model, relax_cell=True, fmax=self.fmax, max_steps=self.max_steps
         )
@@ -71,8 +79,14 @@ class SlabRelaxMaker(Maker):
     max_steps: int = 500
 
     @job(data=[Structure])
-    def make(self, slabs: list[SlabCandidate], material_id: str) -> list[SlabRelaxDoc]:
-        """Relax every slab; one :class:`SlabRelaxDoc` per input, failures included."""
+    def make(
+        self, slabs: list[SlabCandidate], material_id: str, checkpoint: str | None = None
+    ) -> list[SlabRelaxDoc]:
+        """Relax every slab; one :class:`SlabRelaxDoc` per input, failures included.
+
+        ``checkpoint``: the model's checkpoint (base64) if it is fine-tuned.
+        """
+        load_model(self.model, decode_checkpoint(checkpoint))
         results = relax_structures(
             [s.structure for s in slabs], self.model, fmax=self.fmax, max_steps=self.max_steps
         )

@@ -6,13 +6,15 @@ bulk share the model's lattice and both energies come from one model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from jobflow import Flow, Maker, Response, job
+from jobflow import Flow, Maker, OutputReference, Response, job
 from pymatgen.core import Structure
 
 from surfflows.core.slabs import SlabSettings, generate_slabs
-from surfflows.engine.models import ModelSpec, check_elements
+from surfflows.core.text import miller_text
+from surfflows.core.validation import check_bulk
+from surfflows.engine.models import ModelSpec
 from surfflows.jobs.relax import BulkRelaxMaker, SlabRelaxMaker
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
@@ -30,6 +32,7 @@ def slab_relaxations(
     slab_settings: SlabSettings,
     slab_relax_maker: SlabRelaxMaker,
     chunk_size: int,
+    checkpoint: str | None = None,
 ) -> Response:
     """Cut slabs from the relaxed bulk and replace this job by their relaxations.
 
@@ -45,13 +48,13 @@ def slab_relaxations(
     jobs, outputs = [], []
     for start in range(0, len(candidates), chunk_size):
         chunk = candidates[start : start + chunk_size]
-        relax = slab_relax_maker.make(chunk, bulk.material_id)
+        relax = slab_relax_maker.make(chunk, bulk.material_id, checkpoint)
         relax.name = f"{slab_relax_maker.name} {bulk.material_id} {start // chunk_size}"
         jobs.append(relax)
         for i, candidate in enumerate(chunk):
             energy = surface_energy(relax.output[i], bulk)
-            hkl = "".join(str(h) for h in candidate.miller_index)
-            energy.name = f"surface energy {bulk.material_id} ({hkl}) {candidate.termination}"
+            hkl = miller_text(candidate.miller_index, compact=True)
+            energy.name = f"surface energy {bulk.material_id} {hkl} {candidate.termination}"
             jobs.append(energy)
             outputs.append(energy.output)
     return Response(replace=Flow(jobs, output=outputs, name=f"slabs {bulk.material_id}"))
@@ -65,14 +68,12 @@ class SurfaceEnergyMaker(Maker):
     ----------
     name
         Flow name.
-    model
-        The CHGNet model for bulk and slabs.
+    bulk_relax_maker
+        Relaxes the bulk (free cell); its model relaxes the slabs too.
+    slab_relax_maker
+        Relaxes the slabs cut from the relaxed bulk (fixed cell), ``chunk_size`` per job.
     slab_settings
         How slabs are cut.
-    fmax
-        Force criterion for bulk and slabs, eV/Å.
-    max_steps
-        Step limit per relaxation.
     chunk_size
         Slabs per relaxation job.
 
@@ -84,28 +85,58 @@ class SurfaceEnergyMaker(Maker):
     """
 
     name: str = "surface energies"
-    model: ModelSpec = field(default_factory=ModelSpec)
+    bulk_relax_maker: BulkRelaxMaker = field(default_factory=BulkRelaxMaker)
+    slab_relax_maker: SlabRelaxMaker = field(default_factory=SlabRelaxMaker)
     slab_settings: SlabSettings = field(default_factory=SlabSettings)
-    fmax: float = 0.05
-    max_steps: int = 500
     chunk_size: int = 64
 
-    def make(self, structure: Structure, material_id: str) -> Flow:
-        """Flow for one bulk: relax it, cut and relax slabs, one gamma document per slab."""
-        if not structure.is_3d_periodic or len(structure) == 0:
-            raise ValueError(f"bulk {material_id}: structure must be non-empty and 3D-periodic")
-        check_elements(structure, f"bulk {material_id}")
-        bulk = BulkRelaxMaker(
-            name=f"bulk relax {material_id}",
-            model=self.model,
-            fmax=self.fmax,
-            max_steps=self.max_steps,
-        ).make(structure, material_id)
+    @classmethod
+    def for_model(
+        cls, model: ModelSpec, fmax: float = 0.05, max_steps: int = 500, **kwargs
+    ) -> SurfaceEnergyMaker:
+        """Bulk and slab relax makers with one model, force criterion and step limit."""
+        relax = {"model": model, "fmax": fmax, "max_steps": max_steps}
+        return cls(
+            bulk_relax_maker=BulkRelaxMaker(**relax),
+            slab_relax_maker=SlabRelaxMaker(**relax),
+            **kwargs,
+        )
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model of the bulk (and the slabs)."""
+        return self.bulk_relax_maker.model
+
+    def make(
+        self,
+        structure: Structure,
+        material_id: str,
+        checkpoint: str | OutputReference | None = None,
+    ) -> Flow:
+        """Flow for one bulk: relax it, cut and relax slabs, one gamma document per slab.
+
+        ``checkpoint``: the model's checkpoint bytes (base64, or a reference to them:
+        :func:`surfflows.io.registry.checkpoint_reference`) if it is fine-tuned.
+
+        Returns
+        -------
+        Flow
+            Its output: ``bulk`` (the :class:`BulkRelaxDoc`) and ``surfaces`` (one
+            :class:`SurfaceEnergyDoc` per slab).
+        """
+        check_bulk(structure, f"bulk {material_id}")
+        if self.slab_relax_maker.model != self.model:
+            raise ValueError(
+                f"slabs ({self.slab_relax_maker.model.model_id}) and bulk "
+                f"({self.model.model_id}) need the same model"
+            )
+        bulk_maker = replace(
+            self.bulk_relax_maker, name=f"{self.bulk_relax_maker.name} {material_id}"
+        )
+        bulk = bulk_maker.make(structure, material_id, checkpoint)
         slabs = slab_relaxations(
-            bulk.output,
-            self.slab_settings,
-            SlabRelaxMaker(model=self.model, fmax=self.fmax, max_steps=self.max_steps),
-            self.chunk_size,
+            bulk.output, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
         )
         slabs.name = f"slabs {material_id}"
-        return Flow([bulk, slabs], output=slabs.output, name=f"{self.name} {material_id}")
+        output = {"bulk": bulk.output, "surfaces": slabs.output}
+        return Flow([bulk, slabs], output=output, name=f"{self.name} {material_id}")

@@ -256,16 +256,16 @@ class ThermoMaker(Maker):
         """
         jobs = []
         if bulk is None or surfaces is None:
-            surface_flow = SurfaceEnergyMaker(
-                model=self.model,
+            surface_flow = SurfaceEnergyMaker.for_model(
+                self.model,
+                self.fmax,
+                self.max_steps,
                 slab_settings=self.slab_settings,
-                fmax=self.fmax,
-                max_steps=self.max_steps,
                 chunk_size=self.chunk_size,
             ).make(structure, material_id)
             jobs.append(surface_flow)
-            bulk = surface_flow.jobs[0].output  # SurfaceEnergyMaker's flow opens with the bulk
-            surfaces = surface_flow.output
+            bulk = surface_flow.output["bulk"]
+            surfaces = surface_flow.output["surfaces"]
         reference_outputs: list[ElementReferenceDoc | OutputReference] = []
         for element in reference_elements(structure.composition):
             if references and element in references:
@@ -286,6 +286,7 @@ class ThermoMaker(Maker):
         )
         analysis.name = f"surface thermodynamics {material_id}"
         jobs.append(analysis)
+        output = {"thermo": analysis.output, "comparison": None}
         if self.reference_set:
             comparison = wulff_comparison(
                 analysis.output,
@@ -295,7 +296,8 @@ class ThermoMaker(Maker):
             )
             comparison.name = f"wulff comparison {material_id} {self.reference_set}"
             jobs.append(comparison)
-        return Flow(jobs, output=analysis.output, name=f"{self.name} {material_id}")
+            output["comparison"] = comparison.output
+        return Flow(jobs, output=output, name=f"{self.name} {material_id}")
 
 
 def _decoded(doc: dict | None):

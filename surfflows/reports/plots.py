@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from surfflows.core.benchmark import summarize
-from surfflows.reports.query import hkl_text
+from surfflows.core.text import miller_text
 
 if TYPE_CHECKING:
     from surfflows.schemas.thermo import SurfacePropertiesDoc, SurfaceThermoDoc
@@ -124,7 +124,7 @@ def surface_phase_diagram_plot(doc: SurfaceThermoDoc, path: str | Path) -> Path:
             lw=1.1,
             ls=style,
             alpha=0.8,
-            label=f"{hkl_text(hkl)} {line.termination} {line.slab_formula}",
+            label=f"{miller_text(hkl)} {line.termination} {line.slab_formula}",
         )
     for row in doc.stable:
         ax.plot(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from jobflow import JobStore
+
+from surfflows.core.text import miller_text
 
 SURFACE_ENERGY_COLUMNS = (
     "material_id",
@@ -83,17 +84,12 @@ def surface_energies(
     )
 
 
-def hkl_text(miller_index: Sequence[int]) -> str:
-    """Miller index as ``(h k l)`` text."""
-    return "(" + " ".join(str(i) for i in miller_index) + ")"
-
-
 def to_rows(docs: list[dict[str, Any]], columns=SURFACE_ENERGY_COLUMNS) -> list[dict[str, Any]]:
     """Flat rows (Miller index as ``(hkl)`` text) for tables and CSV."""
     rows = []
     for doc in docs:
         row = {c: doc.get(c) for c in columns}
-        row["miller_index"] = hkl_text(doc["miller_index"])
+        row["miller_index"] = miller_text(doc["miller_index"])
         rows.append(row)
     return rows
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from surfflows.core.slabs import (
     MillerIndex,
 )
 from surfflows.core.timestamps import now_iso
+from surfflows.schemas.provenance import OutputDoc
 
 
-class SurfaceErrorDoc(BaseModel):
+class SurfaceErrorDoc(OutputDoc):
     """Surface-energy error of one reference slab under one model and mode (builder output)."""
 
     error_id: str = Field(description="model_id|mode|reference_key (upsert key).")
@@ -37,7 +38,7 @@ class SurfaceErrorDoc(BaseModel):
     last_updated: str = Field(default_factory=now_iso, description="When the builder wrote it.")
 
 
-class BenchmarkDoc(BaseModel):
+class BenchmarkDoc(OutputDoc):
     """Error statistics of one model on one reference set, mode and split part."""
 
     benchmark_id: str = Field(description="model_id|set_name|mode|split (upsert key).")

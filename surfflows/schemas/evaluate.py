@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec
+from surfflows.schemas.provenance import OutputDoc
 
 
 class ModelEnergyDoc(BaseModel):
@@ -24,7 +25,7 @@ class ModelEnergyDoc(BaseModel):
     error: str | None = Field(default=None, description="Error summary if it failed.")
 
 
-class EvaluationDoc(BaseModel):
+class EvaluationDoc(OutputDoc):
     """Model energies of a chunk of one reference set, in one mode.
 
     Modes: ``single_point`` at the DFT geometry, or ``relaxed``: ions relaxed by the model

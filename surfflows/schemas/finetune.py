@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec
+from surfflows.schemas.provenance import OutputDoc
 
 
 class FineTuneSettings(BaseModel):
@@ -85,10 +86,28 @@ class EpochRecord(BaseModel):
     seconds: float = Field(description="Wall time of the epoch (training and validation), s.")
 
 
-class FineTuneDoc(BaseModel):
+#: Field of a job output holding checkpoint bytes (base64); saved in the ``data`` store.
+CHECKPOINT_FIELD = "checkpoint_b64"
+
+
+class CheckpointDoc(OutputDoc):
+    """A checkpoint registered in the JobStore (a file trained outside a surfflows flow)."""
+
+    model_id: str = Field(description="chgnet-ft-<sha12>.")
+    model: ModelSpec = Field(description="Spec of the checkpoint (by sha256, no path).")
+    sha256: str = Field(description="sha256 of the checkpoint file (its identity).")
+    n_bytes: int = Field(description="Size of the file.")
+    checkpoint_b64: str = Field(description="The file, base64 (kept in the data store).")
+    metadata: dict = Field(default_factory=dict, description="Free-form description.")
+    created_at: str = Field(default_factory=now_iso, description="ISO time of registration.")
+
+
+class FineTuneDoc(OutputDoc):
     """A fine-tuned CHGNet checkpoint: how it was made and how it trained.
 
-    Output of the fine-tune job and the ``metadata`` of its entry in the ``models`` store.
+    Output of the fine-tune job. It carries the checkpoint's bytes (``checkpoint_b64``, in
+    the JobStore's ``data`` store), which registers the checkpoint (see
+    :mod:`surfflows.io.registry`).
     """
 
     model_id: str = Field(description="chgnet-ft-<sha12> of the best-epoch checkpoint.")
@@ -136,7 +155,7 @@ class FineTuneDoc(BaseModel):
     setup_seconds: float = Field(description="Graphs, batches and frozen-feature cache, s.")
     mean_epoch_seconds: float | None = Field(description="Mean wall time of an epoch, s.")
     wall_seconds: float = Field(description="Wall time of the whole fine-tune, s.")
-    checkpoint_path: str = Field(description="Checkpoint file on the machine that trained.")
+    checkpoint_b64: str = Field(description="The best checkpoint file, base64 (data store).")
     created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
 
@@ -160,7 +179,7 @@ class BulkSetErrors(BaseModel):
     parent_force_mae: float | None = Field(default=None, description="The parent's, eV/Å.")
 
 
-class ForgettingDoc(BaseModel):
+class ForgettingDoc(OutputDoc):
     """Bulk forgetting of a model: aligned bulk energy errors beside its parent's."""
 
     model_id: str = Field(description="Model checked.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pymatgen.core import Structure
 
 from surfflows.core.slabs import (
@@ -12,14 +12,16 @@ from surfflows.core.slabs import (
     SlabCandidate,
     fixed_mask,
 )
+from surfflows.core.text import finite_or_none
 from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec
+from surfflows.schemas.provenance import OutputDoc
 
 if TYPE_CHECKING:
     from surfflows.engine.relax import RelaxResult
 
 
-class RelaxFields(BaseModel):
+class RelaxFields(OutputDoc):
     """Outcome of one CHGNet relaxation (shared by bulk and slab documents)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -43,10 +45,7 @@ class RelaxFields(BaseModel):
     def relax_fields(result: RelaxResult, model: ModelSpec, fmax: float) -> dict:
         """Fields shared by all relaxation documents, from a :class:`RelaxResult`."""
 
-        def finite(x: float) -> float | None:
-            return float(x) if x == x and abs(x) != float("inf") else None
-
-        energy = finite(result.energy)
+        energy = finite_or_none(result.energy)
         return {
             "model_id": model.model_id,
             "model": model,
@@ -55,8 +54,8 @@ class RelaxFields(BaseModel):
             "structure": result.structure,
             "energy": energy,
             "energy_per_atom": None if energy is None else energy / len(result.structure),
-            "initial_energy": finite(result.initial_energy),
-            "max_force": finite(result.max_force),
+            "initial_energy": finite_or_none(result.initial_energy),
+            "max_force": finite_or_none(result.max_force),
             "n_steps": result.n_steps,
             "converged": result.ok,
             "fmax": fmax,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from surfflows.core.slabs import (
     MillerIndex,
@@ -15,10 +15,11 @@ from surfflows.core.thermo import (
     to_j_per_m2,
 )
 from surfflows.core.timestamps import now_iso
+from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
 
-class SurfaceEnergyDoc(BaseModel):
+class SurfaceEnergyDoc(OutputDoc):
     """Surface energy of one slab termination under one model.
 
     ``gamma = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` for a symmetric, stoichiometric

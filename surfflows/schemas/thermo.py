@@ -36,6 +36,7 @@ from surfflows.core.thermo import (
 )
 from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec
+from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.relax import BulkRelaxDoc, RelaxFields
 from surfflows.schemas.surface import SurfaceEnergyDoc
 
@@ -152,7 +153,7 @@ class SurfaceEntryDoc(BaseModel):
     slab_formula: str | None = Field(default=None, description="Formula of its slab cell.")
 
 
-class SurfacePropertiesDoc(BaseModel):
+class SurfacePropertiesDoc(OutputDoc):
     """Wulff shape and surface energies of one material at one delta mu_O, emmet-style.
 
     Field names follow emmet's ``SurfacePropDoc``; surfflows adds the model, delta mu_O and
@@ -240,7 +241,7 @@ class SurfacePropertiesDoc(BaseModel):
 _GIVEN_FIELDS = {"material_id", "pretty_formula", "model_id", "delta_mu_O", "mu_O", "o2_energy"}
 
 
-class SurfaceThermoDoc(BaseModel):
+class SurfaceThermoDoc(OutputDoc):
     """Surface thermodynamics of one material under one model.
 
     Conventions: ``mu_O = E(O2) / 2 + delta mu_O`` with E(O2) from the same model as slabs and
@@ -533,7 +534,7 @@ class FacetComparison(BaseModel):
     area_fraction_difference: float | None = Field(description="Model minus reference.")
 
 
-class WulffComparisonDoc(BaseModel):
+class WulffComparisonDoc(OutputDoc):
     """A model's facet ranking and Wulff shape against a DFT reference, on their common facets.
 
     Both Wulff shapes are built on the facets the two share (so area fractions compare);
