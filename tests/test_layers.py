@@ -128,6 +128,26 @@ def test_imports_go_one_way():
     assert not fixed, f"fixed, strike from KNOWN_VIOLATIONS: {sorted(fixed)}"
 
 
+def test_jobs_never_reach_the_settings():
+    """No job, flow, engine, document or core module imports settings or stores, even
+    through the modules it imports: a jobflow-remote worker has no surfflows settings."""
+    imports = all_imports()
+
+    def reached(module: str, seen: set[str]) -> set[str]:
+        for target in imports.get(module, ()):
+            if target not in seen:
+                seen.add(target)
+                reached(target, seen)
+        return seen
+
+    wrong = {
+        module: sorted(reached(module, set()) & {"surfflows.settings", "surfflows.stores"})
+        for module in imports
+        if layer(module) in ("core", "schemas", "engine", "jobs", "flows")
+    }
+    assert not {m: r for m, r in wrong.items() if r}
+
+
 def test_documents_builders_and_core_load_no_torch():
     code = (
         "import sys, pkgutil, importlib, surfflows.core, surfflows.schemas\n"
