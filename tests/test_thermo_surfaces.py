@@ -29,6 +29,8 @@ from surfflows.core.thermo import (
     surface_energy_line,
     surface_energy_plotter,
 )
+from surfflows.engine.models import ModelSpec
+from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
 from surfflows.schemas.thermo import SurfaceThermoDoc, WulffComparisonDoc
 
@@ -61,7 +63,8 @@ def rutile_run(tmp_path_factory):
         additional_stores={"data": MontyStore("outputs_data", database_path=str(folder))},
     )
     plots = folder / "plots"
-    maker = ThermoMaker(slab_settings=TINY, fmax=0.2, max_steps=30, plot_dir=str(plots))
+    surface_maker = SurfaceEnergyMaker.for_model(ModelSpec(), 0.2, 30, slab_settings=TINY)
+    maker = ThermoMaker(surface_maker=surface_maker, plot_dir=str(plots))
     flow = maker.make(_rutile(), MATERIAL)
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     store.connect()
@@ -234,7 +237,11 @@ def test_cu_dft_wulff_ranks_111_lowest():
 
 
 def test_thermo_flow_json_round_trip():
-    maker = ThermoMaker(slab_settings=TINY, delta_mu_o=[-2.0, 0.0], reference_set="x")
+    maker = ThermoMaker(
+        surface_maker=SurfaceEnergyMaker(slab_settings=TINY),
+        delta_mu_o=[-2.0, 0.0],
+        reference_set="x",
+    )
     flow = maker.make(_rutile(), MATERIAL)
     names = [job.name for job in flow.jobs]
     assert names[1:] == [

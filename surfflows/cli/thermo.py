@@ -45,6 +45,7 @@ def _thermo_runs(
     from surfflows.engine.models import load_model
     from surfflows.flows.campaign import RelaxSettings
     from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
+    from surfflows.jobs.surface import SurfaceEnergyMaker
     from surfflows.jobs.thermo import ThermoMaker, thermo_flow
     from surfflows.stores import get_job_store
 
@@ -75,11 +76,13 @@ def _thermo_runs(
     runs = []
     for spec in specs:
         maker = ThermoMaker(
-            model=spec,
-            slab_settings=slabs,
-            fmax=relax.fmax,
-            max_steps=relax.max_steps,
-            chunk_size=relax.chunk_size,
+            surface_maker=SurfaceEnergyMaker.for_model(
+                spec,
+                relax.fmax,
+                relax.max_steps,
+                slab_settings=slabs,
+                chunk_size=relax.chunk_size,
+            ),
             delta_mu_o=delta_mu_o or None,
             plot_dir=str(out.resolve()),
             reference_set=reference_set,

@@ -193,14 +193,10 @@ class ThermoMaker(Maker):
         Flow name.
     model
         The model of bulk, slabs and elemental references (pretrained or fine-tuned).
-    slab_settings
-        How slabs are cut (every termination of every facet is kept).
-    fmax
-        Force criterion of every relaxation, eV/Å.
-    max_steps
-        Step limit per relaxation.
-    chunk_size
-        Slabs per relaxation job.
+    surface_maker
+        The surface-energy flow of the bulk (its model, slab settings, and relaxation
+        settings; every termination of every facet is kept). The elemental references
+        relax with its bulk relax maker's model, force criterion and step limit.
     delta_mu_o_range
         delta mu_O range (eV) of the stability table and diagram; default: the model's
         bounds (binary oxides), else :data:`surfflows.schemas.DEFAULT_DELTA_MU_O_RANGE`.
@@ -215,22 +211,38 @@ class ThermoMaker(Maker):
 
     Examples
     --------
-    >>> maker = ThermoMaker(model=ModelSpec.parse("chgnet-0.3.0"))
+    >>> maker = ThermoMaker(surface_maker=SurfaceEnergyMaker.for_model(ModelSpec()))
     >>> flow = maker.make(rutile, material_id="TiO2-rutile")  # doctest: +SKIP
     >>> run_locally(flow, store=get_job_store())  # doctest: +SKIP
     """
 
     name: str = "surface thermodynamics"
-    model: ModelSpec = field(default_factory=ModelSpec)
-    slab_settings: SlabSettings = field(default_factory=SlabSettings)
-    fmax: float = 0.05
-    max_steps: int = 500
-    chunk_size: int = 64
+    surface_maker: SurfaceEnergyMaker = field(default_factory=SurfaceEnergyMaker)
     delta_mu_o_range: tuple[float, float] | None = None
     delta_mu_o: list[float] | None = None
     plot_dir: str | None = None
     reference_set: str | None = None
     reference_material: str | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model of every relaxation."""
+        return self.surface_maker.model
+
+    @property
+    def slab_settings(self) -> SlabSettings:
+        """How slabs are cut."""
+        return self.surface_maker.slab_settings
+
+    @property
+    def fmax(self) -> float:
+        """Force criterion of the bulk and elemental relaxations, eV/Å."""
+        return self.surface_maker.bulk_relax_maker.fmax
+
+    @property
+    def max_steps(self) -> int:
+        """Step limit of the bulk and elemental relaxations."""
+        return self.surface_maker.bulk_relax_maker.max_steps
 
     def make(
         self,
@@ -256,13 +268,7 @@ class ThermoMaker(Maker):
         """
         jobs = []
         if bulk is None or surfaces is None:
-            surface_flow = SurfaceEnergyMaker.for_model(
-                self.model,
-                self.fmax,
-                self.max_steps,
-                slab_settings=self.slab_settings,
-                chunk_size=self.chunk_size,
-            ).make(structure, material_id)
+            surface_flow = self.surface_maker.make(structure, material_id)
             jobs.append(surface_flow)
             bulk = surface_flow.output["bulk"]
             surfaces = surface_flow.output["surfaces"]
