@@ -15,6 +15,7 @@ PosixPath('/tmp/my_campaign_db')
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -83,3 +84,17 @@ def get_settings() -> SurfflowsSettings:
         return SurfflowsSettings(**{k: v for k, v in from_file.items() if k not in env_names})
     except ValidationError as exc:
         raise ValueError(f"invalid surfflows settings (file {path}): {exc}") from exc
+
+
+_URI_PASSWORD = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)(\S+)(@)")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the password of every MongoDB URI in it replaced by ``***``.
+
+    Examples
+    --------
+    >>> redact_uri("mongodb://ann:s3cret@db.example.org:27017/x")
+    'mongodb://ann:***@db.example.org:27017/x'
+    """
+    return _URI_PASSWORD.sub(r"\1***\3", text)

@@ -25,20 +25,25 @@ Only the CLI, builders, io and reports open these stores; jobs get their data as
 
 Notes
 -----
-MontyDB is not safe for several processes writing at once: run one campaign process
-per embedded database, or use MongoDB.
+MontyDB is not safe for several processes writing at once, so commands that write to
+the embedded database hold :func:`writer_lock` (one writer at a time; a second one is
+refused with a message naming the first). MongoDB takes several writers.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from filelock import FileLock, Timeout
 from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
 
-from surfflows.settings import SurfflowsSettings, get_settings
+from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
 
 STORE_NAMES = (
     "outputs",
@@ -93,11 +98,15 @@ def get_job_store(settings: SurfflowsSettings | None = None) -> JobStore:
     )
 
 
-def ensure_indexes(store: Store, keys: tuple[str, ...]) -> None:
-    """Create indexes where the backend supports them (MontyDB does not; it is skipped)."""
+def ensure_indexes(store: Store, keys: tuple[str, ...], unique: bool = False) -> None:
+    """Create indexes where the backend supports them (MontyDB does not; it is skipped).
+
+    With ``unique`` the server refuses a second document with the same value (MongoDB);
+    on MontyDB the writer lock keeps writers from racing instead.
+    """
     for key in keys:
         try:
-            store.ensure_index(key)
+            store.ensure_index(key, unique=unique)
         except NotImplementedError:
             return
 
@@ -119,3 +128,86 @@ def using_store(store: Store | None, name: str) -> Iterator[Store]:
         return
     with get_store(name) as own:
         yield own
+
+
+#: Seconds a MongoDB server may take to answer the ping made before any work.
+PING_TIMEOUT_S = 5.0
+
+
+class DatabaseBusyError(RuntimeError):
+    """Another process holds the embedded database's writer lock."""
+
+
+class DatabaseUnreachableError(ConnectionError):
+    """The configured MongoDB server did not answer in time."""
+
+
+def ping_database(settings: SurfflowsSettings | None = None, timeout_s: float = PING_TIMEOUT_S):
+    """Fail fast, naming the host, if the configured MongoDB server does not answer.
+
+    Parameters
+    ----------
+    settings
+        Settings to use; default: :func:`~surfflows.settings.get_settings`.
+    timeout_s
+        Server selection timeout of the ping, seconds.
+
+    Raises
+    ------
+    DatabaseUnreachableError
+        No answer within ``timeout_s``; the message names the host (password redacted).
+    """
+    settings = settings or get_settings()
+    if not settings.mongodb_uri:
+        return
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    where = redact_uri(settings.mongodb_uri)
+    try:
+        with MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=int(timeout_s * 1000)) as c:
+            c.admin.command("ping")
+    except PyMongoError as exc:
+        reason = str(exc).split(",")[0].split(" (configured timeouts")[0]
+        raise DatabaseUnreachableError(
+            f"MongoDB at {where} did not answer within {timeout_s:g} s ({reason}); "
+            "check the host and that the server runs, or unset SURFFLOWS_MONGODB_URI to use "
+            "the embedded database"
+        ) from None
+
+
+@contextmanager
+def writer_lock(settings: SurfflowsSettings | None = None) -> Iterator[None]:
+    """Hold the embedded database's writer lock (a no-op on MongoDB).
+
+    MontyDB (sqlite files) loses or duplicates documents when two processes write at
+    once, so one process writes at a time: a second one is refused at once with a
+    message naming the holder, and nothing is written.
+
+    Raises
+    ------
+    DatabaseBusyError
+        Another process holds the lock.
+    """
+    settings = settings or get_settings()
+    if settings.mongodb_uri:
+        yield
+        return
+    settings.db_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(settings.db_dir / "writer.lock")
+    holder = settings.db_dir / "writer.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.is_file() else "another process"
+        raise DatabaseBusyError(
+            f"the embedded database {settings.db_dir} is in use by {who}: it takes one "
+            "writer at a time; wait for that one to finish, or use MongoDB "
+            "(SURFFLOWS_MONGODB_URI) for several writers"
+        ) from None
+    try:
+        holder.write_text(f"pid {os.getpid()} ({Path(sys.argv[0]).name} {' '.join(sys.argv[1:])})")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()

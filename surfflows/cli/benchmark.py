@@ -38,6 +38,8 @@ def evaluate(
     from surfflows.jobs.evaluate import EvaluateMaker
     from surfflows.stores import get_job_store, get_store
 
+    if mode not in ("single_point", "relaxed", "both"):
+        fail(f"unknown mode {mode!r}; use single_point, relaxed or both")
     modes = ("single_point", "relaxed") if mode == "both" else (mode,)
     if split not in ("all", "train", "val", "test"):
         fail(f"unknown split part {split!r}")

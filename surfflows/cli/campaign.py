@@ -16,26 +16,34 @@ from surfflows.cli.common import app, console, fail, load_campaign, parse_miller
 def run(
     config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/demo.yaml).")],
 ) -> None:
-    """Run a surface-energy campaign locally into the configured store."""
-    from surfflows.flows.campaign import run_campaign
-    from surfflows.reports.query import surface_energies
+    """Run a surface-energy campaign locally into the configured store.
+
+    Materials already computed with the same structure, settings and model are skipped
+    (rerun an interrupted campaign to resume it). Exits 1 if anything failed.
+    """
+    from surfflows.flows.campaign import campaign_results, run_campaign
     from surfflows.stores import get_job_store
 
     campaign = load_campaign(config)
     store = get_job_store()
     start = time.perf_counter()
-    run_campaign(campaign, store)
+    run = run_campaign(campaign, store)
     elapsed = time.perf_counter() - start
+    docs, failures = campaign_results(store, run)
     model_id = campaign.model_spec(store)[0].model_id
-    docs = [
-        d
-        for m in campaign.materials
-        for d in surface_energies(store, material_id=m.id, model_id=model_id)
-    ]
     _print_surface_table(docs, title=f"campaign {campaign.name} ({model_id})")
     statuses = [d["status"] for d in docs]
     counts = {s: statuses.count(s) for s in ("ok", "non_stoichiometric", "failed")}
-    console.print(f"{len(docs)} slabs in {elapsed:.0f} s: {counts}")
+    console.print(
+        f"{len(docs)} slabs in {elapsed:.0f} s: {counts}; {len(run.ran)} materials computed, "
+        f"{len(run.skipped)} skipped (already stored with the same structure, settings and "
+        "model)"
+    )
+    if failures:
+        console.print(f"[bold red]{len(failures)} failures:[/]", highlight=False)
+        for where, reason in failures.items():
+            console.print(f"  {where}: {reason}", highlight=False)
+        raise typer.Exit(code=1)
 
 
 def _print_surface_table(docs: list[dict], title: str) -> None:

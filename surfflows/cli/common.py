@@ -1,19 +1,109 @@
-"""The typer app, its console and the helpers every command group shares."""
+"""The typer app, its console and the helpers every command group shares.
+
+Every command runs through :class:`_Group`: an exception becomes one ``error:`` line
+(passwords of MongoDB URIs redacted) and exit status 2, unless ``--debug`` (or
+``SURFFLOWS_DEBUG=1``) asks for the traceback. Before a command that touches the
+database, a MongoDB server is pinged (fails in seconds) and, on the embedded database,
+the writer lock is taken for commands that write.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from surfflows.flows.campaign import CampaignConfig
 
+#: Commands that only read the database (no writer lock), and those that need none
+#: (``info`` shows the settings first and pings the server itself).
+READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit"})
+NO_DATABASE_COMMANDS = frozenset({"download", "info"})
+
+#: Library warnings that are not the user's business (module regex, category, message regex).
+QUIET_WARNINGS = (
+    ("jobflow", FutureWarning, ""),
+    ("monty", FutureWarning, ""),
+    ("chgnet", UserWarning, ""),
+    ("torch", UserWarning, ".*requires_grad"),
+    ("pymatgen.io.cif", UserWarning, ""),
+    ("pymatgen", DeprecationWarning, ""),
+    ("maggma", UserWarning, ""),
+    ("", DeprecationWarning, ".*contextlib.chdir"),
+    ("spglib", DeprecationWarning, ""),
+)
+
+
+def quiet_library_warnings() -> None:
+    """Filter the library warnings of :data:`QUIET_WARNINGS` (the CLI's, not the library's)."""
+    for module, category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+#: Seconds between progress lines when stderr is not a terminal (a log file, a pipe).
+LOG_PROGRESS_INTERVAL_S = 60
+
+
+def quiet_progress_off_terminal() -> None:
+    """Off a terminal, tqdm bars print a line a minute instead of one per update."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", str(LOG_PROGRESS_INTERVAL_S))
+
+
+#: Set by ``--debug`` (or ``SURFFLOWS_DEBUG``) for the command being run.
+_debug = False
+
+
+def debug_enabled() -> bool:
+    """``--debug`` was given or ``SURFFLOWS_DEBUG`` is set to something true."""
+    return _debug or os.environ.get("SURFFLOWS_DEBUG", "").lower() in ("1", "true", "yes", "on")
+
+
+def error_line(exc: BaseException) -> str:
+    """What the user sees of an exception: its message (its type when it is not an input
+    error), MongoDB passwords redacted."""
+    from surfflows.settings import redact_uri
+
+    message = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, ValueError | OSError | LookupError | RuntimeError):
+        message = f"{type(exc).__name__}: {message}"
+    return redact_uri(message)
+
+
+class _Group(TyperGroup):
+    """A command group that turns exceptions into one-line errors (``--debug``: traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]: what was stored stays; run again to resume")
+            raise typer.Exit(code=130) from None
+        except Exception as exc:
+            if debug_enabled():
+                from surfflows.settings import redact_uri
+
+                sys.stderr.write(redact_uri(traceback.format_exc()))
+            console.print(f"[bold red]error:[/] {error_line(exc)}", highlight=False, soft_wrap=True)
+            if not debug_enabled():
+                console.print("(run with --debug or SURFFLOWS_DEBUG=1 for the traceback)")
+            raise typer.Exit(code=2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Surface-energy campaigns with CHGNet, stored in MongoDB or an embedded MontyDB.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -36,8 +126,42 @@ def configure() -> None:
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
+def prepare_database(ctx: click.Context) -> None:
+    """Ping MongoDB and take the embedded writer lock as the invoked command needs."""
+    from surfflows.stores import ping_database, writer_lock
+
+    command = ctx.invoked_subcommand
+    if command is None or command in NO_DATABASE_COMMANDS:
+        return
+    ping_database()
+    if command not in READ_ONLY_COMMANDS:
+        ctx.with_resource(writer_lock())
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="SURFFLOWS_DEBUG", help="Show tracebacks of errors."),
+    ] = False,
+) -> None:
+    """Surface-energy campaigns with CHGNet, stored in MongoDB or an embedded MontyDB."""
+    global _debug
+    _debug = debug
+    quiet_library_warnings()
+    quiet_progress_off_terminal()
+    if ctx.invoked_subcommand != "oc22":  # the oc22 group prepares for its own commands
+        prepare_database(ctx)
+
+
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print one ``error:`` line (the traceback first if ``--debug`` and one is active), exit 2."""
+    from surfflows.settings import redact_uri
+
+    if debug_enabled() and sys.exc_info()[0] is not None:
+        sys.stderr.write(redact_uri(traceback.format_exc()))
+    console.print(f"[bold red]error:[/] {redact_uri(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -8,12 +8,17 @@ from surfflows.cli.common import app, console
 @app.command()
 def info() -> None:
     """Show the settings in force and how many documents each store holds."""
-    from surfflows.settings import get_settings
-    from surfflows.stores import STORE_NAMES, get_store
+    from surfflows.settings import get_settings, redact_uri
+    from surfflows.stores import STORE_NAMES, get_store, ping_database
 
     settings = get_settings()
-    where = settings.mongodb_uri or f"MontyDB at {settings.db_dir}"
+    where = (
+        redact_uri(settings.mongodb_uri)
+        if settings.mongodb_uri
+        else f"MontyDB at {settings.db_dir}"
+    )
     console.print(f"database: [bold]{settings.database}[/] on {where}")
+    ping_database(settings)
     for name in STORE_NAMES:
         store = get_store(name, settings)
         with store:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from surfflows.cli.common import app, console, fail
+from surfflows.cli.common import app, console, fail, prepare_database
 
 
 @app.command()
@@ -18,13 +18,19 @@ def ingest(
     level_of_theory: Annotated[
         str | None, typer.Option(help="Level of theory of a user folder (else its README).")
     ] = None,
+    set_name: Annotated[
+        str | None,
+        typer.Option(help="Name of a user folder's set in the store (default: folder name)."),
+    ] = None,
 ) -> None:
     """Ingest DFT reference sets (upsert by key: re-ingesting changes nothing)."""
     from surfflows.io.ingest import ingest_path
 
+    if set_name and len(sources) > 1:
+        fail("--set-name names one set: give one folder")
     for source in sources:
         try:
-            report = ingest_path(source, level_of_theory=level_of_theory)
+            report = ingest_path(source, level_of_theory=level_of_theory, set_name=set_name)
         except (ValueError, FileNotFoundError) as exc:
             fail(f"{source}: {exc}")
         console.print(report.summary())
@@ -34,6 +40,12 @@ oc22_app = typer.Typer(help="OC22: download the published files and ingest them.
 
 
 app.add_typer(oc22_app, name="oc22")
+
+
+@oc22_app.callback()
+def oc22_main(ctx: typer.Context) -> None:
+    """OC22: download the published files and ingest them."""
+    prepare_database(ctx)
 
 
 @oc22_app.command("download")
@@ -48,7 +60,14 @@ def oc22_download(
     from surfflows.io.oc22 import download
 
     names = files or ["is2res_total_train_val_test_lmdbs.tar.gz", "oc22_metadata.pkl"]
-    for path in download(names, dest, extract=extract):
+    try:
+        paths = download(names, dest, extract=extract)
+    except OSError as exc:  # URLError, timeouts, disk errors
+        fail(
+            f"OC22 download of {', '.join(names)} into {dest} failed ({exc}); is the machine "
+            "online? Partial files are kept and a rerun resumes them"
+        )
+    for path in paths:
         console.print(f"ok {path}")
 
 

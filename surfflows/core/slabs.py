@@ -27,6 +27,12 @@ from surfflows.core.thermo import bulk_units_and_excess, slab_area
 
 MillerIndex = tuple[int, int, int]
 
+#: Largest |component| of a Miller index (and largest max_index): beyond it pymatgen's
+#: slab search takes minutes and the slabs hold thousands of atoms.
+MAX_MILLER_INDEX = 4
+#: Largest slab or vacuum thickness, Å.
+MAX_THICKNESS = 100.0
+
 
 class SlabSettings(BaseModel):
     """How to cut slabs from a bulk."""
@@ -36,11 +42,20 @@ class SlabSettings(BaseModel):
     miller_indices: list[MillerIndex] | None = Field(
         default=None, description="Facets to cut (conventional cell); None: all up to max_index."
     )
-    max_index: int = Field(default=1, ge=1, le=4, description="Largest Miller index to enumerate.")
-    min_slab_size: float = Field(default=10.0, gt=0, description="Minimum slab thickness, Å.")
-    min_vacuum_size: float = Field(default=15.0, gt=0, description="Minimum vacuum thickness, Å.")
+    max_index: int = Field(
+        default=1, ge=1, le=MAX_MILLER_INDEX, description="Largest Miller index to enumerate."
+    )
+    min_slab_size: float = Field(
+        default=10.0, gt=0, le=MAX_THICKNESS, description="Minimum slab thickness, Å."
+    )
+    min_vacuum_size: float = Field(
+        default=15.0, gt=0, le=MAX_THICKNESS, description="Minimum vacuum thickness, Å."
+    )
     min_in_plane_size: float = Field(
-        default=0.0, ge=0, description="Minimum length of the in-plane vectors a and b, Å."
+        default=0.0,
+        ge=0,
+        le=MAX_THICKNESS,
+        description="Minimum length of the in-plane vectors a and b, Å.",
     )
     symmetric: bool = Field(default=True, description="Keep only slabs with two equivalent faces.")
     n_fixed_layers: int = Field(
@@ -49,7 +64,9 @@ class SlabSettings(BaseModel):
     layer_tolerance: float = Field(
         default=0.3, gt=0, description="Atoms within this height (Å) belong to one layer."
     )
-    max_atoms: int = Field(default=200, ge=1, description="Skip slabs with more atoms than this.")
+    max_atoms: int = Field(
+        default=200, ge=1, le=2000, description="Skip slabs with more atoms than this."
+    )
 
     @field_validator("miller_indices")
     @classmethod
@@ -57,6 +74,11 @@ class SlabSettings(BaseModel):
         for hkl in value or []:
             if not any(hkl):
                 raise ValueError("Miller index (0, 0, 0) does not define a plane")
+            if max(abs(i) for i in hkl) > MAX_MILLER_INDEX:
+                raise ValueError(
+                    f"Miller index {tuple(hkl)}: components beyond +-{MAX_MILLER_INDEX} make "
+                    "slabs of thousands of atoms (and pymatgen searches for minutes)"
+                )
         return value
 
 
@@ -79,6 +101,45 @@ class SlabCandidate(BaseModel):
     )
     area: float = Field(description="|a x b| of the slab cell, Å².")
     n_fixed: int = Field(default=0, description="Number of fixed atoms.")
+
+
+def estimated_slab_atoms(bulk: Structure, hkl: MillerIndex, settings: SlabSettings) -> int:
+    """Fewest atoms a slab of ``bulk`` along ``hkl`` can have under ``settings``.
+
+    A slab is at least ``ceil(min_slab_size / d)`` primitive layers thick, ``d`` being the
+    spacing of the primitive lattice planes parallel to ``hkl`` (conventional-cell index),
+    and each layer holds one primitive cell (area ``V / d``). The in-plane repeat needs at
+    least ``0.866 L^2 / area`` surface cells (reduced 2D cells have 60-120 degree angles).
+
+    Parameters
+    ----------
+    bulk
+        The bulk structure.
+    hkl
+        Miller index in the conventional standard cell.
+    settings
+        Slab settings (thickness and in-plane size).
+
+    Returns
+    -------
+    int
+        A lower bound of the atoms of the generated slabs, cheap to compute.
+    """
+    from fractions import Fraction
+
+    conv = conventional_cell(bulk)
+    prim = SpacegroupAnalyzer(bulk).find_primitive() or bulk
+    normal = conv.lattice.reciprocal_lattice_crystallographic.get_cartesian_coords(hkl)
+    frac = prim.lattice.reciprocal_lattice_crystallographic.get_fractional_coords(normal)
+    ratios = [Fraction(float(x)).limit_denominator(48) for x in frac]
+    scale = math.lcm(*(r.denominator for r in ratios))
+    ints = [int(r * scale) for r in ratios]
+    divisor = math.gcd(*ints)
+    d = prim.lattice.d_hkl([i // divisor for i in ints])
+    layers = max(1, math.ceil(settings.min_slab_size / d))
+    area = prim.volume / d
+    in_plane = max(1, math.ceil(0.866 * settings.min_in_plane_size**2 / area))
+    return len(prim) * layers * in_plane
 
 
 def conventional_cell(bulk: Structure) -> Structure:

@@ -19,7 +19,13 @@ def check_elements(structure: Structure, where: str = "structure") -> None:
 
 
 def check_bulk(structure: Structure, where: str = "bulk") -> None:
-    """Raise ValueError unless ``structure`` is a non-empty, 3D-periodic bulk CHGNet can embed."""
+    """Raise ValueError unless ``structure`` is a non-empty, ordered, 3D-periodic bulk CHGNet
+    can embed."""
     if len(structure) == 0 or not structure.is_3d_periodic:
         raise ValueError(f"{where}: structure must be non-empty and 3D-periodic")
+    if not structure.is_ordered:
+        raise ValueError(
+            f"{where}: structure is disordered (partial occupancies); CHGNet needs one species "
+            "per site: order it first (e.g. pymatgen OrderDisorderedStructureTransformation)"
+        )
     check_elements(structure, where)

@@ -126,7 +126,8 @@ def _load_checkpoint(sha256: str, data: bytes) -> CHGNet:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ValueError(f"checkpoint bytes have sha256 {actual}, expected {sha256}")
-    state = torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=False)
+    # Weights only: bytes from a database must not run code (CHGNet checkpoints need no more).
+    state = torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=True)
     if len(_CHECKPOINTS) >= 4:
         _CHECKPOINTS.pop(next(iter(_CHECKPOINTS)))
     _CHECKPOINTS[sha256] = CHGNet.from_dict(state["model"])

@@ -11,25 +11,42 @@ A campaign file names a model, slab and relaxation settings, and the bulks::
       - {id: TiO2-rutile, structure: structures/TiO2_rutile.cif, slabs: {max_index: 1}}
 
 Paths are relative to the YAML file. Everything is validated (unknown keys, missing
-files, non-periodic or empty structures, elements CHGNet cannot handle, Miller index
-(0,0,0)) before any job runs, so a bad file costs nothing and stores nothing.
+files, non-periodic, empty, disordered or overlapping structures, elements CHGNet
+cannot handle, Miller indices, force and step bounds, slabs estimated over
+``max_atoms``, checkpoints that are not CHGNet's) before any job runs, so a bad file
+costs nothing and stores nothing.
+
+Every job of a material's flow carries the material's input hash (structure, slab and
+relaxation settings, model) in its metadata: a rerun skips materials whose flow
+completed with the same hash, and the run's summary reads only documents of this
+campaign's hashes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jobflow import Flow, JobStore, OutputReference, run_locally
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymatgen.core import Structure
+from pymatgen.core.surface import get_symmetrically_distinct_miller_indices
 from rich.progress import Progress
 
-from surfflows.core.slabs import SlabSettings
+from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab_atoms
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import ModelSpec
+from surfflows.engine.relax import check_geometry
+from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
+
+#: Job metadata key holding a material's input hash.
+INPUT_HASH_KEY = "surfflows_input_hash"
 
 
 class RelaxSettings(BaseModel):
@@ -37,8 +54,10 @@ class RelaxSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fmax: float = Field(default=0.05, gt=0, description="Force criterion, eV/Å.")
-    max_steps: int = Field(default=500, ge=1, description="Step limit per relaxation.")
+    fmax: float = Field(
+        default=0.05, gt=0, le=1.0, allow_inf_nan=False, description="Force criterion, eV/Å."
+    )
+    max_steps: int = Field(default=500, ge=1, le=100_000, description="Step limit per relaxation.")
     chunk_size: int = Field(default=64, ge=1, description="Slabs per relaxation job.")
 
 
@@ -87,13 +106,17 @@ class CampaignConfig(BaseModel):
         try:
             config = cls.model_validate(raw)
         except ValidationError as exc:
-            raise ValueError(f"{path}: invalid campaign:\n{exc}") from exc
+            raise ValueError(f"{path}: invalid campaign: {validation_summary(exc)}") from None
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
+        if (path.parent / config.model).is_file():  # a checkpoint next to the YAML file
+            config.model = str((path.parent / config.model).resolve())
         if not config.model.startswith(("chgnet-ft-", "sha256:")):
-            ModelSpec.parse(config.model)  # unknown model names fail here, before any work
-        config.load_structures()
+            spec = ModelSpec.parse(config.model)  # unknown model names fail here, before any work
+            if spec.checkpoint:  # refused before it is registered anywhere
+                check_checkpoint(spec.checkpoint)
+        config.check_slab_sizes(config.load_structures())
         return config
 
     def model_spec(self, store: JobStore) -> tuple[ModelSpec, OutputReference | None]:
@@ -104,6 +127,25 @@ class CampaignConfig(BaseModel):
         """
         spec = resolve_model(self.model, store)
         return spec, checkpoint_reference(spec, store)
+
+    def check_slab_sizes(self, structures: dict[str, Structure]) -> None:
+        """Raise ValueError naming each facet whose slabs are estimated over ``max_atoms``."""
+        too_big = []
+        for material in self.materials:
+            settings = material.slabs or self.slabs
+            bulk = structures[material.id]
+            millers = settings.miller_indices or get_symmetrically_distinct_miller_indices(
+                conventional_cell(bulk), settings.max_index
+            )
+            for hkl in millers:
+                n = estimated_slab_atoms(bulk, tuple(hkl), settings)
+                if n > settings.max_atoms:
+                    too_big.append(f"{material.id} {tuple(hkl)}: about {n}")
+        if too_big:
+            raise ValueError(
+                f"slabs over max_atoms ({'; '.join(too_big)} atoms): lower min_slab_size or "
+                "min_in_plane_size, drop those facets, or raise slabs.max_atoms"
+            )
 
     def load_structures(self) -> dict[str, Structure]:
         """Read every bulk; raise ValueError naming the material and file on a bad one."""
@@ -117,39 +159,177 @@ class CampaignConfig(BaseModel):
             except Exception as exc:
                 raise ValueError(f"{where}: cannot read structure: {exc}") from exc
             check_bulk(structure, where)
+            try:
+                check_geometry(structure)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
             structures[material.id] = structure
         return structures
 
-    def flows(self, store: JobStore) -> list[Flow]:
-        """One SurfaceEnergyMaker flow per material; ``store`` holds a fine-tuned checkpoint."""
+    def input_hashes(
+        self, model: ModelSpec, structures: dict[str, Structure] | None = None
+    ) -> dict[str, str]:
+        """Material id -> sha256 of what determines its results.
+
+        The structure (lattice, species, coordinates), the material id, its slab
+        settings, fmax and max_steps, and the model (version or checkpoint sha256);
+        ``chunk_size`` changes how jobs are cut, not results, and is left out.
+        """
+        structures = structures or self.load_structures()
+        identity = model.model_dump(include={"kind", "version", "sha256"})
+        hashes = {}
+        for material in self.materials:
+            structure = structures[material.id]
+            content = {
+                "material_id": material.id,
+                "lattice": structure.lattice.matrix.round(8).tolist(),
+                "species": [site.species_string for site in structure],
+                "frac_coords": structure.frac_coords.round(8).tolist(),
+                "slabs": (material.slabs or self.slabs).model_dump(mode="json"),
+                "fmax": self.relax.fmax,
+                "max_steps": self.relax.max_steps,
+                "model": identity,
+            }
+            text = json.dumps(content, sort_keys=True)
+            hashes[material.id] = hashlib.sha256(text.encode()).hexdigest()
+        return hashes
+
+    def flows(self, store: JobStore, structures: dict[str, Structure] | None = None) -> list[Flow]:
+        """One SurfaceEnergyMaker flow per material, its jobs tagged with the input hash;
+        ``store`` holds a fine-tuned checkpoint."""
         model, checkpoint = self.model_spec(store)
-        structures = self.load_structures()
-        return [
-            SurfaceEnergyMaker.for_model(
+        structures = structures or self.load_structures()
+        hashes = self.input_hashes(model, structures)
+        flows = []
+        for material in self.materials:
+            flow = SurfaceEnergyMaker.for_model(
                 model,
                 self.relax.fmax,
                 self.relax.max_steps,
                 slab_settings=material.slabs or self.slabs,
                 chunk_size=self.relax.chunk_size,
             ).make(structures[material.id], material.id, checkpoint)
-            for material in self.materials
-        ]
+            flow.update_metadata({INPUT_HASH_KEY: hashes[material.id]})
+            flows.append(flow)
+        return flows
 
 
-def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True) -> list[str]:
-    """Run every material's flow locally into ``store``; return the flow uuids.
+def validation_summary(exc: ValidationError) -> str:
+    """A pydantic error on one line: ``field.path: message (got value)`` per error."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(x) for x in error["loc"]) or "file"
+        message = error["msg"].removeprefix("Value error, ")
+        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r})"
+        parts.append(f"{where}: {message}{got}")
+    return "; ".join(parts)
 
-    A material whose flow has a failing job does not stop the others; its failure is
-    in the store (failed relaxations are documents, not exceptions).
+
+class CampaignRun(BaseModel):
+    """What one run of a campaign did: per material, run, reused or failed."""
+
+    input_hashes: dict[str, str] = Field(description="Material id -> input hash.")
+    ran: list[str] = Field(default_factory=list, description="Materials computed in this run.")
+    skipped: list[str] = Field(
+        default_factory=list, description="Materials already stored with the same input hash."
+    )
+    errors: dict[str, str] = Field(
+        default_factory=dict, description="Material id -> error of a job that raised."
+    )
+
+
+def completed_hashes(store: JobStore, hashes: list[str]) -> set[str]:
+    """Input hashes whose flow finished in ``store``.
+
+    A flow is finished when its slab job stored its final output: the replacing flow's
+    output list (``store_inputs``), or an empty list when the bulk relaxation failed.
     """
-    uuids = []
-    with Progress(disable=not progress) as bar:
+    with store:
+        docs = store.query(
+            {f"metadata.{INPUT_HASH_KEY}": {"$in": hashes}},
+            properties=["name", "output", f"metadata.{INPUT_HASH_KEY}"],
+        )
+        return {
+            d["metadata"][INPUT_HASH_KEY]
+            for d in docs
+            if isinstance(d.get("output"), list)
+            and (d["name"] == "store_inputs" or d["name"].startswith("slabs "))
+        }
+
+
+def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True) -> CampaignRun:
+    """Run every material's flow locally into ``store``, skipping finished ones.
+
+    A material whose flow completed before with the same input hash (see
+    :meth:`CampaignConfig.input_hashes`) is skipped; a job that raises stops only its
+    material, and its error is returned (failed relaxations are documents, not
+    exceptions).
+    """
+    structures = config.load_structures()
+    model, _ = config.model_spec(store)
+    hashes = config.input_hashes(model, structures)
+    done = completed_hashes(store, list(hashes.values()))
+    run = CampaignRun(input_hashes=hashes)
+    with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task(f"campaign {config.name}", total=len(config.materials))
-        for material, flow in zip(config.materials, config.flows(store), strict=True):
+        for material, flow in zip(config.materials, config.flows(store, structures), strict=True):
             bar.update(task, description=f"{config.name}: {material.id}")
-            run_locally(
-                flow, store=store, log=False, ensure_success=False, allow_external_references=True
-            )
-            uuids.append(flow.uuid)
+            start = time.perf_counter()
+            if hashes[material.id] in done:
+                run.skipped.append(material.id)
+                outcome = "skipped (already stored with the same inputs)"
+            else:
+                run.ran.append(material.id)
+                try:
+                    run_locally(
+                        flow,
+                        store=store,
+                        log=False,
+                        raise_immediately=True,
+                        allow_external_references=True,
+                    )
+                    outcome = f"computed in {time.perf_counter() - start:.0f} s"
+                except Exception as exc:  # one material's crash does not stop the others
+                    run.errors[material.id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    outcome = f"error: {run.errors[material.id]}"
+            if progress:  # one line per material, also in a log file
+                bar.console.print(f"{material.id}: {outcome}", highlight=False, soft_wrap=True)
             bar.advance(task)
-    return uuids
+    return run
+
+
+def campaign_results(store: JobStore, run: CampaignRun) -> tuple[list[dict], dict[str, Any]]:
+    """Surface-energy documents of this run's hashes, and each failure with its reason.
+
+    Returns
+    -------
+    tuple of (list of dict, dict)
+        The newest surface-energy document per slab among the campaign's input hashes
+        (produced by this run or reused), and ``"<material> [facet termination]" ->
+        reason`` for every bulk or slab that failed, job errors and materials that gave
+        no slab.
+    """
+    from surfflows.reports.query import hkl_text, surface_energies
+
+    hashes = list(run.input_hashes.values())
+    docs = surface_energies(store, criteria={f"metadata.{INPUT_HASH_KEY}": {"$in": hashes}})
+    failures: dict[str, Any] = dict(run.errors)
+    with store:
+        bulks = store.query(
+            {"output.@class": "BulkRelaxDoc", f"metadata.{INPUT_HASH_KEY}": {"$in": hashes}},
+            properties=["output.material_id", "output.converged", "output.error"],
+        )
+        for doc in bulks:
+            bulk = doc["output"]
+            if not bulk["converged"]:
+                reason = (bulk.get("error") or "not converged").splitlines()[0]
+                failures[bulk["material_id"]] = f"bulk relaxation: {reason}"
+    with_slabs = {d["material_id"] for d in docs}
+    for material_id in run.input_hashes:
+        if material_id not in with_slabs and material_id not in failures:
+            failures[material_id] = "no slab was cut (none symmetric, or all over slabs.max_atoms)"
+    for doc in docs:
+        if doc["status"] == "failed" and doc["material_id"] not in run.errors:
+            where = f"{doc['material_id']} {hkl_text(doc['miller_index'])} {doc['termination']}"
+            failures[where] = doc["reason"]
+    return docs, failures

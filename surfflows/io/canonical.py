@@ -636,8 +636,10 @@ def _readme_fields(path: Path) -> dict[str, str]:
     """``key: value`` lines (level_of_theory, source, licence, citation) of a README."""
     if not path.is_file():
         return {}
+    # The level of theory only as the machine key ``level_of_theory:``: a prose line
+    # such as "Level of theory: the slab energies are ..." is text, not a value.
     pattern = re.compile(
-        r"^[ \t]*(level[ _]of[ _]theory|source|licen[cs]e|citation)[ \t]*:[ \t]*(\S.*?)[ \t]*$",
+        r"^[ \t]*(level_of_theory|source|licen[cs]e|citation)[ \t]*:[ \t]*(\S.*?)[ \t]*$",
         re.IGNORECASE | re.MULTILINE,
     )
     fields = {}
@@ -647,11 +649,18 @@ def _readme_fields(path: Path) -> dict[str, str]:
     return fields
 
 
-def _set_info(folder: Path, root: Path, level_of_theory: str | None) -> ReferenceSetInfo:
+def _set_info(
+    folder: Path, root: Path, level_of_theory: str | None, set_name: str | None = None
+) -> ReferenceSetInfo:
     """Provenance of a set folder: the packaged table, else its README and the argument."""
-    name = folder.name
+    name = set_name or folder.name
     if name in PACKAGED_SETS and folder.resolve() == (root / name).resolve():
         info = PACKAGED_SETS[name]
+    elif name in PACKAGED_SETS:
+        raise ValueError(
+            f"folder {folder} has the name of the packaged reference set {name}; ingesting it "
+            "would overwrite that set's documents: give it another set name (--set-name)"
+        )
     else:
         fields = _readme_fields(folder / "README.md")
         stated = fields.get("level_of_theory") or level_of_theory
@@ -672,8 +681,20 @@ def _set_info(folder: Path, root: Path, level_of_theory: str | None) -> Referenc
     return info
 
 
+def read_frames(path: Path) -> list[Atoms]:
+    """Every frame of an extxyz file; ValueError naming the file for an unreadable one."""
+    try:
+        frames = ase.io.read(path, ":", format="extxyz")
+    except Exception as exc:  # ase raises many types on garbage or truncated files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable extxyz file ({reason})") from None
+    if not frames:
+        raise ValueError(f"{path}: holds no frames")
+    return frames
+
+
 def read_reference_set(
-    path_or_name: str | Path, *, level_of_theory: str | None = None
+    path_or_name: str | Path, *, level_of_theory: str | None = None, set_name: str | None = None
 ) -> ReferenceSet:
     """Read a reference-set folder in the canonical format into documents.
 
@@ -685,6 +706,9 @@ def read_reference_set(
     level_of_theory
         Level of theory of the set's energies. Required for a folder whose README.md has no
         ``level_of_theory:`` line; elsewhere it must agree with the stated one.
+    set_name
+        Name of the set in the store (default: the folder name). A folder named like a
+        packaged set needs another one.
 
     Returns
     -------
@@ -707,13 +731,11 @@ def read_reference_set(
                     f"({', '.join(PACKAGED_SETS)})"
                 )
             folder = root / str(path_or_name)
-        info = _set_info(folder, root, level_of_theory)
+        info = _set_info(folder, root, level_of_theory, set_name)
         paths = {kind: folder / name for kind, name in FRAME_FILES.items()}
         if not (paths["slabs"].is_file() or paths["bulks"].is_file()):
             raise ValueError(f"reference set {folder} has neither slabs.extxyz nor bulks.extxyz")
-        frames = {
-            kind: ase.io.read(path, ":") if path.is_file() else [] for kind, path in paths.items()
-        }
+        frames = {kind: read_frames(path) if path.is_file() else [] for kind, path in paths.items()}
     return documents_from_frames(
         info,
         frames["slabs"],

@@ -35,6 +35,11 @@ class IngestReport(BaseModel):
         description="Reason -> ids of records not ingested (or kept without their bulk / slab "
         "link: bulk_missing, slab_missing), from the reader."
     )
+    deduplicated: list[str] = Field(
+        default_factory=list,
+        description="Keys that were stored more than once and are now stored once (counted "
+        "as updated).",
+    )
     not_in_files: list[str] = Field(
         default_factory=list,
         description="Keys of stored documents of this set that the files no longer hold "
@@ -50,6 +55,8 @@ class IngestReport(BaseModel):
         if self.skipped:
             reasons = ", ".join(f"{reason} {len(ids)}" for reason, ids in self.skipped.items())
             text += f"; skipped or unlinked: {reasons}"
+        if self.deduplicated:
+            text += f"; {len(self.deduplicated)} keys stored twice now stored once"
         if self.not_in_files:
             text += f"; {len(self.not_in_files)} stored documents not in the files (kept)"
         return text
@@ -81,7 +88,13 @@ def ingest_reference_set(refset: ReferenceSet, store: Store | None = None) -> In
     new = {doc.key: doc.model_dump(mode="json") for doc in refset.documents}
     with using_store(store, "references") as store:
         ensure_indexes(store, INDEX_FIELDS)
-        stored = {doc["key"]: doc for doc in store.query({"set_name": info.name})}
+        ensure_indexes(store, ("key",), unique=True)
+        stored: dict[str, dict] = {}
+        duplicated: set[str] = set()  # keys stored more than once (older concurrent ingests)
+        for doc in store.query({"set_name": info.name}):
+            if doc["key"] in stored:
+                duplicated.add(doc["key"])
+            stored[doc["key"]] = doc
         theories = {doc["level_of_theory"] for doc in stored.values()} - {info.level_of_theory}
         if theories:
             raise ValueError(
@@ -90,7 +103,11 @@ def ingest_reference_set(refset: ReferenceSet, store: Store | None = None) -> In
                 "documents first"
             )
         content = {key: _content(doc) for key, doc in stored.items()}
-        to_write = [doc for key, doc in new.items() if content.get(key) != _content(doc)]
+        to_write = [
+            doc
+            for key, doc in new.items()
+            if key in duplicated or content.get(key) != _content(doc)
+        ]
         updated = [doc["key"] for doc in to_write if doc["key"] in stored]
         # Not store.update: MontyStore upserts one document per scan and sqlite commit
         # (~100 s for jarvis_surfaces); removing the changed ones and inserting in bulk
@@ -105,17 +122,20 @@ def ingest_reference_set(refset: ReferenceSet, store: Store | None = None) -> In
         inserted=len(to_write) - len(updated),
         updated=len(updated),
         unchanged=len(new) - len(to_write),
+        deduplicated=sorted(duplicated & new.keys()),
         skipped=refset.skipped,
         not_in_files=sorted(stored.keys() - new.keys()),
     )
 
 
-def ingest_path(path_or_name: str | Path, level_of_theory: str | None = None) -> IngestReport:
+def ingest_path(
+    path_or_name: str | Path, level_of_theory: str | None = None, set_name: str | None = None
+) -> IngestReport:
     """Read a reference-set folder (or packaged set name) and ingest it.
 
     Parameters
     ----------
-    path_or_name, level_of_theory
+    path_or_name, level_of_theory, set_name
         As :func:`~surfflows.io.canonical.read_reference_set`.
 
     Returns
@@ -123,7 +143,9 @@ def ingest_path(path_or_name: str | Path, level_of_theory: str | None = None) ->
     IngestReport
         See :func:`ingest_reference_set`.
     """
-    return ingest_reference_set(read_reference_set(path_or_name, level_of_theory=level_of_theory))
+    return ingest_reference_set(
+        read_reference_set(path_or_name, level_of_theory=level_of_theory, set_name=set_name)
+    )
 
 
 def _content(doc: dict) -> dict:

@@ -11,17 +11,16 @@ Records become the canonical frames of ``surfflows/data/references/FORMAT.md``: 
 ``sid``, ``traj_id`` and ``nads``, with per-atom arrays ``fixed`` (bool) and ``tags`` (int).
 A record that becomes no frame is counted under a reason in :class:`OC22Frames`.
 
-LMDB values and ``oc22_metadata.pkl`` are pickles, and unpickling runs code that the file
-names: read only files from a trusted source (:func:`download` checks the published md5).
+LMDB values and ``oc22_metadata.pkl`` are pickles: they are read with
+:class:`~surfflows.io.safe_pickle.RestrictedUnpickler`, which builds PyG data, numpy and
+torch tensors only and refuses anything else, naming the file and record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
-import pickle
 import shutil
 import tarfile
 import urllib.error
@@ -42,6 +41,8 @@ from ase.data import chemical_symbols
 from pymatgen.core import Composition
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
+
+from surfflows.io.safe_pickle import PygStub, restricted_load, restricted_loads
 
 logger = logging.getLogger(__name__)
 
@@ -227,26 +228,13 @@ def _fetch(url: str, part: Path, *, progress: bool) -> None:
 # --------------------------------------------------------------------------- LMDB
 
 
-class _PygStub:
-    """Stand-in for every ``torch_geometric`` class; unpickling fills its ``__dict__``."""
-
-
-class _PygFreeUnpickler(pickle.Unpickler):
-    """Unpickler that maps every ``torch_geometric.*`` class to :class:`_PygStub`."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch_geometric" or module.startswith("torch_geometric."):
-            return _PygStub
-        return super().find_class(module, name)
-
-
 def _record_fields(obj: object) -> dict[str, Any]:
     """Fields of an unpickled PyG ``Data`` object, tensors as numpy arrays."""
-    if not isinstance(obj, _PygStub):
+    if not isinstance(obj, PygStub):
         raise TypeError(f"expected a torch_geometric Data object, got {type(obj).__name__}")
     state = vars(obj)
     store = state.get("_store")
-    if isinstance(store, _PygStub):  # PyG >= 2: fields live in the storage's mapping
+    if isinstance(store, PygStub):  # PyG >= 2: fields live in the storage's mapping
         fields = vars(store)["_mapping"]
     else:  # PyG 1: fields sit in the object's __dict__
         fields = {key: value for key, value in state.items() if not key.startswith("_")}
@@ -295,7 +283,7 @@ def iter_lmdb(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise ValueError(f"{path}: corrupt LMDB shard ({exc})") from exc
         for key in keys:
             try:
-                record = _record_fields(_PygFreeUnpickler(io.BytesIO(txn.get(key))).load())
+                record = _record_fields(restricted_loads(txn.get(key)))
             # Unpickling a damaged value can fail with almost any exception type.
             except Exception as exc:
                 raise ValueError(
@@ -357,8 +345,16 @@ def read_metadata(path: str | Path) -> dict[int, dict[str, Any]]:
         The pickle is not a mapping, or two keys give the same sid.
     """
     path = Path(path)
-    with path.open("rb") as fh:
-        raw = pickle.load(fh)
+    if not path.is_file():
+        raise FileNotFoundError(f"no OC22 metadata file at {path}")
+    try:
+        with path.open("rb") as fh:
+            raw = restricted_load(fh)
+    # A damaged or foreign pickle can fail with almost any exception type.
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: cannot read OC22 metadata ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: expected a dict of sid -> entry, got {type(raw).__name__}")
     metadata: dict[int, dict[str, Any]] = {}

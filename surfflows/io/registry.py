@@ -25,6 +25,7 @@ from monty.json import jsanitize
 
 from surfflows.core.timestamps import now_iso
 from surfflows.engine.models import ModelSpec
+from surfflows.io.checkpoints import check_checkpoint
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
 
 
@@ -58,7 +59,13 @@ def register_checkpoint(
         The JobStore of the project (connected or not).
     metadata
         Free-form description kept on the :class:`CheckpointDoc`.
+
+    Raises
+    ------
+    ValueError
+        The file is not a CHGNet checkpoint (nothing is stored then).
     """
+    check_checkpoint(path)
     spec = ModelSpec.from_checkpoint(path)
     spec = ModelSpec(kind="checkpoint", sha256=spec.sha256)
     with store:

@@ -35,6 +35,7 @@ def surface_energies(
     miller_index: tuple[int, int, int] | None = None,
     model_id: str | None = None,
     latest_only: bool = True,
+    criteria: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Surface-energy documents matching the filters, sorted by material, facet, gamma.
 
@@ -47,8 +48,10 @@ def surface_energies(
     latest_only
         Keep only the newest document per (material, model, facet, shift, termination), so
         reruns of a campaign do not show twice.
+    criteria
+        Further query criteria on the stored job documents (e.g. job metadata).
     """
-    criteria: dict[str, Any] = {"output.@class": "SurfaceEnergyDoc"}
+    criteria = {"output.@class": "SurfaceEnergyDoc"} | (criteria or {})
     for field, value in (
         ("formula", formula),
         ("material_id", material_id),
