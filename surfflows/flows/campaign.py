@@ -38,6 +38,7 @@ from pymatgen.core.surface import get_symmetrically_distinct_miller_indices
 from rich.progress import Progress
 
 from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab_atoms
+from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import ModelSpec
 from surfflows.engine.relax import check_geometry
@@ -309,7 +310,7 @@ def campaign_results(store: JobStore, run: CampaignRun) -> tuple[list[dict], dic
         reason`` for every bulk or slab that failed, job errors and materials that gave
         no slab.
     """
-    from surfflows.reports.query import hkl_text, surface_energies
+    from surfflows.reports.query import surface_energies
 
     hashes = list(run.input_hashes.values())
     docs = surface_energies(store, criteria={f"metadata.{INPUT_HASH_KEY}": {"$in": hashes}})
@@ -330,6 +331,6 @@ def campaign_results(store: JobStore, run: CampaignRun) -> tuple[list[dict], dic
             failures[material_id] = "no slab was cut (none symmetric, or all over slabs.max_atoms)"
     for doc in docs:
         if doc["status"] == "failed" and doc["material_id"] not in run.errors:
-            where = f"{doc['material_id']} {hkl_text(doc['miller_index'])} {doc['termination']}"
+            where = f"{doc['material_id']} {miller_text(doc['miller_index'])} {doc['termination']}"
             failures[where] = doc["reason"]
     return docs, failures
