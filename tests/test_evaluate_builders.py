@@ -81,22 +81,26 @@ def test_evaluate_build_incrementally(tiny_set):
     errors = get_store("surface_errors")
     benchmarks = get_store("benchmarks")
     with errors, benchmarks:
-        docs = list(errors.query({"mode": "single_point"}))
+        docs = list(errors.query({"mode": "single_point", "kind": "slab"}))
         assert len(docs) == 5
         excluded = [d for d in docs if d["status"] == "excluded"]
         assert [d["reason"] for d in excluded] == ["flagged: gamma_outside_0-5"]
         for doc in docs:
             if doc["status"] == "ok":
                 assert doc["gamma_error"] == pytest.approx(doc["gamma_model"] - doc["gamma_ref"])
-        row = benchmarks.query_one({"mode": "single_point", "split": "all"})
+        row = benchmarks.query_one({"mode": "single_point", "split": "all", "quantity": "gamma"})
         assert row["n"] == 4 and row["n_excluded"] == {"flagged": 1}
         assert row["by_chemistry_class"]["metal"]["n"] == 4
+        # bulk rows: each element is in one material only, so no disjoint part can align it
+        bulks = list(errors.query({"mode": "single_point", "kind": "bulk"}))
+        assert len(bulks) == 3 and all(b["energy_error_per_atom"] is not None for b in bulks)
+        assert {b["reason"].split(":")[0] for b in bulks} == {"elements outside the alignment fit"}
 
     # a new model's results are processed alone
     evaluate(ModelSpec(version="0.2.0"))
     assert run_builders() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
     with benchmarks:
-        assert {r["model_id"] for r in benchmarks.query({"split": "all"})} == {
+        assert {r["model_id"] for r in benchmarks.query({"split": "all", "quantity": "gamma"})} == {
             "chgnet-0.3.0",
             "chgnet-0.2.0",
         }
@@ -116,5 +120,6 @@ def test_evaluate_build_incrementally(tiny_set):
     )
     assert out.returncode == 0, out.stderr
     with errors:
-        # 5 slabs x (0.3.0 single point, 0.3.0 relaxed, 0.2.0 single point), none rewritten
-        assert errors.count() == 15
+        # 5 slabs + 3 bulks x (0.3.0 single point, 0.3.0 relaxed, 0.2.0 single point), none
+        # rewritten
+        assert errors.count() == 24

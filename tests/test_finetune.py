@@ -19,9 +19,9 @@ from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
 from surfflows.cli import app
+from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.splits import SplitDoc, split_id
 from surfflows.engine.finetune import (
-    aligned_energy_mae,
     finetune,
     fit_atomref_shift,
     freeze_to_depth,

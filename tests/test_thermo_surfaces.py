@@ -6,6 +6,7 @@ CHGNet runs feeds most tests; it runs into its own embedded (MontyDB) JobStore.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -30,6 +31,8 @@ from surfflows.core.thermo import (
     surface_energy_plotter,
 )
 from surfflows.engine.models import ModelSpec
+from surfflows.io.elements import dft_elemental_references
+from surfflows.io.ingest import ingest_path
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
 from surfflows.schemas.thermo import SurfaceThermoDoc, WulffComparisonDoc
@@ -210,6 +213,35 @@ def test_reuse_runs_only_the_analysis(rutile_run):
     store.connect()
     again = MontyDecoder().process_decoded(store.get_output(flow.output["thermo"].uuid, load=True))
     assert [r.entry_id for r in again.stable] == [r.entry_id for r in rutile_run["doc"].stable]
+
+
+def test_dft_metal_references_from_mp_elemental_refs(rutile_run):
+    """The DFT side of the Ti chemical potential is recorded beside the model's, not mixed."""
+    assert ingest_path("mp_elemental_refs").inserted == 88
+    dft = dft_elemental_references()
+    assert dft["Cu"] == pytest.approx(-4.0992, abs=1e-4)  # README of mp_elemental_refs
+    maker = dataclasses.replace(
+        rutile_run["maker"], dft_elemental_references=dft, dft_elemental_set="mp_elemental_refs"
+    )
+    store = rutile_run["store"]
+    flow, reused = thermo_flow(maker, _rutile(), MATERIAL, store)
+    assert len(reused) == 3  # only the analysis runs again
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    store.connect()
+    doc = MontyDecoder().process_decoded(store.get_output(flow.output.uuid, load=True))
+    assert doc.dft_metal_references == {"Ti": pytest.approx(dft["Ti"])}
+    assert doc.dft_elemental_set == "mp_elemental_refs"
+    # CHGNet's Ti (MP2020-compatible training energies) sits near MP's raw PBE Ti
+    assert abs(doc.metal_references["Ti"] - dft["Ti"]) < 0.3
+    assert doc.delta_mu_O_min == pytest.approx(rutile_run["doc"].delta_mu_O_min)
+
+
+def test_gamma_only_wulff_of_one_polymorph():
+    dft, provenance = reference_wulff("mp_elemental_surfaces", "mp-30")  # Cu
+    lowest = min(dft.surfaces, key=lambda s: s.surface_energy)
+    assert tuple(lowest.miller_index) == (1, 1, 1)
+    assert lowest.surface_energy == pytest.approx(1.339, abs=1e-3)
+    assert provenance["level_of_theory"] == "VASP PBE"
 
 
 def test_cu_dft_wulff_ranks_111_lowest():

@@ -1,4 +1,9 @@
-"""BenchmarkBuilder: surface_errors -> benchmarks (statistics per model, set, mode, split)."""
+"""BenchmarkBuilder: surface_errors -> benchmarks (statistics per model, set, mode, split).
+
+Two quantities: ``gamma`` rows from slab errors and ``bulk_energy`` rows from bulk errors (the
+forgetting check). A fine-tuned model's rows carry its parent's MAE on the same rows (the
+parent is read from its FineTuneDoc in the JobStore outputs) and the relative change.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.core.benchmark import reason_category, summarize
+from surfflows.core.benchmark import bulk_summary, reason_category, summarize
 from surfflows.schemas.benchmark import BenchmarkDoc
 from surfflows.stores import get_store
 
@@ -16,24 +21,40 @@ SPLIT_PARTS = ("train", "val", "test", "all")
 
 
 class BenchmarkBuilder(Builder):
-    """N, MAE, RMSE, mean signed and max error per (model, set, mode, split part).
+    """N, MAE, RMSE, mean signed and max error per (model, set, mode, split part, quantity).
 
-    Broken down by facet family and chemistry class; excluded slabs are counted per
-    reason. A group is rebuilt only when one of its surface errors is newer than its
+    Gamma rows are broken down by facet family and chemistry class; excluded records are
+    counted per reason. A group is rebuilt only when one of its errors is newer than its
     benchmark.
 
     Parameters
     ----------
-    surface_errors, benchmarks
-        Stores; default: the configured database's stores of these names.
+    surface_errors, benchmarks, outputs
+        Stores; default: the configured database's stores of these names (``outputs``, the
+        JobStore's, holds the FineTuneDoc that names each fine-tuned model's parent).
     """
 
     def __init__(
-        self, surface_errors: Store | None = None, benchmarks: Store | None = None, **kwargs
+        self,
+        surface_errors: Store | None = None,
+        benchmarks: Store | None = None,
+        outputs: Store | None = None,
+        **kwargs,
     ):
         self.surface_errors = surface_errors or get_store("surface_errors")
         self.benchmarks = benchmarks or get_store("benchmarks")
-        super().__init__(sources=[self.surface_errors], targets=[self.benchmarks], **kwargs)
+        self.outputs = outputs or get_store("outputs")
+        super().__init__(
+            sources=[self.surface_errors, self.outputs], targets=[self.benchmarks], **kwargs
+        )
+
+    def _parent(self, model_id: str) -> str | None:
+        """The model ``model_id`` was fine-tuned from (its FineTuneDoc), None if none."""
+        doc = self.outputs.query_one(
+            {"output.@class": "FineTuneDoc", "output.model_id": model_id},
+            properties=["output.parent_model_id"],
+        )
+        return None if doc is None else doc["output"]["parent_model_id"]
 
     def get_items(self) -> Iterator[dict[str, Any]]:
         """Groups (model, set, mode) whose errors changed since their benchmark."""
@@ -51,43 +72,85 @@ class BenchmarkBuilder(Builder):
             if built and built["source_updated"] >= updated:
                 continue
             criteria = {"model_id": model_id, "set_name": set_name, "mode": mode}
+            parent = self._parent(model_id)
             yield {
                 "model_id": model_id,
                 "set_name": set_name,
                 "mode": mode,
                 "source_updated": updated,
                 "errors": list(self.surface_errors.query(criteria)),
+                "parent_model_id": parent,
+                "parent_errors": (
+                    list(self.surface_errors.query({**criteria, "model_id": parent}))
+                    if parent
+                    else []
+                ),
             }
 
     def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """One BenchmarkDoc per split part (and ``all``)."""
+        """One BenchmarkDoc per split part (and ``all``) and quantity present."""
+
+        def rows_of(errors: list[dict], kind: str, part: str) -> list[dict]:
+            return [
+                e
+                for e in errors
+                if e.get("kind", "slab") == kind and (part == "all" or e["split"] == part)
+            ]
+
         docs = []
-        for part in SPLIT_PARTS:
-            rows = [e for e in item["errors"] if part == "all" or e["split"] == part]
-            if not rows:
-                continue
-            ok = [e for e in rows if e["status"] == "ok"]
-            excluded = [e for e in rows if e["status"] != "ok"]
+        for kind, quantity, suffix in (
+            ("slab", "gamma", ""),
+            ("bulk", "bulk_energy", "|bulk_energy"),
+        ):
+            for part in SPLIT_PARTS:
+                rows = rows_of(item["errors"], kind, part)
+                if not rows:
+                    continue
+                ok = [e for e in rows if e["status"] == "ok"]
+                excluded = [e for e in rows if e["status"] != "ok"]
+                if kind == "slab":
 
-            def by(field: str, ok: list[dict] = ok) -> dict[str, dict]:
-                groups = sorted({e[field] for e in ok})
-                return {g: summarize(e["gamma_error"] for e in ok if e[field] == g) for g in groups}
+                    def by(field: str, ok: list[dict] = ok) -> dict[str, dict]:
+                        groups = sorted({e[field] for e in ok})
+                        return {
+                            g: summarize(e["gamma_error"] for e in ok if e[field] == g)
+                            for g in groups
+                        }
 
-            docs.append(
-                BenchmarkDoc(
-                    benchmark_id=f"{item['model_id']}|{item['set_name']}|{item['mode']}|{part}",
-                    model_id=item["model_id"],
-                    set_name=item["set_name"],
-                    mode=item["mode"],
-                    split=part,
-                    **summarize(e["gamma_error"] for e in ok),
-                    by_facet_family=by("facet_family"),
-                    by_chemistry_class=by("chemistry_class"),
-                    n_excluded=dict(Counter(reason_category(e["reason"]) for e in excluded)),
-                    excluded_reasons=dict(Counter(e["reason"] for e in excluded)),
-                    source_updated=item["source_updated"],
-                ).model_dump()
-            )
+                    stats = {
+                        **summarize(e["gamma_error"] for e in ok),
+                        "n_gamma_only": sum(bool(e.get("gamma_only")) for e in ok),
+                        "by_facet_family": by("facet_family"),
+                        "by_chemistry_class": by("chemistry_class"),
+                    }
+                    parent_rows = rows_of(item["parent_errors"], kind, part)
+                    parent_mae = summarize(
+                        e["gamma_error"] for e in parent_rows if e["status"] == "ok"
+                    )["mae"]
+                else:
+                    stats = {**bulk_summary(rows), "by_facet_family": {}, "by_chemistry_class": {}}
+                    parent_mae = bulk_summary(rows_of(item["parent_errors"], kind, part))["mae"]
+                mae = stats["mae"]
+                docs.append(
+                    BenchmarkDoc(
+                        benchmark_id=f"{item['model_id']}|{item['set_name']}|{item['mode']}|"
+                        f"{part}{suffix}",
+                        quantity=quantity,
+                        model_id=item["model_id"],
+                        set_name=item["set_name"],
+                        mode=item["mode"],
+                        split=part,
+                        **stats,
+                        parent_model_id=item["parent_model_id"],
+                        parent_mae=parent_mae,
+                        relative_change=(
+                            mae / parent_mae - 1 if mae is not None and parent_mae else None
+                        ),
+                        n_excluded=dict(Counter(reason_category(e["reason"]) for e in excluded)),
+                        excluded_reasons=dict(Counter(e["reason"] for e in excluded)),
+                        source_updated=item["source_updated"],
+                    ).model_dump()
+                )
         return docs
 
     def update_targets(self, items: list[list[dict[str, Any]]]) -> None:

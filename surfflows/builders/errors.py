@@ -1,4 +1,8 @@
-"""SurfaceEnergyErrorBuilder: model evaluations + references -> surface_errors."""
+"""SurfaceEnergyErrorBuilder: model evaluations + references -> surface_errors.
+
+One error document per reference slab (gamma) and per reference bulk (aligned energy per
+atom, forces where labelled) of every evaluated (model, set, mode).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.core.benchmark import chemistry_class, facet_family, slab_surface_error
+from surfflows.core.benchmark import (
+    bulk_energy_errors,
+    chemistry_class,
+    elemental_offsets,
+    facet_family,
+    slab_surface_error,
+)
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
 from surfflows.stores import ensure_indexes, get_store
@@ -27,6 +37,10 @@ class SurfaceEnergyErrorBuilder(Builder):
     ----------
     outputs, references, surface_errors, splits
         Stores; default: the configured database's stores of these names.
+    elemental_set
+        Reference set of elemental ground states (DFT energies per element). Where a model
+        evaluated it in a mode, bulk errors of other sets in that mode also get the model -
+        DFT formation energy per atom, each side referenced to its own elemental energies.
     """
 
     def __init__(
@@ -35,8 +49,10 @@ class SurfaceEnergyErrorBuilder(Builder):
         references: Store | None = None,
         surface_errors: Store | None = None,
         splits: Store | None = None,
+        elemental_set: str = "mp_elemental_refs",
         **kwargs,
     ):
+        self.elemental_set = elemental_set
         self.outputs = outputs or get_store("outputs")
         self.references = references or get_store("references")
         self.surface_errors = surface_errors or get_store("surface_errors")
@@ -50,6 +66,19 @@ class SurfaceEnergyErrorBuilder(Builder):
     def connect(self) -> None:
         super().connect()
         ensure_indexes(self.surface_errors, ("error_id", "model_id", "set_name"))
+
+    def _energies(self, model_id: str, set_name: str, mode: str) -> dict[str, dict]:
+        """reference key -> the model's energy document (newest evaluation wins)."""
+        criteria = EVALUATION_CLASS | {
+            "output.model_id": model_id,
+            "output.set_name": set_name,
+            "output.mode": mode,
+        }
+        energies: dict[str, dict] = {}
+        for doc in sorted(self.outputs.query(criteria), key=lambda d: d["completed_at"]):
+            for result in doc["output"]["results"]:
+                energies[result["reference_key"]] = result
+        return energies
 
     def _groups(self) -> dict[tuple[str, str, str], str]:
         newest: dict[tuple[str, str, str], str] = {}
@@ -75,10 +104,20 @@ class SurfaceEnergyErrorBuilder(Builder):
         """
         updated: dict[str, str] = {}
         loaded: dict[str, tuple[list[dict], dict[str, str]]] = {}
-        for (model_id, set_name, mode), completed in sorted(self._groups().items()):
-            if set_name not in updated:
-                updated[set_name] = self._references_updated(set_name)
+        groups = self._groups()
+        elemental = self.elemental_set
+        elemental_docs: list[dict] | None = None
+        for (model_id, set_name, mode), completed in sorted(groups.items()):
+            # formation energies use the same model's evaluation of the elemental set
+            uses_elements = set_name != elemental and (model_id, elemental, mode) in groups
+            if uses_elements:
+                completed = max(completed, groups[(model_id, elemental, mode)])
+            for name in (set_name, elemental):
+                if name not in updated:
+                    updated[name] = self._references_updated(name)
             refs_updated = updated[set_name]
+            if uses_elements:
+                refs_updated = max(refs_updated, updated[elemental])
             built = self.surface_errors.query_one(
                 {"model_id": model_id, "set_name": set_name, "mode": mode},
                 properties=["source_completed_at", "references_updated_at"],
@@ -87,18 +126,25 @@ class SurfaceEnergyErrorBuilder(Builder):
             if built and built["source_completed_at"] >= completed:
                 if built["references_updated_at"] >= refs_updated:
                     continue
-            criteria = EVALUATION_CLASS | {
-                "output.model_id": model_id,
-                "output.set_name": set_name,
-                "output.mode": mode,
-            }
-            energies: dict[str, dict] = {}
-            for doc in sorted(self.outputs.query(criteria), key=lambda d: d["completed_at"]):
-                for result in doc["output"]["results"]:
-                    energies[result["reference_key"]] = result  # newest evaluation wins
+            energies = self._energies(model_id, set_name, mode)
+            formation_offsets = None
+            if uses_elements:
+                if elemental_docs is None:
+                    elemental_docs = list(
+                        self.references.query({"set_name": elemental, "doc_type": "bulk"})
+                    )
+                formation_offsets = elemental_offsets(
+                    elemental_docs, self._energies(model_id, elemental, mode)
+                )
             if set_name not in loaded:
-                split = get_or_create_split(set_name, store=self.splits, references=self.references)
-                references = list(self.references.query({"set_name": set_name}))
+                split = get_or_create_split(
+                    set_name, store=self.splits, references=self.references
+                )
+                references = list(
+                    self.references.query(
+                        {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
+                    )
+                )
                 loaded[set_name] = (references, split.assignments)
             references, assignments = loaded[set_name]
             self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
@@ -109,14 +155,35 @@ class SurfaceEnergyErrorBuilder(Builder):
                 "source_completed_at": completed,
                 "references_updated_at": refs_updated,
                 "energies": energies,
+                "formation_offsets": formation_offsets,
                 "references": references,
                 "assignments": assignments,
             }
 
     def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """One SurfaceErrorDoc per reference slab of the group."""
+        """One SurfaceErrorDoc per reference slab and per evaluated reference bulk."""
         refs = {doc["key"]: doc for doc in item["references"]}
         energies = item["energies"]
+        common = {
+            "model_id": item["model_id"],
+            "set_name": item["set_name"],
+            "mode": item["mode"],
+            "source_completed_at": item["source_completed_at"],
+            "references_updated_at": item["references_updated_at"],
+        }
+
+        def doc(ref: dict[str, Any], **fields: Any) -> dict[str, Any]:
+            return SurfaceErrorDoc(
+                error_id=f"{item['model_id']}|{item['mode']}|{ref['key']}",
+                reference_key=ref["key"],
+                material_id=ref["material_id"],
+                split=item["assignments"].get(ref["material_id"]),
+                formula=ref["formula"],
+                chemistry_class=chemistry_class(ref["formula"]),
+                **common,
+                **fields,
+            ).model_dump()
+
         docs = []
         for ref in refs.values():
             if ref["doc_type"] != "slab":
@@ -129,22 +196,29 @@ class SurfaceEnergyErrorBuilder(Builder):
                 energies.get(bulk_key) if bulk_key else None,
             )
             docs.append(
-                SurfaceErrorDoc(
-                    error_id=f"{item['model_id']}|{item['mode']}|{ref['key']}",
-                    model_id=item["model_id"],
-                    set_name=item["set_name"],
-                    mode=item["mode"],
-                    reference_key=ref["key"],
-                    material_id=ref["material_id"],
-                    split=item["assignments"].get(ref["material_id"]),
-                    formula=ref["formula"],
+                doc(
+                    ref,
                     miller_index=ref.get("miller_index"),
                     facet_family=facet_family(ref.get("miller_index")),
-                    chemistry_class=chemistry_class(ref["formula"]),
-                    source_completed_at=item["source_completed_at"],
-                    references_updated_at=item["references_updated_at"],
+                    gamma_only=ref.get("ref_energy") is None,
+                    n_atoms=ref["n_atoms"],
                     **fields,
-                ).model_dump()
+                )
+            )
+        # Bulks the evaluation covered (a slab set's bulks and a bulk-only set's alike).
+        bulks = [r for r in refs.values() if r["doc_type"] == "bulk" and r["key"] in energies]
+        bulk_errors = bulk_energy_errors(
+            bulks, energies, item["assignments"], item.get("formation_offsets")
+        )
+        for ref in bulks:
+            docs.append(
+                doc(
+                    ref,
+                    kind="bulk",
+                    miller_index=None,
+                    facet_family="bulk",
+                    **bulk_errors[ref["key"]],
+                )
             )
         return docs
 

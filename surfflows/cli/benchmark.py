@@ -85,6 +85,30 @@ def build() -> None:
 BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
 
 
+BULK_COLUMNS = (
+    "set", "model", "mode", "split", "N", "MAE", "mean signed", "raw MAE", "force MAE",
+    "parent MAE", "change",
+)  # fmt: skip
+
+
+def _bulk_table(rows: list[dict]) -> Table:
+    table = Table(
+        title="bulk energy errors (eV/atom) after per-element alignment fitted on the other "
+        "split parts; raw = unaligned; force MAE eV/Å; change = MAE / parent MAE - 1"
+    )
+    for column in (*BULK_COLUMNS, "excluded"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        stats = (r["mae"], r["mean_signed_error"], r["raw_energy_mae"], r["force_mae"])
+        excluded = ", ".join(f"{k} {v}" for k, v in sorted(r["n_excluded"].items()))
+        change = "-" if r["relative_change"] is None else f"{r['relative_change']:+.1%}"
+        table.add_row(
+            r["set_name"], r["model_id"], r["mode"], r["split"], str(r["n"]),
+            *(num(x) for x in stats), num(r["parent_mae"]), change, excluded,
+        )  # fmt: skip
+    return table
+
+
 def _benchmark_table(rows: list[dict]) -> Table:
     table = Table(title="surface-energy errors (J/m²): model - reference")
     for column in (*BENCHMARK_COLUMNS, "excluded"):
@@ -121,13 +145,19 @@ def report(
         )
         if not rows:
             fail("no benchmark rows: run surfflows evaluate, then surfflows build")
-        console.print(_benchmark_table(rows))
-        for r in (r for r in rows if r["split"] == "all"):
+        gamma_rows = [r for r in rows if r.get("quantity", "gamma") == "gamma"]
+        bulk_rows = [r for r in rows if r.get("quantity") == "bulk_energy"]
+        if gamma_rows:
+            console.print(_benchmark_table(gamma_rows))
+        if bulk_rows:
+            console.print(_bulk_table(bulk_rows))
+        for r in (r for r in gamma_rows if r["split"] == "all"):
             group = {"model_id": r["model_id"], "set_name": r["set_name"], "mode": r["mode"]}
             ref = refs.query_one({"set_name": r["set_name"]}, properties=["source", "citation"])
             source = (ref or {}).get("citation") or (ref or {}).get("source")
+            slabs = [e for e in errors.query(group) if e.get("kind", "slab") == "slab"]
             path = parity_plot(
-                list(errors.query(group)),
+                slabs,
                 out / f"parity_{r['set_name']}_{r['model_id']}_{r['mode']}.png",
                 title=f"{r['model_id']} on {r['set_name']} ({r['mode']})",
                 attribution=f"Reference data: {source}" if source else "",

@@ -100,3 +100,22 @@ def oc22_ingest(
         bulk_frames = bulks_from_materials_project(mp_ids, mp_api_key)
     refset = oc22_reference_set(split_dir, metadata, bulk_frames, set_name=set_name)
     console.print(ingest_reference_set(refset).summary())
+
+
+@oc22_app.command("ingest-frames")
+def oc22_ingest_frames(
+    split_dir: Annotated[Path, typer.Argument(help="S2EF-total split folder of LMDB shards.")],
+    metadata: Annotated[Path, typer.Option(help="oc22_metadata.pkl")],
+    set_name: Annotated[
+        str, typer.Option(help="Name of the set in the store (that of the IS2RE records).")
+    ] = "oc22",
+) -> None:
+    """Ingest an OC22 S2EF split as training frames (energy, forces; one key per frame)."""
+    from surfflows.io.ingest import ingest_reference_set
+    from surfflows.io.oc22 import oc22_s2ef_set
+
+    try:
+        refset = oc22_s2ef_set(split_dir, metadata, set_name=set_name)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(f"{split_dir}: {exc}")
+    console.print(ingest_reference_set(refset).summary())

@@ -25,11 +25,14 @@ def _thermo_runs(
     delta_mu_o: list[float] | None,
     out: Path,
     reference_set: str | None = None,
+    dft_elements: str | None = None,
 ) -> list[dict]:
     """Run what is missing of the thermo flow of one material per model; print and save.
 
     MATERIAL is a material id of ``campaign`` or a structure file (``--structure`` names the
     file explicitly); the campaign's settings apply, then the command-line ones.
+    ``dft_elements`` names an ingested set of elemental ground states whose DFT energies are
+    recorded beside the model's metal references.
 
     Returns
     -------
@@ -71,6 +74,11 @@ def _thermo_runs(
             if reference is not None:
                 with store:
                     load_model(spec, decode_checkpoint(reference.resolve(store)))
+        dft_refs = None
+        if dft_elements:
+            from surfflows.io.elements import dft_elemental_references
+
+            dft_refs = dft_elemental_references(dft_elements)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     runs = []
@@ -87,6 +95,8 @@ def _thermo_runs(
             plot_dir=str(out.resolve()),
             reference_set=reference_set,
             reference_material=material if reference_set else None,
+            dft_elemental_references=dft_refs,
+            dft_elemental_set=dft_elements if dft_refs else None,
         )
         flow, reused = thermo_flow(maker, bulk, material, store)
         console.print(
@@ -115,6 +125,12 @@ def _print_thermo(doc: dict) -> None:
     from surfflows.core.text import miller_text
 
     title = f"{doc['formula']} ({doc['material_id']}), {doc['model_id']}"
+    for el, dft in doc.get("dft_metal_references", {}).items():
+        console.print(
+            f"{el} reference: model {num(doc['metal_references'].get(el))} eV/atom "
+            f"({doc['metal_prototypes'].get(el, '-')}), DFT {dft:.4f} eV/atom "
+            f"({doc['dft_elemental_set']})"
+        )
     if doc["reservoir"]:
         console.print(
             f"Δμ_O bounds: O-poor {num(doc['delta_mu_O_min'])} eV, O-rich "
@@ -231,6 +247,10 @@ def thermo(
     fmax: FmaxOption = None,
     max_steps: StepsOption = None,
     out: OutOption = Path("thermo"),
+    dft_elements: Annotated[
+        str | None,
+        typer.Option(help="Ingested elemental set (mp_elemental_refs): DFT metal references."),
+    ] = None,
 ) -> None:
     """Surface phase diagram γ(Δμ_O) and Wulff shapes of one material, per model.
 
@@ -241,7 +261,9 @@ def thermo(
         max_index, miller, min_slab_size, min_vacuum_size, fmax, max_steps
     )
     campaign = load_campaign(config) if config.is_file() else None
-    _thermo_runs(material, structure, campaign, model, slabs, relax, delta_mu_o, out)
+    _thermo_runs(
+        material, structure, campaign, model, slabs, relax, delta_mu_o, out, None, dft_elements
+    )
 
 
 @app.command("thermo-campaign")

@@ -6,7 +6,17 @@ Surface-energy error of one reference slab under one model and mode::
     error       = gamma_model - gamma_ref      (J/m²)
 
 with ``gamma_ref`` recomputed from the set's own DFT energies where possible (else the
-published value), slab and bulk evaluated by the same model at the same (DFT) lattice.
+published value: gamma-only sets), slab and bulk evaluated by the same model at the same
+(DFT) lattice.
+
+Bulk energy error of one reference bulk (the forgetting check)::
+
+    r      = E_ref / N - E_model / N                   (eV/atom, residual)
+    error  = sum_el x_el mu_el - r                     (eV/atom, aligned model - reference)
+
+``x_el`` the atom fractions and ``mu_el`` per-element offsets fitted by least squares on a
+*disjoint* part: the bulks of the set's other split parts (a test bulk is aligned with
+offsets fitted on train and val bulks), since data sets and models differ in energy scale.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from pymatgen.core import Composition, Structure
+from sklearn.linear_model import LinearRegression
 
 from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
 
@@ -86,7 +97,9 @@ def slab_surface_error(
         "gamma_error": None,
         "energy_error_per_atom": None,
     }
-    if model_slab and model_slab.get("energy") is not None:
+    # A gamma-only slab (ref_energy None) has no energy error: none is invented for it.
+    evaluated = model_slab and model_slab.get("energy") is not None
+    if evaluated and ref_slab.get("ref_energy") is not None:
         n_atoms = model_slab["n_atoms"]
         out["energy_error_per_atom"] = (model_slab["energy"] - ref_slab["ref_energy"]) / n_atoms
     gamma_ref = ref_slab.get("gamma_ref_recomputed")
@@ -130,3 +143,214 @@ def slab_surface_error(
 def reason_category(reason: str | None) -> str | None:
     """Coarse exclusion category for counting (``flagged: a,b`` -> ``flagged``)."""
     return None if reason is None else reason.split(":")[0]
+
+
+def _fractions(compositions: Sequence[dict[str, float]], elements: Sequence[str]) -> np.ndarray:
+    """Atom fractions, one row per composition, one column per element."""
+    column = {el: i for i, el in enumerate(elements)}
+    x = np.zeros((len(compositions), len(elements)))
+    for row, comp in enumerate(compositions):
+        total = sum(comp.values())
+        for el, amount in comp.items():
+            x[row, column[el]] = amount / total
+    return x
+
+
+def fit_element_offsets(
+    compositions: Sequence[dict[str, float]], residuals: Sequence[float]
+) -> dict[str, float]:
+    """Per-element offsets ``mu_el`` minimising ``sum (r_i - sum_el x_i,el mu_el)^2``.
+
+    ``x`` are atom fractions, ``r`` residuals per atom; sklearn's least squares without
+    intercept (minimum-norm where the elements are not all determined).
+    """
+    elements = sorted({el for comp in compositions for el in comp})
+    if not elements:
+        return {}
+    fit = LinearRegression(fit_intercept=False).fit(
+        _fractions(compositions, elements), np.asarray(residuals, dtype=float)
+    )
+    return dict(zip(elements, fit.coef_.tolist(), strict=True))
+
+
+def offset_of(composition: dict[str, float], offsets: dict[str, float]) -> float | None:
+    """``sum_el x_el mu_el`` of one composition; None if an element has no offset."""
+    if not set(composition) <= offsets.keys():
+        return None
+    total = sum(composition.values())
+    return float(sum(amount / total * offsets[el] for el, amount in composition.items()))
+
+
+def aligned_energy_mae(
+    fit_compositions: Sequence[dict[str, float]],
+    fit_residuals: Sequence[float],
+    compositions: Sequence[dict[str, float]],
+    residuals: Sequence[float],
+) -> tuple[float | None, int, int]:
+    """MAE per atom of energy residuals after per-element offsets fitted on other cells.
+
+    The offsets come from :func:`fit_element_offsets` on the ``fit`` cells
+    (``r = e_ref - e_model`` per atom); the MAE is taken over the evaluated cells that contain
+    only fitted elements.
+
+    Returns
+    -------
+    mae, n_evaluated, n_elements
+        MAE (eV/atom; None if no cell is evaluated), cells evaluated, elements with an
+        offset.
+    """
+    offsets = fit_element_offsets(fit_compositions, fit_residuals)
+    errors = [
+        shift - r
+        for comp, r in zip(compositions, residuals, strict=True)
+        if (shift := offset_of(comp, offsets)) is not None
+    ]
+    if not errors:
+        return None, 0, len(offsets)
+    return float(np.abs(errors).mean()), len(errors), len(offsets)
+
+
+def elemental_offsets(
+    ref_elements: Sequence[dict[str, Any]], model_elements: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """``E_ref / N - E_model / N`` of each element's DFT ground state (lowest ref energy).
+
+    With these offsets, :func:`offset_of` minus a bulk's residual is the model-minus-DFT
+    formation energy per atom, ``Delta H_f = E / N - sum_el x_el mu_el`` with each side's
+    ``mu_el`` from its own energies of the same elemental structures (e.g. mp_elemental_refs).
+    Elements whose ground state the model failed on get no offset.
+    """
+    lowest: dict[str, dict[str, Any]] = {}
+    for ref in ref_elements:
+        elements = Structure.from_dict(ref["structure"]).composition.elements
+        if len(elements) != 1:
+            continue
+        el = elements[0].symbol
+        if el not in lowest or ref["ref_energy_per_atom"] < lowest[el]["ref_energy_per_atom"]:
+            lowest[el] = ref
+    offsets = {}
+    for el, ref in lowest.items():
+        model = model_elements.get(ref["key"])
+        if model and model.get("converged") and model.get("energy") is not None:
+            offsets[el] = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
+    return offsets
+
+
+def bulk_energy_errors(
+    ref_bulks: Sequence[dict[str, Any]],
+    model_bulks: dict[str, dict[str, Any]],
+    assignments: dict[str, str],
+    formation_offsets: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Aligned energy (and force) error fields of every reference bulk of one set.
+
+    Parameters
+    ----------
+    ref_bulks
+        Reference bulk documents of one set (``key``, ``material_id``, ``structure``,
+        ``ref_energy``, ``n_atoms``, ``flags``, ``ref_forces``).
+    model_bulks
+        reference key -> the model's energy document (``energy``, ``converged``, optional
+        ``forces``), one model and mode.
+    assignments
+        material_id -> split part. A bulk's offsets are fitted on the usable bulks of the
+        other parts (disjoint from it); with a single part there is nothing to fit on.
+    formation_offsets
+        :func:`elemental_offsets` of the same model and mode; adds
+        ``formation_energy_error_per_atom`` (model - DFT formation energy, eV/atom).
+
+    Returns
+    -------
+    dict
+        key -> ``status`` (``ok`` / ``excluded``), ``reason``, ``energy_error_per_atom``
+        (raw model - reference, eV/atom), ``aligned_energy_error_per_atom`` (eV/atom),
+        ``formation_energy_error_per_atom`` (eV/atom, with ``formation_offsets``),
+        ``alignment`` (what the offsets were fitted on), ``force_mae`` (eV/Å, where the
+        reference has forces and the model gave them), ``n_atoms``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    usable: list[tuple[dict, dict[str, float], float]] = []
+    for ref in ref_bulks:
+        model = model_bulks.get(ref["key"])
+        fields: dict[str, Any] = {
+            "status": "excluded",
+            "reason": None,
+            "energy_error_per_atom": None,
+            "aligned_energy_error_per_atom": None,
+            "formation_energy_error_per_atom": None,
+            "alignment": None,
+            "force_mae": None,
+            "n_atoms": ref["n_atoms"],
+        }
+        out[ref["key"]] = fields
+        if ref.get("flags"):
+            fields["reason"] = "flagged: " + ",".join(ref["flags"])
+        elif model is None:
+            fields["reason"] = "not evaluated"
+        elif not model.get("converged") or model.get("energy") is None:
+            fields["reason"] = "model failed on bulk"
+        else:
+            residual = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
+            fields["energy_error_per_atom"] = -residual
+            if model.get("forces") is not None and ref.get("ref_forces") is not None:
+                delta = np.asarray(model["forces"]) - np.asarray(ref["ref_forces"])
+                fields["force_mae"] = float(np.abs(delta).mean())
+            comp = Structure.from_dict(ref["structure"]).composition.as_dict()
+            usable.append((ref, comp, residual))
+            shift = offset_of(comp, formation_offsets or {})
+            if shift is not None:
+                fields["formation_energy_error_per_atom"] = shift - residual
+    parts = sorted({assignments.get(ref["material_id"], "none") for ref, _, _ in usable})
+    for part in parts:
+        others = [
+            (comp, r)
+            for ref, comp, r in usable
+            if assignments.get(ref["material_id"], "none") != part
+        ]
+        offsets = fit_element_offsets([c for c, _ in others], [r for _, r in others])
+        alignment = "offsets fitted on the bulks of parts " + ",".join(
+            p for p in parts if p != part
+        )
+        for ref, comp, residual in usable:
+            if assignments.get(ref["material_id"], "none") != part:
+                continue
+            fields = out[ref["key"]]
+            shift = offset_of(comp, offsets)
+            if shift is None:
+                missing = sorted(set(comp) - offsets.keys())
+                fields["reason"] = "elements outside the alignment fit: " + ",".join(missing)
+                continue
+            fields.update(
+                status="ok", aligned_energy_error_per_atom=shift - residual, alignment=alignment
+            )
+    return out
+
+
+def bulk_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics of bulk error rows: aligned energy (the row's N, MAE...), raw energy, forces.
+
+    ``n``, ``mae``, ``rmse``, ``mean_signed_error``, ``max_abs_error`` over the aligned
+    errors of the ``ok`` rows (eV/atom); ``raw_energy_mae`` / ``n_raw`` over every row with a
+    raw error; ``formation_energy_mae`` / ``n_formation`` over rows with a formation-energy
+    error; ``force_mae`` / ``n_force`` over rows with a force error, weighted by atoms.
+    """
+    ok = [r for r in rows if r["status"] == "ok"]
+    raw = [r["energy_error_per_atom"] for r in rows if r.get("energy_error_per_atom") is not None]
+    forced = [r for r in rows if r.get("force_mae") is not None]
+    formation = [
+        r["formation_energy_error_per_atom"]
+        for r in rows
+        if r.get("formation_energy_error_per_atom") is not None
+    ]
+    weights = [r["n_atoms"] for r in forced]
+    return {
+        **summarize(r["aligned_energy_error_per_atom"] for r in ok),
+        "raw_energy_mae": float(np.abs(raw).mean()) if raw else None,
+        "n_raw": len(raw),
+        "formation_energy_mae": float(np.abs(formation).mean()) if formation else None,
+        "n_formation": len(formation),
+        "force_mae": (
+            float(np.average([r["force_mae"] for r in forced], weights=weights)) if forced else None
+        ),
+        "n_force": len(forced),
+    }

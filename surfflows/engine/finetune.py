@@ -285,14 +285,18 @@ def run_stages(
 
 @dataclass
 class Sample:
-    """One training or validation structure with its labels."""
+    """One training or validation structure with its labels.
+
+    ``energy`` is None for a gamma-only slab (published gamma, no DFT total energy): it enters
+    the gamma term only, never the energy term or the per-element fit.
+    """
 
     key: str
     doc_type: str
     material_id: str
     graph: CrystalGraph
     n_atoms: int
-    energy: float
+    energy: float | None
     forces: np.ndarray | None = None
 
 
@@ -329,6 +333,7 @@ class ReferenceData:
             "gamma_pairs": len(self.pairs),
             "materials": len({s.material_id for s in self.samples}),
             "force_labelled": sum(s.forces is not None for s in self.samples),
+            "gamma_only": sum(s.energy is None for s in self.samples),
         }
 
 
@@ -366,7 +371,8 @@ def reference_data(
         ``no_bulk`` (a slab whose bulk is absent), ``bulk_without_slab`` (a bulk none of
         whose slabs is kept, so no surface term), ``graph_failed``. A slab that is not
         stoichiometric or has no reference gamma is kept for its energy without a gamma
-        term.
+        term; a gamma-only slab (no ``ref_energy``) is kept for its gamma term only, with
+        the published gamma as target.
     """
     dropped: dict[str, list[str]] = defaultdict(list)
     by_key = {doc["key"]: doc for doc in docs}
@@ -416,13 +422,15 @@ def reference_data(
                 material_id=doc["material_id"],
                 graph=graph,
                 n_atoms=len(structure),
-                energy=float(doc["ref_energy"]),
+                energy=None if doc.get("ref_energy") is None else float(doc["ref_energy"]),
                 forces=None if forces is None else np.asarray(forces, dtype=float),
             )
         )
         if doc["doc_type"] != "slab" or doc["bulk_key"] not in index:
             continue
         gamma_ref = doc.get("gamma_ref_recomputed")
+        if doc.get("ref_energy") is None:  # gamma-only: the published gamma is the target
+            gamma_ref = doc.get("gamma_ref")
         bulk = Structure.from_dict(by_key[doc["bulk_key"]]["structure"])
         n_units, excess = bulk_units_and_excess(structure.composition, bulk.composition)
         if gamma_ref is None or excess:
@@ -505,6 +513,7 @@ class Batch:
     graphs: list[CrystalGraph]
     n_atoms: Tensor
     energy_per_atom: Tensor
+    energy_mask: Tensor
     pair_slab: Tensor
     pair_bulk: Tensor
     pair_units: Tensor
@@ -558,7 +567,11 @@ def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int
         samples=indices,
         graphs=graphs,
         n_atoms=torch.tensor([s.n_atoms for s in samples], dtype=torch.float32),
-        energy_per_atom=torch.tensor([s.energy / s.n_atoms for s in samples], dtype=torch.float32),
+        energy_per_atom=torch.tensor(
+            [math.nan if s.energy is None else s.energy / s.n_atoms for s in samples],
+            dtype=torch.float32,
+        ),
+        energy_mask=torch.tensor([s.energy is not None for s in samples]),
         pair_slab=torch.tensor([position[p.slab] for p in pairs], dtype=torch.long),
         pair_bulk=torch.tensor([position[p.bulk] for p in pairs], dtype=torch.long),
         pair_units=torch.tensor([p.n_units for p in pairs], dtype=torch.float32),
@@ -619,7 +632,8 @@ class _Errors:
         energy = energy.detach()
         self.loss.append(float(loss))
         self.weights.append(len(batch.samples))
-        self.energy.append(energy - batch.energy_per_atom)
+        mask = batch.energy_mask
+        self.energy.append(energy[mask] - batch.energy_per_atom[mask])
         if len(batch.gamma_ref):
             self.gamma.append(gamma_j_per_m2(energy, batch) - batch.gamma_ref)
 
@@ -628,7 +642,7 @@ class _Errors:
         gamma = torch.cat(self.gamma) if self.gamma else None
         return {
             "loss": float(np.average(self.loss, weights=self.weights)),
-            "energy_mae": float(energy.abs().mean()),
+            "energy_mae": float(energy.abs().mean()) if len(energy) else math.nan,
             "gamma_mae": None if gamma is None else float(gamma.abs().mean()),
             "gamma_mean_signed_error": None if gamma is None else float(gamma.mean()),
         }
@@ -654,7 +668,10 @@ class _Objective:
 
     def __call__(self, batch: Batch, energy: Tensor, forces: list[Tensor] | None) -> Tensor:
         s = self.settings
-        loss = s.energy_weight * self.criterion(energy, batch.energy_per_atom)
+        mask = batch.energy_mask  # gamma-only slabs have no energy label
+        loss = energy.new_zeros(())
+        if mask.any():
+            loss = s.energy_weight * self.criterion(energy[mask], batch.energy_per_atom[mask])
         if len(batch.gamma_ref) and s.gamma_weight > 0:
             gamma = gamma_j_per_m2(energy, batch)
             loss = loss + s.gamma_weight * self.criterion(gamma, batch.gamma_ref)
@@ -858,11 +875,12 @@ def finetune(
         with torch.no_grad():
             for batch in train_batches:
                 predicted[batch.samples] = forward_batch(model, batch, cut)[0]
+        labelled = [i for i, s in enumerate(train.samples) if s.energy is not None]
         atomref_shift = fit_atomref_shift(
             model,
-            [s.graph for s in train.samples],
-            [s.energy / s.n_atoms for s in train.samples],
-            predicted=predicted,
+            [train.samples[i].graph for i in labelled],
+            [train.samples[i].energy / train.samples[i].n_atoms for i in labelled],
+            predicted=predicted[labelled],
         )
         _set_composition(model, train_batches)
     else:
@@ -957,49 +975,3 @@ def finetune(
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - start_time,
     )
-
-
-# --------------------------------------------------------------------------- forgetting
-
-
-def aligned_energy_mae(
-    fit_compositions: Sequence[dict[str, float]],
-    fit_residuals: Sequence[float],
-    compositions: Sequence[dict[str, float]],
-    residuals: Sequence[float],
-) -> tuple[float | None, int, int]:
-    """MAE per atom of energy residuals after a per-element linear offset.
-
-    The offsets ``mu_el`` minimise ``sum (r_i - sum_el x_i,el mu_el)^2`` over the ``fit``
-    cells, ``x`` being atom fractions and ``r = e_ref - e_model`` per atom (sklearn's
-    least squares, no intercept); the MAE is taken over the evaluated cells that contain
-    only fitted elements.
-
-    Returns
-    -------
-    mae, n_evaluated, n_elements
-        MAE (eV/atom; None if no cell is evaluated), cells evaluated, elements with an
-        offset.
-    """
-    from sklearn.linear_model import LinearRegression
-
-    elements = sorted({el for comp in fit_compositions for el in comp})
-    column = {el: i for i, el in enumerate(elements)}
-
-    def fractions(comps: Sequence[dict[str, float]]) -> np.ndarray:
-        x = np.zeros((len(comps), len(elements)))
-        for row, comp in enumerate(comps):
-            total = sum(comp.values())
-            for el, amount in comp.items():
-                x[row, column[el]] = amount / total
-        return x
-
-    fit = LinearRegression(fit_intercept=False).fit(
-        fractions(fit_compositions), np.asarray(fit_residuals)
-    )
-    keep = [i for i, comp in enumerate(compositions) if set(comp) <= column.keys()]
-    if not keep:
-        return None, 0, len(elements)
-    x = fractions([compositions[i] for i in keep])
-    r = np.asarray(residuals, dtype=float)[keep]
-    return float(np.abs(r - fit.predict(x)).mean()), len(keep), len(elements)

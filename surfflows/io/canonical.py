@@ -14,10 +14,15 @@ Conventions
 * ``gamma_ref_recomputed = (E_slab - (N_slab / N_bulk) E_bulk) / 2A`` (J/m², via
   :func:`surfflows.core.thermo.surface_energy`) for a slab that is stoichiometric with respect to
   its bulk; ``A = |a x b|`` of the slab cell.
+* A **gamma-only** slab (``gamma_ref`` and no ``ref_energy``, e.g. ``mp_elemental_surfaces``)
+  is kept with ``ref_energy=None`` and ``published=["gamma_ref"]``: it is judged on gamma only,
+  and nothing downstream invents a slab energy for it (no energy error, no energy term in
+  fine-tuning). A slab frame with neither quantity is an error.
 
 Bad input is never dropped silently. Structural problems (an empty or non-periodic frame, a
-missing required ``info`` key, a duplicate id, a malformed Miller index, a ``formula`` that
-is not the atoms', an initial geometry of other atoms) raise ``ValueError``
+missing required ``info`` key, a slab with neither ``ref_energy`` nor ``gamma_ref``, a
+``ref_forces`` array that is not [N, 3], a duplicate id, a malformed Miller index, a
+``formula`` that is not the atoms', an initial geometry of other atoms) raise ``ValueError``
 naming file, frame and field. Records that are well formed but unusable are counted in
 :attr:`ReferenceSet.skipped` under a reason with their ids:
 
@@ -36,9 +41,14 @@ naming file, frame and field. Records that are well formed but unusable are coun
     means is ambiguous, and the slabs naming it count as ``bulk_missing``.
 ``initial_without_record``
     an initial geometry whose slab / adslab is not among the documents.
-
-Records carrying ``flags`` (known to be doubtful) are kept with their flags so that builders
-can exclude and count them.
+``no_forces``
+    a trajectory frame (training sample of energy and forces) without ``ref_forces``.
+``gamma_only_without_bulk``
+    a gamma-only slab without ``bulk_id``: no model gamma can be computed for it; it is kept
+    with that flag.
+``flagged``
+    records carrying ``flags`` (known to be doubtful): kept with their flags so that builders
+    and fine-tuning exclude and count them.
 """
 
 from __future__ import annotations
@@ -72,13 +82,15 @@ FRAME_FILES = {
     "slabs_initial": "slabs_initial.extxyz",
     "bulks": "bulks.extxyz",
     "adslabs": "adslabs.extxyz",
+    "frames": "frames.extxyz",
 }
 #: ``info`` keys without which a frame of each kind is malformed.
 REQUIRED_KEYS = {
-    "slabs": ("slab_id", "material_id", "ref_energy"),
+    "slabs": ("slab_id", "material_id"),
     "slabs_initial": ("slab_id",),
     "bulks": ("bulk_id", "material_id", "ref_energy"),
     "adslabs": ("adslab_id", "slab_id", "adsorbate", "ref_energy"),
+    "frames": ("frame_id", "parent_id", "parent_kind", "material_id", "ref_energy"),
 }
 #: ``info`` keys that become document fields (``formula`` is checked against the atoms and
 #: recomputed); any other key goes to ``extra``.
@@ -86,8 +98,24 @@ _KNOWN_INFO = {
     "slabs": {"slab_id", "material_id", "bulk_id", "miller", "ref_energy", "gamma_ref"},
     "bulks": {"bulk_id", "material_id", "ref_energy"},
     "adslabs": {"adslab_id", "slab_id", "material_id", "adsorbate", "ref_energy"},
+    "frames": {
+        "frame_id",
+        "parent_id",
+        "parent_kind",
+        "slab_id",
+        "material_id",
+        "miller",
+        "adsorbate",
+        "traj_id",
+        "fid",
+        "ref_energy",
+    },
 }
 _COMMON_INFO = {"formula", "flags"}
+#: Flags the reader sets itself (counted under their own reasons, not as ``flagged``).
+_READER_FLAGS = {"bulk_missing", "slab_missing", "gamma_only_without_bulk", "gamma_ref_not_finite"}
+#: Published quantities of a record; a slab needs at least one, other kinds ``ref_energy``.
+SLAB_QUANTITIES = ("ref_energy", "gamma_ref")
 #: Per-atom arrays that become document fields; any other array becomes a site property.
 _KNOWN_ARRAYS = {"numbers", "positions", "fixed", "ref_forces"}
 
@@ -131,6 +159,32 @@ PACKAGED_SETS = {
             source="H. Choubisa et al., public repository mmo/datasets/*.pkl",
             licence="BSD-3-Clause",
             citation="H. Choubisa et al., Matter (2022), doi:10.1016/j.matt.2022.11.031",
+        ),
+        ReferenceSetInfo(
+            name="mp_elemental_surfaces",
+            level_of_theory="VASP PBE",
+            source="Materials Project surface database via SE-CGCNN (GNscSHI/SE-CGCNN, "
+            "commit 68ca723c60) data/surface_property2; bulks: matcalc MP-PBE-Element-Refs",
+            licence="CC BY 4.0 (Materials Project); MIT (SE-CGCNN); BSD-3-Clause (matcalc)",
+            citation='R. Tran et al., "Surface energies of elemental crystals", '
+            "Sci. Data 3, 160080 (2016), doi:10.1038/sdata.2016.80",
+        ),
+        ReferenceSetInfo(
+            name="wbm_bulks",
+            level_of_theory="VASP PBE",
+            source="matcalc (commit aa76b41edb) benchmark_data/"
+            "wbm-random-pbe52-equilibrium-2025.1.json.gz",
+            licence="CC BY 4.0 (WBM); BSD-3-Clause (matcalc)",
+            citation="H.-C. Wang, S. Botti, M. A. L. Marques, npj Comput. Mater. 7, 12 (2021), "
+            "doi:10.1038/s41524-020-00481-6",
+        ),
+        ReferenceSetInfo(
+            name="mp_elemental_refs",
+            level_of_theory="VASP PBE",
+            source="matcalc (commit aa76b41edb) src/matcalc/elemental_refs/"
+            "MP-PBE-Element-Refs.json.gz",
+            licence="CC BY 4.0 (Materials Project); BSD-3-Clause (matcalc)",
+            citation="A. Jain et al., APL Mater. 1, 011002 (2013)",
         ),
         ReferenceSetInfo(
             name="bo2_bulk_eos",
@@ -199,6 +253,15 @@ class ReferenceSlabDoc(_ReferenceDoc):
     initial_structure: StructureField | None = Field(
         default=None, description="Geometry before the DFT relaxation, where the set has it."
     )
+    ref_energy: float | None = Field(
+        allow_inf_nan=False,
+        description="DFT total energy, eV; None for a gamma-only slab (published gamma, no "
+        "total energy), which then enters gamma terms only: no energy error, no energy term "
+        "in fine-tuning.",
+    )
+    published: list[str] = Field(
+        description="Quantities the set publishes for this slab: 'ref_energy' and/or 'gamma_ref'."
+    )
     gamma_ref: float | None = Field(default=None, description="Published surface energy, J/m².")
     gamma_ref_recomputed: float | None = Field(
         default=None,
@@ -232,7 +295,38 @@ class ReferenceAdslabDoc(_ReferenceDoc):
     )
 
 
-ReferenceDoc = ReferenceSlabDoc | ReferenceBulkDoc | ReferenceAdslabDoc
+class ReferenceFrameDoc(_ReferenceDoc):
+    """One single-point frame of a DFT relaxation trajectory (e.g. OC22 S2EF), a training sample.
+
+    Every frame of one relaxation shares ``parent_key`` (its clean slab or adslab) and
+    ``traj_id``; ``material_id`` is the parent's bulk, so a split by material keeps all frames
+    of a material on one side.
+    """
+
+    doc_type: Literal["frame"] = Field(default="frame", description="Document kind.")
+    frame_id: str = Field(description="Id of the frame in its set, unique per frame.")
+    parent_id: str = Field(description="Id of the relaxed slab or adslab the trajectory ends in.")
+    parent_kind: Literal["slab", "adslab"] = Field(description="Kind of the parent record.")
+    parent_key: str = Field(
+        description="Key of the parent document (present once its relaxed record is ingested "
+        "into the same set)."
+    )
+    slab_id: str | None = Field(
+        description="Id of the clean slab (the parent itself for a slab; for an adslab its "
+        "clean slab), None if unknown."
+    )
+    material_id: str = Field(description="Bulk material (split unit).")
+    miller_index: tuple[int, int, int] | None = Field(description="Miller index, if recorded.")
+    adsorbate: str | None = Field(default=None, description="Adsorbate of an adslab frame.")
+    traj_id: str | None = Field(description="Trajectory id of the relaxation, if recorded.")
+    frame_index: int | None = Field(description="Index of the frame in its trajectory (fid).")
+    ref_forces: list[list[float]] = Field(description="DFT forces per atom, eV/Å (required).")
+    fixed_indices: list[int] = Field(
+        default_factory=list, description="Indices of atoms fixed in the DFT relaxation."
+    )
+
+
+ReferenceDoc = ReferenceSlabDoc | ReferenceBulkDoc | ReferenceAdslabDoc | ReferenceFrameDoc
 
 
 @dataclass
@@ -243,8 +337,8 @@ class ReferenceSet:
     ----------
     info
         Provenance and level of theory of the set.
-    slabs, bulks, adslabs
-        Documents, in file order.
+    slabs, bulks, adslabs, frames
+        Documents, in file order (frames: single points of relaxation trajectories).
     skipped
         Reason -> ids of records skipped (or, for ``bulk_missing`` / ``slab_missing``, kept
         without their link); see the module docstring for the reasons.
@@ -254,12 +348,13 @@ class ReferenceSet:
     slabs: list[ReferenceSlabDoc] = field(default_factory=list)
     bulks: list[ReferenceBulkDoc] = field(default_factory=list)
     adslabs: list[ReferenceAdslabDoc] = field(default_factory=list)
+    frames: list[ReferenceFrameDoc] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def documents(self) -> list[ReferenceDoc]:
-        """All documents: bulks, then slabs, then adslabs."""
-        return [*self.bulks, *self.slabs, *self.adslabs]
+        """All documents: bulks, then slabs, then adslabs, then frames."""
+        return [*self.bulks, *self.slabs, *self.adslabs, *self.frames]
 
 
 class _Skip(Exception):
@@ -288,6 +383,17 @@ def _validated(
         for key in REQUIRED_KEYS[kind]:
             if key not in atoms.info:
                 raise ValueError(f"{where}: missing required info key {key!r}")
+        if kind == "slabs" and not any(key in atoms.info for key in SLAB_QUANTITIES):
+            raise ValueError(
+                f"{where}: missing info key 'ref_energy' (a gamma-only slab needs 'gamma_ref' "
+                "instead): the slab has neither"
+            )
+        forces = atoms.arrays.get("ref_forces")
+        if forces is not None and np.shape(forces) != (len(atoms), 3):
+            raise ValueError(
+                f"{where}: per-atom array 'ref_forces' has shape {np.shape(forces)}, "
+                f"not ({len(atoms)}, 3)"
+            )
         record_id = str(atoms.info[id_key])
         if unique and record_id in first_index:
             raise ValueError(
@@ -341,12 +447,13 @@ def _record_fields(
     Raises
     ------
     _Skip
-        For a non-finite energy or force, or an element CHGNet cannot embed.
+        For a non-finite energy or force, or an element CHGNet cannot embed. A slab may
+        lack ``ref_energy`` (gamma-only; ``"ref_energy": None``).
     ValueError
         If the frame's ``formula`` does not match its atoms.
     """
     energy = _number(atoms, "ref_energy", where)
-    if not math.isfinite(energy):
+    if energy is not None and not math.isfinite(energy):
         raise _Skip("non_finite_energy")
     structure = _structure(atoms)
     formula = structure.composition.reduced_formula
@@ -417,15 +524,20 @@ def _same_frame(a: Atoms, b: Atoms) -> bool:
 
 
 def _gamma(
-    structure: Structure, energy: float, bulk: ReferenceBulkDoc
+    structure: Structure, energy: float | None, bulk: ReferenceBulkDoc
 ) -> tuple[bool, float | None]:
-    """(is_stoichiometric, gamma in J/m² or None) of a slab against its bulk."""
+    """(is_stoichiometric, gamma in J/m² or None) of a slab against its bulk.
+
+    A gamma-only slab (``energy`` None) gets its stoichiometry and no recomputed gamma.
+    """
     try:
         _, excess = bulk_units_and_excess(structure.composition, bulk.structure.composition)
     except ValueError:  # the slab has elements the bulk lacks
         return False, None
     if excess:
         return False, None
+    if energy is None:
+        return True, None
     gamma = surface_energy(
         energy,
         structure.composition,
@@ -477,6 +589,7 @@ def documents_from_frames(
     bulk_frames: Sequence[Atoms] = (),
     adslab_frames: Sequence[Atoms] = (),
     initial_frames: Sequence[Atoms] = (),
+    trajectory_frames: Sequence[Atoms] = (),
     *,
     sources: Mapping[str, str] | None = None,
 ) -> ReferenceSet:
@@ -495,6 +608,12 @@ def documents_from_frames(
     initial_frames
         Geometries before relaxation, matched to slabs by ``slab_id`` (to adslabs by
         ``adslab_id`` where a frame has one).
+    trajectory_frames
+        Single points of relaxation trajectories (``frames.extxyz``; OC22 S2EF): ``frame_id``
+        (unique), ``parent_id`` and ``parent_kind`` (``slab`` / ``adslab``: the relaxed record
+        the trajectory belongs to), ``material_id``, ``ref_energy`` and per-atom
+        ``ref_forces`` (required: a frame without them is counted under ``no_forces``);
+        optional ``slab_id``, ``miller``, ``adsorbate``, ``traj_id``, ``fid``.
     sources
         Kind (``"slabs"``, ``"bulks"``, ``"adslabs"``, ``"slabs_initial"``) -> name of the
         file the frames came from, used in error messages; default the canonical file names.
@@ -515,6 +634,7 @@ def documents_from_frames(
     bulk_rows = _validated(bulk_frames, "bulks", sources["bulks"], unique=False)
     slab_rows = _validated(slab_frames, "slabs", sources["slabs"])
     adslab_rows = _validated(adslab_frames, "adslabs", sources["adslabs"])
+    frame_rows = _validated(trajectory_frames, "frames", sources["frames"])
     initial = _initial_structures(initial_frames, sources["slabs_initial"])
     skipped: defaultdict[str, list[str]] = defaultdict(list)
 
@@ -558,6 +678,14 @@ def documents_from_frames(
             gamma_ref = None
             fields["flags"].append("gamma_ref_not_finite")
         structure = fields["structure"]
+        published = [
+            key
+            for key, value in (("ref_energy", fields["ref_energy"]), ("gamma_ref", gamma_ref))
+            if value is not None
+        ]
+        if not published:  # gamma_ref was given but not finite, and there is no energy
+            skipped["no_usable_quantity"].append(slab_id)
+            continue
         bulk_id = None if "bulk_id" not in atoms.info else str(atoms.info["bulk_id"])
         bulk = bulks.get(bulk_id)
         if bulk_id is not None and bulk is None:
@@ -565,6 +693,9 @@ def documents_from_frames(
             fields["flags"].append("bulk_missing")
             fields["extra"]["missing_bulk_id"] = bulk_id
             bulk_id = None
+        elif bulk_id is None and fields["ref_energy"] is None:
+            skipped["gamma_only_without_bulk"].append(slab_id)
+            fields["flags"].append("gamma_only_without_bulk")
         stoichiometric, gamma = (
             (None, None) if bulk is None else _gamma(structure, fields["ref_energy"], bulk)
         )
@@ -579,6 +710,7 @@ def documents_from_frames(
             initial_structure=_take_initial(
                 initial, ("slab", slab_id), structure, sources["slabs_initial"]
             ),
+            published=published,
             gamma_ref=gamma_ref,
             gamma_ref_recomputed=gamma,
             is_stoichiometric=stoichiometric,
@@ -614,11 +746,50 @@ def documents_from_frames(
         )
     skipped["initial_without_record"].extend(record_id for _, record_id in initial)
 
+    frames: list[ReferenceFrameDoc] = []
+    for index, atoms, frame_id in frame_rows:
+        where = f"{sources['frames']}, frame {index}"
+        miller_index = _miller(atoms.info.get("miller"), where)
+        parent_kind = str(atoms.info["parent_kind"])
+        if parent_kind not in ("slab", "adslab"):
+            raise ValueError(f"{where}: info key 'parent_kind' is {parent_kind!r}, not slab/adslab")
+        if "ref_forces" not in atoms.arrays:
+            skipped["no_forces"].append(frame_id)
+            continue
+        try:
+            fields = _record_fields(atoms, "frames", where, info, frame_id)
+        except _Skip as skip:
+            skipped[str(skip)].append(frame_id)
+            continue
+        parent_id = str(atoms.info["parent_id"])
+        slab_id = atoms.info.get("slab_id", parent_id if parent_kind == "slab" else None)
+        fid = _number(atoms, "fid", where)
+        frames.append(
+            ReferenceFrameDoc(
+                **fields,
+                frame_id=frame_id,
+                parent_id=parent_id,
+                parent_kind=parent_kind,
+                parent_key=f"{info.name}:{parent_id}",
+                slab_id=None if slab_id is None else str(slab_id),
+                material_id=str(atoms.info["material_id"]),
+                miller_index=miller_index,
+                adsorbate=None if "adsorbate" not in atoms.info else str(atoms.info["adsorbate"]),
+                traj_id=None if "traj_id" not in atoms.info else str(atoms.info["traj_id"]),
+                frame_index=None if fid is None else int(fid),
+                fixed_indices=_fixed_indices(atoms),
+            )
+        )
+    for doc in [*bulks.values(), *slabs.values(), *adslabs, *frames]:
+        if set(doc.flags) - _READER_FLAGS:
+            skipped["flagged"].append(doc.key.split(":", 1)[1])
+
     refset = ReferenceSet(
         info=info,
         slabs=list(slabs.values()),
         bulks=list(bulks.values()),
         adslabs=adslabs,
+        frames=frames,
         skipped={reason: ids for reason, ids in skipped.items() if ids},
     )
     owner: dict[str, str] = {}
@@ -733,8 +904,10 @@ def read_reference_set(
             folder = root / str(path_or_name)
         info = _set_info(folder, root, level_of_theory, set_name)
         paths = {kind: folder / name for kind, name in FRAME_FILES.items()}
-        if not (paths["slabs"].is_file() or paths["bulks"].is_file()):
-            raise ValueError(f"reference set {folder} has neither slabs.extxyz nor bulks.extxyz")
+        if not any(paths[kind].is_file() for kind in ("slabs", "bulks", "frames")):
+            raise ValueError(
+                f"reference set {folder} has none of slabs.extxyz, bulks.extxyz, frames.extxyz"
+            )
         frames = {kind: read_frames(path) if path.is_file() else [] for kind, path in paths.items()}
     return documents_from_frames(
         info,
@@ -742,5 +915,6 @@ def read_reference_set(
         frames["bulks"],
         frames["adslabs"],
         frames["slabs_initial"],
+        frames["frames"],
         sources={kind: str(path) for kind, path in paths.items()},
     )

@@ -56,21 +56,26 @@ def training_inputs(
 
 def reference_items(
     inputs: ReferenceInputs, parts: tuple[str, ...] | None = None
-) -> list[tuple[str, str, Structure]]:
-    """(key, doc type, structure) of a set's slabs (optionally of some parts) and their bulks.
+) -> list[tuple[str, str, Structure, bool]]:
+    """(key, doc type, structure, has DFT forces) of a set's slabs and bulks.
 
-    Reference structures carry the DFT fixed atoms as ``selective_dynamics`` (e.g. OC22),
-    which the relaxed mode of the evaluation respects.
+    Optionally of some split parts only. The bulks are those of the selected materials and
+    those the selected slabs name, so a bulk-only set (``wbm_bulks``) gives its bulks and a
+    slab set its slabs with their bulks. Reference structures carry the DFT fixed atoms as
+    ``selective_dynamics`` (e.g. OC22), which the relaxed mode of the evaluation respects;
+    single points of structures with DFT forces also give the model's forces.
     """
-    slabs = [
-        d
-        for d in inputs.of_type("slab")
-        if parts is None or inputs.assignments.get(d["material_id"]) in parts
-    ]
+
+    def selected(doc: dict) -> bool:
+        return parts is None or inputs.assignments.get(doc["material_id"]) in parts
+
+    slabs = [d for d in inputs.of_type("slab") if selected(d)]
     bulk_keys = {d["bulk_key"] for d in slabs if d.get("bulk_key")}
     bulks = sorted(
-        (d for d in inputs.of_type("bulk") if d["key"] in bulk_keys), key=lambda d: d["key"]
+        (d for d in inputs.of_type("bulk") if d["key"] in bulk_keys or selected(d)),
+        key=lambda d: d["key"],
     )
-    return [(d["key"], "slab", Structure.from_dict(d["structure"])) for d in slabs] + [
-        (d["key"], "bulk", Structure.from_dict(d["structure"])) for d in bulks
+    return [(d["key"], "slab", Structure.from_dict(d["structure"]), False) for d in slabs] + [
+        (d["key"], "bulk", Structure.from_dict(d["structure"]), d.get("ref_forces") is not None)
+        for d in bulks
     ]

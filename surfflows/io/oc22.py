@@ -443,7 +443,8 @@ class OC22Frames:
         the metadata), ``bad_metadata`` (its entry lacks a needed key), ``no_target`` (energy,
         relaxed positions or forces absent, as in the test splits), ``nan_energy``,
         ``nonfinite_array`` (positions, cell or forces not finite), ``unknown_element``
-        (atomic number outside 1..94) and ``malformed`` (a field missing or of the wrong shape).
+        (atomic number outside 1..94), ``no_forces`` and ``bad_force_shape`` (S2EF: ``force``
+        absent or not [natoms, 3]) and ``malformed`` (a field missing or of the wrong shape).
     skipped_sids
         Reason -> sids skipped for it (records without a readable sid are only counted).
     """
@@ -511,7 +512,13 @@ def _frame(
     cell = _array(record, "cell", (3, 3), sid)
     tags = _array(record, "tags", (natoms,), sid).astype(int)
     fixed = _array(record, "fixed", (natoms,), sid) != 0
-    forces = _array(record, forces_key, (natoms, 3), sid) if forces_key else None
+    forces = None
+    if forces_key:
+        if record.get(forces_key) is None:
+            raise _Skip("no_forces", sid)
+        if np.size(record[forces_key]) != 3 * natoms:
+            raise _Skip("bad_force_shape", sid)
+        forces = _array(record, forces_key, (natoms, 3), sid)
     if not np.all((numbers >= 1) & (numbers <= MAX_Z) & (numbers == np.round(numbers))):
         raise _Skip("unknown_element", sid)
     energy = _scalar(record, energy_key, float, sid) if energy_key else None
@@ -566,7 +573,7 @@ def _frames_from_split(
     targets: tuple[str, ...],
 ) -> OC22Frames:
     frames = OC22Frames()
-    for _shard, _index, record in iter_split(split_dir):
+    for shard, index, record in iter_split(split_dir):
         try:
             atoms = _frame(
                 record,
@@ -578,8 +585,13 @@ def _frames_from_split(
             )
         except _Skip as skip:
             frames._skip(skip.reason, skip.sid)
-        else:
-            (frames.adslabs if "adslab_id" in atoms.info else frames.slabs).append(atoms)
+            continue
+        if forces_key:  # a single point of a trajectory: one training frame, its own id
+            kind = "adslab" if "adslab_id" in atoms.info else "slab"
+            parent = atoms.info[f"{kind}_id"]
+            step = f"f{atoms.info['fid']}" if "fid" in atoms.info else f"{shard.name}#{index}"
+            atoms.info.update(frame_id=f"{parent}:{step}", parent_id=parent, parent_kind=kind)
+        (frames.adslabs if "adslab_id" in atoms.info else frames.slabs).append(atoms)
     return frames
 
 
@@ -642,8 +654,11 @@ def frames_from_s2ef(
     OC22Frames
         Frames with ``ref_energy = y``, per-atom ``ref_forces`` (eV/Å) and ``info["fid"]`` (the
         frame's index in its trajectory) where the record has it. All frames of one relaxation
-        share its ``slab_id`` / ``adslab_id``. Records without ``y`` or ``force`` are counted
-        under ``no_target``.
+        share its ``slab_id`` / ``adslab_id`` (``parent_id``, with ``parent_kind``); each has
+        its own ``frame_id``, ``"<parent_id>:f<fid>"`` (without ``fid``:
+        ``"<parent_id>:<shard file>#<key>"``, stable for the same files). Records without
+        ``y`` are counted under ``no_target``, without ``force`` under ``no_forces``, with a
+        force array that is not [natoms, 3] under ``bad_force_shape``.
 
     Raises
     ------
@@ -656,7 +671,7 @@ def frames_from_s2ef(
         pos_key="pos",
         energy_key="y",
         forces_key="force",
-        targets=("y", "force"),
+        targets=("y",),
     )
 
 
@@ -774,8 +789,47 @@ def oc22_reference_set(
         adslab_frames=frames.adslabs,
         sources={"slabs": str(split_dir), "adslabs": str(split_dir), "bulks": "bulk frames"},
     )
+    _merge_skips(refset, frames)
+    return refset
+
+
+def oc22_s2ef_set(split_dir: str | Path, metadata_path: str | Path, *, set_name: str = "oc22"):
+    """Training frames from an OC22 S2EF-total split, as canonical reference documents.
+
+    Parameters
+    ----------
+    split_dir
+        Folder of the split's LMDB shards (e.g. ``.../s2ef-total/train``).
+    metadata_path
+        ``oc22_metadata.pkl``.
+    set_name
+        Name of the set in the references store. With the name of the IS2RE set of the same
+        relaxations (default ``oc22``), each frame's ``parent_key`` is its relaxed slab's or
+        adslab's document and both share one split by material.
+
+    Returns
+    -------
+    surfflows.io.canonical.ReferenceSet
+        One :class:`~surfflows.io.canonical.ReferenceFrameDoc` per usable record
+        (key ``"<set>:<frame_id>"``, so re-ingesting changes nothing); OC22 skips (no
+        metadata, no target, no forces, bad force shape...) are merged into ``skipped`` as
+        ``oc22_<reason>`` with the sids.
+    """
+    from surfflows.io.canonical import ReferenceSetInfo, documents_from_frames
+
+    frames = frames_from_s2ef(split_dir, read_metadata(metadata_path))
+    refset = documents_from_frames(
+        ReferenceSetInfo(name=set_name, **OC22_INFO),
+        trajectory_frames=[*frames.slabs, *frames.adslabs],
+        sources={"frames": str(split_dir)},
+    )
+    _merge_skips(refset, frames)
+    return refset
+
+
+def _merge_skips(refset, frames: OC22Frames) -> None:
+    """Add the OC22 reader's skips to a reference set's, as ``oc22_<reason>`` -> ids."""
     for reason, count in frames.skipped.items():
         sids = [f"oc22-{sid}" for sid in frames.skipped_sids.get(reason, [])]
         sids += ["oc22-(no sid)"] * (count - len(sids))
         refset.skipped.setdefault(f"oc22_{reason}", []).extend(sids)
-    return refset

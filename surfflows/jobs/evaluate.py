@@ -18,32 +18,40 @@ from surfflows.engine.relax import relax_structures
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
 
-#: (reference key, doc type, structure) of one reference record.
-ReferenceItem = tuple[str, str, Structure]
+#: (reference key, doc type, structure, has DFT forces) of one reference record.
+ReferenceItem = tuple[str, str, Structure, bool]
+#: (total energy in eV, forces or None, error or None) of one single point.
+SinglePoint = tuple[float, list[list[float]] | None, str | None]
 
 
-def single_points(structures: list[Structure], model: ModelSpec) -> list[tuple[float, str | None]]:
-    """(total energy in eV, error or None) per structure at fixed geometry, batched.
+def single_points(
+    structures: list[Structure], model: ModelSpec, task: Literal["e", "ef"] = "e"
+) -> list[SinglePoint]:
+    """Energy (and with ``task="ef"`` forces) per structure at fixed geometry, batched.
 
     If a batch fails, the structures are evaluated one by one so that only the culprit
     is recorded as failed.
     """
+    if not structures:
+        return []
     chgnet = load_model(model)
+
+    def outcome(prediction: dict, structure: Structure) -> SinglePoint:
+        forces = prediction["f"].tolist() if task == "ef" else None
+        return float(prediction["e"]) * len(structure), forces, None
+
     try:
-        predictions = chgnet.predict_structure(structures, task="e", batch_size=16)
+        predictions = chgnet.predict_structure(structures, task=task, batch_size=16)
         if len(structures) == 1:
             predictions = [predictions]
-        return [
-            (float(p["e"]) * len(s), None) for p, s in zip(predictions, structures, strict=True)
-        ]
+        return [outcome(p, s) for p, s in zip(predictions, structures, strict=True)]
     except Exception:
-        outcomes: list[tuple[float, str | None]] = []
+        outcomes: list[SinglePoint] = []
         for structure in structures:
             try:
-                energy = float(chgnet.predict_structure(structure, task="e")["e"]) * len(structure)
-                outcomes.append((energy, None))
+                outcomes.append(outcome(chgnet.predict_structure(structure, task=task), structure))
             except Exception as exc:
-                outcomes.append((float("nan"), f"{type(exc).__name__}: {exc}"))
+                outcomes.append((float("nan"), None, f"{type(exc).__name__}: {exc}"))
         return outcomes
 
 
@@ -61,14 +69,20 @@ def evaluate_chunk(
 
     ``checkpoint``: the model's checkpoint file as base64, for a fine-tuned model (an
     input resolved from the JobStore, see :func:`surfflows.io.registry.checkpoint_reference`).
+    Single points of structures with DFT forces also record the model's forces.
     """
     load_model(model, decode_checkpoint(checkpoint))
-    structures = [structure for _, _, structure in items]
+    structures = [structure for _, _, structure, _ in items]
     docs = []
     if mode == "single_point":
-        for (key, doc_type, structure), (energy, error) in zip(
-            items, single_points(structures, model), strict=True
-        ):
+        with_forces = [i for i, item in enumerate(items) if item[3]]
+        without = [i for i, item in enumerate(items) if not item[3]]
+        outcomes: dict[int, SinglePoint] = {}
+        for indices, task in ((without, "e"), (with_forces, "ef")):
+            points = single_points([structures[i] for i in indices], model, task)
+            outcomes.update(zip(indices, points, strict=True))
+        for i, (key, doc_type, structure, _) in enumerate(items):
+            energy, forces, error = outcomes[i]
             ok = error is None and energy == energy
             docs.append(
                 ModelEnergyDoc(
@@ -78,12 +92,13 @@ def evaluate_chunk(
                     energy=energy if ok else None,
                     energy_per_atom=energy / len(structure) if ok else None,
                     converged=ok,
+                    forces=forces if ok else None,
                     error=error,
                 )
             )
     else:
         results = relax_structures(structures, model, fmax=fmax, max_steps=max_steps)
-        for (key, doc_type, structure), result in zip(items, results, strict=True):
+        for (key, doc_type, structure, _), result in zip(items, results, strict=True):
             ok = result.error is None and result.energy == result.energy
             docs.append(
                 ModelEnergyDoc(

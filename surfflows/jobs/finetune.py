@@ -24,7 +24,8 @@ from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.engine.finetune import RESUME_IGNORED, aligned_energy_mae, finetune, reference_data
+from surfflows.core.benchmark import aligned_energy_mae
+from surfflows.engine.finetune import RESUME_IGNORED, finetune, reference_data
 from surfflows.engine.models import ModelSpec, file_sha256, load_model
 from surfflows.io.inputs import reference_items
 from surfflows.io.registry import decode_checkpoint, encode_checkpoint
@@ -247,7 +248,7 @@ def bulk_set_errors(
     """Aligned energy errors (and force errors where labelled) of a model and its parent.
 
     Per-element offsets are fitted for each model on ``fit_docs`` and the residual MAE per
-    atom is taken over ``eval_docs`` (see :func:`~surfflows.engine.finetune.aligned_energy_mae`).
+    atom is taken over ``eval_docs`` (see :func:`~surfflows.core.benchmark.aligned_energy_mae`).
     """
     same = [d["key"] for d in fit_docs] == [d["key"] for d in eval_docs]
     ref = np.array([d["ref_energy"] / d["n_atoms"] for d in eval_docs])

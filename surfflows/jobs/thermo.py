@@ -17,6 +17,7 @@ energies of the same material, model and slab cells; elemental references of the
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,8 @@ def surface_thermodynamics(
     delta_mu_o_range: tuple[float, float] | None = None,
     delta_mu_o: list[float] | None = None,
     plot_dir: str | None = None,
+    dft_elemental_references: dict[str, float] | None = None,
+    dft_elemental_set: str | None = None,
 ) -> SurfaceThermoDoc:
     """gamma(delta mu_O), stable terminations and Wulff shapes, with their PNGs.
 
@@ -101,7 +104,14 @@ def surface_thermodynamics(
     ``plot_dir`` (default: the job's working directory); their paths are on the document.
     """
     doc = SurfaceThermoDoc.from_surface_energies(
-        bulk, surfaces, references, slab_settings, delta_mu_o_range, delta_mu_o
+        bulk,
+        surfaces,
+        references,
+        slab_settings,
+        delta_mu_o_range,
+        delta_mu_o,
+        dft_elemental_references,
+        dft_elemental_set,
     )
     folder = _plot_dir(plot_dir)
     stem = f"{doc.material_id}_{doc.model_id}"
@@ -117,7 +127,10 @@ def reference_wulff(set_name: str, material: str) -> tuple[SurfacePropertiesDoc,
     """Wulff document of a DFT reference set's surface energies for one material.
 
     The lowest reference gamma per facet (``gamma_ref``, else ``gamma_ref_recomputed``) on the
-    conventional cell of the set's bulk of that material.
+    conventional cell of the set's bulk of that material. Flagged slabs are left out; where
+    the material's slabs were cut from several bulk polymorphs (``mp_elemental_surfaces``),
+    only those of the polymorph with the most slabs are used, so facets of different
+    crystals are never mixed.
 
     Returns
     -------
@@ -126,7 +139,13 @@ def reference_wulff(set_name: str, material: str) -> tuple[SurfacePropertiesDoc,
         provenance (``level_of_theory``, ``citation``).
     """
     refset = read_reference_set(set_name)
-    slabs = [s for s in refset.slabs if s.material_id == material and s.miller_index]
+    slabs = [
+        s for s in refset.slabs if s.material_id == material and s.miller_index and not s.flags
+    ]
+    polymorphs = Counter(s.bulk_key for s in slabs if s.bulk_key)
+    if len(polymorphs) > 1:
+        main = polymorphs.most_common(1)[0][0]
+        slabs = [s for s in slabs if s.bulk_key == main]
     gammas: dict[tuple[int, ...], float] = {}
     for slab in slabs:
         gamma = slab.gamma_ref if slab.gamma_ref is not None else slab.gamma_ref_recomputed
@@ -208,6 +227,10 @@ class ThermoMaker(Maker):
         A DFT reference set (e.g. ``pbe_metal_surfaces``) to compare the Wulff shape with.
     reference_material
         The material's id in that set (default: the material id given to :meth:`make`).
+    dft_elemental_references, dft_elemental_set
+        Element -> DFT ground-state energy per atom (e.g. from ``mp_elemental_refs`` via
+        :func:`surfflows.io.elements.dft_elemental_references`) and the set's name: recorded
+        on the document as the DFT side of the metal chemical potentials.
 
     Examples
     --------
@@ -223,6 +246,8 @@ class ThermoMaker(Maker):
     plot_dir: str | None = None
     reference_set: str | None = None
     reference_material: str | None = None
+    dft_elemental_references: dict[str, float] | None = None
+    dft_elemental_set: str | None = None
 
     @property
     def model(self) -> ModelSpec:
@@ -289,6 +314,8 @@ class ThermoMaker(Maker):
             self.delta_mu_o_range,
             self.delta_mu_o,
             self.plot_dir,
+            self.dft_elemental_references,
+            self.dft_elemental_set,
         )
         analysis.name = f"surface thermodynamics {material_id}"
         jobs.append(analysis)

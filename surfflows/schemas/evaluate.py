@@ -22,6 +22,10 @@ class ModelEnergyDoc(BaseModel):
     converged: bool = Field(description="Single point succeeded / relaxation converged.")
     n_steps: int = Field(default=0, description="Relaxation steps (0 for a single point).")
     max_force: float | None = Field(default=None, description="Largest force on a free atom.")
+    forces: list[list[float]] | None = Field(
+        default=None,
+        description="Model forces, eV/Å: single points of structures with DFT forces only.",
+    )
     error: str | None = Field(default=None, description="Error summary if it failed.")
 
 

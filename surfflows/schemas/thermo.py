@@ -264,6 +264,16 @@ class SurfaceThermoDoc(OutputDoc):
         description="Metal -> model energy per atom of its lowest prototype, eV/atom."
     )
     metal_prototypes: dict[str, str] = Field(description="Metal -> lowest prototype.")
+    dft_metal_references: dict[str, float] = Field(
+        default_factory=dict,
+        description="Metal -> DFT energy per atom of its ground state (dft_elemental_set), "
+        "eV/atom: the DFT side of the metal chemical potential, shown beside the model's. "
+        "gamma and the bounds use the model's references only (energies of two levels of "
+        "theory are never mixed).",
+    )
+    dft_elemental_set: str | None = Field(
+        default=None, description="Reference set of dft_metal_references (mp_elemental_refs)."
+    )
     formation_energy: float | None = Field(
         description="Model formation energy per formula unit, eV (binary oxides)."
     )
@@ -289,6 +299,8 @@ class SurfaceThermoDoc(OutputDoc):
         slab_settings: SlabSettings,
         delta_mu_o_range: tuple[float, float] | None = None,
         delta_mu_o: Sequence[float] | None = None,
+        dft_elemental_references: Mapping[str, float] | None = None,
+        dft_elemental_set: str | None = None,
     ) -> SurfaceThermoDoc:
         """Lines, stable terminations and Wulff shapes from a surface-energy campaign.
 
@@ -308,6 +320,10 @@ class SurfaceThermoDoc(OutputDoc):
         delta_mu_o
             delta mu_O values of the Wulff shapes; default: both ends and the middle of the
             range (one Wulff shape when gamma does not depend on delta mu_O).
+        dft_elemental_references, dft_elemental_set
+            Element -> DFT energy per atom of its ground state and the set it comes from
+            (:func:`surfflows.io.elements.dft_elemental_references`); recorded for the
+            bulk's metals as the DFT side of their chemical potentials.
         """
         model_id = bulk.model_id
         others = sorted({d.model_id for d in [*surfaces, *references]} - {model_id})
@@ -393,6 +409,12 @@ class SurfaceThermoDoc(OutputDoc):
             mu_O_ref=mu_ref.get("O"),
             metal_references=metals,
             metal_prototypes={el: r.prototype for el, r in refs.items() if el != "O"},
+            dft_metal_references={
+                el: e
+                for el, e in (dft_elemental_references or {}).items()
+                if el in composition.get_el_amt_dict() and el != "O"
+            },
+            dft_elemental_set=dft_elemental_set if dft_elemental_references else None,
             formation_energy=formation,
             delta_mu_O_min=bounds[0],
             delta_mu_O_max=bounds[1],
