@@ -228,7 +228,7 @@ def test_dft_metal_references_from_mp_elemental_refs(rutile_run):
     assert len(reused) == 3  # only the analysis runs again
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     store.connect()
-    doc = MontyDecoder().process_decoded(store.get_output(flow.output.uuid, load=True))
+    doc = MontyDecoder().process_decoded(store.get_output(flow.output["thermo"].uuid, load=True))
     assert doc.dft_metal_references == {"Ti": pytest.approx(dft["Ti"])}
     assert doc.dft_elemental_set == "mp_elemental_refs"
     # CHGNet's Ti (MP2020-compatible training energies) sits near MP's raw PBE Ti
