@@ -137,9 +137,7 @@ class SurfaceEnergyErrorBuilder(Builder):
                     elemental_docs, self._energies(model_id, elemental, mode)
                 )
             if set_name not in loaded:
-                split = get_or_create_split(
-                    set_name, store=self.splits, references=self.references
-                )
+                split = get_or_create_split(set_name, store=self.splits, references=self.references)
                 references = list(
                     self.references.query(
                         {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
