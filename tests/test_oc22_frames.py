@@ -168,3 +168,23 @@ def test_frames_extxyz_round_trip_and_bad_force_shape(oc22_files, tmp_path):
     write(folder / "frames.extxyz", bad)
     with pytest.raises(ValueError, match=r"frames.extxyz, frame 1: per-atom array 'ref_forces'"):
         read_reference_set(folder)
+
+
+def test_frames_are_energy_and_force_training_samples(oc22_files):
+    from surfflows.engine.finetune import build_batch, reference_data
+    from surfflows.engine.models import ModelSpec, load_model
+
+    s2ef, _, meta = oc22_files
+    docs = [d.model_dump(mode="json") for d in oc22_s2ef_set(s2ef, meta).documents]
+    parts = {"mp-554278": "train", OTHER_BULK: "test"}
+    model = load_model(ModelSpec())
+    train = reference_data(docs, parts, ("train",), model.graph_converter)
+    assert train.counts()["frames"] == 7 and train.counts()["force_labelled"] == 7
+    assert {s.material_id for s in train.samples} == {"mp-554278"}  # test frames stay out
+    assert not train.pairs  # frames enter energy and force terms, never gamma
+    batch = build_batch(model, train, list(range(7)), None)
+    assert batch.forces is not None and bool(batch.energy_mask.all())
+    selected = reference_data(
+        docs, parts, ("train",), model.graph_converter, slab_keys={"oc22:oc22-23315"}
+    )
+    assert selected.counts()["frames"] == 3  # the frames of the selected relaxation only

@@ -334,6 +334,7 @@ class ReferenceData:
             "materials": len({s.material_id for s in self.samples}),
             "force_labelled": sum(s.forces is not None for s in self.samples),
             "gamma_only": sum(s.energy is None for s in self.samples),
+            "frames": sum(s.doc_type == "frame" for s in self.samples),
         }
 
 
@@ -351,7 +352,8 @@ def reference_data(
     Parameters
     ----------
     docs
-        Reference documents of one set (slabs and bulks; others are ignored).
+        Reference documents of one set (slabs, bulks and trajectory frames; others are
+        ignored). Frames (OC22 S2EF) are energy and force samples without a gamma term.
     assignments
         material_id -> split part.
     parts
@@ -362,7 +364,7 @@ def reference_data(
         Zero forces as labels for frames without ``ref_forces`` (DFT-relaxed frames only).
     slab_keys
         Only these slabs (e.g. a DIRECT or random selection of the train part), with their
-        bulks; None: every slab of the parts.
+        bulks and the frames of their trajectories; None: every slab of the parts.
 
     Returns
     -------
@@ -379,8 +381,12 @@ def reference_data(
     selected = [
         doc
         for doc in docs
-        if doc["doc_type"] in ("slab", "bulk") and assignments.get(doc["material_id"]) in parts
-        if doc["doc_type"] == "bulk" or slab_keys is None or doc["key"] in slab_keys
+        if doc["doc_type"] in ("slab", "bulk", "frame")
+        and assignments.get(doc["material_id"]) in parts
+        if doc["doc_type"] == "bulk"
+        or slab_keys is None
+        or doc["key"] in slab_keys
+        or doc.get("parent_key") in slab_keys
     ]
     slabs = []
     for doc in (d for d in selected if d["doc_type"] == "slab"):
@@ -401,10 +407,17 @@ def reference_data(
             dropped["bulk_without_slab"].append(doc["key"])
         else:
             bulks.append(doc)
+    frames = []  # trajectory frames (OC22 S2EF): energy and force samples, no gamma term
+    for doc in (d for d in selected if d["doc_type"] == "frame"):
+        if doc.get("flags"):
+            for flag in doc["flags"]:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
+        else:
+            frames.append(doc)
     # Bulks first so that a slab's bulk is known when the slab's pair is made.
     data = ReferenceData()
     index: dict[str, int] = {}
-    for doc in [*bulks, *slabs]:
+    for doc in [*bulks, *slabs, *frames]:
         structure = Structure.from_dict(doc["structure"])
         try:
             graph = converter(structure, graph_id=doc["key"])

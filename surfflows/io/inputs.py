@@ -48,8 +48,11 @@ def reference_inputs(
 def training_inputs(
     set_name: str, bulk_sets: tuple[str, ...], references: Store, splits: Store
 ) -> tuple[ReferenceInputs, list[ReferenceInputs]]:
-    """A fine-tuning set with its split, and the bulk sets of the forgetting check."""
-    training = reference_inputs(set_name, references, splits)
+    """A fine-tuning set with its split, and the bulk sets of the forgetting check.
+
+    The set's trajectory frames (OC22 S2EF) come with its slabs and bulks as training samples.
+    """
+    training = reference_inputs(set_name, references, splits, ("slab", "bulk", "frame"))
     bulks = [reference_inputs(name, references, None, ("bulk",)) for name in bulk_sets]
     return training, bulks
 
