@@ -184,18 +184,20 @@ def test_fixed_atoms_do_not_move(slabs: list[Structure], batched: list[RelaxResu
         assert moved[~fixed].max() > 1e-3
 
 
-def test_step_limit_is_per_structure(slabs: list[Structure], batched: list[RelaxResult]) -> None:
+def test_step_limit_is_per_structure(
+    slabs: list[Structure], batched_lbfgs: list[RelaxResult]
+) -> None:
     """With a step limit, the far-from-minimum slab stops unconverged, the other converges."""
     cu111 = slabs[0]
-    shaken = Structure(  # ~40 steps to converge
+    shaken = Structure(  # ~20 L-BFGS steps to converge
         cu111.lattice,
         cu111.species,
-        cu111.cart_coords + np.random.default_rng(7).normal(0.0, 0.2, (len(cu111), 3)),
+        cu111.cart_coords + np.random.default_rng(3).normal(0.0, 0.3, (len(cu111), 3)),
         coords_are_cartesian=True,
     )
-    relaxed = batched[1].structure
+    relaxed = batched_lbfgs[1].structure
     positions = relaxed.cart_coords
-    positions[np.argmax(positions[:, 2]), 0] += 0.05  # nudge the top atom: ~7 steps
+    positions[np.argmax(positions[:, 2]), 0] += 0.05  # nudge the top atom: ~2 steps
     nudged = Structure(
         relaxed.lattice,
         relaxed.species,
@@ -205,18 +207,20 @@ def test_step_limit_is_per_structure(slabs: list[Structure], batched: list[Relax
     )
     timings = RelaxTimings()
     stopped, converged = relax_structures(
-        [shaken, nudged], MODEL, fmax=FMAX, max_steps=15, progress=False, timings=timings
+        [shaken, nudged], MODEL, fmax=FMAX, max_steps=10, progress=False, timings=timings
     )
     assert not stopped.converged and stopped.error is None
-    assert stopped.n_steps == 15 and len(stopped.energies) == 16
+    assert stopped.n_steps == 10 and len(stopped.energies) == 11
     assert math.isfinite(stopped.energy) and stopped.max_force >= FMAX
-    assert converged.ok and 0 < converged.n_steps < 15
+    assert converged.ok and 0 < converged.n_steps < 10
     assert timings.n_evaluations == stopped.n_steps + 1 + converged.n_steps + 1
     assert timings.n_forward == stopped.n_steps + 1
     assert timings.forward > 0.0
 
 
-def test_broken_structures_fail_alone(slabs: list[Structure], reference: list[RelaxResult]) -> None:
+def test_broken_structures_fail_alone(
+    slabs: list[Structure], reference_lbfgs: list[RelaxResult]
+) -> None:
     """Each kind of broken input gets an error record; the good slab in its batch relaxes."""
     good = slabs[1]
     lattice, species, positions = good.lattice, good.species, good.cart_coords
@@ -239,7 +243,7 @@ def test_broken_structures_fail_alone(slabs: list[Structure], reference: list[Re
         assert not res.converged and not res.ok and math.isnan(res.energy)
         assert res.structure is structure
     assert good_res.ok
-    assert abs(good_res.energy - reference[1].energy) / len(good) < 1e-3
+    assert abs(good_res.energy - reference_lbfgs[1].energy) / len(good) < 1e-4
     # the one-at-a-time path records the same inputs as failures too
     for structure, message in ((on_top, "Å apart"), (nan_position, "non-finite")):
         single = relax_one(structure, MODEL, fmax=FMAX)
