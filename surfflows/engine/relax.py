@@ -26,7 +26,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -51,7 +51,6 @@ Optimizer = Literal["lbfgs", "fire"]
 OPTIMIZERS: tuple[Optimizer, ...] = ("lbfgs", "fire")
 #: Optimizer of :func:`relax_structures` unless told otherwise (measured: fewer evaluations).
 DEFAULT_OPTIMIZER: Optimizer = "lbfgs"
-_ASE_OPTIMIZERS = {"lbfgs": LBFGS, "fire": FIRE}
 
 
 def _check_optimizer(optimizer: str) -> None:
@@ -176,7 +175,11 @@ def relax_one(
         atoms.calc = get_calculator(model)
         result.initial_energy = float(atoms.get_potential_energy())
         target = FrechetCellFilter(atoms) if relax_cell else atoms
-        dynamics = _ASE_OPTIMIZERS[optimizer](target, logfile=None)
+        dynamics = (
+            LBFGS(target, logfile=None, **asdict(_LBFGS))
+            if optimizer == "lbfgs"
+            else FIRE(target, logfile=None)
+        )
         dynamics.attach(lambda: result.energies.append(float(atoms.get_potential_energy())))
         result.converged = bool(dynamics.run(fmax=fmax, steps=max_steps))
         result.n_steps = dynamics.nsteps
