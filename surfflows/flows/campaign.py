@@ -5,7 +5,7 @@ A campaign file names a model, slab and relaxation settings, and the bulks::
     name: demo
     model: chgnet-0.3.0
     slabs: {max_index: 1, min_slab_size: 8.0, min_vacuum_size: 12.0}
-    relax: {fmax: 0.05, max_steps: 300, chunk_size: 64}
+    relax: {fmax: 0.05, max_steps: 300, chunk_size: 64, optimizer: lbfgs}
     materials:
       - {id: Cu, structure: structures/Cu.cif}
       - {id: TiO2-rutile, structure: structures/TiO2_rutile.cif, slabs: {max_index: 1}}
@@ -41,7 +41,7 @@ from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import ModelSpec
-from surfflows.engine.relax import check_geometry
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
@@ -60,6 +60,10 @@ class RelaxSettings(BaseModel):
     )
     max_steps: int = Field(default=500, ge=1, le=100_000, description="Step limit per relaxation.")
     chunk_size: int = Field(default=64, ge=1, description="Slabs per relaxation job.")
+    optimizer: Optimizer = Field(
+        default=DEFAULT_OPTIMIZER,
+        description="Slab optimizer: lbfgs (ASE's L-BFGS, fewer force evaluations) or fire.",
+    )
 
 
 class MaterialConfig(BaseModel):
@@ -173,7 +177,8 @@ class CampaignConfig(BaseModel):
         """Material id -> sha256 of what determines its results.
 
         The structure (lattice, species, coordinates), the material id, its slab
-        settings, fmax and max_steps, and the model (version or checkpoint sha256);
+        settings, fmax, max_steps, the slab optimizer, and the model (version or checkpoint
+        sha256);
         ``chunk_size`` changes how jobs are cut, not results, and is left out.
         """
         structures = structures or self.load_structures()
@@ -189,6 +194,7 @@ class CampaignConfig(BaseModel):
                 "slabs": (material.slabs or self.slabs).model_dump(mode="json"),
                 "fmax": self.relax.fmax,
                 "max_steps": self.relax.max_steps,
+                "optimizer": self.relax.optimizer,
                 "model": identity,
             }
             text = json.dumps(content, sort_keys=True)
@@ -207,6 +213,7 @@ class CampaignConfig(BaseModel):
                 model,
                 self.relax.fmax,
                 self.relax.max_steps,
+                self.relax.optimizer,
                 slab_settings=material.slabs or self.slabs,
                 chunk_size=self.relax.chunk_size,
             ).make(structures[material.id], material.id, checkpoint)

@@ -14,7 +14,7 @@ from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
 from surfflows.engine.models import ModelSpec, load_model
-from surfflows.engine.relax import relax_structures
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_structures
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
 
@@ -64,6 +64,7 @@ def evaluate_chunk(
     fmax: float,
     max_steps: int,
     checkpoint: str | None = None,
+    optimizer: Optimizer = DEFAULT_OPTIMIZER,
 ) -> EvaluationDoc:
     """Model energies of reference structures, one :class:`ModelEnergyDoc` each.
 
@@ -97,7 +98,9 @@ def evaluate_chunk(
                 )
             )
     else:
-        results = relax_structures(structures, model, fmax=fmax, max_steps=max_steps)
+        results = relax_structures(
+            structures, model, fmax=fmax, max_steps=max_steps, optimizer=optimizer
+        )
         for (key, doc_type, structure, _), result in zip(items, results, strict=True):
             ok = result.error is None and result.energy == result.energy
             docs.append(
@@ -135,8 +138,8 @@ class EvaluateMaker(Maker):
         The model to evaluate (pretrained or a registered checkpoint).
     modes
         ``single_point`` and/or ``relaxed`` (ions only, DFT cell kept).
-    fmax, max_steps
-        Relaxation settings of the relaxed mode.
+    fmax, max_steps, optimizer
+        Relaxation settings of the relaxed mode (optimizer ``"lbfgs"`` or ``"fire"``).
     chunk_size
         Structures per job.
     """
@@ -146,6 +149,7 @@ class EvaluateMaker(Maker):
     modes: tuple[str, ...] = ("single_point", "relaxed")
     fmax: float = 0.05
     max_steps: int = 300
+    optimizer: Optimizer = DEFAULT_OPTIMIZER
     chunk_size: int = 128
 
     def make(
@@ -183,6 +187,7 @@ class EvaluateMaker(Maker):
                     self.fmax,
                     self.max_steps,
                     checkpoint,
+                    self.optimizer,
                 )
                 chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
                 jobs.append(chunk_job)

@@ -15,7 +15,7 @@ from pymatgen.core import Structure
 from surfflows.core.slabs import SlabCandidate
 from surfflows.core.validation import check_elements
 from surfflows.engine.models import ModelSpec, load_model
-from surfflows.engine.relax import relax_one, relax_structures
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_one, relax_structures
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
@@ -71,12 +71,15 @@ class SlabRelaxMaker(Maker):
         Force criterion, eV/Å.
     max_steps
         Step limit per slab.
+    optimizer
+        Batched optimizer, ``"lbfgs"`` (default, fewer force evaluations) or ``"fire"``.
     """
 
     name: str = "slab relax"
     model: ModelSpec = field(default_factory=ModelSpec)
     fmax: float = 0.05
     max_steps: int = 500
+    optimizer: Optimizer = DEFAULT_OPTIMIZER
 
     @job(data=[Structure])
     def make(
@@ -88,7 +91,11 @@ class SlabRelaxMaker(Maker):
         """
         load_model(self.model, decode_checkpoint(checkpoint))
         results = relax_structures(
-            [s.structure for s in slabs], self.model, fmax=self.fmax, max_steps=self.max_steps
+            [s.structure for s in slabs],
+            self.model,
+            fmax=self.fmax,
+            max_steps=self.max_steps,
+            optimizer=self.optimizer,
         )
         return [
             SlabRelaxDoc.from_result(result, self.model, self.fmax, material_id, slab)

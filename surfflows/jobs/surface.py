@@ -15,6 +15,7 @@ from surfflows.core.slabs import SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import ModelSpec
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.jobs.relax import BulkRelaxMaker, SlabRelaxMaker
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
@@ -92,13 +93,19 @@ class SurfaceEnergyMaker(Maker):
 
     @classmethod
     def for_model(
-        cls, model: ModelSpec, fmax: float = 0.05, max_steps: int = 500, **kwargs
+        cls,
+        model: ModelSpec,
+        fmax: float = 0.05,
+        max_steps: int = 500,
+        optimizer: Optimizer = DEFAULT_OPTIMIZER,
+        **kwargs,
     ) -> SurfaceEnergyMaker:
-        """Bulk and slab relax makers with one model, force criterion and step limit."""
+        """Bulk and slab relax makers with one model, force criterion and step limit;
+        ``optimizer`` for the slabs (the bulk relaxes with FIRE)."""
         relax = {"model": model, "fmax": fmax, "max_steps": max_steps}
         return cls(
             bulk_relax_maker=BulkRelaxMaker(**relax),
-            slab_relax_maker=SlabRelaxMaker(**relax),
+            slab_relax_maker=SlabRelaxMaker(**relax, optimizer=optimizer),
             **kwargs,
         )
 
