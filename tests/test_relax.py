@@ -149,8 +149,8 @@ def test_lbfgs_reaches_fires_minimum_in_fewer_steps(
 ) -> None:
     """The default optimizer ends where FIRE does, or lower, in fewer steps overall.
 
-    On the flat lateral mode of the 4-atom Cu(100) slab, L-BFGS goes on to a minimum
-    1.1 meV/atom lower, 0.1 Å from where FIRE stops at the same force criterion.
+    On the flat lateral mode of the 4-atom Cu(100) slab the two stop up to ~0.1 Å apart at
+    the same force criterion (L-BFGS ~1 meV/atom lower with ASE's alpha).
     """
     assert DEFAULT_OPTIMIZER == "lbfgs"
     for slab, fire, lbfgs in zip(slabs, batched, batched_lbfgs, strict=True):
@@ -189,7 +189,7 @@ def test_step_limit_is_per_structure(
 ) -> None:
     """With a step limit, the far-from-minimum slab stops unconverged, the other converges."""
     cu111 = slabs[0]
-    shaken = Structure(  # ~20 L-BFGS steps to converge
+    shaken = Structure(  # more than 10 L-BFGS steps to converge
         cu111.lattice,
         cu111.species,
         cu111.cart_coords + np.random.default_rng(3).normal(0.0, 0.3, (len(cu111), 3)),
@@ -197,7 +197,7 @@ def test_step_limit_is_per_structure(
     )
     relaxed = batched_lbfgs[1].structure
     positions = relaxed.cart_coords
-    positions[np.argmax(positions[:, 2]), 0] += 0.05  # nudge the top atom: ~2 steps
+    positions[np.argmax(positions[:, 2]), 0] += 0.05  # nudge the top atom: a few steps
     nudged = Structure(
         relaxed.lattice,
         relaxed.species,
