@@ -432,6 +432,33 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
+    config = {
+        "n_slabs": n_slabs,
+        "quick": args.quick,
+        "fmax": args.fmax,
+        "max_steps": args.max_steps,
+        "batch_sizes": args.batch_size,
+        "optimizers": optimizers,
+        "atomate2_optimizers": args.atomate2_optimizers,
+        "rattle": args.rattle,
+        "seed": args.seed,
+        "model": spec.model_id,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "energy_reference": f"batched[fire, {args.batch_size[0]}]",
+        "slabs": [f"{name} ({len(slab)} atoms)" for name, slab in named],
+    }
+
+    def save(runs: dict[str, MethodRun], verbose: bool = False) -> dict:
+        """Report the runs so far (JSON + PNG), so that a long run leaves results early."""
+        report = summarize(runs, config, n_atoms, verbose)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, allow_nan=False))
+        _plot(list(runs.values()), output.with_suffix(".png"))
+        return report
+
     runs: dict[str, MethodRun] = {}
     # the batched FIRE always runs: every method's energies are compared with it
     for optimizer in optimizers:
@@ -439,47 +466,40 @@ def main(argv: list[str] | None = None) -> dict:
             run = run_batched(slabs, spec, args.fmax, args.max_steps, batch_size, optimizer)
             runs[run.method] = run
             print(f"{run.method}: {run.wall_s:.1f} s", flush=True)
+    save(runs)
     if "StructOptimizer" in methods:
         runs["StructOptimizer"] = run_struct_optimizer(slabs, spec, args.fmax, args.max_steps)
+        save(runs)
     if "atomate2" in methods:
         for optimizer in args.atomate2_optimizers:
             run = run_atomate2(slabs, args.fmax, args.max_steps, optimizer)
             runs[run.method] = run
             print(f"{run.method}: {run.wall_s:.1f} s", flush=True)
-    fire = runs[f"batched[fire, {args.batch_size[0]}]"]
+            save(runs)
+    report = save(runs, verbose=True)
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    return report
 
+
+def summarize(runs: dict[str, MethodRun], config: dict, n_atoms: list[int], verbose: bool) -> dict:
+    """The report of ``runs``: each method, its agreement with FIRE, speed-ups, the floor."""
+    fire = runs[config["energy_reference"]]
+    out = print if verbose else lambda *_: None
     report: dict = {
-        "config": {
-            "n_slabs": n_slabs,
-            "quick": args.quick,
-            "fmax": args.fmax,
-            "max_steps": args.max_steps,
-            "batch_sizes": args.batch_size,
-            "optimizers": optimizers,
-            "atomate2_optimizers": args.atomate2_optimizers,
-            "rattle": args.rattle,
-            "seed": args.seed,
-            "model": spec.model_id,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "machine": platform.platform(),
-            "energy_reference": fire.method,
-            "slabs": [f"{name} ({len(slab)} atoms)" for name, slab in named],
-        },
+        "config": config,
         "methods": {
             name: run.as_json() | {"vs_fire": agreement(run, fire, n_atoms)}
             for name, run in runs.items()
         },
     }
 
-    print(
+    out(
         f"\n{'method':<24} {'wall s':>8} {'CPU s':>8} {'slabs/h':>8} {'conv.':>7} "
         f"{'eval/slab':>9} {'ms/eval':>8} {'dE meV/at':>10} {'max dx Å':>9}"
     )
     for name, run in runs.items():
         versus = report["methods"][name]["vs_fire"]
-        print(
+        out(
             f"{name:<24} {run.wall_s:8.1f} {run.cpu_s:8.1f} {run.slabs_per_hour():8.0f} "
             f"{sum(run.converged):3d}/{len(run.converged):<3d} {run.evaluations_per_slab():9.1f} "
             f"{1e3 * run.wall_s / run.n_evaluations:8.1f} "
@@ -510,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         }
         for other in others:
-            print(
+            out(
                 f"{batched.method} / {other.method}: {other.wall_s / batched.wall_s:.2f}x wall, "
                 f"{other.cpu_s / batched.cpu_s:.2f}x CPU, "
                 f"{other.n_evaluations / batched.n_evaluations:.2f}x evaluations"
@@ -525,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
             "floor_s": floor_s,
             "fraction_of_floor": floor_s / batched.wall_s,
         }
-        print(
+        out(
             f"{batched.method}: forward passes {timings['forward']:.1f} s of "
             f"{batched.wall_s:.1f} s ({1e3 * timings['forward'] / timings['n_evaluations']:.0f} "
             f"ms per structure); graphs {timings['graphs']:.1f} s, optimizer "
@@ -534,10 +554,6 @@ def main(argv: list[str] | None = None) -> dict:
             f"{floor_s / batched.wall_s:.0%} of its wall time"
         )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2, allow_nan=False))
-    _plot(list(runs.values()), output.with_suffix(".png"))
-    print(f"\nwrote {output} and {output.with_suffix('.png')}")
     return report
 
 
