@@ -48,11 +48,23 @@ def test_demo_config_is_valid():
         ({"materials": [{"id": "X", "structure": "missing.cif"}]}, "not found"),
         ({"slabs": {"miller_indices": [[0, 0, 0]]}}, "does not define a plane"),
         ({"model": "chgnet-9"}, "neither a pretrained"),
+        ({"relax": {"optimizer": "bfgs"}}, "optimizer"),
     ],
 )
 def test_bad_campaign_fails_before_work(tmp_path, override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         CampaignConfig.from_yaml(write_campaign(tmp_path, **override))
+
+
+def test_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
+    """The campaign's optimizer is the one its slab relaxation Maker will use."""
+    default = CampaignConfig.from_yaml(write_campaign(tmp_path))
+    assert default.relax.optimizer == "lbfgs"
+    config = CampaignConfig.from_yaml(
+        write_campaign(tmp_path, relax={"fmax": 0.1, "max_steps": 100, "optimizer": "fire"})
+    )
+    slabs = config.flows()[0].jobs[1]  # after the bulk relaxation
+    assert slabs.function_args[2].optimizer == "fire"
 
 
 def test_non_periodic_and_unsupported_structures(tmp_path):
