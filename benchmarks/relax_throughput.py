@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs: dict[str, MethodRun] = {}
     # the batched FIRE always runs: every method's energies are compared with it
-    for optimizer in optimizers:
+    for optimizer in optimizers if "batched" in methods else ["fire"]:
         for batch_size in args.batch_size if "batched" in methods else args.batch_size[:1]:
             run = run_batched(slabs, spec, args.fmax, args.max_steps, batch_size, optimizer)
             runs[run.method] = run
