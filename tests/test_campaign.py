@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobflow import Flow, run_locally
+from jobflow import Flow, JobStore, run_locally
+from maggma.stores import MemoryStore
 from monty.json import MontyDecoder, jsanitize
 from typer.testing import CliRunner
 
@@ -63,8 +64,10 @@ def test_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
     config = CampaignConfig.from_yaml(
         write_campaign(tmp_path, relax={"fmax": 0.1, "max_steps": 100, "optimizer": "fire"})
     )
-    slabs = config.flows()[0].jobs[1]  # after the bulk relaxation
+    flow = config.flows(JobStore(MemoryStore(), additional_stores={"data": MemoryStore()}))[0]
+    slabs = flow.jobs[1]  # after the bulk relaxation
     assert slabs.function_args[2].optimizer == "fire"
+    assert config.input_hashes(ModelSpec()) != default.input_hashes(ModelSpec())
 
 
 def test_non_periodic_and_unsupported_structures(tmp_path):
