@@ -389,8 +389,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        self.wfile.write(body[start:])
+        # Counted before writing: the client may return as soon as the last byte arrives,
+        # before this thread runs another line.
         self.server.bytes_sent += len(body) - start
+        self.wfile.write(body[start:])
 
     def log_message(self, *args) -> None:
         """Keep the test output quiet."""
