@@ -12,7 +12,7 @@ from ase.io import read, write
 from jobflow import run_locally
 from typer.testing import CliRunner
 
-from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
 from surfflows.core.benchmark import chemistry_class, facet_family, summarize
 from surfflows.engine.models import ModelSpec
@@ -43,16 +43,6 @@ def tiny_set(tmp_path) -> Path:
     return folder
 
 
-def run_builders() -> dict[str, int]:
-    counts = {}
-    for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
-        builder.connect()
-        items = list(builder.get_items())
-        builder.update_targets([builder.process_item(i) for i in items])
-        counts[type(builder).__name__] = len(items)
-    return counts
-
-
 def evaluate(model: ModelSpec, modes=("single_point",)) -> None:
     with get_store("references") as references, get_store("splits") as splits:
         items = reference_items(reference_inputs("tiny_metals", references, splits))
@@ -75,8 +65,14 @@ def test_evaluate_build_incrementally(tiny_set):
     report = ingest_path(tiny_set)
     assert report.inserted == 8  # Ni(100), Ni(111), Pt(111), Rh(100), the flagged copy, 3 bulks
     evaluate(ModelSpec(), modes=("single_point", "relaxed"))
-    assert run_builders() == {"SurfaceEnergyErrorBuilder": 2, "BenchmarkBuilder": 2}
-    assert run_builders() == {"SurfaceEnergyErrorBuilder": 0, "BenchmarkBuilder": 0}
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 2,
+        "BenchmarkBuilder": 2,
+    }
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 0,
+        "BenchmarkBuilder": 0,
+    }
 
     errors = get_store("surface_errors")
     benchmarks = get_store("benchmarks")
@@ -98,7 +94,10 @@ def test_evaluate_build_incrementally(tiny_set):
 
     # a new model's results are processed alone
     evaluate(ModelSpec(version="0.2.0"))
-    assert run_builders() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 1,
+        "BenchmarkBuilder": 1,
+    }
     with benchmarks:
         assert {r["model_id"] for r in benchmarks.query({"split": "all", "quantity": "gamma"})} == {
             "chgnet-0.3.0",
@@ -111,9 +110,11 @@ def test_evaluate_build_incrementally(tiny_set):
     assert result.exit_code == 0, result.output
     assert len(list((tiny_set / "reports").glob("parity_*.png"))) == 3
 
-    # maggma's runner with the shipped builder file sees nothing new
+    # maggma's runner with the shipped builder file sees nothing new and rewrites nothing
+    with errors:
+        stamps = {d["error_id"]: d["last_updated"] for d in errors.query({})}
     out = subprocess.run(
-        [sys.executable, "-c", "from maggma.cli import run; run()", str(CONFIGS / "builders.yaml")],
+        [sys.executable, "-c", "from maggma.cli import run; run()", str(CONFIGS / "builders.py")],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -122,4 +123,5 @@ def test_evaluate_build_incrementally(tiny_set):
     with errors:
         # 5 slabs + 3 bulks x (0.3.0 single point, 0.3.0 relaxed, 0.2.0 single point), none
         # rewritten
-        assert errors.count() == 24
+        assert {d["error_id"]: d["last_updated"] for d in errors.query({})} == stamps
+        assert len(stamps) == 24

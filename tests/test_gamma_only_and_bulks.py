@@ -14,7 +14,7 @@ from ase.io import read, write
 from jobflow import run_locally
 from typer.testing import CliRunner
 
-from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
 from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
 from surfflows.engine.finetune import _Objective, build_batch, reference_data
@@ -48,12 +48,6 @@ def gamma_only_set(tmp_path) -> Path:
     bulk_ids = {a.info["bulk_id"] for a in slabs}
     bulks = [a for a in read(MP_SURFACES / "bulks.extxyz", ":") if a.info["bulk_id"] in bulk_ids]
     return _write_set(tmp_path / "tiny_gamma_only", slabs, bulks)
-
-
-def run_builders() -> None:
-    for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
-        builder.connect()
-        builder.update_targets([builder.process_item(i) for i in builder.get_items()])
 
 
 def test_packaged_gamma_only_set_reads_with_published_gamma_only():
@@ -102,7 +96,7 @@ def test_gamma_only_slabs_evaluate_build_and_report_in_both_modes(gamma_only_set
         "tiny_gamma_only", items
     )
     run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
-    run_builders()
+    run_builders(configured_builders())
 
     errors, benchmarks = get_store("surface_errors"), get_store("benchmarks")
     with errors, benchmarks:
@@ -241,7 +235,7 @@ def test_bulk_only_set_gives_bulk_energy_rows_with_parent_change(tmp_path):
             ],
             key="uuid",
         )
-    run_builders()
+    run_builders(configured_builders())
     benchmarks, errors = get_store("benchmarks"), get_store("surface_errors")
     with benchmarks, errors:
         rows = {

@@ -19,7 +19,7 @@ import yaml
 from ase.io import read, write
 from jfremote_support import project_jobstore, reset_client, write_project
 
-from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+from surfflows.builders import campaign_builders, run_builders
 from surfflows.engine.models import ModelSpec
 from surfflows.flows.campaign import CampaignConfig
 from surfflows.flows.remote import submit_campaign, submit_flows
@@ -151,21 +151,19 @@ def test_finetuned_checkpoint_evaluated_on_a_worker(project, tmp_path, monkeypat
     run_on_worker(project, monkeypatch, max_seconds=300)
 
     # the builders of `surfflows build`, run by mrun's serial runner, read the same JobStore
-    from maggma.cli.serial import serial
     from maggma.stores import MemoryStore
 
     errors, benchmarks = MemoryStore("surface_errors"), MemoryStore("benchmarks")
+    stores = {
+        "outputs": store.docs_store,
+        "references": references,
+        "splits": _split_store(inputs),
+        "surface_errors": errors,
+        "benchmarks": benchmarks,
+    }
     with store:
-        for builder in (
-            SurfaceEnergyErrorBuilder(
-                outputs=store.docs_store,
-                references=references,
-                surface_errors=errors,
-                splits=_split_store(inputs),
-            ),
-            BenchmarkBuilder(surface_errors=errors, benchmarks=benchmarks),
-        ):
-            serial(builder, no_bars=True)
+        counts = run_builders(campaign_builders(stores))
+    assert counts == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
     with benchmarks:
         row = benchmarks.query_one({"model_id": doc.model_id, "split": "test"})
     assert row["n"] == 1 and row["mae"] is not None

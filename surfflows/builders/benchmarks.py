@@ -15,7 +15,6 @@ from maggma.core import Builder, Store
 
 from surfflows.core.benchmark import bulk_summary, reason_category, summarize
 from surfflows.schemas.benchmark import BenchmarkDoc
-from surfflows.stores import get_store
 
 SPLIT_PARTS = ("train", "val", "test", "all")
 
@@ -30,20 +29,20 @@ class BenchmarkBuilder(Builder):
     Parameters
     ----------
     surface_errors, benchmarks, outputs
-        Stores; default: the configured database's stores of these names (``outputs``, the
-        JobStore's, holds the FineTuneDoc that names each fine-tuned model's parent).
+        Stores, opened by the caller (``outputs``, the JobStore's docs store, holds the
+        FineTuneDoc that names each fine-tuned model's parent).
     """
 
     def __init__(
         self,
-        surface_errors: Store | None = None,
-        benchmarks: Store | None = None,
-        outputs: Store | None = None,
+        surface_errors: Store,
+        benchmarks: Store,
+        outputs: Store,
         **kwargs,
     ):
-        self.surface_errors = surface_errors or get_store("surface_errors")
-        self.benchmarks = benchmarks or get_store("benchmarks")
-        self.outputs = outputs or get_store("outputs")
+        self.surface_errors = surface_errors
+        self.benchmarks = benchmarks
+        self.outputs = outputs
         super().__init__(
             sources=[self.surface_errors, self.outputs], targets=[self.benchmarks], **kwargs
         )

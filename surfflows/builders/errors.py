@@ -20,7 +20,7 @@ from surfflows.core.benchmark import (
 )
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
-from surfflows.stores import ensure_indexes, get_store
+from surfflows.stores import ensure_indexes
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
 
@@ -36,7 +36,9 @@ class SurfaceEnergyErrorBuilder(Builder):
     Parameters
     ----------
     outputs, references, surface_errors, splits
-        Stores; default: the configured database's stores of these names.
+        Stores, opened by the caller (:func:`surfflows.builders.run.campaign_builders`):
+        the JobStore's docs store, the reference documents, the target, and the stored
+        splits (a set's split is created or extended there).
     elemental_set
         Reference set of elemental ground states (DFT energies per element). Where a model
         evaluated it in a mode, bulk errors of other sets in that mode also get the model -
@@ -45,18 +47,18 @@ class SurfaceEnergyErrorBuilder(Builder):
 
     def __init__(
         self,
-        outputs: Store | None = None,
-        references: Store | None = None,
-        surface_errors: Store | None = None,
-        splits: Store | None = None,
+        outputs: Store,
+        references: Store,
+        surface_errors: Store,
+        splits: Store,
         elemental_set: str = "mp_elemental_refs",
         **kwargs,
     ):
         self.elemental_set = elemental_set
-        self.outputs = outputs or get_store("outputs")
-        self.references = references or get_store("references")
-        self.surface_errors = surface_errors or get_store("surface_errors")
-        self.splits = splits or get_store("splits")
+        self.outputs = outputs
+        self.references = references
+        self.surface_errors = surface_errors
+        self.splits = splits
         super().__init__(
             sources=[self.outputs, self.references],
             targets=[self.surface_errors, self.splits],

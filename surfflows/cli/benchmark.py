@@ -66,20 +66,17 @@ def evaluate(
 
 
 @app.command()
-def build() -> None:
-    """Run the error and benchmark builders incrementally (same as mrun configs/builders.yaml)."""
-    from surfflows.builders import BenchmarkBuilder, SurfaceEnergyErrorBuilder
+def build(
+    progress: Annotated[bool, typer.Option(help="Show maggma's progress bars.")] = False,
+) -> None:
+    """Run the error and benchmark builders incrementally (same as mrun configs/builders.py)."""
+    from surfflows.builders import campaign_builders, run_builders
+    from surfflows.builders.run import BUILDER_STORES
+    from surfflows.stores import get_store
 
-    for builder in (SurfaceEnergyErrorBuilder(), BenchmarkBuilder()):
-        builder.connect()
-        n_items = n_docs = 0
-        for item in builder.get_items():
-            docs = builder.process_item(item)
-            builder.update_targets([docs])
-            n_items += 1
-            n_docs += len(docs)
-        builder.finalize()
-        console.print(f"{type(builder).__name__}: {n_items} items processed, {n_docs} documents")
+    stores = {name: get_store(name) for name in BUILDER_STORES}
+    for name, n_items in run_builders(campaign_builders(stores), progress=progress).items():
+        console.print(f"{name}: {n_items} groups processed")
 
 
 BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
