@@ -111,6 +111,36 @@ def ensure_indexes(store: Store, keys: tuple[str, ...], unique: bool = False) ->
             return
 
 
+def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
+    """Insert documents whose keys the store does not hold, in one bulk write.
+
+    maggma's public write, :meth:`~maggma.core.Store.update`, upserts; on a MontyStore it
+    replaces one document per collection scan and sqlite commit: writing the 734 documents
+    of ``jarvis_surfaces`` took 104 s that way and 0.6 s as one ``insert_many`` (measured
+    on 2 shared cores). maggma has no public bulk insert, so this is the one place
+    surfflows reaches a store's underlying collection (``_collection``, the pymongo,
+    mongomock or montydb collection of maggma's Mongo-like stores); other stores get
+    ``update``.
+
+    Parameters
+    ----------
+    store
+        Connected store. The caller removes any stored document with one of these keys
+        first (an insert does not replace).
+    docs
+        Documents to write (not modified).
+    key
+        Their unique field (what a store without a collection upserts by).
+    """
+    if not docs:
+        return
+    collection = getattr(store, "_collection", None)
+    if collection is None:
+        store.update(docs, key=key)
+        return
+    collection.insert_many([dict(doc) for doc in docs])
+
+
 @contextmanager
 def using_store(store: Store | None, name: str) -> Iterator[Store]:
     """Connect a store the caller passed (and leave it open), or open and close a named one.

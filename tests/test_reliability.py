@@ -27,7 +27,7 @@ from surfflows.io import oc22
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.safe_pickle import restricted_loads
 from surfflows.settings import redact_uri
-from surfflows.stores import get_store, writer_lock
+from surfflows.stores import get_store, insert_new_documents, writer_lock
 
 ROOT = Path(__file__).parents[1]
 CU_CIF = ROOT / "configs" / "structures" / "Cu.cif"
@@ -167,7 +167,7 @@ def test_second_writer_refused_and_duplicates_repaired(tmp_path):
     with get_store("references") as store:
         doc = store.query_one({"set_name": "pbe_metal_surfaces"})
         del doc["_id"]
-        store._collection.insert_one(doc)
+        insert_new_documents(store, [doc], key="key")
     again = cli("ingest", "pbe_metal_surfaces")
     assert again.exit_code == 0 and "1 keys stored twice now stored once" in again.output
     with get_store("references") as store:

@@ -15,7 +15,7 @@ from maggma.core import Store
 from pydantic import BaseModel, Field
 
 from surfflows.io.canonical import ReferenceSet, read_reference_set
-from surfflows.stores import ensure_indexes, using_store
+from surfflows.stores import ensure_indexes, insert_new_documents, using_store
 
 #: Fields of a stored document that are not its content.
 _META_FIELDS = ("_id", "ingested_at")
@@ -109,13 +109,11 @@ def ingest_reference_set(refset: ReferenceSet, store: Store | None = None) -> In
             if key in duplicated or content.get(key) != _content(doc)
         ]
         updated = [doc["key"] for doc in to_write if doc["key"] in stored]
-        # Not store.update: MontyStore upserts one document per scan and sqlite commit
-        # (~100 s for jarvis_surfaces); removing the changed ones and inserting in bulk
-        # takes well under a second. A crash in between leaves them to be re-inserted.
+        # Remove the changed ones and insert in bulk (not store.update: see
+        # insert_new_documents). A crash in between leaves them to be re-inserted.
         if updated:
             store.remove_docs({"key": {"$in": updated}})
-        if to_write:
-            store._collection.insert_many(to_write)
+        insert_new_documents(store, to_write, key="key")
     return IngestReport(
         set_name=info.name,
         level_of_theory=info.level_of_theory,
