@@ -18,6 +18,7 @@ import pytest
 import yaml
 from ase.io import read, write
 from jfremote_support import project_jobstore, reset_client, write_project
+from jobflow import Flow
 
 from surfflows.builders import campaign_builders, run_builders
 from surfflows.engine.models import ModelSpec
@@ -27,6 +28,7 @@ from surfflows.io.inputs import reference_items
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker
+from surfflows.jobs.thermo import elemental_reference
 from surfflows.reports.query import surface_energies
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.schemas.references import ReferenceInputs
@@ -147,8 +149,14 @@ def test_finetuned_checkpoint_evaluated_on_a_worker(project, tmp_path, monkeypat
     flow = EvaluateMaker(model=spec, modes=("single_point",)).make(
         inputs.set_name, reference_items(inputs, ("test",)), checkpoint
     )
-    submit_flows([flow], worker="local", project=PROJECT)
+    # the thermo flow's elemental reference job loads the same checkpoint on the worker
+    oxygen = elemental_reference("O", spec, 0.1, 30, checkpoint)
+    submit_flows([flow, Flow([oxygen])], worker="local", project=PROJECT)
     run_on_worker(project, monkeypatch, max_seconds=300)
+    with store:
+        reference = oxygen.output.resolve(store)
+    assert reference.model_id == doc.model_id and reference.element == "O"
+    assert reference.energy_per_atom is not None
 
     # the builders of `surfflows build`, run by mrun's serial runner, read the same JobStore
     from maggma.stores import MemoryStore

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobflow import Flow, JobStore, run_locally
+from jobflow import Flow, JobStore, OutputReference, run_locally
 from maggma.stores import MontyStore
 from monty.json import MontyDecoder, jsanitize
 from pymatgen.analysis.surface_analysis import SlabEntry
@@ -291,3 +291,15 @@ def test_thermo_flow_json_round_trip():
     assert analysis.function_args[3] == TINY
     assert analysis.function_args[5] == [-2.0, 0.0]
     assert SurfaceThermoDoc.model_json_schema()["title"] == "SurfaceThermoDoc"
+
+
+def test_thermo_flow_hands_a_checkpoint_to_every_job_that_loads_the_model():
+    spec = ModelSpec(kind="checkpoint", sha256="ab" * 32)
+    checkpoint = OutputReference("registered-checkpoint-uuid", attributes=(("a", "checkpoint"),))
+    maker = ThermoMaker(surface_maker=SurfaceEnergyMaker.for_model(spec, slab_settings=TINY))
+    flow = maker.make(_rutile(), MATERIAL, checkpoint=checkpoint)
+    surface, oxygen, titanium = flow.jobs[:3]
+    bulk, slabs = surface.jobs
+    assert bulk.function_args[2] == checkpoint and slabs.function_args[4] == checkpoint
+    assert oxygen.function_args == ("O", spec, maker.fmax, maker.max_steps, checkpoint)
+    assert titanium.function_args[0] == "Ti" and titanium.function_args[4] == checkpoint

@@ -45,9 +45,8 @@ def _thermo_runs(
     from pymatgen.core import Structure
 
     from surfflows.core.slabs import SlabSettings
-    from surfflows.engine.models import load_model
     from surfflows.flows.campaign import RelaxSettings
-    from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
+    from surfflows.io.registry import resolve_model
     from surfflows.jobs.surface import SurfaceEnergyMaker
     from surfflows.jobs.thermo import ThermoMaker, thermo_flow
     from surfflows.stores import get_job_store
@@ -69,11 +68,6 @@ def _thermo_runs(
         store = get_job_store()
         names = models or [campaign.model if campaign else "0.3.0"]
         specs = [resolve_model(m, store) for m in names]
-        for spec in specs:  # thermo jobs run in this process: load fine-tuned models once here
-            reference = checkpoint_reference(spec, store)
-            if reference is not None:
-                with store:
-                    load_model(spec, decode_checkpoint(reference.resolve(store)))
         dft_refs = None
         if dft_elements:
             from surfflows.io.elements import dft_elemental_references

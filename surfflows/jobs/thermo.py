@@ -28,9 +28,10 @@ from pymatgen.core import Composition, Structure
 
 from surfflows.core.slabs import SlabSettings, conventional_cell, generate_slabs
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
-from surfflows.engine.models import ModelSpec
+from surfflows.engine.models import ModelSpec, load_model
 from surfflows.engine.relax import relax_one
 from surfflows.io.canonical import read_reference_set
+from surfflows.io.registry import checkpoint_reference, decode_checkpoint
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.reports.plots import surface_phase_diagram_plot, wulff_comparison_plot, wulff_plot
 from surfflows.reports.query import surface_energies
@@ -56,14 +57,16 @@ def reference_elements(composition: Composition) -> list[str]:
 
 @job(output_schema=ElementReferenceDoc, data=[Structure])
 def elemental_reference(
-    element: str, model: ModelSpec, fmax: float, max_steps: int
+    element: str, model: ModelSpec, fmax: float, max_steps: int, checkpoint: str | None = None
 ) -> ElementReferenceDoc:
     """The model's reference energy of ``element``.
 
     Oxygen: an O2 molecule in a large, slightly non-cubic box, relaxed with a fixed cell.
     Any other element: its fcc, bcc and hcp prototypes relaxed with a free cell, the
     lowest energy per atom kept (see :func:`surfflows.core.thermo.elemental_prototypes`).
+    ``checkpoint``: the model's checkpoint (base64) if it is fine-tuned.
     """
+    load_model(model, decode_checkpoint(checkpoint))
     if element == "O":
         results = {
             "O2 molecule": relax_one(oxygen_molecule(), model, fmax=fmax, max_steps=max_steps)
@@ -277,6 +280,7 @@ class ThermoMaker(Maker):
         bulk: BulkRelaxDoc | None = None,
         surfaces: Sequence[SurfaceEnergyDoc] | None = None,
         references: Mapping[str, ElementReferenceDoc] | None = None,
+        checkpoint: str | OutputReference | None = None,
     ) -> Flow:
         """Flow for one bulk; results already at hand are passed in and not recomputed.
 
@@ -290,10 +294,14 @@ class ThermoMaker(Maker):
             A finished surface-energy campaign of this material and model (both or neither).
         references
             Element -> finished elemental reference of this model.
+        checkpoint
+            The model's checkpoint bytes (base64, or a reference to them:
+            :func:`surfflows.io.registry.checkpoint_reference`) if it is fine-tuned; the
+            surface and elemental-reference jobs load it, so the flow runs on a worker.
         """
         jobs = []
         if bulk is None or surfaces is None:
-            surface_flow = self.surface_maker.make(structure, material_id)
+            surface_flow = self.surface_maker.make(structure, material_id, checkpoint)
             jobs.append(surface_flow)
             bulk = surface_flow.output["bulk"]
             surfaces = surface_flow.output["surfaces"]
@@ -302,7 +310,9 @@ class ThermoMaker(Maker):
             if references and element in references:
                 reference_outputs.append(references[element])
                 continue
-            reference = elemental_reference(element, self.model, self.fmax, self.max_steps)
+            reference = elemental_reference(
+                element, self.model, self.fmax, self.max_steps, checkpoint
+            )
             reference.name = f"{element} reference {self.model.model_id}"
             jobs.append(reference)
             reference_outputs.append(reference.output)
@@ -400,6 +410,9 @@ def thermo_flow(
 ) -> tuple[Flow, list[str]]:
     """:meth:`ThermoMaker.make`, reusing what ``store`` already holds.
 
+    A fine-tuned model's checkpoint is taken from ``store`` by reference (it must be
+    registered there, see :func:`surfflows.io.registry.checkpoint_reference`).
+
     Returns
     -------
     tuple[Flow, list[str]]
@@ -416,5 +429,12 @@ def thermo_flow(
             references[element] = doc
             reused.append(f"{element} reference ({doc.prototype})")
     bulk, surfaces = campaign or (None, None)
-    flow = maker.make(structure, material_id, bulk=bulk, surfaces=surfaces, references=references)
+    flow = maker.make(
+        structure,
+        material_id,
+        bulk=bulk,
+        surfaces=surfaces,
+        references=references,
+        checkpoint=checkpoint_reference(maker.model, store),
+    )
     return flow, reused
