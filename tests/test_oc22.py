@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import Trajectory
+from ase.data import chemical_symbols
 from oc22_fixtures import (
     is2re_fields,
     metadata_excerpt,
@@ -39,10 +38,10 @@ from surfflows.io.oc22 import (
     frames_from_s2ef,
     iter_lmdb,
     iter_split,
-    linear_reference_energies,
     read_metadata,
-    read_trajectory,
 )
+
+OC22_DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "oc22"
 
 SLAB_KEYS = {"slab_id", "material_id", "bulk_id", "miller", "ref_energy", "formula", "sid"}
 SLAB_KEYS |= {"traj_id", "nads"}
@@ -322,37 +321,23 @@ def test_read_metadata_normalises_string_sids(tmp_path):
         read_metadata(path)
 
 
-def test_read_trajectory_returns_energies_and_forces(tmp_path):
-    path = tmp_path / "TiO2_mp-554278_clean_AK6wavRPLH.traj"
-    with Trajectory(path, "w") as trajectory:
-        for step in range(3):
-            atoms = Atoms("TiO2", positions=[[0, 0, 0], [1.4, 1.4, 0], [3.2, 3.2, 0]])
-            atoms.set_cell([4.6, 4.6, 3.0])
-            atoms.pbc = True
-            forces = np.full((3, 3), 0.1 * step)
-            atoms.calc = SinglePointCalculator(atoms, energy=-20.0 - step, forces=forces)
-            trajectory.write(atoms)
-    frames = read_trajectory(path)
-    assert [atoms.get_potential_energy() for atoms in frames] == [-20.0, -21.0, -22.0]
-    np.testing.assert_allclose(frames[2].get_forces(), 0.2)
-
-    with pytest.raises(FileNotFoundError, match="no OC22 trajectory"):
-        read_trajectory(tmp_path / "missing.traj")
-    broken = tmp_path / "broken.traj"
-    broken.write_bytes(b"garbage" * 100)
-    with pytest.raises(ValueError, match=r"broken\.traj"):
-        read_trajectory(broken)
-
-
-def test_linear_reference_energies_mask_garbage():
-    references = linear_reference_energies()
-    assert references["O"] == pytest.approx(-6.66, abs=0.01)
-    assert references["Ti"] == pytest.approx(-11.80, abs=0.01)
-    assert references["H"] == pytest.approx(-3.43, abs=0.01)
-    # |x| up to 6e10 (He, B, F, Br, ...), unfitted zeros (La) and index 0 are excluded.
-    for symbol in ("X", "He", "B", "F", "Br", "Kr", "La", "U"):
-        assert symbol not in references
-    assert all(abs(value) <= 1e3 for value in references.values())
+def test_packaged_linear_reference_energies_as_the_readme_says():
+    """oc22_linfit_coeffs.npz: per-element energies by atomic number, garbage where unfitted."""
+    with np.load(OC22_DATA / "oc22_linfit_coeffs.npz") as npz:
+        coeff = np.asarray(npz["coeff"], dtype=float)
+    assert coeff.shape == (100,)
+    fitted = {
+        chemical_symbols[z]: value
+        for z, value in enumerate(coeff)
+        if z > 0 and np.isfinite(value) and value != 0.0 and abs(value) <= 1e3
+    }
+    assert fitted["O"] == pytest.approx(-6.66, abs=0.01)
+    assert fitted["Ti"] == pytest.approx(-11.80, abs=0.01)
+    assert fitted["H"] == pytest.approx(-3.43, abs=0.01)
+    # |x| up to 6e10 (He, B, F, Br, ...) and unfitted zeros (La) are not energies
+    for symbol in ("He", "B", "F", "Br", "Kr", "La", "U"):
+        assert symbol not in fitted
+    assert np.nanmax(np.abs(coeff)) > 1e10
 
 
 # --------------------------------------------------------------------------- download

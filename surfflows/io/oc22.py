@@ -27,17 +27,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import ase.io
 import lmdb
 import numpy as np
 import torch
 from ase import Atoms
-from ase.data import chemical_symbols
 from pymatgen.core import Composition
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
@@ -60,8 +57,6 @@ MP_SETTINGS_MISMATCH = (
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60.0
-# Linear-fit coefficients beyond this magnitude (eV/atom) are numerical garbage.
-_GARBAGE_EV = 1e3
 
 
 @dataclass(frozen=True)
@@ -364,62 +359,6 @@ def read_metadata(path: str | Path) -> dict[int, dict[str, Any]]:
             raise ValueError(f"{path}: sid {sid} appears twice (key {key!r})")
         metadata[sid] = dict(entry)
     return metadata
-
-
-def read_trajectory(path: str | Path) -> list[Atoms]:
-    """Read one OC22 trajectory, ``raw_trajs/<traj_id>.traj``.
-
-    Parameters
-    ----------
-    path
-        An ASE trajectory file.
-
-    Returns
-    -------
-    list of Atoms
-        All frames, with their single-point energies and forces.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` is not a file.
-    ValueError
-        The file is not a readable ASE trajectory.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no OC22 trajectory at {path}")
-    try:
-        return ase.io.read(path, index=":", format="traj")
-    # ASE raises a variety of exception types on damaged files.
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable ASE trajectory ({exc})") from exc
-
-
-def linear_reference_energies() -> dict[str, float]:
-    """OC22 per-element linear reference energies.
-
-    Reads the packaged ``oc22_linfit_coeffs.npz`` (FAIR Chemistry, MIT; key ``coeff`` indexed
-    by atomic number). Entries for elements the fit did not see are dropped: non-finite values,
-    values beyond 1e3 eV/atom in magnitude and exact zeros (the fit's value for an absent
-    element), and index 0.
-
-    Returns
-    -------
-    dict
-        Element symbol -> reference energy, eV/atom (e.g. O -6.66, Ti -11.80).
-    """
-    source = resources.files("surfflows").joinpath("data/references/oc22/oc22_linfit_coeffs.npz")
-    with source.open("rb") as fh, np.load(fh) as npz:
-        coeff = np.asarray(npz["coeff"], dtype=float)
-    return {
-        chemical_symbols[z]: float(value)
-        for z, value in enumerate(coeff)
-        if 0 < z < len(chemical_symbols)
-        and math.isfinite(value)
-        and value != 0.0
-        and abs(value) <= _GARBAGE_EV
-    }
 
 
 # --------------------------------------------------------------------------- frames
