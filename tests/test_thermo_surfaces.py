@@ -20,6 +20,7 @@ from pymatgen.analysis.surface_analysis import SlabEntry
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
+from surfflows.analysis.wulff import compare_wulff
 from surfflows.core.slabs import SlabSettings
 from surfflows.core.thermo import (
     DELU_O,
@@ -35,7 +36,7 @@ from surfflows.io.elements import dft_elemental_references
 from surfflows.io.ingest import ingest_path
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
-from surfflows.schemas.thermo import SurfaceThermoDoc, WulffComparisonDoc
+from surfflows.schemas.thermo import SurfaceThermoDoc
 
 TINY = SlabSettings(miller_indices=[(1, 1, 0), (0, 0, 1)], min_slab_size=5.0, min_vacuum_size=10.0)
 MATERIAL = "TiO2-rutile"
@@ -263,7 +264,7 @@ def test_cu_dft_wulff_ranks_111_lowest():
     )
     assert agreement["n_facets"] == 3
     assert agreement["kendall_tau"] == pytest.approx(1 / 3)
-    same = WulffComparisonDoc.from_properties(dft, dft, "pbe_metal_surfaces", "VASP PBE")
+    same = compare_wulff(dft, dft, "pbe_metal_surfaces", "VASP PBE")
     assert same.kendall_tau == pytest.approx(1.0)
     assert same.max_abs_area_fraction_difference == pytest.approx(0.0, abs=1e-12)
 

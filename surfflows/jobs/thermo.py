@@ -26,6 +26,8 @@ from jobflow import Flow, JobStore, Maker, OutputReference, job
 from monty.json import MontyDecoder
 from pymatgen.core import Composition, Structure
 
+from surfflows.analysis.thermo import thermo_from_surface_energies
+from surfflows.analysis.wulff import compare_wulff, surface_properties
 from surfflows.core.slabs import SlabSettings, conventional_cell, generate_slabs
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
 from surfflows.engine.models import ModelSpec, load_model
@@ -102,11 +104,11 @@ def surface_thermodynamics(
 ) -> SurfaceThermoDoc:
     """gamma(delta mu_O), stable terminations and Wulff shapes, with their PNGs.
 
-    See :meth:`surfflows.schemas.SurfaceThermoDoc.from_surface_energies`. PNGs (the
+    See :func:`surfflows.analysis.thermo.thermo_from_surface_energies`. PNGs (the
     gamma-versus-delta-mu_O diagram for an oxide, one Wulff shape per delta mu_O) go to
     ``plot_dir`` (default: the job's working directory); their paths are on the document.
     """
-    doc = SurfaceThermoDoc.from_surface_energies(
+    doc = thermo_from_surface_energies(
         bulk,
         surfaces,
         references,
@@ -161,7 +163,7 @@ def reference_wulff(set_name: str, material: str) -> tuple[SurfacePropertiesDoc,
     bulk_keys = {s.bulk_key for s in slabs if s.bulk_key}
     bulk = next(b for b in refset.bulks if b.key in bulk_keys)
     info = refset.info
-    doc = SurfacePropertiesDoc.from_surfaces(
+    doc = surface_properties(
         conventional_cell(bulk.structure),
         [
             SurfaceEntryDoc(
@@ -191,9 +193,7 @@ def wulff_comparison(
     of the two Wulff shapes side by side, on the facets both have.
     """
     reference, provenance = reference_wulff(reference_set, reference_material)
-    doc = WulffComparisonDoc.from_properties(
-        reference, thermo.wulff_shapes[0], reference_set, **provenance
-    )
+    doc = compare_wulff(reference, thermo.wulff_shapes[0], reference_set, **provenance)
     path = _plot_dir(plot_dir) / f"{thermo.material_id}_{thermo.model_id}_vs_{reference_set}.png"
     doc.comparison_png = str(
         wulff_comparison_plot(
@@ -221,7 +221,7 @@ class ThermoMaker(Maker):
         relax with its bulk relax maker's model, force criterion and step limit.
     delta_mu_o_range
         delta mu_O range (eV) of the stability table and diagram; default: the model's
-        bounds (binary oxides), else :data:`surfflows.schemas.DEFAULT_DELTA_MU_O_RANGE`.
+        bounds (binary oxides), else :data:`surfflows.schemas.thermo.DEFAULT_DELTA_MU_O_RANGE`.
     delta_mu_o
         delta mu_O values (eV) of the Wulff shapes; default: both ends and the middle.
     plot_dir

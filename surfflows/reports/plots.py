@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from surfflows.analysis.wulff import wulff_shape
 from surfflows.core.benchmark import summarize
 from surfflows.core.text import miller_text
 
@@ -164,7 +165,7 @@ def _wulff_figure(
 ) -> plt.Figure:
     """pymatgen's WulffShape matplotlib plot of a document (facets coloured by Miller index)."""
     colours = colours or facet_colours(s.miller_index for s in doc.surfaces)
-    ax = doc.to_wulff().get_plot(
+    ax = wulff_shape(doc).get_plot(
         direction=(1, 1, 1),  # oblique view: three facet families visible
         bar_on=False,
         legend_on=True,
