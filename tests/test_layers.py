@@ -148,10 +148,10 @@ def test_jobs_never_reach_the_settings():
     assert not {m: r for m, r in wrong.items() if r}
 
 
-def test_documents_builders_and_core_load_no_torch():
+def test_documents_analysis_builders_and_core_load_no_torch():
     code = (
-        "import sys, pkgutil, importlib, surfflows.core, surfflows.schemas\n"
-        "for pkg in (surfflows.core, surfflows.schemas):\n"
+        "import sys, pkgutil, importlib, surfflows.core, surfflows.schemas, surfflows.analysis\n"
+        "for pkg in (surfflows.core, surfflows.schemas, surfflows.analysis):\n"
         "    for info in pkgutil.iter_modules(pkg.__path__):\n"
         "        importlib.import_module(f'{pkg.__name__}.{info.name}')\n"
         "import surfflows.builders, surfflows.cli\n"
