@@ -55,21 +55,33 @@ class BenchmarkBuilder(Builder):
         )
         return None if doc is None else doc["output"]["parent_model_id"]
 
-    def get_items(self) -> Iterator[dict[str, Any]]:
-        """Groups (model, set, mode) whose errors changed since their benchmark."""
+    def _stale_groups(self) -> list[tuple[str, str, str, str]]:
+        """(model, set, mode, newest error) of every group whose errors changed since its
+        benchmark."""
         newest: dict[tuple[str, str, str], str] = {}
         for doc in self.surface_errors.query(
             {}, properties=["model_id", "set_name", "mode", "last_updated"]
         ):
             key = (doc["model_id"], doc["set_name"], doc["mode"])
             newest[key] = max(newest.get(key, ""), doc["last_updated"])
+        stale = []
         for (model_id, set_name, mode), updated in sorted(newest.items()):
             built = self.benchmarks.query_one(
                 {"model_id": model_id, "set_name": set_name, "mode": mode, "split": "all"},
                 properties=["source_updated"],
             )
-            if built and built["source_updated"] >= updated:
-                continue
+            if not built or built["source_updated"] < updated:
+                stale.append((model_id, set_name, mode, updated))
+        return stale
+
+    def get_items(self) -> Iterator[dict[str, Any]]:
+        """Groups (model, set, mode) whose errors changed since their benchmark.
+
+        ``total`` (read by maggma's runners) is set to their number first.
+        """
+        stale = self._stale_groups()
+        self.total = len(stale)
+        for model_id, set_name, mode, updated in stale:
             criteria = {"model_id": model_id, "set_name": set_name, "mode": mode}
             parent = self._parent(model_id)
             yield {

@@ -98,17 +98,13 @@ class SurfaceEnergyErrorBuilder(Builder):
         ]
         return max(stamps, default="")
 
-    def get_items(self) -> Iterator[dict[str, Any]]:
-        """Groups with evaluations or references newer than their surface errors.
-
-        A reference set and its split are read once, however many models and modes
-        evaluated it; the groups of one set share them.
-        """
+    def _stale_groups(self) -> list[tuple[str, str, str, str, str, bool]]:
+        """(model, set, mode, newest evaluation, newest reference, uses the elemental set)
+        of every group with evaluations or references newer than its surface errors."""
         updated: dict[str, str] = {}
-        loaded: dict[str, tuple[list[dict], dict[str, str]]] = {}
         groups = self._groups()
         elemental = self.elemental_set
-        elemental_docs: list[dict] | None = None
+        stale = []
         for (model_id, set_name, mode), completed in sorted(groups.items()):
             # formation energies use the same model's evaluation of the elemental set
             uses_elements = set_name != elemental and (model_id, elemental, mode) in groups
@@ -128,6 +124,22 @@ class SurfaceEnergyErrorBuilder(Builder):
             if built and built["source_completed_at"] >= completed:
                 if built["references_updated_at"] >= refs_updated:
                     continue
+            stale.append((model_id, set_name, mode, completed, refs_updated, uses_elements))
+        return stale
+
+    def get_items(self) -> Iterator[dict[str, Any]]:
+        """Groups with evaluations or references newer than their surface errors.
+
+        ``total`` (read by maggma's runners) is set to their number first. A reference set
+        and its split are read once, however many models and modes evaluated it; the
+        groups of one set share them.
+        """
+        stale = self._stale_groups()
+        self.total = len(stale)
+        elemental = self.elemental_set
+        loaded: dict[str, tuple[list[dict], dict[str, str]]] = {}
+        elemental_docs: list[dict] | None = None
+        for model_id, set_name, mode, completed, refs_updated, uses_elements in stale:
             energies = self._energies(model_id, set_name, mode)
             formation_offsets = None
             if uses_elements:

@@ -2,13 +2,13 @@
 
 ``surfflows build``, ``mrun configs/builders.py`` and the tests all build the builders with
 :func:`campaign_builders` and run each with maggma's :func:`maggma.cli.serial.serial` (the
-runner ``mrun`` uses). :func:`run_builders` adds only a count of the items each builder
-processed, read from the ``UPDATE`` events serial logs for maggma's reporting.
+runner ``mrun`` uses). :func:`run_builders` adds only the number of groups each builder
+processed: the ``total`` its ``get_items`` sets (maggma's runners read it for their
+progress bars).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 from maggma.cli.serial import serial
@@ -60,19 +60,6 @@ def configured_builders() -> list[Builder]:
     return campaign_builders({name: get_store(name) for name in BUILDER_STORES})
 
 
-class _ItemCounter(logging.Handler):
-    """Sums the items of the ``UPDATE`` events maggma's serial runner logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.items = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "maggma", {})
-        if event.get("event") == "UPDATE":
-            self.items += event["items"]
-
-
 def run_builders(builders: Sequence[Builder], progress: bool = False) -> dict[str, int]:
     """Run each builder with maggma's serial runner, in order.
 
@@ -86,19 +73,11 @@ def run_builders(builders: Sequence[Builder], progress: bool = False) -> dict[st
     Returns
     -------
     dict
-        Builder class name -> items it processed (0 on a rerun with nothing new).
+        Builder class name -> groups it processed (its ``total``; 0 on a rerun with nothing
+        new).
     """
-    logger = logging.getLogger("SerialProcessor")
     counts: dict[str, int] = {}
     for builder in builders:
-        counter = _ItemCounter()
-        level = logger.level
-        logger.addHandler(counter)
-        logger.setLevel(min(level or logging.INFO, logging.INFO))
-        try:
-            serial(builder, no_bars=not progress)
-        finally:
-            logger.removeHandler(counter)
-            logger.setLevel(level)
-        counts[type(builder).__name__] = counter.items
+        serial(builder, no_bars=not progress)
+        counts[type(builder).__name__] = builder.total
     return counts
