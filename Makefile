@@ -1,6 +1,6 @@
 # torch is pinned to the CPU build on the install path: an unpinned torch pulls a multi-GB CUDA build.
 PYTHON ?= python3
-PIP_INSTALL = $(PYTHON) -m pip install --quiet "torch==2.13.0" -e ".[test]"
+PIP_INSTALL = $(PYTHON) -m pip install --quiet "torch==2.13.0" -e ".[test,peers]"
 
 .PHONY: install demo test test-fast lint
 

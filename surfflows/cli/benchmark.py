@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from surfflows.cli.common import app, console, fail, num
+from surfflows.cli.common import MODEL_HELP, app, console, fail, num
 
 
 @app.command()
@@ -17,9 +17,7 @@ def evaluate(
     reference: Annotated[
         str, typer.Option(help="Reference set name in the store, or a canonical folder.")
     ],
-    model: Annotated[str, typer.Option(help="Model: chgnet-0.3.0, a checkpoint...")] = (
-        "chgnet-0.3.0"
-    ),
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "chgnet-0.3.0",
     mode: Annotated[str, typer.Option(help="single_point, relaxed or both.")] = "both",
     split: Annotated[str, typer.Option(help="all, train, val or test.")] = "all",
     level_of_theory: Annotated[
@@ -32,6 +30,7 @@ def evaluate(
     """Evaluate a model on a reference set: single points and/or ions relaxed at the DFT cell."""
     from jobflow import run_locally
 
+    from surfflows.engine.models import get_calculator
     from surfflows.io.ingest import ingest_path
     from surfflows.io.inputs import reference_inputs, reference_items
     from surfflows.io.registry import checkpoint_reference, resolve_model
@@ -46,6 +45,8 @@ def evaluate(
     store = get_job_store()
     try:
         spec = resolve_model(model, store)
+        if not spec.is_chgnet:
+            get_calculator(spec)  # a calculator that cannot be made fails here, before any work
         set_name = reference
         if Path(reference).is_dir():
             report = ingest_path(reference, level_of_theory=level_of_theory)
@@ -61,8 +62,22 @@ def evaluate(
         fail(str(exc))
     start = time.perf_counter()
     console.print(f"evaluating {spec.model_id} on {len(items)} structures of {set_name} {modes}")
-    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
+    responses = run_locally(
+        flow, store=store, log=False, ensure_success=True, allow_external_references=True
+    )
     console.print(f"done in {time.perf_counter() - start:.0f} s; now run: surfflows build")
+    failed = [
+        f"{doc.mode} {r.reference_key}: {(r.error or 'not converged').splitlines()[0]}"
+        for response in responses.values()
+        for doc in (response[1].output,)
+        for r in doc.results
+        if not r.converged
+    ]
+    if failed:
+        console.print(f"[bold red]{len(failed)} structures failed or did not converge:[/]")
+        for line in failed[:20]:
+            console.print(f"  {line}")
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -120,16 +135,43 @@ def _benchmark_table(rows: list[dict]) -> Table:
     return table
 
 
+def leaderboard_table(rows: list[dict], title: str) -> Table:
+    """Models side by side per reference set and mode (rows of ``reports.leaderboard``)."""
+    table = Table(title=title)
+    for column in (
+        "set",
+        "mode",
+        "model",
+        "package",
+        "N",
+        "MAE",
+        "mean signed",
+        "RMSE",
+        "s/structure",
+    ):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        cost = r["seconds_per_structure"]
+        table.add_row(
+            r["set_name"], r["mode"], r["model_id"], r["package"] or "-", str(r["n"]),
+            num(r["mae"]), num(r["mean_signed_error"]), num(r["rmse"]),
+            "-" if cost is None else f"{cost:.2f}",
+        )  # fmt: skip
+    return table
+
+
 @app.command()
 def report(
     out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("reports"),
     model: Annotated[str | None, typer.Option(help="Only this model id.")] = None,
     reference: Annotated[str | None, typer.Option(help="Only this reference set.")] = None,
 ) -> None:
-    """Benchmark table in the terminal and parity plots (PNG) per model, set and mode."""
+    """Benchmark table, test-split leaderboard (models side by side, with seconds per
+    structure) and parity plots (PNG) per model, set and mode."""
     from surfflows.jobs.finetune import finetune_report_plots
-    from surfflows.reports.plots import parity_plot
-    from surfflows.stores import get_store
+    from surfflows.reports.leaderboard import leaderboard
+    from surfflows.reports.plots import leaderboard_plot, parity_plot
+    from surfflows.stores import get_job_store, get_store
 
     criteria = {k: v for k, v in (("model_id", model), ("set_name", reference)) if v}
     benchmarks = get_store("benchmarks")
@@ -146,6 +188,20 @@ def report(
         bulk_rows = [r for r in rows if r.get("quantity") == "bulk_energy"]
         if gamma_rows:
             console.print(_benchmark_table(gamma_rows))
+        store = get_job_store()
+        with store:
+            board = leaderboard(
+                benchmarks,
+                store,
+                "test",
+                [model] if model else None,
+                [reference] if reference else None,
+            )
+        if board:
+            title = "test split: models side by side (γ errors J/m², model - reference)"
+            console.print(leaderboard_table(board, title))
+            path = leaderboard_plot(board, out / "leaderboard_test.png", title="test split")
+            console.print(f"wrote {path}")
         if bulk_rows:
             console.print(_bulk_table(bulk_rows))
         for r in (r for r in gamma_rows if r["split"] == "all"):

@@ -12,7 +12,16 @@ from rich.table import Table
 if TYPE_CHECKING:
     from surfflows.flows.campaign import CampaignConfig
 
-from surfflows.cli.common import app, console, fail, load_campaign, num, parse_miller, write_json
+from surfflows.cli.common import (
+    MODEL_HELP,
+    app,
+    console,
+    fail,
+    load_campaign,
+    num,
+    parse_miller,
+    write_json,
+)
 
 
 def _thermo_runs(
@@ -45,6 +54,7 @@ def _thermo_runs(
     from pymatgen.core import Structure
 
     from surfflows.core.slabs import SlabSettings
+    from surfflows.engine.models import get_calculator
     from surfflows.flows.campaign import RelaxSettings
     from surfflows.io.registry import resolve_model
     from surfflows.jobs.surface import SurfaceEnergyMaker
@@ -68,6 +78,8 @@ def _thermo_runs(
         store = get_job_store()
         names = models or [campaign.model if campaign else "0.3.0"]
         specs = [resolve_model(m, store) for m in names]
+        for spec in (s for s in specs if not s.is_chgnet):
+            get_calculator(spec)  # a calculator that cannot be made fails here, before any work
         dft_refs = None
         if dft_elements:
             from surfflows.io.elements import dft_elemental_references
@@ -197,7 +209,7 @@ def _slab_relax_overrides(
 
 ModelOption = Annotated[
     list[str] | None,
-    typer.Option("--model", help="Model (repeatable): chgnet-0.3.0, a checkpoint, sha256:<hex>."),
+    typer.Option("--model", help=f"{MODEL_HELP} Repeatable."),
 ]
 
 

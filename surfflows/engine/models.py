@@ -1,29 +1,52 @@
-"""Which CHGNet a result came from, and loading it once per process.
+"""Which model a result came from, and loading it once per process.
 
-A :class:`ModelSpec` names either a pretrained CHGNet that ships inside the chgnet
-wheel (``0.3.0``, ``0.2.0``, ``r2scan``) or a checkpoint file identified by its
-sha256. Its :attr:`ModelSpec.model_id` is the key that every stored result carries,
-so builders can compare models and process a new one incrementally.
+A :class:`ModelSpec` names one of
+
+* a pretrained CHGNet that ships inside the chgnet wheel (``0.3.0``, ``0.2.0``, ``r2scan``);
+* a CHGNet checkpoint file identified by its sha256 (a fine-tuned model);
+* any ASE calculator, by import path and keyword arguments (atomate2's ``force_field_name``
+  / ``calculator_kwargs`` convention), with short names for the families supported out of
+  the box (:data:`CALCULATORS`, e.g. ``sevennet-0``).
+
+Its :attr:`ModelSpec.model_id` is the key that every stored result carries, so builders can
+compare models and process a new one incrementally. CHGNet models run in the batched engine
+(:mod:`surfflows.engine.relax`); other calculators relax one structure at a time through ASE
+(:mod:`surfflows.engine.calculators`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import importlib.metadata
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
+    from ase.calculators.calculator import BaseCalculator
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 
 PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
 
+#: Short names of ASE-calculator families supported out of the box: the import path of the
+#: calculator and its keyword arguments (packages: ``pip install -e ".[peers]"``).
+#: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet), whose
+#: checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run time.
+CALCULATORS: dict[str, dict[str, Any]] = {
+    "sevennet-0": {
+        "force_field_name": "sevenn.calculator.SevenNetCalculator",
+        "calculator_kwargs": {"model": "7net-0_11July2024"},
+    },
+}
+
 
 class ModelSpec(BaseModel):
-    """A CHGNet model: a pretrained version, or a checkpoint identified by sha256.
+    """A model: a pretrained CHGNet, a CHGNet checkpoint, or an ASE calculator.
 
     Examples
     --------
@@ -31,13 +54,18 @@ class ModelSpec(BaseModel):
     'chgnet-0.3.0'
     >>> ModelSpec.parse("chgnet-r2scan").version
     'r2scan'
+    >>> ModelSpec.parse("sevennet-0").force_field_name
+    'sevenn.calculator.SevenNetCalculator'
+    >>> ModelSpec(kind="calculator", force_field_name="ase.calculators.emt.EMT").model_id
+    'emt-d0491a85'
     """
 
-    kind: Literal["pretrained", "checkpoint"] = Field(
-        default="pretrained", description="Pretrained CHGNet from the wheel, or a checkpoint."
+    kind: Literal["pretrained", "checkpoint", "calculator"] = Field(
+        default="pretrained",
+        description="Pretrained CHGNet from the wheel, a CHGNet checkpoint, or an ASE calculator.",
     )
     version: str | None = Field(
-        default="0.3.0", description=f"Pretrained version, one of {PRETRAINED_VERSIONS}."
+        default="0.3.0", description=f"Pretrained CHGNet version, one of {PRETRAINED_VERSIONS}."
     )
     sha256: str | None = Field(
         default=None, description="sha256 of the checkpoint file (identity of a fine-tuned model)."
@@ -47,6 +75,40 @@ class ModelSpec(BaseModel):
         description="Path of the checkpoint file on the machine that made the spec; a worker "
         "without it fetches the bytes from the model registry by sha256.",
     )
+    force_field_name: str | None = Field(
+        default=None,
+        description="Import path 'package.module.Callable' of an ASE calculator class (or of a "
+        "function returning one), as atomate2's force_field_name; kind 'calculator' only.",
+    )
+    calculator_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the calculator (JSON-serialisable), as atomate2's.",
+    )
+    name: str | None = Field(
+        default=None,
+        description="Short name of a calculator (its model_id), e.g. 'sevennet-0'; default "
+        "'<callable>-<hash of import path and kwargs>'.",
+    )
+    package: str | None = Field(
+        default=None, description="Python package of the model (chgnet, sevenn, ...)."
+    )
+    package_version: str | None = Field(
+        default=None,
+        description="Version of that package where the result was computed (set by the job).",
+    )
+
+    @field_validator("force_field_name", mode="before")
+    @classmethod
+    def _import_path(cls, value: Any) -> Any:
+        """atomate2's ``{"@module": ..., "@callable": ...}`` form -> ``module.callable``."""
+        if isinstance(value, dict):
+            if set(value) != {"@module", "@callable"}:
+                raise ValueError(
+                    f"force_field_name {value!r}: give 'module.Callable' or "
+                    "{'@module': ..., '@callable': ...}"
+                )
+            return f"{value['@module']}.{value['@callable']}"
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -56,18 +118,63 @@ class ModelSpec(BaseModel):
                     f"unknown pretrained CHGNet version {self.version!r}; "
                     f"choose one of {PRETRAINED_VERSIONS}"
                 )
-        else:
+        elif self.kind == "checkpoint":
             if not self.sha256 or len(self.sha256) != 64:
                 raise ValueError("a checkpoint ModelSpec needs the 64-hex-digit sha256 of its file")
             self.version = None
+        else:
+            path = self.force_field_name or ""
+            module, _, attr = path.rpartition(".")
+            if not (module and attr.isidentifier()):
+                raise ValueError(
+                    f"calculator import path {path!r} is not of the form 'package.module.Callable'"
+                )
+            try:
+                json.dumps(self.calculator_kwargs)
+            except TypeError as exc:
+                raise ValueError(f"calculator_kwargs of {path} are not JSON: {exc}") from None
+            self.version = None
+            for name, known in CALCULATORS.items():
+                if self.name is None and known == {
+                    "force_field_name": path,
+                    "calculator_kwargs": self.calculator_kwargs,
+                }:
+                    self.name = name
+        if self.package is None:
+            self.package = (
+                "chgnet" if self.kind != "calculator" else self.force_field_name.split(".")[0]
+            )
         return self
 
     @property
+    def is_chgnet(self) -> bool:
+        """A CHGNet (pretrained or checkpoint): runs in the batched engine."""
+        return self.kind != "calculator"
+
+    @property
     def model_id(self) -> str:
-        """Stable identity stored on every result: ``chgnet-<version>`` or ``chgnet-ft-<sha12>``."""
+        """Stable identity stored on every result.
+
+        ``chgnet-<version>``, ``chgnet-ft-<sha12>``, a calculator's short name, or
+        ``<callable>-<first 8 hex digits of the sha256 of import path and kwargs>``.
+        """
         if self.kind == "pretrained":
             return f"chgnet-{self.version}"
-        return f"chgnet-ft-{self.sha256[:12]}"
+        if self.kind == "checkpoint":
+            return f"chgnet-ft-{self.sha256[:12]}"
+        if self.name:
+            return self.name
+        text = json.dumps([self.force_field_name, self.calculator_kwargs], sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        return f"{self.force_field_name.rpartition('.')[2].lower()}-{digest}"
+
+    def installed(self) -> ModelSpec:
+        """This spec with the version of its package in this process (what a job records)."""
+        try:
+            version = importlib.metadata.version(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        return self.model_copy(update={"package_version": version})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> ModelSpec:
@@ -78,25 +185,59 @@ class ModelSpec(BaseModel):
         return cls(kind="checkpoint", sha256=file_sha256(path), checkpoint=str(path.resolve()))
 
     @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        """Parse a command-line model name, without a database query.
+    def calculator(
+        cls, force_field_name: str | dict, calculator_kwargs: dict | None = None, **fields
+    ) -> ModelSpec:
+        """Spec of an ASE calculator by import path and keyword arguments."""
+        return cls(
+            kind="calculator",
+            force_field_name=force_field_name,
+            calculator_kwargs=calculator_kwargs or {},
+            **fields,
+        )
 
-        Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path or
-        ``sha256:<64 hex digits>``. A shorter registered name (``chgnet-ft-<sha prefix>``)
-        needs the registry: :func:`surfflows.io.registry.resolve_model`.
+    @classmethod
+    def parse(cls, text: str | dict) -> ModelSpec:
+        """Parse a model name from the command line or a campaign file, without a database query.
+
+        Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path,
+        ``sha256:<64 hex digits>``, a short calculator name (:data:`CALCULATORS`), an import
+        path ``package.module.Class``, or a mapping / JSON object
+        ``{"force_field_name": ..., "calculator_kwargs": {...}}`` (optionally ``name``). A
+        shorter registered name (``chgnet-ft-<sha prefix>``) needs the registry:
+        :func:`surfflows.io.registry.resolve_model`.
         """
+        if isinstance(text, str) and text.lstrip().startswith("{"):
+            try:
+                text = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"model {text!r} is not valid JSON: {exc}") from None
+        if isinstance(text, dict):
+            unknown = set(text) - {"force_field_name", "calculator_kwargs", "name"}
+            if unknown or "force_field_name" not in text:
+                raise ValueError(
+                    f"model {text!r}: a calculator mapping has force_field_name and optional "
+                    f"calculator_kwargs and name; unknown keys: {sorted(unknown) or 'none'}"
+                )
+            return cls.calculator(**text)
         name = text.removeprefix("chgnet-") if text.startswith("chgnet-") else text
         if name in PRETRAINED_VERSIONS:
             return cls(version=name)
+        if text.lower() in CALCULATORS:
+            return cls.calculator(**CALCULATORS[text.lower()], name=text.lower())
         if Path(text).is_file():
             return cls.from_checkpoint(text)
         sha = text.removeprefix("sha256:")
         if text.startswith("sha256:") and len(sha) == 64:
             return cls(kind="checkpoint", sha256=sha)
+        if "." in text and all(part.isidentifier() for part in text.split(".")):
+            return cls.calculator(text)
         raise ValueError(
             f"model {text!r} is neither a pretrained CHGNet ({', '.join(PRETRAINED_VERSIONS)}), "
-            "an existing checkpoint file, nor sha256:<64 hex digits>; a registered model "
-            "(chgnet-ft-<sha prefix>) is found in the JobStore by surfflows.io.registry"
+            f"a supported calculator ({', '.join(CALCULATORS)}), an import path "
+            "'package.module.Calculator', an existing checkpoint file, nor sha256:<64 hex "
+            "digits>; a registered model (chgnet-ft-<sha prefix>) is found in the JobStore by "
+            "surfflows.io.registry"
         )
 
 
@@ -145,7 +286,18 @@ def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
         The checkpoint file's bytes (a job gets them as an input resolved from the
         JobStore, see :mod:`surfflows.io.registry`); else the spec's own file if it is on
         this machine with the right sha256, else a model this process loaded before.
+
+    Raises
+    ------
+    ValueError
+        For a calculator spec: what asks for the CHGNet network (fine-tuning, DIRECT
+        features, the batched engine) needs a CHGNet.
     """
+    if not spec.is_chgnet:
+        raise ValueError(
+            f"{spec.model_id} is an ASE calculator ({spec.force_field_name}), not a CHGNet: "
+            "this step needs a CHGNet model (pretrained or checkpoint)"
+        )
     if spec.kind == "pretrained":
         model = _load_pretrained(spec.version)
     elif spec.sha256 in _CHECKPOINTS:
@@ -163,12 +315,79 @@ def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
     return model
 
 
-def get_calculator(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNetCalculator:
-    """An ASE calculator around the cached model of ``spec`` (one per model and process).
+def calculator_factory(spec: ModelSpec) -> Any:
+    """The class (or function) a calculator spec names, imported and checked, not called.
 
-    ASE calculators recompute whenever the atoms they are asked about change, so one
-    calculator serves consecutive relaxations. ``checkpoint`` as for :func:`load_model`.
+    Raises
+    ------
+    ValueError
+        If the module cannot be imported, has no such attribute, or the attribute is a
+        class that is not an ASE calculator (or neither a class nor a function).
     """
+    from ase.calculators.calculator import BaseCalculator
+
+    module_name, _, attr = spec.force_field_name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = ' (pip install -e ".[peers]")' if spec.name in CALCULATORS else ""
+        raise ValueError(
+            f"model {spec.model_id}: cannot import {module_name!r} for calculator "
+            f"{spec.force_field_name!r}: {exc}{hint}"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ValueError(f"model {spec.model_id}: module {module_name!r} has no {attr!r}")
+    if isinstance(factory, type):
+        if not issubclass(factory, BaseCalculator):
+            raise ValueError(
+                f"model {spec.model_id}: {spec.force_field_name} is not an ASE calculator "
+                "(not a subclass of ase.calculators.calculator.BaseCalculator)"
+            )
+    elif not callable(factory):
+        raise ValueError(f"model {spec.model_id}: {spec.force_field_name} is not callable")
+    return factory
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Raise ValueError before any work if ``spec`` names a calculator that cannot be used.
+
+    Imports the calculator's module and checks its class; CHGNet specs need no check here.
+    """
+    if not spec.is_chgnet:
+        calculator_factory(spec)
+
+
+def preload(spec: ModelSpec, checkpoint: bytes | None = None) -> None:
+    """Load the model of ``spec`` in this process (CHGNet network or ASE calculator).
+
+    Later calls reuse it, so a timed section after this excludes loading; a calculator
+    that cannot be made raises ValueError here. ``checkpoint`` as for :func:`load_model`.
+    """
+    if spec.is_chgnet:
+        load_model(spec, checkpoint)
+    else:
+        get_calculator(spec)
+
+
+def get_calculator(spec: ModelSpec, checkpoint: bytes | None = None) -> BaseCalculator:
+    """An ASE calculator for ``spec`` (one per model and process).
+
+    CHGNet specs get chgnet's ``CHGNetCalculator`` around the cached model (``checkpoint``
+    as for :func:`load_model`); calculator specs get ``force_field_name(**calculator_kwargs)``.
+    ASE calculators recompute whenever the atoms they are asked about change, so one
+    calculator serves consecutive relaxations.
+
+    Raises
+    ------
+    ValueError
+        If the calculator cannot be imported, is not an ASE calculator, or its constructor
+        raises (e.g. missing arguments).
+    """
+    if not spec.is_chgnet:
+        return _ase_calculator_cached(
+            spec.force_field_name, json.dumps(spec.calculator_kwargs, sort_keys=True)
+        )
     from chgnet.model.dynamics import CHGNetCalculator
 
     model = load_model(spec, checkpoint)
@@ -179,3 +398,24 @@ def get_calculator(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNetCa
 
 
 _CALCULATORS: dict[str, CHGNetCalculator] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def _ase_calculator_cached(force_field_name: str, kwargs_json: str) -> BaseCalculator:
+    from ase.calculators.calculator import BaseCalculator
+
+    spec = ModelSpec.calculator(force_field_name, json.loads(kwargs_json))
+    factory = calculator_factory(spec)
+    try:
+        calculator = factory(**spec.calculator_kwargs)
+    except Exception as exc:
+        raise ValueError(
+            f"calculator {force_field_name}(**{spec.calculator_kwargs}) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(calculator, BaseCalculator):
+        raise ValueError(
+            f"{force_field_name}(**{spec.calculator_kwargs}) returned a "
+            f"{type(calculator).__name__}, not an ASE calculator"
+        )
+    return calculator

@@ -40,7 +40,7 @@ from rich.progress import Progress
 from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab_atoms
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
-from surfflows.engine.models import ModelSpec
+from surfflows.engine.models import ModelSpec, check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.registry import checkpoint_reference, resolve_model
@@ -82,7 +82,11 @@ class CampaignConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Campaign name.")
-    model: str = Field(default="chgnet-0.3.0", description="Model name, path or sha256:<hex>.")
+    model: str | dict[str, Any] = Field(
+        default="chgnet-0.3.0",
+        description="Model name (chgnet-0.3.0, sevennet-0...), checkpoint path, sha256:<hex>, "
+        "calculator import path, or a mapping {force_field_name, calculator_kwargs, name}.",
+    )
     slabs: SlabSettings = Field(default_factory=SlabSettings, description="Slab settings.")
     relax: RelaxSettings = Field(default_factory=RelaxSettings, description="Relax settings.")
     materials: list[MaterialConfig] = Field(min_length=1, description="Bulks to cut.")
@@ -115,10 +119,17 @@ class CampaignConfig(BaseModel):
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
-        if (path.parent / config.model).is_file():  # a checkpoint next to the YAML file
-            config.model = str((path.parent / config.model).resolve())
-        if not config.model.startswith(("chgnet-ft-", "sha256:")):
-            spec = ModelSpec.parse(config.model)  # unknown model names fail here, before any work
+        if isinstance(config.model, str) and (path.parent / config.model).is_file():
+            config.model = str((path.parent / config.model).resolve())  # a checkpoint next to it
+        registered = isinstance(config.model, str) and config.model.startswith(
+            ("chgnet-ft-", "sha256:")
+        )
+        if not registered:  # unknown models and calculators that do not import fail here
+            try:
+                spec = ModelSpec.parse(config.model)
+                check_model(spec)
+            except ValueError as exc:
+                raise ValueError(f"{path}: model: {exc}") from exc
             if spec.checkpoint:  # refused before it is registered anywhere
                 check_checkpoint(spec.checkpoint)
         config.check_slab_sizes(config.load_structures())

@@ -96,14 +96,15 @@ def register_checkpoint(
 
 
 def checkpoint_reference(spec: ModelSpec, store: JobStore) -> OutputReference | None:
-    """Reference to the bytes of a registered checkpoint (None for a pretrained model).
+    """Reference to the bytes of a registered checkpoint (None for a pretrained model or a
+    calculator).
 
     Raises
     ------
     ValueError
         If the JobStore holds no checkpoint with the spec's sha256.
     """
-    if spec.kind == "pretrained":
+    if spec.kind != "checkpoint":
         return None
     with store:
         hits = _registered(store, {"output.sha256": spec.sha256})
@@ -115,13 +116,13 @@ def checkpoint_reference(spec: ModelSpec, store: JobStore) -> OutputReference | 
     return OutputReference(hits[0]["uuid"], attributes=(("a", CHECKPOINT_FIELD),))
 
 
-def resolve_model(text: str, store: JobStore) -> ModelSpec:
+def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
     """:meth:`ModelSpec.parse`, plus registered names: ``chgnet-ft-<prefix>``, ``sha256:<prefix>``.
 
     A checkpoint given as a file is registered in ``store`` on the way, so that jobs can
     get its bytes from there.
     """
-    if text.startswith(("sha256:", "chgnet-ft-")):
+    if isinstance(text, str) and text.startswith(("sha256:", "chgnet-ft-")):
         prefix = text.removeprefix("sha256:").removeprefix("chgnet-ft-")
         with store:
             hits = sorted(

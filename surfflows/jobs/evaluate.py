@@ -7,52 +7,21 @@ lattice with a model-relaxed bulk.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
-from surfflows.engine.models import ModelSpec, load_model
-from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_structures
+from surfflows.engine.calculators import SinglePoint, relax_fixed_cell, single_points
+from surfflows.engine.models import ModelSpec, check_model, preload
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
 
 #: (reference key, doc type, structure, has DFT forces) of one reference record.
 ReferenceItem = tuple[str, str, Structure, bool]
-#: (total energy in eV, forces or None, error or None) of one single point.
-SinglePoint = tuple[float, list[list[float]] | None, str | None]
-
-
-def single_points(
-    structures: list[Structure], model: ModelSpec, task: Literal["e", "ef"] = "e"
-) -> list[SinglePoint]:
-    """Energy (and with ``task="ef"`` forces) per structure at fixed geometry, batched.
-
-    If a batch fails, the structures are evaluated one by one so that only the culprit
-    is recorded as failed.
-    """
-    if not structures:
-        return []
-    chgnet = load_model(model)
-
-    def outcome(prediction: dict, structure: Structure) -> SinglePoint:
-        forces = prediction["f"].tolist() if task == "ef" else None
-        return float(prediction["e"]) * len(structure), forces, None
-
-    try:
-        predictions = chgnet.predict_structure(structures, task=task, batch_size=16)
-        if len(structures) == 1:
-            predictions = [predictions]
-        return [outcome(p, s) for p, s in zip(predictions, structures, strict=True)]
-    except Exception:
-        outcomes: list[SinglePoint] = []
-        for structure in structures:
-            try:
-                outcomes.append(outcome(chgnet.predict_structure(structure, task=task), structure))
-            except Exception as exc:
-                outcomes.append((float("nan"), None, f"{type(exc).__name__}: {exc}"))
-        return outcomes
 
 
 @job(output_schema=EvaluationDoc)
@@ -70,17 +39,20 @@ def evaluate_chunk(
 
     ``checkpoint``: the model's checkpoint file as base64, for a fine-tuned model (an
     input resolved from the JobStore, see :func:`surfflows.io.registry.checkpoint_reference`).
-    Single points of structures with DFT forces also record the model's forces.
+    Single points of structures with DFT forces also record the model's forces. The wall
+    time of the chunk (model loading excluded) is recorded on the document, so reports can
+    give seconds per structure for each model.
     """
-    load_model(model, decode_checkpoint(checkpoint))
+    preload(model, decode_checkpoint(checkpoint))  # loading is not timed
     structures = [structure for _, _, structure, _ in items]
+    start = time.perf_counter()
     docs = []
     if mode == "single_point":
         with_forces = [i for i, item in enumerate(items) if item[3]]
         without = [i for i, item in enumerate(items) if not item[3]]
         outcomes: dict[int, SinglePoint] = {}
         for indices, task in ((without, "e"), (with_forces, "ef")):
-            points = single_points([structures[i] for i in indices], model, task)
+            points = single_points([structures[i] for i in indices], model, task, progress=True)
             outcomes.update(zip(indices, points, strict=True))
         for i, (key, doc_type, structure, _) in enumerate(items):
             energy, forces, error = outcomes[i]
@@ -98,7 +70,7 @@ def evaluate_chunk(
                 )
             )
     else:
-        results = relax_structures(
+        results = relax_fixed_cell(
             structures, model, fmax=fmax, max_steps=max_steps, optimizer=optimizer
         )
         for (key, doc_type, structure, _), result in zip(items, results, strict=True):
@@ -118,11 +90,12 @@ def evaluate_chunk(
             )
     return EvaluationDoc(
         model_id=model.model_id,
-        model=model,
+        model=model.installed(),
         set_name=set_name,
         mode=mode,
         fmax=fmax if mode == "relaxed" else None,
         results=docs,
+        wall_seconds=time.perf_counter() - start,
     )
 
 
@@ -135,7 +108,8 @@ class EvaluateMaker(Maker):
     name
         Flow name.
     model
-        The model to evaluate (pretrained or a registered checkpoint).
+        The model to evaluate: a CHGNet (pretrained or a registered checkpoint) or any
+        ASE calculator.
     modes
         ``single_point`` and/or ``relaxed`` (ions only, DFT cell kept).
     fmax, max_steps, optimizer
@@ -176,6 +150,8 @@ class EvaluateMaker(Maker):
         unknown = set(self.modes) - {"single_point", "relaxed"}
         if unknown:
             raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
+        if isinstance(self.model, ModelSpec):  # not a checkpoint still to be trained
+            check_model(self.model)
         jobs = []
         for mode in self.modes:
             for start in range(0, len(items), self.chunk_size):

@@ -115,10 +115,10 @@ def finetune_checkpoint(
     trained = result.history[1:]
     doc = FineTuneDoc(
         model_id=spec.model_id,
-        model=spec,
+        model=spec.installed(),
         sha256=spec.sha256,
         parent_model_id=parent.model_id,
-        parent=parent,
+        parent=parent.installed(),
         set_name=set_name,
         level_of_theory=docs[0]["level_of_theory"],
         split_id=references.split_id,
@@ -327,7 +327,7 @@ def bulk_forgetting(
     )
     return ForgettingDoc(
         model_id=model.model_id,
-        model=model,
+        model=model.installed(),
         parent_model_id=parent.model_id,
         sets=sets,
         max_relative_change=max(

@@ -1,6 +1,6 @@
 """Relaxation Makers: a bulk with a free cell, and batches of slabs with fixed cells.
 
-Every Maker loads its model once per process (see :func:`surfflows.engine.models.load_model`);
+Every Maker loads its model once per process (see :func:`surfflows.engine.models.preload`);
 a slab Maker relaxes a whole list of slabs in one job, so a jobflow-remote worker gets
 a few large jobs rather than thousands of tiny ones.
 """
@@ -14,22 +14,23 @@ from pymatgen.core import Structure
 
 from surfflows.core.slabs import SlabCandidate
 from surfflows.core.validation import check_elements
-from surfflows.engine.models import ModelSpec, load_model
-from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_one, relax_structures
+from surfflows.engine.calculators import relax_fixed_cell
+from surfflows.engine.models import ModelSpec, preload
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_one
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
 
 @dataclass
 class BulkRelaxMaker(Maker):
-    """Relax a bulk structure (positions and cell) with CHGNet and FIRE.
+    """Relax a bulk structure (positions and cell) with the model and FIRE.
 
     Parameters
     ----------
     name
         Job name.
     model
-        The CHGNet model.
+        The model (CHGNet or any ASE calculator).
     fmax
         Force criterion, eV/Å.
     max_steps
@@ -50,7 +51,7 @@ class BulkRelaxMaker(Maker):
         ``checkpoint``: the model's checkpoint (base64) if it is fine-tuned.
         """
         check_elements(structure, f"bulk {material_id}")
-        load_model(self.model, decode_checkpoint(checkpoint))
+        preload(self.model, decode_checkpoint(checkpoint))
         result = relax_one(
             structure, self.model, relax_cell=True, fmax=self.fmax, max_steps=self.max_steps
         )
@@ -66,7 +67,7 @@ class SlabRelaxMaker(Maker):
     name
         Job name.
     model
-        The CHGNet model.
+        The model (CHGNet or any ASE calculator).
     fmax
         Force criterion, eV/Å.
     max_steps
@@ -89,8 +90,8 @@ class SlabRelaxMaker(Maker):
 
         ``checkpoint``: the model's checkpoint (base64) if it is fine-tuned.
         """
-        load_model(self.model, decode_checkpoint(checkpoint))
-        results = relax_structures(
+        preload(self.model, decode_checkpoint(checkpoint))
+        results = relax_fixed_cell(
             [s.structure for s in slabs],
             self.model,
             fmax=self.fmax,

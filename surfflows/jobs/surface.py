@@ -14,7 +14,7 @@ from pymatgen.core import Structure
 from surfflows.core.slabs import SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
-from surfflows.engine.models import ModelSpec
+from surfflows.engine.models import ModelSpec, check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.jobs.relax import BulkRelaxMaker, SlabRelaxMaker
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
@@ -70,7 +70,8 @@ class SurfaceEnergyMaker(Maker):
     name
         Flow name.
     bulk_relax_maker
-        Relaxes the bulk (free cell); its model relaxes the slabs too.
+        Relaxes the bulk (free cell); its model (CHGNet or any ASE calculator) relaxes the
+        slabs too.
     slab_relax_maker
         Relaxes the slabs cut from the relaxed bulk (fixed cell), ``chunk_size`` per job.
     slab_settings
@@ -132,6 +133,7 @@ class SurfaceEnergyMaker(Maker):
             :class:`SurfaceEnergyDoc` per slab).
         """
         check_bulk(structure, f"bulk {material_id}")
+        check_model(self.model)
         if self.slab_relax_maker.model != self.model:
             raise ValueError(
                 f"slabs ({self.slab_relax_maker.model.model_id}) and bulk "

@@ -366,3 +366,54 @@ def coverage_plot(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def leaderboard_plot(
+    rows: Sequence[dict[str, Any]], path: str | Path, title: str, attribution: str = ""
+) -> Path:
+    """Grouped bars per reference set: gamma MAE (top) and seconds per structure (bottom).
+
+    Parameters
+    ----------
+    rows
+        Leaderboard rows (:func:`surfflows.reports.leaderboard.leaderboard`).
+    path
+        PNG file to write.
+    title
+        Figure title (split part, machine).
+    attribution
+        Source of the reference data, printed under the axes.
+    """
+    sets = sorted({r["set_name"] for r in rows})
+    models = sorted({r["model_id"] for r in rows})
+    modes = ("single_point", "relaxed")
+    fig, axes = plt.subplots(
+        2, len(sets), figsize=(4.5 * len(sets) + 1, 6.5), squeeze=False, sharex="col"
+    )
+    width = 0.8 / max(len(models), 1)
+    colours = plt.get_cmap("tab10")
+    for col, set_name in enumerate(sets):
+        for i, model in enumerate(models):
+            found = {
+                r["mode"]: r for r in rows if r["set_name"] == set_name and r["model_id"] == model
+            }
+            x = np.arange(len(modes)) + (i - (len(models) - 1) / 2) * width
+            mae, mse, cost = (
+                [np.nan if (v := (found.get(m) or {}).get(key)) is None else v for m in modes]
+                for key in ("mae", "mean_signed_error", "seconds_per_structure")
+            )
+            axes[0, col].bar(x, mae, width, color=colours(i), label=model)
+            axes[0, col].scatter(x, mse, color="k", marker="_", s=120, zorder=3)
+            axes[1, col].bar(x, cost, width, color=colours(i))
+        n = max((r["n"] for r in rows if r["set_name"] == set_name), default=0)
+        axes[0, col].set_title(f"{set_name} (N = {n} slabs)")
+        axes[0, col].axhline(0.0, color="0.5", lw=0.8)
+        axes[1, col].set_yscale("log")
+        axes[1, col].set_xticks(np.arange(len(modes)), ["single point", "relaxed"])
+    axes[0, 0].set_ylabel("γ MAE (bars), mean signed error (—), J/m²")
+    axes[1, 0].set_ylabel("seconds per structure")
+    axes[0, -1].legend(fontsize=8)
+    fig.suptitle(title)
+    if attribution:
+        fig.text(0.01, 0.005, attribution, fontsize=7, color="0.4")
+    return _save(fig, path)

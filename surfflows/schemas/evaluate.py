@@ -43,4 +43,7 @@ class EvaluationDoc(OutputDoc):
     mode: Literal["single_point", "relaxed"] = Field(description="Evaluation mode.")
     fmax: float | None = Field(default=None, description="Force criterion (relaxed mode), eV/Å.")
     results: list[ModelEnergyDoc] = Field(description="One entry per reference structure.")
+    wall_seconds: float | None = Field(
+        default=None, description="Wall time of the chunk's energies/relaxations, s (no loading)."
+    )
     created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")

@@ -48,7 +48,7 @@ class RelaxFields(OutputDoc):
         energy = finite_or_none(result.energy)
         return {
             "model_id": model.model_id,
-            "model": model,
+            "model": model.installed(),
             "formula": result.structure.composition.reduced_formula,
             "n_atoms": len(result.structure),
             "structure": result.structure,
