@@ -168,6 +168,13 @@ class ModelSpec(BaseModel):
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         return f"{self.force_field_name.rpartition('.')[2].lower()}-{digest}"
 
+    def __eq__(self, other: object) -> bool:
+        """Same model: every field equal but ``package_version`` (a record, not an identity)."""
+        if not isinstance(other, ModelSpec):
+            return NotImplemented
+        skip = {"package_version"}
+        return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
+
     def installed(self) -> ModelSpec:
         """This spec with the version of its package in this process (what a job records)."""
         try:
