@@ -105,12 +105,14 @@ def test_cli_and_campaign_reject_a_bad_calculator(tmp_path, cu_bulk):
 
 
 def test_calculator_relaxes_one_at_a_time_and_records_failures(cu_bulk):
-    """EMT: the same FIRE as CHGNet's path; a structure it raises on is a recorded failure."""
+    """EMT: ASE's FIRE step for step; a structure it raises on is a recorded failure."""
     emt = ModelSpec.parse(EMT)
     slab = _cu_slab(cu_bulk)
     slab.add_site_property("selective_dynamics", [[i > 1] * 3 for i in range(len(slab))])
     mgo = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0] * 3, [0.5] * 3])
-    results = relax_fixed_cell([slab, mgo, slab], emt, fmax=0.05, max_steps=200, progress=False)
+    results = relax_fixed_cell(
+        [slab, mgo, slab], emt, fmax=0.05, max_steps=200, progress=False, optimizer="fire"
+    )
     assert [r.ok for r in results] == [True, False, True]
     assert "NotImplementedError" in results[1].error  # EMT has no parameters for Mg
     assert results[0].max_force < 0.05 and results[0].energy < results[0].initial_energy

@@ -4,9 +4,10 @@ CHGNet models (pretrained or checkpoints) go through the batched engine
 (:func:`surfflows.engine.relax.relax_structures`, batched ``predict_structure``). Any other
 ASE calculator (:class:`~surfflows.engine.models.ModelSpec` of kind ``calculator``, e.g.
 ``sevennet-0``) relaxes one structure at a time with :func:`surfflows.engine.relax.relax_one`:
-the same optimizer (ASE's L-BFGS by default, or FIRE), the same convergence criterion (largest force on a free atom below
-``fmax``), the same fixed atoms and the same failure records. A calculator that raises on a
-structure gives a failed result for that structure; the others go on.
+the same optimizer (ASE's L-BFGS by default, or FIRE), the same convergence criterion
+(largest force on a free atom below ``fmax``), the same fixed atoms and the same failure
+records. A calculator that raises on a structure gives a failed result for that structure;
+the others go on.
 """
 
 from __future__ import annotations
