@@ -85,11 +85,11 @@ def main() -> None:
     from jobflow import run_locally
 
     from surfflows.cli.benchmark import build
-    from surfflows.engine.models import ModelSpec
     from surfflows.io.ingest import ingest_path
     from surfflows.io.inputs import training_inputs
     from surfflows.jobs.finetune import SweepConfig, sweep_summary
     from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
+    from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_job_store, get_store
 
     config = SweepConfig.from_yaml(args.config)

@@ -97,9 +97,9 @@ def main() -> None:
     os.environ["SURFFLOWS_DB_DIR"] = str(args.db_dir)
     os.environ["SURFFLOWS_TORCH_THREADS"] = str(args.threads)
 
-    from surfflows.engine.models import ModelSpec
     from surfflows.reports.leaderboard import leaderboard
     from surfflows.reports.plots import leaderboard_plot
+    from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_job_store, get_store
 
     commands: list[dict] = []

@@ -51,8 +51,9 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
 from surfflows.core.slabs import fixed_mask
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
 from surfflows.engine.relax import OPTIMIZERS, Optimizer, RelaxTimings, relax_structures
+from surfflows.schemas.models import ModelSpec
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIN_ATOMS, MAX_ATOMS = 20, 100

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from surfflows.cli import app
 from surfflows.core.slabs import SlabSettings
-from surfflows.engine.models import ModelSpec
 from surfflows.flows.campaign import CampaignConfig, run_campaign
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.reports.query import surface_energies
+from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store
 
 CONFIGS = Path(__file__).parents[1] / "configs"

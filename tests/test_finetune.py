@@ -30,13 +30,14 @@ from surfflows.engine.finetune import (
     reference_data,
     run_stages,
 )
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
+from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store
 
 DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references"

@@ -18,12 +18,13 @@ from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
 from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
 from surfflows.engine.finetune import _Objective, build_batch, reference_data
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.finetune import FineTuneSettings
+from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store
 
 DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references"

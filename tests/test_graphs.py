@@ -9,7 +9,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
 from surfflows.engine.graphs import GraphMismatchError, _undirected_edges, crystal_graph
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
+from surfflows.schemas.models import ModelSpec
 
 FIELDS = (
     "atomic_number",

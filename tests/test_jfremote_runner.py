@@ -21,7 +21,6 @@ from jfremote_support import project_jobstore, reset_client, write_project
 from jobflow import Flow
 
 from surfflows.builders import campaign_builders, run_builders
-from surfflows.engine.models import ModelSpec
 from surfflows.flows.campaign import CampaignConfig
 from surfflows.flows.remote import submit_campaign, submit_flows
 from surfflows.io.inputs import reference_items
@@ -31,6 +30,7 @@ from surfflows.jobs.finetune import FineTuneMaker
 from surfflows.jobs.thermo import elemental_reference
 from surfflows.reports.query import surface_energies
 from surfflows.schemas.finetune import FineTuneSettings
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.references import ReferenceInputs
 
 jobflow_remote = pytest.importorskip("jobflow_remote")

@@ -48,18 +48,6 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
 }
 
-#: Imports that still go the wrong way. Documents name their model with ``ModelSpec``, which
-#: lives in ``engine.models`` (it imports no torch at module level; the no-torch test below
-#: holds it to that) until issue 15's ModelSpec work has merged and it moves to
-#: ``schemas``. The test fails if one of these disappears without being struck from this
-#: list, so the list only shrinks.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("surfflows.schemas.evaluate", "surfflows.engine.models"),
-    ("surfflows.schemas.finetune", "surfflows.engine.models"),
-    ("surfflows.schemas.relax", "surfflows.engine.models"),
-    ("surfflows.schemas.thermo", "surfflows.engine.models"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -120,12 +108,9 @@ def test_imports_go_one_way():
                 continue
             if target_layer != source_layer and target_layer not in ALLOWED[source_layer]:
                 wrong.add((module, target))
-    new = wrong - KNOWN_VIOLATIONS
-    assert not new, "imports going the wrong way:\n" + "\n".join(
-        f"  {a} -> {b}" for a, b in sorted(new)
+    assert not wrong, "imports going the wrong way:\n" + "\n".join(
+        f"  {a} -> {b}" for a, b in sorted(wrong)
     )
-    fixed = KNOWN_VIOLATIONS - wrong
-    assert not fixed, f"fixed, strike from KNOWN_VIOLATIONS: {sorted(fixed)}"
 
 
 def test_jobs_never_reach_the_settings():
@@ -155,7 +140,7 @@ def test_documents_analysis_builders_and_core_load_no_torch():
         "    for info in pkgutil.iter_modules(pkg.__path__):\n"
         "        importlib.import_module(f'{pkg.__name__}.{info.name}')\n"
         "import surfflows.builders, surfflows.cli\n"
-        "print(sorted(m for m in ('torch', 'chgnet') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'chgnet', 'sevenn') if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

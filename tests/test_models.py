@@ -11,13 +11,14 @@ from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 
 from surfflows.core.validation import check_elements
-from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.engine.models import load_model
 from surfflows.io.registry import (
     checkpoint_reference,
     decode_checkpoint,
     register_checkpoint,
     resolve_model,
 )
+from surfflows.schemas.models import ModelSpec, file_sha256
 from surfflows.stores import get_job_store
 
 PRETRAINED_030 = next((Path(chgnet.__file__).parent / "pretrained" / "0.3.0").glob("*.pth.tar"))

@@ -172,7 +172,8 @@ def test_frames_extxyz_round_trip_and_bad_force_shape(oc22_files, tmp_path):
 
 def test_frames_are_energy_and_force_training_samples(oc22_files):
     from surfflows.engine.finetune import build_batch, reference_data
-    from surfflows.engine.models import ModelSpec, load_model
+    from surfflows.engine.models import load_model
+    from surfflows.schemas.models import ModelSpec
 
     s2ef, _, meta = oc22_files
     docs = [d.model_dump(mode="json") for d in oc22_s2ef_set(s2ef, meta).documents]

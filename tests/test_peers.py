@@ -20,13 +20,14 @@ from typer.testing import CliRunner
 
 from surfflows.cli import app
 from surfflows.engine.calculators import relax_fixed_cell, single_points
-from surfflows.engine.models import ModelSpec, check_model, get_calculator, load_model, preload
+from surfflows.engine.models import check_model, get_calculator, load_model, preload
 from surfflows.flows.campaign import CampaignConfig
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.relax import BulkRelaxMaker
 from surfflows.reports.leaderboard import leaderboard
+from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store
 
 PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_metal_surfaces"

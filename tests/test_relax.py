@@ -15,7 +15,6 @@ import torch
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.surface import SlabGenerator
 
-from surfflows.engine.models import ModelSpec
 from surfflows.engine.relax import (
     DEFAULT_OPTIMIZER,
     RelaxResult,
@@ -24,6 +23,7 @@ from surfflows.engine.relax import (
     relax_one,
     relax_structures,
 )
+from surfflows.schemas.models import ModelSpec
 
 pytestmark = pytest.mark.slow
 

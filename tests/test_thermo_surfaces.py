@@ -31,11 +31,11 @@ from surfflows.core.thermo import (
     surface_energy_line,
     surface_energy_plotter,
 )
-from surfflows.engine.models import ModelSpec
 from surfflows.io.elements import dft_elemental_references
 from surfflows.io.ingest import ingest_path
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.thermo import SurfaceThermoDoc
 
 TINY = SlabSettings(miller_indices=[(1, 1, 0), (0, 0, 1)], min_slab_size=5.0, min_vacuum_size=10.0)

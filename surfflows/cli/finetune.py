@@ -25,8 +25,8 @@ def select(
     ),
 ) -> None:
     """Select training slabs of a set's train split by DIRECT sampling or at random."""
-    from surfflows.engine.models import ModelSpec
     from surfflows.io.selections import select as select_slabs
+    from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_store
 
     stores = {n: get_store(n) for n in ("references", "splits", "features", "selections")}

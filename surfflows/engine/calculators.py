@@ -2,7 +2,7 @@
 
 CHGNet models (pretrained or checkpoints) go through the batched engine
 (:func:`surfflows.engine.relax.relax_structures`, batched ``predict_structure``). Any other
-ASE calculator (:class:`~surfflows.engine.models.ModelSpec` of kind ``calculator``, e.g.
+ASE calculator (:class:`~surfflows.schemas.models.ModelSpec` of kind ``calculator``, e.g.
 ``sevennet-0``) relaxes one structure at a time with :func:`surfflows.engine.relax.relax_one`:
 the same optimizer (ASE's L-BFGS by default, or FIRE), the same convergence criterion
 (largest force on a free atom below ``fmax``), the same fixed atoms and the same failure
@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from surfflows.engine.models import ModelSpec, get_calculator, load_model
+from surfflows.engine.models import get_calculator, load_model
 from surfflows.engine.relax import (
     DEFAULT_OPTIMIZER,
     Optimizer,
@@ -28,6 +28,7 @@ from surfflows.engine.relax import (
     relax_one,
     relax_structures,
 )
+from surfflows.schemas.models import ModelSpec
 
 #: (total energy in eV or NaN, forces in eV/Å or None, error message or None) of one single point.
 SinglePoint = tuple[float, list[list[float]] | None, str | None]

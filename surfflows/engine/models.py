@@ -1,17 +1,9 @@
-"""Which model a result came from, and loading it once per process.
+"""Loading the model a :class:`~surfflows.schemas.models.ModelSpec` names, once per process.
 
-A :class:`ModelSpec` names one of
-
-* a pretrained CHGNet that ships inside the chgnet wheel (``0.3.0``, ``0.2.0``, ``r2scan``);
-* a CHGNet checkpoint file identified by its sha256 (a fine-tuned model);
-* any ASE calculator, by import path and keyword arguments (atomate2's ``force_field_name``
-  / ``calculator_kwargs`` convention), with short names for the families supported out of
-  the box (:data:`CALCULATORS`, e.g. ``sevennet-0``).
-
-Its :attr:`ModelSpec.model_id` is the key that every stored result carries, so builders can
-compare models and process a new one incrementally. CHGNet models run in the batched engine
-(:mod:`surfflows.engine.relax`); other calculators relax one structure at a time through ASE
-(:mod:`surfflows.engine.calculators`).
+CHGNet models (pretrained from the wheel, or a checkpoint by sha256) run in the batched
+engine (:mod:`surfflows.engine.relax`); other calculators relax one structure at a time
+through ASE (:mod:`surfflows.engine.calculators`). Importing this module loads no torch: the
+functions that need it import it.
 """
 
 from __future__ import annotations
@@ -19,239 +11,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import importlib.metadata
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from surfflows.schemas.models import CALCULATORS, ModelSpec
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import BaseCalculator
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
-
-PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
-
-#: Short names of ASE-calculator families supported out of the box: the import path of the
-#: calculator and its keyword arguments (packages: ``pip install -e ".[peers]"``).
-#: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet), whose
-#: checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run time.
-CALCULATORS: dict[str, dict[str, Any]] = {
-    "sevennet-0": {
-        "force_field_name": "sevenn.calculator.SevenNetCalculator",
-        "calculator_kwargs": {"model": "7net-0_11July2024"},
-    },
-}
-
-
-class ModelSpec(BaseModel):
-    """A model: a pretrained CHGNet, a CHGNet checkpoint, or an ASE calculator.
-
-    Examples
-    --------
-    >>> ModelSpec().model_id
-    'chgnet-0.3.0'
-    >>> ModelSpec.parse("chgnet-r2scan").version
-    'r2scan'
-    >>> ModelSpec.parse("sevennet-0").force_field_name
-    'sevenn.calculator.SevenNetCalculator'
-    >>> ModelSpec(kind="calculator", force_field_name="ase.calculators.emt.EMT").model_id
-    'emt-d0491a85'
-    """
-
-    kind: Literal["pretrained", "checkpoint", "calculator"] = Field(
-        default="pretrained",
-        description="Pretrained CHGNet from the wheel, a CHGNet checkpoint, or an ASE calculator.",
-    )
-    version: str | None = Field(
-        default="0.3.0", description=f"Pretrained CHGNet version, one of {PRETRAINED_VERSIONS}."
-    )
-    sha256: str | None = Field(
-        default=None, description="sha256 of the checkpoint file (identity of a fine-tuned model)."
-    )
-    checkpoint: str | None = Field(
-        default=None,
-        description="Path of the checkpoint file on the machine that made the spec; a worker "
-        "without it fetches the bytes from the model registry by sha256.",
-    )
-    force_field_name: str | None = Field(
-        default=None,
-        description="Import path 'package.module.Callable' of an ASE calculator class (or of a "
-        "function returning one), as atomate2's force_field_name; kind 'calculator' only.",
-    )
-    calculator_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Keyword arguments of the calculator (JSON-serialisable), as atomate2's.",
-    )
-    name: str | None = Field(
-        default=None,
-        description="Short name of a calculator (its model_id), e.g. 'sevennet-0'; default "
-        "'<callable>-<hash of import path and kwargs>'.",
-    )
-    package: str | None = Field(
-        default=None, description="Python package of the model (chgnet, sevenn, ...)."
-    )
-    package_version: str | None = Field(
-        default=None,
-        description="Version of that package where the result was computed (set by the job).",
-    )
-
-    @field_validator("force_field_name", mode="before")
-    @classmethod
-    def _import_path(cls, value: Any) -> Any:
-        """atomate2's ``{"@module": ..., "@callable": ...}`` form -> ``module.callable``."""
-        if isinstance(value, dict):
-            if set(value) != {"@module", "@callable"}:
-                raise ValueError(
-                    f"force_field_name {value!r}: give 'module.Callable' or "
-                    "{'@module': ..., '@callable': ...}"
-                )
-            return f"{value['@module']}.{value['@callable']}"
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelSpec:
-        if self.kind == "pretrained":
-            if self.version not in PRETRAINED_VERSIONS:
-                raise ValueError(
-                    f"unknown pretrained CHGNet version {self.version!r}; "
-                    f"choose one of {PRETRAINED_VERSIONS}"
-                )
-        elif self.kind == "checkpoint":
-            if not self.sha256 or len(self.sha256) != 64:
-                raise ValueError("a checkpoint ModelSpec needs the 64-hex-digit sha256 of its file")
-            self.version = None
-        else:
-            path = self.force_field_name or ""
-            module, _, attr = path.rpartition(".")
-            if not (module and attr.isidentifier()):
-                raise ValueError(
-                    f"calculator import path {path!r} is not of the form 'package.module.Callable'"
-                )
-            try:
-                json.dumps(self.calculator_kwargs)
-            except TypeError as exc:
-                raise ValueError(f"calculator_kwargs of {path} are not JSON: {exc}") from None
-            self.version = None
-            for name, known in CALCULATORS.items():
-                if self.name is None and known == {
-                    "force_field_name": path,
-                    "calculator_kwargs": self.calculator_kwargs,
-                }:
-                    self.name = name
-        if self.package is None:
-            self.package = (
-                "chgnet" if self.kind != "calculator" else self.force_field_name.split(".")[0]
-            )
-        return self
-
-    @property
-    def is_chgnet(self) -> bool:
-        """A CHGNet (pretrained or checkpoint): runs in the batched engine."""
-        return self.kind != "calculator"
-
-    @property
-    def model_id(self) -> str:
-        """Stable identity stored on every result.
-
-        ``chgnet-<version>``, ``chgnet-ft-<sha12>``, a calculator's short name, or
-        ``<callable>-<first 8 hex digits of the sha256 of import path and kwargs>``.
-        """
-        if self.kind == "pretrained":
-            return f"chgnet-{self.version}"
-        if self.kind == "checkpoint":
-            return f"chgnet-ft-{self.sha256[:12]}"
-        if self.name:
-            return self.name
-        text = json.dumps([self.force_field_name, self.calculator_kwargs], sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        return f"{self.force_field_name.rpartition('.')[2].lower()}-{digest}"
-
-    def __eq__(self, other: object) -> bool:
-        """Same model: every field equal but ``package_version`` (a record, not an identity)."""
-        if not isinstance(other, ModelSpec):
-            return NotImplemented
-        skip = {"package_version"}
-        return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
-
-    def installed(self) -> ModelSpec:
-        """This spec with the version of its package in this process (what a job records)."""
-        try:
-            version = importlib.metadata.version(self.package)
-        except importlib.metadata.PackageNotFoundError:
-            version = None
-        return self.model_copy(update={"package_version": version})
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path) -> ModelSpec:
-        """Spec of a checkpoint file on disk, its identity being the file's sha256."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file {path} does not exist")
-        return cls(kind="checkpoint", sha256=file_sha256(path), checkpoint=str(path.resolve()))
-
-    @classmethod
-    def calculator(
-        cls, force_field_name: str | dict, calculator_kwargs: dict | None = None, **fields
-    ) -> ModelSpec:
-        """Spec of an ASE calculator by import path and keyword arguments."""
-        return cls(
-            kind="calculator",
-            force_field_name=force_field_name,
-            calculator_kwargs=calculator_kwargs or {},
-            **fields,
-        )
-
-    @classmethod
-    def parse(cls, text: str | dict) -> ModelSpec:
-        """Parse a model name from the command line or a campaign file, without a database query.
-
-        Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path,
-        ``sha256:<64 hex digits>``, a short calculator name (:data:`CALCULATORS`), an import
-        path ``package.module.Class``, or a mapping / JSON object
-        ``{"force_field_name": ..., "calculator_kwargs": {...}}`` (optionally ``name``). A
-        shorter registered name (``chgnet-ft-<sha prefix>``) needs the registry:
-        :func:`surfflows.io.registry.resolve_model`.
-        """
-        if isinstance(text, str) and text.lstrip().startswith("{"):
-            try:
-                text = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"model {text!r} is not valid JSON: {exc}") from None
-        if isinstance(text, dict):
-            unknown = set(text) - {"force_field_name", "calculator_kwargs", "name"}
-            if unknown or "force_field_name" not in text:
-                raise ValueError(
-                    f"model {text!r}: a calculator mapping has force_field_name and optional "
-                    f"calculator_kwargs and name; unknown keys: {sorted(unknown) or 'none'}"
-                )
-            return cls.calculator(**text)
-        name = text.removeprefix("chgnet-") if text.startswith("chgnet-") else text
-        if name in PRETRAINED_VERSIONS:
-            return cls(version=name)
-        if text.lower() in CALCULATORS:
-            return cls.calculator(**CALCULATORS[text.lower()], name=text.lower())
-        if Path(text).is_file():
-            return cls.from_checkpoint(text)
-        sha = text.removeprefix("sha256:")
-        if text.startswith("sha256:") and len(sha) == 64:
-            return cls(kind="checkpoint", sha256=sha)
-        if "." in text and all(part.isidentifier() for part in text.split(".")):
-            return cls.calculator(text)
-        raise ValueError(
-            f"model {text!r} is neither a pretrained CHGNet ({', '.join(PRETRAINED_VERSIONS)}), "
-            f"a supported calculator ({', '.join(CALCULATORS)}), an import path "
-            "'package.module.Calculator', an existing checkpoint file, nor sha256:<64 hex "
-            "digits>; a registered model (chgnet-ft-<sha prefix>) is found in the JobStore by "
-            "surfflows.io.registry"
-        )
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @functools.lru_cache(maxsize=4)

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from surfflows.core.slabs import fixed_mask
 from surfflows.engine.graphs import crystal_graph
-from surfflows.engine.models import ModelSpec, get_calculator, load_model
+from surfflows.engine.models import get_calculator, load_model
+from surfflows.schemas.models import ModelSpec
 
 if TYPE_CHECKING:
     from chgnet.graph import CrystalGraph

@@ -23,7 +23,8 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from surfflows.core.timestamps import now_iso
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.references import ReferenceInputs
 

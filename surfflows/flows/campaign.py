@@ -40,11 +40,12 @@ from rich.progress import Progress
 from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab_atoms
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
-from surfflows.engine.models import ModelSpec, check_model
+from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
+from surfflows.schemas.models import ModelSpec
 
 #: Job metadata key holding a material's input hash.
 INPUT_HASH_KEY = "surfflows_input_hash"

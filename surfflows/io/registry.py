@@ -24,9 +24,9 @@ from jobflow import JobStore, OutputReference
 from monty.json import jsanitize
 
 from surfflows.core.timestamps import now_iso
-from surfflows.engine.models import ModelSpec
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
+from surfflows.schemas.models import ModelSpec
 
 
 def encode_checkpoint(path: str | Path) -> str:

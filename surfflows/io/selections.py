@@ -10,7 +10,6 @@ import numpy as np
 from maggma.core import Store
 from pymatgen.core import Structure
 
-from surfflows.engine.models import ModelSpec
 from surfflows.engine.sampling import (
     Method,
     SelectionDoc,
@@ -20,6 +19,7 @@ from surfflows.engine.sampling import (
     training_pool,
 )
 from surfflows.io.inputs import reference_inputs
+from surfflows.schemas.models import ModelSpec
 
 
 def stored_features(

@@ -15,10 +15,11 @@ from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
 from surfflows.engine.calculators import SinglePoint, relax_fixed_cell, single_points
-from surfflows.engine.models import ModelSpec, check_model, preload
+from surfflows.engine.models import check_model, preload
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.io.registry import decode_checkpoint
 from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
+from surfflows.schemas.models import ModelSpec
 
 #: (reference key, doc type, structure, has DFT forces) of one reference record.
 ReferenceItem = tuple[str, str, Structure, bool]

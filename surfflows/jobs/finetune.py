@@ -26,7 +26,7 @@ from pymatgen.core import Structure
 
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.engine.finetune import RESUME_IGNORED, finetune, reference_data
-from surfflows.engine.models import ModelSpec, file_sha256, load_model
+from surfflows.engine.models import load_model
 from surfflows.io.inputs import reference_items
 from surfflows.io.registry import decode_checkpoint, encode_checkpoint
 from surfflows.jobs.evaluate import EvaluateMaker
@@ -37,6 +37,7 @@ from surfflows.schemas.finetune import (
     FineTuneSettings,
     ForgettingDoc,
 )
+from surfflows.schemas.models import ModelSpec, file_sha256
 from surfflows.schemas.references import ReferenceInputs
 
 logger = logging.getLogger(__name__)

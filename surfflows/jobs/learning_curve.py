@@ -22,7 +22,7 @@ from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
 from surfflows.engine.sampling import (
     Method,
     SelectionDoc,
@@ -36,6 +36,7 @@ from surfflows.io.registry import decode_checkpoint
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.references import ReferenceInputs
 

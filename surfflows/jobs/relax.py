@@ -15,9 +15,10 @@ from pymatgen.core import Structure
 from surfflows.core.slabs import SlabCandidate
 from surfflows.core.validation import check_elements
 from surfflows.engine.calculators import relax_fixed_cell
-from surfflows.engine.models import ModelSpec, preload
+from surfflows.engine.models import preload
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, relax_one
 from surfflows.io.registry import decode_checkpoint
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 
 

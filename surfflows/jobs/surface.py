@@ -14,9 +14,10 @@ from pymatgen.core import Structure
 from surfflows.core.slabs import SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
-from surfflows.engine.models import ModelSpec, check_model
+from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.jobs.relax import BulkRelaxMaker, SlabRelaxMaker
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
 

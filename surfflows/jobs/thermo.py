@@ -30,13 +30,14 @@ from surfflows.analysis.thermo import thermo_from_surface_energies
 from surfflows.analysis.wulff import compare_wulff, surface_properties
 from surfflows.core.slabs import SlabSettings, conventional_cell, generate_slabs
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
-from surfflows.engine.models import ModelSpec, load_model
+from surfflows.engine.models import load_model
 from surfflows.engine.relax import relax_one
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.registry import checkpoint_reference, decode_checkpoint
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.reports.plots import surface_phase_diagram_plot, wulff_comparison_plot, wulff_plot
 from surfflows.reports.query import surface_energies
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
 from surfflows.schemas.thermo import (

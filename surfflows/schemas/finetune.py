@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from surfflows.core.timestamps import now_iso
-from surfflows.engine.models import ModelSpec
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 
 

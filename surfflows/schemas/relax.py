@@ -14,7 +14,7 @@ from surfflows.core.slabs import (
 )
 from surfflows.core.text import finite_or_none
 from surfflows.core.timestamps import now_iso
-from surfflows.engine.models import ModelSpec
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 
 if TYPE_CHECKING:

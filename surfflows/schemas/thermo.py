@@ -17,7 +17,7 @@ from pymatgen.core import Structure
 
 from surfflows.core.slabs import MillerIndex
 from surfflows.core.timestamps import now_iso
-from surfflows.engine.models import ModelSpec
+from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.relax import RelaxFields
 
