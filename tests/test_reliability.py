@@ -27,7 +27,7 @@ from surfflows.io import oc22
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.safe_pickle import restricted_loads
 from surfflows.settings import redact_uri
-from surfflows.stores import get_store, insert_new_documents, writer_lock
+from surfflows.stores import STORE_NAMES, get_store, insert_new_documents, writer_lock
 
 ROOT = Path(__file__).parents[1]
 CU_CIF = ROOT / "configs" / "structures" / "Cu.cif"
@@ -325,6 +325,33 @@ def test_evaluate_bad_mode_writes_nothing():
         cli("evaluate", "--reference", "pbe_metal_surfaces", "--mode", "bogus"), "bogus"
     )
     assert n_docs("splits") == 0 and n_docs("references") == 0
+
+
+SWEEP_YAML = ROOT / "configs" / "finetune_sweep.yaml"
+CURVE_YAML = ROOT / "configs" / "learning_curve.yaml"
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        (
+            "finetune --reference jarvis_surfaces --layers 4 --work-dir {w}",
+            "jarvis_surfaces bo2_bulk_eos",
+        ),
+        ("finetune --reference jarvis_surfaces --no-evaluate --work-dir {w}", "jarvis_surfaces"),
+        ("evaluate --reference jarvis_surfaces", "jarvis_surfaces"),
+        (f"sweep {SWEEP_YAML} --out {{w}}", "jarvis_surfaces bo2_bulk_eos"),
+        (f"learning-curve {CURVE_YAML} --out {{w}}", "jarvis_surfaces"),
+    ],
+)
+def test_set_not_ingested_is_refused_naming_the_ingest_command(tmp_path, command, missing):
+    """On a fresh database, commands that read reference sets refuse before any work (no
+    model loaded, no split made), with the ``surfflows ingest`` command of the missing sets."""
+    work = tmp_path / "work"
+    result = cli(*command.format(w=work).split())
+    assert_one_line_error(result, f"run `surfflows ingest {missing}` first")
+    assert all(n_docs(name) == 0 for name in STORE_NAMES)
+    assert not work.exists()
 
 
 def test_readme_prose_is_not_a_level_of_theory(tmp_path):

@@ -9,8 +9,35 @@ from __future__ import annotations
 from maggma.core import Store
 from pymatgen.core import Structure
 
+from surfflows.io.canonical import PACKAGED_SETS
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.references import ReferenceInputs
+
+
+def require_ingested(set_names: list[str] | tuple[str, ...], references: Store) -> None:
+    """Refuse, before any work, sets that have no document in the references store.
+
+    Raises
+    ------
+    ValueError
+        One line naming every missing set and the ``surfflows ingest`` command that adds it
+        (a packaged set by its name, any other set from its folder).
+    """
+    references.connect()
+    missing = [n for n in dict.fromkeys(set_names) if not references.count({"set_name": n})]
+    if not missing:
+        return
+    packaged = [n for n in missing if n in PACKAGED_SETS]
+    folders = [n for n in missing if n not in PACKAGED_SETS]
+    names = ", ".join(repr(n) for n in missing)
+    fixes = [f"surfflows ingest {' '.join(packaged)}"] if packaged else []
+    fixes += [f"surfflows ingest <folder of {n}> --set-name {n}" for n in folders]
+    raise ValueError(
+        f"reference set{'s' if len(missing) > 1 else ''} {names} "
+        f"{'are' if len(missing) > 1 else 'is'} not in the database; run "
+        + " and ".join(f"`{fix}`" for fix in fixes)
+        + " first"
+    )
 
 
 def reference_inputs(
@@ -26,8 +53,10 @@ def reference_inputs(
     Raises
     ------
     ValueError
-        If the references store has no such documents.
+        If the set is not ingested (:func:`require_ingested`) or has no documents of these
+        types.
     """
+    require_ingested([set_name], references)
     split = None
     if splits is not None:
         split = get_or_create_split(set_name, store=splits, references=references)
@@ -51,7 +80,9 @@ def training_inputs(
     """A fine-tuning set with its split, and the bulk sets of the forgetting check.
 
     The set's trajectory frames (OC22 S2EF) come with its slabs and bulks as training samples.
+    Every set missing from the references store is named at once (:func:`require_ingested`).
     """
+    require_ingested([set_name, *bulk_sets], references)
     training = reference_inputs(set_name, references, splits, ("slab", "bulk", "frame"))
     bulks = [reference_inputs(name, references, None, ("bulk",)) for name in bulk_sets]
     return training, bulks
