@@ -97,9 +97,18 @@ def finetune(
     batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
     energy_weight: Annotated[float | None, typer.Option(help="Energy loss weight.")] = None,
     gamma_weight: Annotated[float | None, typer.Option(help="Surface-energy loss weight.")] = None,
-    force_weight: Annotated[float | None, typer.Option(help="Force loss weight (slow).")] = None,
+    force_weight: Annotated[float | None, typer.Option(help="Force loss weight.")] = None,
     zero_force_labels: Annotated[
         bool | None, typer.Option(help="Zero forces as labels of relaxed frames.")
+    ] = None,
+    force_fraction: Annotated[
+        float | None, typer.Option(help="Fraction of each batch's structures with a force term.")
+    ] = None,
+    replay_weight: Annotated[
+        float | None, typer.Option(help="Weight of parent-labelled bulk replay (0: off).")
+    ] = None,
+    replay_pool_size: Annotated[
+        int | None, typer.Option(help="Replay structures: training bulks and copies.")
     ] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
     anchor_weight: Annotated[
@@ -131,7 +140,9 @@ def finetune(
         "depth": layers, "epochs": epochs, "learning_rate": lr, "seed": seed,
         "batch_size": batch_size, "energy_weight": energy_weight, "gamma_weight": gamma_weight,
         "force_weight": force_weight, "zero_force_labels": zero_force_labels,
-        "patience": patience, "anchor_weight": anchor_weight,
+        "force_fraction": force_fraction, "replay_weight": replay_weight,
+        "replay_pool_size": replay_pool_size, "patience": patience,
+        "anchor_weight": anchor_weight,
     }  # fmt: skip
     store = get_job_store()
     try:

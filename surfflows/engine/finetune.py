@@ -46,8 +46,20 @@ Compute
 CrystalGraphs and batches are made once. Without forces, the frozen stages do not change,
 so their output is computed once per batch and only the X trainable stages run each step
 (:func:`run_stages` replays ``CHGNet._compute``'s energy path stage by stage; a test checks
-it against ``CHGNet.forward``). Forces (``force_weight > 0``) and X = all need the full
-forward pass (``CHGNet.forward``) every step and cost 10-100 times more.
+it against ``CHGNet.forward``). X = all needs the full forward pass every step. Forces
+(``force_weight > 0``) need it too: energies and gamma still come from the cached path for
+every structure, and a random ``force_fraction`` of each batch's force-labelled structures
+runs ``CHGNet.forward`` with forces (and stress for replay structures), which sets the cost.
+
+Replay (``replay_weight > 0``)
+------------------------------
+The training bulks and rattled / strained copies of them (:func:`replay_structures`, a
+pool of ``replay_pool_size``; never a validation or test material) are labelled by the
+frozen parent (:func:`replay_data`: energy, forces, stress) and spread over every batch
+(:func:`with_replay`). Their energy labels get the fitted per-element shift, so replay
+pulls towards the parent's physics at the training set's energy scale. They enter the
+loss as ``replay_weight * (L(E/N) + force_weight * L(F) + stress_weight * L(S))``, forces
+and stress only through the force subset.
 
 Batches are fixed groups of materials (a bulk with its slabs), formed once with the seed;
 their order is reshuffled every epoch. ``last.pth.tar`` in the work folder holds model,
@@ -72,7 +84,7 @@ from chgnet.graph import CrystalGraph, CrystalGraphConverter
 from chgnet.model import CHGNet
 from chgnet.model.composition_model import AtomRef
 from chgnet.model.model import BatchedGraph
-from pymatgen.core import Element, Structure
+from pymatgen.core import Element, Lattice, Structure
 from torch import Tensor, nn
 
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
@@ -298,6 +310,8 @@ class Sample:
     n_atoms: int
     energy: float | None
     forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    structure: Structure | None = None
 
 
 @dataclass
@@ -437,6 +451,7 @@ def reference_data(
                 n_atoms=len(structure),
                 energy=None if doc.get("ref_energy") is None else float(doc["ref_energy"]),
                 forces=None if forces is None else np.asarray(forces, dtype=float),
+                structure=structure,
             )
         )
         if doc["doc_type"] != "slab" or doc["bulk_key"] not in index:
@@ -515,6 +530,92 @@ def fit_atomref_shift(
     return {Element.from_Z(z).symbol: float(weight[0, z - 1]) for z in present}
 
 
+# ------------------------------------------------------------------------------- replay
+
+
+def replay_structures(
+    bulks: Sequence[Structure],
+    size: int,
+    rattle: float,
+    strain: float,
+    rng: np.random.Generator,
+) -> list[Structure]:
+    """The replay pool: ``bulks`` first, then rattled and strained copies of them in turn.
+
+    A copy's cell is the bulk's times ``1 + eps``, ``eps`` a random symmetric matrix with
+    components uniform in ``[-strain, strain]``; its atoms move with the cell and then by
+    a normal displacement of standard deviation ``rattle`` (Å) each.
+
+    Parameters
+    ----------
+    bulks
+        Training bulks (never a validation or test material).
+    size
+        Structures in the pool.
+    rattle, strain
+        Size of the random displacements (Å) and strains.
+    rng
+        Random generator of the copies.
+
+    Raises
+    ------
+    ValueError
+        If there are no bulks.
+    """
+    if not bulks:
+        raise ValueError("replay needs training bulks, found none")
+    pool = list(bulks[:size])
+    for i in range(size - len(pool)):
+        bulk = bulks[i % len(bulks)]
+        eps = rng.uniform(-strain, strain, (3, 3))
+        matrix = bulk.lattice.matrix @ (np.eye(3) + (eps + eps.T) / 2)
+        cart = bulk.frac_coords @ matrix + rng.normal(0.0, rattle, (len(bulk), 3))
+        pool.append(Structure(Lattice(matrix), bulk.species, cart, coords_are_cartesian=True))
+    return pool
+
+
+def replay_data(parent: CHGNet, structures: Sequence[Structure]) -> list[Sample]:
+    """Replay samples: ``structures`` with the frozen parent's energy, forces and stress.
+
+    The energies are the parent's own; :func:`finetune` adds the fitted per-element shift,
+    so that replay keeps the parent's physics, not its energy scale.
+    """
+    graphs = [parent.graph_converter(s, graph_id=f"replay:{i}") for i, s in enumerate(structures)]
+    predictions = parent.predict_graph(graphs, task="efs", batch_size=16)
+    if isinstance(predictions, dict):
+        predictions = [predictions]
+    return [
+        Sample(
+            key=f"replay:{i}",
+            doc_type="replay",
+            material_id="replay",
+            graph=graph,
+            n_atoms=len(structure),
+            energy=float(p["e"]) * len(structure),
+            forces=np.asarray(p["f"], dtype=float),
+            stress=np.asarray(p["s"], dtype=float),
+            structure=structure,
+        )
+        for i, (graph, structure, p) in enumerate(zip(graphs, structures, predictions, strict=True))
+    ]
+
+
+def with_replay(
+    batches: Sequence[list[int]], first: int, n_replay: int, rng: np.random.Generator
+) -> list[list[int]]:
+    """Spread replay samples ``first..first+n_replay-1`` over every batch.
+
+    Each batch gets ``ceil(n_replay / len(batches))`` of them, the pool shuffled by ``rng``
+    and cycled so that every batch has replay even when the pool is small.
+    """
+    per_batch = math.ceil(n_replay / len(batches))
+    order = first + rng.permutation(n_replay)
+    cycle = np.resize(order, per_batch * len(batches))
+    return [
+        [*b, *cycle[i * per_batch : (i + 1) * per_batch].tolist()] for i, b in enumerate(batches)
+    ]
+
+
 # ------------------------------------------------------------------------------ batches
 
 
@@ -532,7 +633,9 @@ class Batch:
     pair_units: Tensor
     pair_area: Tensor
     gamma_ref: Tensor
-    forces: list[Tensor] | None
+    forces: list[Tensor | None]
+    stress: list[Tensor | None]
+    replay: Tensor
     composition_energy: Tensor | None = None
     graph: BatchedGraph | None = None
     frozen: dict[str, Tensor] | None = None
@@ -569,13 +672,16 @@ def make_batches(
 def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int | None) -> Batch:
     """Tensors of one batch; with ``cut``, the batched graph and stages ``0..cut-1`` are cached.
 
-    ``cut=None`` means nothing can be cached (forces, or trainable embeddings).
+    ``cut=None`` means nothing can be cached (trainable embeddings).
     """
     position = {sample: i for i, sample in enumerate(indices)}
     pairs = [p for p in data.pairs if p.slab in position]
     samples = [data.samples[i] for i in indices]
     graphs = [s.graph for s in samples]
-    labelled = all(s.forces is not None for s in samples)
+
+    def tensor(array: np.ndarray | None) -> Tensor | None:
+        return None if array is None else torch.tensor(array, dtype=torch.float32)
+
     batch = Batch(
         samples=indices,
         graphs=graphs,
@@ -590,7 +696,9 @@ def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int
         pair_units=torch.tensor([p.n_units for p in pairs], dtype=torch.float32),
         pair_area=torch.tensor([p.area for p in pairs], dtype=torch.float32),
         gamma_ref=torch.tensor([p.gamma_ref for p in pairs], dtype=torch.float32),
-        forces=[torch.tensor(s.forces, dtype=torch.float32) for s in samples] if labelled else None,
+        forces=[tensor(s.forces) for s in samples],
+        stress=[tensor(s.stress) for s in samples],
+        replay=torch.tensor([s.doc_type == "replay" for s in samples], dtype=torch.bool),
     )
     if cut is not None:
         with torch.no_grad():
@@ -604,22 +712,49 @@ def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int
     return batch
 
 
-def forward_batch(
-    model: CHGNet, batch: Batch, cut: int | None, with_forces: bool = False
-) -> tuple[Tensor, list[Tensor] | None]:
-    """Energy per atom of the batch's structures (AtomRef included) and forces if asked.
+def forward_batch(model: CHGNet, batch: Batch, cut: int | None) -> Tensor:
+    """Energy per atom of the batch's structures (AtomRef included).
 
     With ``cut``, only stages ``cut..`` run on the cached features and AtomRef's energy is
     ``batch.composition_energy``; else ``CHGNet.forward`` runs in full.
     """
     if cut is not None:
         state = run_stages(model, batch.graph, batch.frozen, cut, model.n_conv + 2)
-        return state["energy"] + batch.composition_energy, None
-    if with_forces:
-        for graph in batch.graphs:
-            graph.atom_frac_coord.requires_grad_(True)
-    prediction = model(batch.graphs, task="ef" if with_forces else "e")
-    return prediction["e"], prediction.get("f")
+        return state["energy"] + batch.composition_energy
+    return model(batch.graphs, task="e")["e"]
+
+
+def force_subset(batch: Batch, fraction: float) -> list[int]:
+    """Positions of a random ``fraction`` (at least one) of the batch's force-labelled
+    structures, drawn with torch's generator."""
+    labelled = [i for i, f in enumerate(batch.forces) if f is not None]
+    if not labelled:
+        return []
+    n = max(1, math.ceil(fraction * len(labelled)))
+    return sorted(labelled[i] for i in torch.randperm(len(labelled))[:n].tolist())
+
+
+def predict_forces(
+    model: CHGNet, graphs: Sequence[CrystalGraph], with_stress: bool = False
+) -> dict[str, list[Tensor]]:
+    """CHGNet's full forward pass with forces (eV/Å) and optionally stress (GPa), in a
+    graph that can be differentiated again (for a force loss)."""
+    for graph in graphs:
+        graph.atom_frac_coord.requires_grad_(True)
+    with torch.enable_grad():
+        return model(list(graphs), task="efs" if with_stress else "ef")
+
+
+def force_mae(model: CHGNet, batches: Sequence[Batch]) -> float | None:
+    """Force MAE (eV/Å) over the force-labelled structures of ``batches``; None if none."""
+    errors = []
+    for batch in batches:
+        rows = [i for i, f in enumerate(batch.forces) if f is not None]
+        if rows:
+            predicted = predict_forces(model, [batch.graphs[i] for i in rows])["f"]
+            for i, f in zip(rows, predicted, strict=True):
+                errors.append((f.detach() - batch.forces[i]).abs().flatten())
+    return float(torch.cat(errors).mean()) if errors else None
 
 
 def gamma_j_per_m2(energy_per_atom: Tensor, batch: Batch) -> Tensor:
@@ -645,8 +780,8 @@ class _Errors:
         energy = energy.detach()
         self.loss.append(float(loss))
         self.weights.append(len(batch.samples))
-        mask = batch.energy_mask
-        self.energy.append(energy[mask] - batch.energy_per_atom[mask])
+        own = batch.energy_mask & ~batch.replay
+        self.energy.append(energy[own] - batch.energy_per_atom[own])
         if len(batch.gamma_ref):
             self.gamma.append(gamma_j_per_m2(energy, batch) - batch.gamma_ref)
 
@@ -664,6 +799,10 @@ class _Errors:
 class _Objective:
     """The loss of :mod:`surfflows.engine.finetune`'s objective for one batch.
 
+    The batch's own structures enter ``energy_weight * L(E/N) + gamma_weight * L(gamma)``,
+    its replay structures ``replay_weight * L(E/N)``; :meth:`force_terms` adds
+    ``force_weight * L(F)`` of the force subset's own structures and
+    ``replay_weight * (force_weight * L(F) + stress_weight * L(S))`` of its replay ones.
     ``anchors`` pairs each trainable parameter with its parent value; with
     ``settings.anchor_weight > 0``, :meth:`anchor_penalty` is the L2-SP term
     ``anchor_weight * sum((theta - theta_parent)^2)`` added to every training step.
@@ -679,19 +818,48 @@ class _Objective:
         else:
             self.criterion = nn.HuberLoss(delta=settings.huber_delta)
 
-    def __call__(self, batch: Batch, energy: Tensor, forces: list[Tensor] | None) -> Tensor:
+    def __call__(self, batch: Batch, energy: Tensor) -> Tensor:
         s = self.settings
-        mask = batch.energy_mask  # gamma-only slabs have no energy label
+        own = batch.energy_mask & ~batch.replay  # gamma-only slabs have no energy label
+        replay = batch.replay
         loss = energy.new_zeros(())
-        if mask.any():
-            loss = s.energy_weight * self.criterion(energy[mask], batch.energy_per_atom[mask])
+        if own.any():
+            loss = s.energy_weight * self.criterion(energy[own], batch.energy_per_atom[own])
         if len(batch.gamma_ref) and s.gamma_weight > 0:
             gamma = gamma_j_per_m2(energy, batch)
             loss = loss + s.gamma_weight * self.criterion(gamma, batch.gamma_ref)
-        if forces is not None and batch.forces is not None:
-            loss = loss + s.force_weight * self.criterion(
-                torch.cat(forces), torch.cat(batch.forces)
+        if replay.any() and s.replay_weight > 0:
+            loss = loss + s.replay_weight * self.criterion(
+                energy[replay], batch.energy_per_atom[replay]
             )
+        return loss
+
+    def force_terms(self, batch: Batch, model: CHGNet) -> Tensor | None:
+        """Force (and replay stress) loss of a random ``force_fraction`` of the batch's
+        force-labelled structures, by CHGNet's full forward pass; None if it has none."""
+        s = self.settings
+        rows = force_subset(batch, s.force_fraction)
+        if not rows:
+            return None
+        replay = [bool(batch.replay[i]) for i in rows]
+        with_stress = any(replay) and s.replay_weight > 0 and s.stress_weight > 0
+        prediction = predict_forces(model, [batch.graphs[i] for i in rows], with_stress)
+        loss = torch.zeros(())
+        for is_replay, weight in ((False, 1.0), (True, s.replay_weight)):
+            picked = [j for j, r in enumerate(replay) if r == is_replay]
+            if not picked or weight == 0:
+                continue
+            force_loss = self.criterion(
+                torch.cat([prediction["f"][j] for j in picked]),
+                torch.cat([batch.forces[rows[j]] for j in picked]),
+            )
+            loss = loss + weight * s.force_weight * force_loss
+            if is_replay and with_stress:
+                stress_loss = self.criterion(
+                    torch.stack([prediction["s"][j] for j in picked]),
+                    torch.stack([batch.stress[rows[j]] for j in picked]),
+                )
+                loss = loss + weight * s.stress_weight * stress_loss
         return loss
 
     def anchor_penalty(self) -> Tensor | None:
@@ -711,16 +879,20 @@ def run_epoch(
     order: Sequence[int] | None = None,
 ) -> dict[str, float | None]:
     """One pass over ``batches`` (in ``order``): a training epoch with ``optimizer``, else an
-    evaluation. Returns the mean loss, energy MAE (eV/atom), gamma MAE and mean signed
-    gamma error (J/m²); forces enter the loss only when training with force_weight > 0.
+    evaluation. Returns the mean loss, energy MAE (eV/atom) of the batches' own
+    structures, gamma MAE and mean signed gamma error (J/m²); forces enter the loss only
+    when training with force_weight > 0 (:meth:`_Objective.force_terms`).
     """
     with_forces = optimizer is not None and objective.settings.force_weight > 0
     errors = _Errors()
     for b in order if order is not None else range(len(batches)):
         batch = batches[b]
         with torch.set_grad_enabled(optimizer is not None):
-            energy, forces = forward_batch(model, batch, cut, with_forces)
-            loss = objective(batch, energy, forces)
+            energy = forward_batch(model, batch, cut)
+            loss = objective(batch, energy)
+            force_loss = objective.force_terms(batch, model) if with_forces else None
+            if force_loss is not None:
+                loss = loss + force_loss
         if optimizer is not None:
             penalty = objective.anchor_penalty()
             if penalty is not None:
@@ -773,7 +945,7 @@ class FineTuneResult:
 def cache_cut(model: CHGNet, settings: FineTuneSettings) -> int | None:
     """First trainable stage, whose input is cached; None when nothing can be cached."""
     n_stages = model.n_conv + 2
-    if settings.force_weight > 0 or settings.depth >= n_stages:
+    if settings.depth >= n_stages:
         return None
     return n_stages - max(settings.depth, 1)
 
@@ -785,7 +957,9 @@ def cosine_lr(settings: FineTuneSettings, epoch: int) -> float:
     return low + (settings.learning_rate - low) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def _record(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> EpochRecord:
+def _record(
+    epoch: int, train: dict, val: dict, lr: float, seconds: float, val_force: float | None
+) -> EpochRecord:
     return EpochRecord(
         epoch=epoch,
         train_loss=train["loss"],
@@ -796,6 +970,7 @@ def _record(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> Ep
         val_gamma_mean_signed_error=val["gamma_mean_signed_error"],
         learning_rate=lr,
         seconds=seconds,
+        val_force_mae=val_force,
     )
 
 
@@ -808,6 +983,19 @@ def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
     """Whether saved settings are these, apart from the run's length and patience."""
     kept = FineTuneSettings.model_validate(saved).model_dump(exclude=RESUME_IGNORED)
     return kept == settings.model_dump(exclude=RESUME_IGNORED)
+
+
+def _shift_replay_labels(parent: CHGNet, model: CHGNet, batches: Sequence[Batch]) -> None:
+    """Add the fitted per-element shift (``model``'s AtomRef less ``parent``'s) to the
+    parent's energies of the replay structures: replay keeps the parent's physics at the
+    training set's energy scale."""
+    with torch.no_grad():
+        for batch in batches:
+            if batch.replay.any():
+                rows = batch.replay.nonzero().flatten().tolist()
+                graphs = [batch.graphs[i] for i in rows]
+                shift = model.composition_model(graphs) - parent.composition_model(graphs)
+                batch.energy_per_atom[batch.replay] += shift
 
 
 def _set_composition(model: CHGNet, batches: Sequence[Batch]) -> None:
@@ -878,17 +1066,29 @@ def finetune(
     if saved is not None:
         model.load_state_dict(saved["model"]["state_dict"])
     cut = cache_cut(model, settings)
-    train_batches = [
-        build_batch(model, train, b, cut) for b in make_batches(train, settings.batch_size, rng)
-    ]
+    groups = make_batches(train, settings.batch_size, rng)
+    n_own = len(train.samples)
+    if settings.replay_weight > 0:
+        replay_rng = np.random.default_rng([settings.seed, 1])
+        pool = replay_structures(
+            [s.structure for s in train.samples if s.doc_type == "bulk"],
+            settings.replay_pool_size,
+            settings.replay_rattle,
+            settings.replay_strain,
+            replay_rng,
+        )
+        replay = replay_data(parent, pool)
+        train = ReferenceData([*train.samples, *replay], train.pairs, train.dropped)
+        groups = with_replay(groups, n_own, len(replay), replay_rng)
+    train_batches = [build_batch(model, train, b, cut) for b in groups]
     val_batches = [build_batch(model, val, b, cut) for b in make_batches(val, settings.batch_size)]
     _set_composition(model, train_batches)
     if saved is None:
         predicted = torch.empty(len(train.samples))
         with torch.no_grad():
             for batch in train_batches:
-                predicted[batch.samples] = forward_batch(model, batch, cut)[0]
-        labelled = [i for i, s in enumerate(train.samples) if s.energy is not None]
+                predicted[batch.samples] = forward_batch(model, batch, cut)
+        labelled = [i for i in range(n_own) if train.samples[i].energy is not None]
         atomref_shift = fit_atomref_shift(
             model,
             [train.samples[i].graph for i in labelled],
@@ -898,7 +1098,9 @@ def finetune(
         _set_composition(model, train_batches)
     else:
         atomref_shift = saved["atomref_shift"]
+    _shift_replay_labels(parent, model, train_batches)
     _set_composition(model, val_batches)
+    val_forces = any(s.forces is not None for s in val.samples)
     setup_seconds = time.perf_counter() - start_time
 
     parent_values = dict(parent.named_parameters())
@@ -926,6 +1128,7 @@ def finetune(
                 run_epoch(model, val_batches, cut, objective),
                 0.0,
                 time.perf_counter() - tick,
+                force_mae(model, val_batches) if val_forces else None,
             )
         ]
         best_state = copy.deepcopy(model.state_dict())
@@ -951,7 +1154,10 @@ def finetune(
         train_errors = run_epoch(model, train_batches, cut, objective, optimizer, order)
         model.eval()
         val_errors = run_epoch(model, val_batches, cut, objective)
-        history.append(_record(epoch, train_errors, val_errors, lr, time.perf_counter() - tick))
+        val_force = force_mae(model, val_batches) if val_forces else None
+        history.append(
+            _record(epoch, train_errors, val_errors, lr, time.perf_counter() - tick, val_force)
+        )
         if best() is history[-1]:
             best_state = copy.deepcopy(model.state_dict())
         torch.save(
@@ -964,7 +1170,7 @@ def finetune(
                 "best_state_dict": best_state,
                 "atomref_shift": atomref_shift,
                 "settings": settings.model_dump(),
-                "train_keys": train.keys,
+                "train_keys": train.keys[:n_own],
                 "val_keys": val.keys,
             },
             last,

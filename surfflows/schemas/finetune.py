@@ -57,6 +57,43 @@ class FineTuneSettings(BaseModel):
         description="Use zero forces as labels for frames without ref_forces: valid only for "
         "DFT-relaxed geometries (relaxed slabs and bulks).",
     )
+    force_fraction: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Fraction of each batch's force-labelled structures (drawn anew every "
+        "step) whose forces enter the loss; energies and gamma still come from every "
+        "structure through the cached frozen stages. Below 1 makes forces affordable.",
+    )
+    replay_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of the replay term against forgetting: bulks of the training "
+        "materials and rattled / strained copies of them, labelled by the frozen parent "
+        "(energy per atom; forces and stress too when force_weight > 0), mixed into every "
+        "batch (0: off).",
+    )
+    replay_pool_size: int = Field(
+        default=64,
+        ge=1,
+        description="Structures in the replay pool: the training bulks first, then rattled "
+        "and strained copies of them (never a validation or test material).",
+    )
+    replay_rattle: float = Field(
+        default=0.05, ge=0, description="Standard deviation of the replay copies' rattle, Å."
+    )
+    replay_strain: float = Field(
+        default=0.03,
+        ge=0,
+        lt=0.5,
+        description="Largest component of the replay copies' random symmetric strain.",
+    )
+    stress_weight: float = Field(
+        default=0.1,
+        ge=0,
+        description="Weight of the stress loss (GPa) of replay structures, the only "
+        "structures with stress labels (used when force_weight > 0).",
+    )
     criterion: Literal["mse", "huber", "l1"] = Field(
         default="mse", description="Loss of each term (huber with delta huber_delta)."
     )
@@ -81,6 +118,12 @@ class EpochRecord(BaseModel):
     val_gamma_mae: float | None = Field(description="Validation gamma MAE, J/m² (selects epochs).")
     val_gamma_mean_signed_error: float | None = Field(
         description="Validation mean of gamma_model - gamma_ref, J/m²."
+    )
+    val_force_mae: float | None = Field(
+        default=None,
+        description="Validation force MAE, eV/Å, over the force-labelled validation "
+        "structures (with zero_force_labels: the force norm at DFT minima); None without "
+        "force labels.",
     )
     learning_rate: float = Field(description="Learning rate used in the epoch.")
     seconds: float = Field(description="Wall time of the epoch (training and validation), s.")
