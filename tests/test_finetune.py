@@ -1,11 +1,13 @@
-"""Fine-tuning by depth X: freezing, the staged forward pass, the per-element fit, a real
-one-epoch fine-tune on a tiny metal set (registry, document, evaluation, resume), the sweep
-through the command line, and the bulk-forgetting check."""
+"""Fine-tuning by depth X: freezing, the staged forward pass, the per-element fit, the force
+term on a batch subset and parent-labelled replay (tiny real runs), a real one-epoch
+fine-tune on a tiny metal set (registry, document, evaluation, resume), the sweep through
+the command line, and the bulk-forgetting check."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,18 @@ from surfflows.cli import app
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.splits import SplitDoc, split_id
 from surfflows.engine.finetune import (
+    build_batch,
     finetune,
     fit_atomref_shift,
+    force_subset,
     freeze_to_depth,
     max_depth,
     predict_energies,
+    predict_forces,
     reference_data,
+    replay_structures,
     run_stages,
+    with_replay,
 )
 from surfflows.engine.models import load_model
 from surfflows.io.ingest import ingest_path
@@ -216,6 +223,116 @@ def test_anchor_weight_keeps_weights_near_the_parent(tiny_set, chgnet, tmp_path)
     free, anchored = distance_from_parent(0.0), distance_from_parent(1e4)
     assert free > 0
     assert anchored < 0.5 * free, (anchored, free)
+
+
+def test_replay_pool_and_its_spread_over_batches(cu_bulk, rutile_bulk):
+    rng = np.random.default_rng(0)
+    pool = replay_structures([cu_bulk, rutile_bulk], 7, rattle=0.05, strain=0.03, rng=rng)
+    assert len(pool) == 7 and pool[:2] == [cu_bulk, rutile_bulk]
+    for i, copy_ in enumerate(pool[2:]):
+        bulk = (cu_bulk, rutile_bulk)[i % 2]
+        assert copy_.species == bulk.species
+        strain = np.linalg.solve(bulk.lattice.matrix, copy_.lattice.matrix) - np.eye(3)
+        assert 0 < np.abs(strain).max() <= 0.03
+        assert np.allclose(strain, strain.T)
+        moved = copy_.cart_coords - bulk.frac_coords @ copy_.lattice.matrix
+        assert 0 < np.abs(moved).max() < 0.5
+    own = ([0, 1], [2], [3, 4, 5])
+    batches = with_replay(list(own), first=6, n_replay=4, rng=rng)
+    assert all(b[: len(o)] == o for b, o in zip(batches, own, strict=True))
+    replayed = [i for b in batches for i in b if i >= 6]
+    assert all(any(i >= 6 for i in b) for b in batches)  # replay in every batch
+    assert set(replayed) == {6, 7, 8, 9} and len(replayed) == 6  # 2 each, pool cycled
+    with pytest.raises(ValueError, match="no"):
+        replay_structures([], 4, 0.05, 0.03, rng)
+
+
+def _tiny_data(tiny_set, chgnet, zero_force_labels: bool = False):
+    with get_store("references") as refs:
+        docs = list(refs.query({"set_name": tiny_set}))
+    return [
+        reference_data(
+            docs, PARTS, (part,), chgnet.graph_converter, zero_force_labels=zero_force_labels
+        )
+        for part in ("train", "val")
+    ]
+
+
+def _last_model(chgnet, work: Path):
+    model = copy.deepcopy(chgnet)
+    model.load_state_dict(
+        torch.load(work / "last.pth.tar", weights_only=False)["model"]["state_dict"]
+    )
+    return model
+
+
+@pytest.mark.slow
+def test_force_term_on_a_batch_subset_lowers_forces_at_dft_minima(tiny_set, chgnet, tmp_path):
+    """Zero-force labels at DFT-relaxed frames, on half of each batch: the trained model's
+    forces there are smaller than those of the same run without the force term."""
+    train, val = _tiny_data(tiny_set, chgnet, zero_force_labels=True)
+    assert train.counts()["force_labelled"] == len(train.samples)
+    torch.manual_seed(0)
+    batch = build_batch(chgnet, train, list(range(len(train.samples))), None)
+    half = force_subset(batch, 0.5)
+    assert len(half) == math.ceil(0.5 * len(train.samples)) and half == sorted(set(half))
+    graphs = [s.graph for s in train.samples]
+
+    def force_norm(force_weight: float) -> float:
+        settings = FineTuneSettings(
+            depth=2,
+            epochs=4,
+            learning_rate=1e-2,
+            patience=None,
+            zero_force_labels=True,
+            force_weight=force_weight,
+            force_fraction=0.5,
+            batch_size=8,
+        )
+        work = tmp_path / f"forces_{force_weight}"
+        result = finetune(chgnet, train, val, settings, work)
+        assert all(r.val_force_mae is not None for r in result.history)
+        forces = predict_forces(_last_model(chgnet, work), graphs)["f"]
+        return float(torch.cat(forces).detach().abs().mean())
+
+    parent = float(torch.cat(predict_forces(chgnet, graphs)["f"]).detach().abs().mean())
+    without, with_forces = force_norm(0.0), force_norm(100.0)
+    assert with_forces < min(0.8 * without, parent), (with_forces, without, parent)
+
+
+@pytest.mark.slow
+def test_replay_keeps_parent_bulk_energies(tiny_set, chgnet, tmp_path):
+    """Parent-labelled replay of the training bulks and copies: after training, bulk
+    energies of new strained copies stay closer to the parent's than without replay."""
+    train, val = _tiny_data(tiny_set, chgnet)
+    bulks = [s.structure for s in train.samples if s.doc_type == "bulk"]
+    probes = replay_structures(bulks, 3 * len(bulks), 0.05, 0.03, np.random.default_rng(7))
+    probes = probes[len(bulks) :]
+    graphs = [chgnet.graph_converter(s) for s in probes]
+    parent_energy = predict_energies(chgnet, graphs)
+
+    def drift(replay_weight: float) -> float:
+        """Mean |E_model - E_parent| per atom on the probes, the per-element shift aside."""
+        settings = FineTuneSettings(
+            depth=2,
+            epochs=4,
+            learning_rate=1e-2,
+            patience=None,
+            replay_weight=replay_weight,
+            replay_pool_size=12,
+            batch_size=8,
+        )
+        work = tmp_path / f"replay_{replay_weight}"
+        result = finetune(chgnet, train, val, settings, work)
+        model = _last_model(chgnet, work)
+        with torch.no_grad():
+            shift = model.composition_model(graphs) - chgnet.composition_model(graphs)
+        assert result.history[-1].train_energy_mae >= 0
+        return float((predict_energies(model, graphs) - shift - parent_energy).abs().mean())
+
+    without, with_replay_ = drift(0.0), drift(10.0)
+    assert without > 0
+    assert with_replay_ < 0.7 * without, (with_replay_, without)
 
 
 def _inputs(set_name: str, doc_types=("slab", "bulk"), split: bool = True):
