@@ -316,7 +316,7 @@ def test_replay_keeps_parent_bulk_energies(tiny_set, chgnet, tmp_path):
         settings = FineTuneSettings(
             depth=2,
             epochs=4,
-            learning_rate=1e-2,
+            learning_rate=2e-3,
             patience=None,
             replay_weight=replay_weight,
             replay_pool_size=12,
@@ -330,7 +330,7 @@ def test_replay_keeps_parent_bulk_energies(tiny_set, chgnet, tmp_path):
         assert result.history[-1].train_energy_mae >= 0
         return float((predict_energies(model, graphs) - shift - parent_energy).abs().mean())
 
-    without, with_replay_ = drift(0.0), drift(10.0)
+    without, with_replay_ = drift(0.0), drift(100.0)
     assert without > 0
     assert with_replay_ < 0.7 * without, (with_replay_, without)
 
