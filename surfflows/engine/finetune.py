@@ -1121,16 +1121,9 @@ def finetune(
     else:
         tick = time.perf_counter()
         model.eval()
-        history = [
-            _record(
-                0,
-                run_epoch(model, train_batches, cut, objective),
-                run_epoch(model, val_batches, cut, objective),
-                0.0,
-                time.perf_counter() - tick,
-                force_mae(model, val_batches) if val_forces else None,
-            )
-        ]
+        errors = [run_epoch(model, b, cut, objective) for b in (train_batches, val_batches)]
+        val_force = force_mae(model, val_batches) if val_forces else None
+        history = [_record(0, *errors, 0.0, time.perf_counter() - tick, val_force)]
         best_state = copy.deepcopy(model.state_dict())
         if progress:
             progress(history[0])

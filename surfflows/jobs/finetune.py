@@ -101,9 +101,10 @@ def finetune_checkpoint(
     def progress(r: Any) -> None:
         logger.info(
             "epoch %3d  loss %.4f  train E %.4f eV/atom  val E %.4f eV/atom  val gamma MAE "
-            "%s J/m²  (%.1f s)",
+            "%s J/m²  val F %s eV/Å  (%.1f s)",
             r.epoch, r.train_loss, r.train_energy_mae, r.val_energy_mae,
-            "-" if r.val_gamma_mae is None else f"{r.val_gamma_mae:.3f}", r.seconds,
+            "-" if r.val_gamma_mae is None else f"{r.val_gamma_mae:.3f}",
+            "-" if r.val_force_mae is None else f"{r.val_force_mae:.3f}", r.seconds,
         )  # fmt: skip
 
     result = finetune(parent_model, data["train"], data["val"], settings, folder, progress=progress)
