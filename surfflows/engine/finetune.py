@@ -70,10 +70,11 @@ it stopped; ``best.pth.tar`` holds the selected model and loads with ``CHGNet.fr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ from chgnet.model.model import BatchedGraph
 from pymatgen.core import Element, Lattice, Structure
 from torch import Tensor, nn
 
+from surfflows.core.heads import default_head
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
 from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
 
@@ -312,6 +314,7 @@ class Sample:
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
     structure: Structure | None = None
+    set_name: str = ""
 
 
 @dataclass
@@ -338,18 +341,42 @@ class ReferenceData:
         """Reference keys of the samples."""
         return [s.key for s in self.samples]
 
-    def counts(self) -> dict[str, int]:
-        """Structures, slabs, bulks, gamma pairs, materials and force-labelled structures."""
+    def counts(self, set_name: str | None = None) -> dict[str, int]:
+        """Structures, slabs, bulks, gamma pairs, materials and force-labelled structures
+        (of one set only if ``set_name``)."""
+        keep = [set_name is None or s.set_name == set_name for s in self.samples]
+        samples = [s for s, k in zip(self.samples, keep, strict=True) if k]
         return {
-            "structures": len(self.samples),
-            "slabs": sum(s.doc_type == "slab" for s in self.samples),
-            "bulks": sum(s.doc_type == "bulk" for s in self.samples),
-            "gamma_pairs": len(self.pairs),
-            "materials": len({s.material_id for s in self.samples}),
-            "force_labelled": sum(s.forces is not None for s in self.samples),
-            "gamma_only": sum(s.energy is None for s in self.samples),
-            "frames": sum(s.doc_type == "frame" for s in self.samples),
+            "structures": len(samples),
+            "slabs": sum(s.doc_type == "slab" for s in samples),
+            "bulks": sum(s.doc_type == "bulk" for s in samples),
+            "gamma_pairs": sum(keep[p.slab] for p in self.pairs),
+            "materials": len({s.material_id for s in samples}),
+            "force_labelled": sum(s.forces is not None for s in samples),
+            "gamma_only": sum(s.energy is None for s in samples),
+            "frames": sum(s.doc_type == "frame" for s in samples),
         }
+
+
+def merge_data(parts: Sequence[ReferenceData]) -> ReferenceData:
+    """The data of several sets as one: samples in order, pairs re-indexed, reasons joined.
+
+    Material ids of different sets must not be the same material (see
+    :func:`surfflows.core.splits.leaking_materials`); batches still keep one set each
+    (:func:`make_batches`).
+    """
+    if len(parts) == 1:
+        return parts[0]
+    out = ReferenceData()
+    for data in parts:
+        offset = len(out.samples)
+        out.samples += data.samples
+        out.pairs += [
+            dataclasses.replace(p, slab=p.slab + offset, bulk=p.bulk + offset) for p in data.pairs
+        ]
+        for reason, keys in data.dropped.items():
+            out.dropped.setdefault(reason, []).extend(keys)
+    return out
 
 
 def reference_data(
@@ -360,6 +387,7 @@ def reference_data(
     *,
     zero_force_labels: bool = False,
     slab_keys: Collection[str] | None = None,
+    held_out: Mapping[str, str] | None = None,
 ) -> ReferenceData:
     """Slabs and bulks of some split parts of a reference set, screened, as CrystalGraphs.
 
@@ -379,12 +407,16 @@ def reference_data(
     slab_keys
         Only these slabs (e.g. a DIRECT or random selection of the train part), with their
         bulks and the frames of their trajectories; None: every slab of the parts.
+    held_out
+        material_id -> ``"<set>:<part>"`` of materials held out (val or test) in another
+        set (:func:`surfflows.core.splits.leaking_materials`): never taken.
 
     Returns
     -------
     ReferenceData
         Left out, by reason: ``flagged:<flag>`` (a record with ``flags``; each flag counts),
-        ``no_bulk`` (a slab whose bulk is absent), ``bulk_without_slab`` (a bulk none of
+        ``held_out:<set>:<part>`` (a material of ``held_out``), ``no_bulk`` (a slab whose
+        bulk is absent), ``bulk_without_slab`` (a bulk none of
         whose slabs is kept, so no surface term), ``graph_failed``. A slab that is not
         stoichiometric or has no reference gamma is kept for its energy without a gamma
         term; a gamma-only slab (no ``ref_energy``) is kept for its gamma term only, with
@@ -392,7 +424,8 @@ def reference_data(
     """
     dropped: dict[str, list[str]] = defaultdict(list)
     by_key = {doc["key"]: doc for doc in docs}
-    selected = [
+    held_out = held_out or {}
+    candidates = [
         doc
         for doc in docs
         if doc["doc_type"] in ("slab", "bulk", "frame")
@@ -402,6 +435,12 @@ def reference_data(
         or doc["key"] in slab_keys
         or doc.get("parent_key") in slab_keys
     ]
+    selected = []
+    for doc in candidates:
+        if doc["material_id"] in held_out:
+            dropped[f"held_out:{held_out[doc['material_id']]}"].append(doc["key"])
+        else:
+            selected.append(doc)
     slabs = []
     for doc in (d for d in selected if d["doc_type"] == "slab"):
         if doc.get("flags"):
@@ -452,6 +491,7 @@ def reference_data(
                 energy=None if doc.get("ref_energy") is None else float(doc["ref_energy"]),
                 forces=None if forces is None else np.asarray(forces, dtype=float),
                 structure=structure,
+                set_name=doc.get("set_name", ""),
             )
         )
         if doc["doc_type"] != "slab" or doc["bulk_key"] not in index:
@@ -616,6 +656,35 @@ def with_replay(
     ]
 
 
+# -------------------------------------------------------------------------------- heads
+
+#: Modules of a readout head: the readout (unit 1) and the per-element reference energies.
+HEAD_MODULES = ("readout_norm", "mlp", "composition_model")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A readout head: its name (:func:`surfflows.core.heads.head_name`), the level of
+    theory of its sets and the sets whose batches run through it."""
+
+    name: str
+    level_of_theory: str
+    sets: tuple[str, ...]
+
+
+def head_modules(model: CHGNet) -> nn.ModuleDict:
+    """The modules of ``model``'s current head (the same objects, not copies)."""
+    return nn.ModuleDict(
+        {name: getattr(model, name) for name in HEAD_MODULES if getattr(model, name) is not None}
+    )
+
+
+def use_head(model: CHGNet, head: nn.ModuleDict) -> None:
+    """Put a head's modules into ``model`` (the shared backbone stays)."""
+    for name, module in head.items():
+        setattr(model, name, module)
+
+
 # ------------------------------------------------------------------------------ batches
 
 
@@ -636,6 +705,8 @@ class Batch:
     forces: list[Tensor | None]
     stress: list[Tensor | None]
     replay: Tensor
+    set_name: str = ""
+    head_masks: dict[str, Tensor] = field(default_factory=dict)
     composition_energy: Tensor | None = None
     graph: BatchedGraph | None = None
     frozen: dict[str, Tensor] | None = None
@@ -658,21 +729,33 @@ def material_groups(data: ReferenceData) -> list[list[int]]:
 def make_batches(
     data: ReferenceData, batch_size: int, rng: np.random.Generator | None = None
 ) -> list[list[int]]:
-    """Pack material groups (shuffled by ``rng``, else in order) into batches of ~batch_size."""
+    """Pack material groups (shuffled by ``rng``, else in order) into batches of ~batch_size,
+    each of one set (batches are in the order they are closed)."""
     groups = material_groups(data)
     order = rng.permutation(len(groups)) if rng is not None else range(len(groups))
-    batches: list[list[int]] = [[]]
+    batches: list[list[int]] = []
+    open_batches: dict[str, list[int]] = {}
     for g in order:
-        if batches[-1] and len(batches[-1]) + len(groups[g]) > batch_size:
-            batches.append([])
-        batches[-1].extend(groups[g])
-    return [b for b in batches if b]
+        name = data.samples[groups[g][0]].set_name
+        current = open_batches.setdefault(name, [])
+        if current and len(current) + len(groups[g]) > batch_size:
+            batches.append(current)
+            current = open_batches[name] = []
+        current.extend(groups[g])
+    return [*batches, *(b for b in open_batches.values() if b)]
 
 
-def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int | None) -> Batch:
+def build_batch(
+    model: CHGNet,
+    data: ReferenceData,
+    indices: list[int],
+    cut: int | None,
+    head_of: Callable[[Sample], str] | None = None,
+) -> Batch:
     """Tensors of one batch; with ``cut``, the batched graph and stages ``0..cut-1`` are cached.
 
-    ``cut=None`` means nothing can be cached (trainable embeddings).
+    ``cut=None`` means nothing can be cached (trainable embeddings). ``head_of`` gives the
+    head of each structure (several heads); None: one head.
     """
     position = {sample: i for i, sample in enumerate(indices)}
     pairs = [p for p in data.pairs if p.slab in position]
@@ -699,7 +782,13 @@ def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int
         forces=[tensor(s.forces) for s in samples],
         stress=[tensor(s.stress) for s in samples],
         replay=torch.tensor([s.doc_type == "replay" for s in samples], dtype=torch.bool),
+        set_name=next((s.set_name for s in samples if s.doc_type != "replay"), ""),
     )
+    if head_of is not None:
+        heads = [head_of(s) for s in samples]
+        batch.head_masks = {
+            h: torch.tensor([x == h for x in heads], dtype=torch.bool) for h in dict.fromkeys(heads)
+        }
     if cut is not None:
         with torch.no_grad():
             batch.graph = BatchedGraph.from_graphs(
@@ -712,12 +801,35 @@ def build_batch(model: CHGNet, data: ReferenceData, indices: list[int], cut: int
     return batch
 
 
-def forward_batch(model: CHGNet, batch: Batch, cut: int | None) -> Tensor:
+def forward_batch(
+    model: CHGNet,
+    batch: Batch,
+    cut: int | None,
+    heads: Mapping[str, nn.ModuleDict] | None = None,
+) -> Tensor:
     """Energy per atom of the batch's structures (AtomRef included).
 
     With ``cut``, only stages ``cut..`` run on the cached features and AtomRef's energy is
-    ``batch.composition_energy``; else ``CHGNet.forward`` runs in full.
+    ``batch.composition_energy``; else ``CHGNet.forward`` runs in full. With several heads
+    (``batch.head_masks``), the backbone runs once and each head's readout gives the
+    energies of its structures.
     """
+    if batch.head_masks:
+        graph = batch.graph
+        if graph is None:
+            graph = BatchedGraph.from_graphs(
+                batch.graphs, model.bond_basis_expansion, model.angle_basis_expansion
+            )
+        readout = model.n_conv + 1
+        state = run_stages(model, graph, batch.frozen or {}, cut or 0, readout)
+        original = head_modules(model)
+        energy = torch.zeros(len(batch.graphs))
+        for head, mask in batch.head_masks.items():
+            use_head(model, heads[head])
+            head_energy = run_stages(model, graph, state, readout, readout + 1)["energy"]
+            energy = energy + torch.where(mask, head_energy, 0.0)
+        use_head(model, original)
+        return energy + batch.composition_energy
     if cut is not None:
         state = run_stages(model, batch.graph, batch.frozen, cut, model.n_conv + 2)
         return state["energy"] + batch.composition_energy
@@ -745,13 +857,41 @@ def predict_forces(
         return model(list(graphs), task="efs" if with_stress else "ef")
 
 
-def force_mae(model: CHGNet, batches: Sequence[Batch]) -> float | None:
+def predict_rows(
+    model: CHGNet,
+    batch: Batch,
+    rows: Sequence[int],
+    with_stress: bool = False,
+    heads: Mapping[str, nn.ModuleDict] | None = None,
+) -> dict[str, list[Tensor]]:
+    """:func:`predict_forces` of some rows of a batch, each through its head."""
+    if not batch.head_masks:
+        return predict_forces(model, [batch.graphs[i] for i in rows], with_stress)
+    out: dict[str, list] = {"f": [None] * len(rows), "s": [None] * len(rows)}
+    original = head_modules(model)
+    for head, mask in batch.head_masks.items():
+        picked = [j for j, i in enumerate(rows) if mask[i]]
+        if not picked:
+            continue
+        use_head(model, heads[head])
+        prediction = predict_forces(model, [batch.graphs[rows[j]] for j in picked], with_stress)
+        for k, j in enumerate(picked):
+            out["f"][j] = prediction["f"][k]
+            if with_stress:
+                out["s"][j] = prediction["s"][k]
+    use_head(model, original)
+    return out
+
+
+def force_mae(
+    model: CHGNet, batches: Sequence[Batch], heads: Mapping[str, nn.ModuleDict] | None = None
+) -> float | None:
     """Force MAE (eV/Å) over the force-labelled structures of ``batches``; None if none."""
     errors = []
     for batch in batches:
         rows = [i for i, f in enumerate(batch.forces) if f is not None]
         if rows:
-            predicted = predict_forces(model, [batch.graphs[i] for i in rows])["f"]
+            predicted = predict_rows(model, batch, rows, heads=heads)["f"]
             for i, f in zip(rows, predicted, strict=True):
                 errors.append((f.detach() - batch.forces[i]).abs().flatten())
     return float(torch.cat(errors).mean()) if errors else None
@@ -775,24 +915,38 @@ class _Errors:
     weights: list[int] = field(default_factory=list)
     energy: list[Tensor] = field(default_factory=list)
     gamma: list[Tensor] = field(default_factory=list)
+    sets: dict[str, tuple[list[Tensor], list[Tensor]]] = field(default_factory=dict)
 
     def add(self, batch: Batch, energy: Tensor, loss: Tensor) -> None:
         energy = energy.detach()
         self.loss.append(float(loss))
         self.weights.append(len(batch.samples))
         own = batch.energy_mask & ~batch.replay
+        by_set = self.sets.setdefault(batch.set_name, ([], []))
         self.energy.append(energy[own] - batch.energy_per_atom[own])
+        by_set[0].append(self.energy[-1])
         if len(batch.gamma_ref):
             self.gamma.append(gamma_j_per_m2(energy, batch) - batch.gamma_ref)
+            by_set[1].append(self.gamma[-1])
 
-    def summary(self) -> dict[str, float | None]:
+    def summary(self) -> dict[str, Any]:
+        """Loss, energy and gamma MAE, mean signed gamma error; with several sets also
+        ``by_set``: set -> (energy MAE, gamma MAE or None)."""
         energy = torch.cat(self.energy)
         gamma = torch.cat(self.gamma) if self.gamma else None
+        by_set = {
+            name: (
+                float(torch.cat(e).abs().mean()) if e and len(torch.cat(e)) else math.nan,
+                float(torch.cat(g).abs().mean()) if g else None,
+            )
+            for name, (e, g) in sorted(self.sets.items())
+        }
         return {
             "loss": float(np.average(self.loss, weights=self.weights)),
             "energy_mae": float(energy.abs().mean()) if len(energy) else math.nan,
             "gamma_mae": None if gamma is None else float(gamma.abs().mean()),
             "gamma_mean_signed_error": None if gamma is None else float(gamma.mean()),
+            "by_set": by_set if len(by_set) > 1 else {},
         }
 
 
@@ -808,9 +962,15 @@ class _Objective:
     ``anchor_weight * sum((theta - theta_parent)^2)`` added to every training step.
     """
 
-    def __init__(self, settings: FineTuneSettings, anchors: Sequence[tuple[Tensor, Tensor]] = ()):
+    def __init__(
+        self,
+        settings: FineTuneSettings,
+        anchors: Sequence[tuple[Tensor, Tensor]] = (),
+        heads: Mapping[str, nn.ModuleDict] | None = None,
+    ):
         self.settings = settings
         self.anchors = list(anchors)
+        self.heads = heads
         if settings.criterion == "mse":
             self.criterion = nn.MSELoss()
         elif settings.criterion == "l1":
@@ -843,7 +1003,7 @@ class _Objective:
             return None
         replay = [bool(batch.replay[i]) for i in rows]
         with_stress = any(replay) and s.replay_weight > 0 and s.stress_weight > 0
-        prediction = predict_forces(model, [batch.graphs[i] for i in rows], with_stress)
+        prediction = predict_rows(model, batch, rows, with_stress, self.heads)
         loss = torch.zeros(())
         for is_replay, weight in ((False, 1.0), (True, s.replay_weight)):
             picked = [j for j, r in enumerate(replay) if r == is_replay]
@@ -888,7 +1048,7 @@ def run_epoch(
     for b in order if order is not None else range(len(batches)):
         batch = batches[b]
         with torch.set_grad_enabled(optimizer is not None):
-            energy = forward_batch(model, batch, cut)
+            energy = forward_batch(model, batch, cut, objective.heads)
             loss = objective(batch, energy)
             force_loss = objective.force_terms(batch, model) if with_forces else None
             if force_loss is not None:
@@ -911,23 +1071,30 @@ class FineTuneResult:
     Attributes
     ----------
     model
-        The best-epoch model (also saved as ``best_checkpoint``).
+        The best-epoch model (also saved as ``best_checkpoint``), with its default head.
     freeze
         Trainable and frozen modules at depth X.
     history
         One record per epoch, epoch 0 before any gradient step.
     best_epoch
-        Epoch with the lowest validation gamma MAE.
+        Epoch with the lowest validation gamma MAE (the mean over sets with several).
     atomref_shift
-        Fitted per-element shift, eV/atom.
+        Fitted per-element shift of the default head, eV/atom.
     best_checkpoint
-        File of the best model (``CHGNet.from_file`` loads it).
+        File of the best model (``CHGNet.from_file`` loads it, with the default head).
     stopped_early
         Whether patience ended the run before ``epochs``.
     resumed_from_epoch
         Last epoch of the checkpoint resumed from, else None.
     setup_seconds, wall_seconds
         Time of the set-up (graphs, batches, caches) and of the whole call.
+    head_shifts
+        Head -> its fitted per-element shift (several heads only).
+    default_head
+        The checkpoint's default head (several heads only).
+    replay_pool
+        Structures of the replay pool by origin: ``training_bulks``, ``replay_set_bulks``,
+        ``copies`` (empty without replay).
     """
 
     model: CHGNet
@@ -940,6 +1107,9 @@ class FineTuneResult:
     resumed_from_epoch: int | None
     setup_seconds: float
     wall_seconds: float
+    head_shifts: dict[str, dict[str, float]] = field(default_factory=dict)
+    default_head: str | None = None
+    replay_pool: dict[str, int] = field(default_factory=dict)
 
 
 def cache_cut(model: CHGNet, settings: FineTuneSettings) -> int | None:
@@ -971,11 +1141,18 @@ def _record(
         learning_rate=lr,
         seconds=seconds,
         val_force_mae=val_force,
+        val_energy_mae_by_set={k: e for k, (e, _) in val["by_set"].items()},
+        val_gamma_mae_by_set={k: g for k, (_, g) in val["by_set"].items()},
     )
 
 
-def _selection_key(record: EpochRecord) -> float:
-    """Validation gamma MAE (energy MAE for data without gamma pairs)."""
+def selection_key(record: EpochRecord) -> float:
+    """What selects the epoch: the validation gamma MAE; with several sets the mean over
+    the sets with validation gamma pairs of each set's validation gamma MAE (energy MAE
+    for data without gamma pairs)."""
+    per_set = [g for g in record.val_gamma_mae_by_set.values() if g is not None]
+    if per_set:
+        return float(np.mean(per_set))
     return record.val_gamma_mae if record.val_gamma_mae is not None else record.val_energy_mae
 
 
@@ -986,9 +1163,9 @@ def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
 
 
 def _shift_replay_labels(parent: CHGNet, model: CHGNet, batches: Sequence[Batch]) -> None:
-    """Add the fitted per-element shift (``model``'s AtomRef less ``parent``'s) to the
-    parent's energies of the replay structures: replay keeps the parent's physics at the
-    training set's energy scale."""
+    """Add the fitted per-element shift (``model``'s AtomRef, that of its default head, less
+    ``parent``'s) to the parent's energies of the replay structures: replay keeps the
+    parent's physics at the default head's energy scale."""
     with torch.no_grad():
         for batch in batches:
             if batch.replay.any():
@@ -998,10 +1175,32 @@ def _shift_replay_labels(parent: CHGNet, model: CHGNet, batches: Sequence[Batch]
                 batch.energy_per_atom[batch.replay] += shift
 
 
-def _set_composition(model: CHGNet, batches: Sequence[Batch]) -> None:
+def _set_composition(
+    model: CHGNet, batches: Sequence[Batch], heads: Mapping[str, nn.ModuleDict] | None = None
+) -> None:
     with torch.no_grad():
         for batch in batches:
-            batch.composition_energy = model.composition_model(batch.graphs)
+            if not batch.head_masks:
+                batch.composition_energy = model.composition_model(batch.graphs)
+                continue
+            energy = torch.zeros(len(batch.graphs))
+            for head, mask in batch.head_masks.items():
+                composition = heads[head]["composition_model"](batch.graphs)
+                energy = energy + torch.where(mask, composition, 0.0)
+            batch.composition_energy = energy
+
+
+def _check_heads(
+    heads: Sequence[Head], train: ReferenceData, val: ReferenceData
+) -> dict[str, str] | None:
+    """Set -> head name of every set of the data; None for one head."""
+    if len(heads) < 2:
+        return None
+    head_of_set = {name: head.name for head in heads for name in head.sets}
+    missing = {s.set_name for s in [*train.samples, *val.samples]} - head_of_set.keys()
+    if missing:
+        raise ValueError(f"sets {sorted(missing)} have no head among {[h.name for h in heads]}")
+    return head_of_set
 
 
 def finetune(
@@ -1012,6 +1211,8 @@ def finetune(
     work_dir: str | Path,
     *,
     progress: Callable[[EpochRecord], None] | None = None,
+    heads: Sequence[Head] = (),
+    replay_bulks: Sequence[Structure] = (),
 ) -> FineTuneResult:
     """Fine-tune the last X units of a copy of ``parent`` (see the module docstring).
 
@@ -1020,7 +1221,8 @@ def finetune(
     parent
         Pretrained CHGNet (not modified).
     train, val
-        Training and validation data (disjoint materials; the test part never enters).
+        Training and validation data (disjoint materials; the test part never enters),
+        of one set or several (:func:`merge_data`).
     settings
         Hyperparameters; ``settings.depth`` is X.
     work_dir
@@ -1029,6 +1231,11 @@ def finetune(
         (``epochs`` and ``patience`` aside) and data, training resumes from it.
     progress
         Called with each epoch's record.
+    heads
+        Readout heads, each over some sets (at least two: one head per level of theory);
+        empty or one: every set runs through the model's own readout.
+    replay_bulks
+        Bulks of replay sets' train parts that join the training bulks in the replay pool.
 
     Returns
     -------
@@ -1039,8 +1246,8 @@ def finetune(
     ------
     ValueError
         If the depth is out of range, there is no training or validation data, forces are
-        weighted without force labels, or ``work_dir`` holds a run with other settings or
-        data.
+        weighted without force labels, a set has no head, or ``work_dir`` holds a run with
+        other settings or data.
     """
     start_time = time.perf_counter()
     if not train.samples or not val.samples:
@@ -1050,6 +1257,7 @@ def finetune(
         )
     if settings.force_weight > 0 and not any(s.forces is not None for s in train.samples):
         raise ValueError("force_weight > 0 but no training structure has force labels")
+    head_of_set = _check_heads(heads, train, val)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
@@ -1063,74 +1271,134 @@ def finetune(
 
     model = copy.deepcopy(parent)
     freeze = freeze_to_depth(model, settings.depth)
+    head_set: dict[str, nn.ModuleDict] = {}
+    default = None
+    head_of = None
+    if head_of_set is not None:
+        default = default_head([h.name for h in heads])
+        head_set = {
+            h.name: head_modules(model) if h.name == default else copy.deepcopy(head_modules(model))
+            for h in heads
+        }
+
+        def head_of(sample: Sample) -> str:
+            return default if sample.doc_type == "replay" else head_of_set[sample.set_name]
+
     if saved is not None:
         model.load_state_dict(saved["model"]["state_dict"])
+        for name, state in saved.get("heads", {}).items():
+            head_set[name].load_state_dict(state)
     cut = cache_cut(model, settings)
     groups = make_batches(train, settings.batch_size, rng)
     n_own = len(train.samples)
+    replay_pool: dict[str, int] = {}
     if settings.replay_weight > 0:
         replay_rng = np.random.default_rng([settings.seed, 1])
+        bulks = [s.structure for s in train.samples if s.doc_type == "bulk"]
+        if replay_bulks:  # the pool's bulks drawn from training and replay-set bulks alike
+            candidates = [*bulks, *replay_bulks]
+            bulks = [candidates[i] for i in replay_rng.permutation(len(candidates))]
         pool = replay_structures(
-            [s.structure for s in train.samples if s.doc_type == "bulk"],
+            bulks,
             settings.replay_pool_size,
             settings.replay_rattle,
             settings.replay_strain,
             replay_rng,
         )
+        extra = {id(b) for b in replay_bulks}
+        n_bulks = min(len(bulks), len(pool))
+        replay_pool = {
+            "training_bulks": sum(id(b) not in extra for b in pool[:n_bulks]),
+            "replay_set_bulks": sum(id(b) in extra for b in pool[:n_bulks]),
+            "copies": len(pool) - n_bulks,
+        }
         replay = replay_data(parent, pool)
         train = ReferenceData([*train.samples, *replay], train.pairs, train.dropped)
         groups = with_replay(groups, n_own, len(replay), replay_rng)
-    train_batches = [build_batch(model, train, b, cut) for b in groups]
-    val_batches = [build_batch(model, val, b, cut) for b in make_batches(val, settings.batch_size)]
-    _set_composition(model, train_batches)
+    train_batches = [build_batch(model, train, b, cut, head_of) for b in groups]
+    val_batches = [
+        build_batch(model, val, b, cut, head_of) for b in make_batches(val, settings.batch_size)
+    ]
+    _set_composition(model, train_batches, head_set)
+    head_shifts: dict[str, dict[str, float]] = {}
     if saved is None:
         predicted = torch.empty(len(train.samples))
         with torch.no_grad():
             for batch in train_batches:
-                predicted[batch.samples] = forward_batch(model, batch, cut)
+                predicted[batch.samples] = forward_batch(model, batch, cut, head_set)
         labelled = [i for i in range(n_own) if train.samples[i].energy is not None]
-        atomref_shift = fit_atomref_shift(
-            model,
-            [train.samples[i].graph for i in labelled],
-            [train.samples[i].energy / train.samples[i].n_atoms for i in labelled],
-            predicted=predicted[labelled],
-        )
-        _set_composition(model, train_batches)
+        original = head_modules(model)
+        for name in head_set or [None]:
+            if name is not None:
+                use_head(model, head_set[name])
+            rows = [i for i in labelled if name is None or head_of(train.samples[i]) == name]
+            head_shifts[name] = fit_atomref_shift(
+                model,
+                [train.samples[i].graph for i in rows],
+                [train.samples[i].energy / train.samples[i].n_atoms for i in rows],
+                predicted=predicted[rows],
+            )
+        use_head(model, original)
+        atomref_shift = head_shifts.pop(None) if None in head_shifts else head_shifts[default]
+        _set_composition(model, train_batches, head_set)
     else:
         atomref_shift = saved["atomref_shift"]
+        head_shifts = saved.get("head_shifts", {})
     _shift_replay_labels(parent, model, train_batches)
-    _set_composition(model, val_batches)
+    _set_composition(model, val_batches, head_set)
     val_forces = any(s.forces is not None for s in val.samples)
     setup_seconds = time.perf_counter() - start_time
 
     parent_values = dict(parent.named_parameters())
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    objective = _Objective(settings, [(p, parent_values[n].detach()) for n, p in trainable])
+    trainable += [
+        (n, p)
+        for name, head in head_set.items()
+        if name != default
+        for n, p in head.named_parameters()
+        if p.requires_grad
+    ]
+    objective = _Objective(
+        settings, [(p, parent_values[n].detach()) for n, p in trainable], head_set or None
+    )
     parameters = [p for _, p in trainable]
     optimizer = (
         torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         if parameters
         else None
     )
+
+    def snapshot() -> dict[str, Any]:
+        return copy.deepcopy(
+            {"model": model.state_dict(), "heads": {n: h.state_dict() for n, h in head_set.items()}}
+        )
+
+    def restore(state: dict[str, Any]) -> None:
+        model.load_state_dict(state["model"])
+        for name, head_state in state["heads"].items():
+            head_set[name].load_state_dict(head_state)
+
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         rng.bit_generator.state = saved["numpy_rng"]
         history = [EpochRecord.model_validate(r) for r in saved["history"]]
         best_state = saved["best_state_dict"]
+        best_state = best_state if "heads" in best_state else {"model": best_state, "heads": {}}
     else:
         tick = time.perf_counter()
-        model.eval()
+        for module in (model, *head_set.values()):
+            module.eval()
         errors = [run_epoch(model, b, cut, objective) for b in (train_batches, val_batches)]
-        val_force = force_mae(model, val_batches) if val_forces else None
+        val_force = force_mae(model, val_batches, head_set) if val_forces else None
         history = [_record(0, *errors, 0.0, time.perf_counter() - tick, val_force)]
-        best_state = copy.deepcopy(model.state_dict())
+        best_state = snapshot()
         if progress:
             progress(history[0])
     resumed_from = history[-1].epoch if saved is not None else None
 
     def best() -> EpochRecord:
-        return min(history, key=_selection_key)
+        return min(history, key=selection_key)
 
     stopped_early = False
     while optimizer is not None and history[-1].epoch < settings.epochs:
@@ -1142,26 +1410,30 @@ def finetune(
         lr = cosine_lr(settings, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        for module in (model, *head_set.values()):
+            module.train()
         order = rng.permutation(len(train_batches))
         train_errors = run_epoch(model, train_batches, cut, objective, optimizer, order)
-        model.eval()
+        for module in (model, *head_set.values()):
+            module.eval()
         val_errors = run_epoch(model, val_batches, cut, objective)
-        val_force = force_mae(model, val_batches) if val_forces else None
+        val_force = force_mae(model, val_batches, head_set) if val_forces else None
         history.append(
             _record(epoch, train_errors, val_errors, lr, time.perf_counter() - tick, val_force)
         )
         if best() is history[-1]:
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = snapshot()
         torch.save(
             {
                 "model": model.as_dict(),
+                "heads": {n: h.state_dict() for n, h in head_set.items()},
                 "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": rng.bit_generator.state,
                 "history": [r.model_dump() for r in history],
                 "best_state_dict": best_state,
                 "atomref_shift": atomref_shift,
+                "head_shifts": head_shifts,
                 "settings": settings.model_dump(),
                 "train_keys": train.keys[:n_own],
                 "val_keys": val.keys,
@@ -1171,10 +1443,24 @@ def finetune(
         if progress:
             progress(history[-1])
 
-    model.load_state_dict(best_state)
-    model.eval()
+    restore(best_state)
+    for module in (model, *head_set.values()):
+        module.eval()
     best_checkpoint = work_dir / BEST_CHECKPOINT
-    torch.save({"model": model.as_dict()}, best_checkpoint)
+    checkpoint: dict[str, Any] = {"model": model.as_dict()}
+    if head_set:
+        checkpoint |= {
+            "heads": {
+                h.name: {
+                    "state_dict": head_set[h.name].state_dict(),
+                    "level_of_theory": h.level_of_theory,
+                    "sets": list(h.sets),
+                }
+                for h in heads
+            },
+            "default_head": default,
+        }
+    torch.save(checkpoint, best_checkpoint)
     return FineTuneResult(
         model=model,
         freeze=freeze,
@@ -1186,4 +1472,7 @@ def finetune(
         resumed_from_epoch=resumed_from,
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - start_time,
+        head_shifts=head_shifts,
+        default_head=default,
+        replay_pool=replay_pool,
     )

@@ -30,25 +30,41 @@ def _load_pretrained(version: str) -> CHGNet:
     return CHGNet.load(model_name=version, verbose=False)
 
 
-#: Checkpoint models loaded in this process, by sha256 (a few at most).
-_CHECKPOINTS: dict[str, CHGNet] = {}
+#: Checkpoint models loaded in this process, by (sha256, head) (a few at most).
+_CHECKPOINTS: dict[tuple[str, str | None], CHGNet] = {}
 
 
-def _load_checkpoint(sha256: str, data: bytes) -> CHGNet:
+def _load_checkpoint(spec: ModelSpec, data: bytes) -> CHGNet:
+    """The CHGNet of checkpoint bytes with the head ``spec.head`` swapped in.
+
+    A multi-head checkpoint (:mod:`surfflows.engine.finetune`) holds the model with its
+    default head under ``model`` and every head's readout and AtomRef under ``heads``.
+    """
     import io
 
     import torch
     from chgnet.model import CHGNet
 
     actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ValueError(f"checkpoint bytes have sha256 {actual}, expected {sha256}")
+    if actual != spec.sha256:
+        raise ValueError(f"checkpoint bytes have sha256 {actual}, expected {spec.sha256}")
     # Weights only: bytes from a database must not run code (CHGNet checkpoints need no more).
     state = torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=True)
+    model = CHGNet.from_dict(state["model"])
+    heads = state.get("heads") or {}
+    if spec.head is not None:
+        if spec.head not in heads:
+            have = f"heads {sorted(heads)}" if heads else "a single head and no named heads"
+            raise ValueError(
+                f"model {spec.model_id}: the checkpoint has no head {spec.head!r}; it has {have}"
+            )
+        head_state = heads[spec.head]["state_dict"]
+        if model.load_state_dict(head_state, strict=False).unexpected_keys:
+            raise ValueError(f"head {spec.head!r} of {spec.model_id} has unknown weights")
     if len(_CHECKPOINTS) >= 4:
         _CHECKPOINTS.pop(next(iter(_CHECKPOINTS)))
-    _CHECKPOINTS[sha256] = CHGNet.from_dict(state["model"])
-    return _CHECKPOINTS[sha256]
+    _CHECKPOINTS[spec.sha256, spec.head] = model
+    return model
 
 
 def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
@@ -57,7 +73,7 @@ def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
     Parameters
     ----------
     spec
-        The model.
+        The model; a checkpoint's ``head`` is swapped in (a multi-head checkpoint).
     checkpoint
         The checkpoint file's bytes (a job gets them as an input resolved from the
         JobStore, see :mod:`surfflows.io.registry`); else the spec's own file if it is on
@@ -67,7 +83,8 @@ def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
     ------
     ValueError
         For a calculator spec: what asks for the CHGNet network (fine-tuning, DIRECT
-        features, the batched engine) needs a CHGNet.
+        features, the batched engine) needs a CHGNet; for a head the checkpoint lacks
+        (the message names the heads it has).
     """
     if not spec.is_chgnet:
         raise ValueError(
@@ -76,12 +93,12 @@ def load_model(spec: ModelSpec, checkpoint: bytes | None = None) -> CHGNet:
         )
     if spec.kind == "pretrained":
         model = _load_pretrained(spec.version)
-    elif spec.sha256 in _CHECKPOINTS:
-        model = _CHECKPOINTS[spec.sha256]
+    elif (spec.sha256, spec.head) in _CHECKPOINTS:
+        model = _CHECKPOINTS[spec.sha256, spec.head]
     elif checkpoint is not None:
-        model = _load_checkpoint(spec.sha256, checkpoint)
+        model = _load_checkpoint(spec, checkpoint)
     elif spec.checkpoint and Path(spec.checkpoint).is_file():
-        model = _load_checkpoint(spec.sha256, Path(spec.checkpoint).read_bytes())
+        model = _load_checkpoint(spec, Path(spec.checkpoint).read_bytes())
     else:
         raise FileNotFoundError(
             f"checkpoint {spec.model_id} is not loaded: pass its bytes (registered in the "

@@ -41,6 +41,21 @@ def check_checkpoint(path: str | Path) -> None:
         )
 
 
+def checkpoint_heads(path: str | Path) -> tuple[str | None, dict[str, dict]]:
+    """The default head and the heads (name -> level_of_theory, sets) of a checkpoint file.
+
+    A checkpoint with one head (every single-set fine-tune) has none: ``(None, {})``.
+    """
+    import torch
+
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    heads = {
+        name: {"level_of_theory": head.get("level_of_theory", ""), "sets": head.get("sets", [])}
+        for name, head in (state.get("heads") or {}).items()
+    }
+    return state.get("default_head"), heads
+
+
 def _reason(exc: Exception) -> str:
     """The specific line of torch's weights-only error (not its advice to load unsafely)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -24,7 +24,7 @@ from jobflow import JobStore, OutputReference
 from monty.json import jsanitize
 
 from surfflows.core.timestamps import now_iso
-from surfflows.io.checkpoints import check_checkpoint
+from surfflows.io.checkpoints import check_checkpoint, checkpoint_heads
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
 from surfflows.schemas.models import ModelSpec
 
@@ -71,7 +71,10 @@ def register_checkpoint(
     with store:
         if _registered(store, {"output.sha256": spec.sha256}):
             return spec
+        default_head, heads = checkpoint_heads(path)
         doc = CheckpointDoc(
+            default_head=default_head,
+            heads=heads,
             model_id=spec.model_id,
             model=spec,
             sha256=spec.sha256,
@@ -117,6 +120,50 @@ def checkpoint_reference(spec: ModelSpec, store: JobStore) -> OutputReference | 
 
 
 def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
+    """:func:`resolve_name`, then the head: every model of a multi-head checkpoint has one.
+
+    ``<name>@<head>`` chooses a head (``chgnet-ft-<prefix>@optb88vdw``); a multi-head
+    checkpoint named without one gets its default head explicitly, as the registered
+    document says, so one model never has two ids. A single-head checkpoint takes no head.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown, or names a head the checkpoint lacks (the message names
+        the heads it has).
+    """
+    head = None
+    if isinstance(text, str) and "@" in text and not Path(text).is_file():
+        text, _, head = text.rpartition("@")
+    spec = resolve_name(text, store)
+    if spec.kind != "checkpoint":
+        if head is not None:
+            raise ValueError(
+                f"model {spec.model_id}@{head}: only a fine-tuned checkpoint has heads"
+            )
+        return spec
+    with store:
+        hits = store.query(
+            {"output.sha256": spec.sha256, "output.default_head": {"$exists": True}},
+            properties=["output.default_head", "output.heads"],
+            sort={"completed_at": -1},
+            limit=1,
+        )
+        doc = next(iter(hits), {}).get("output", {})
+    heads, default = doc.get("heads") or {}, doc.get("default_head")
+    if not default:  # one head: the checkpoint's own model, no name
+        if head is not None:
+            raise ValueError(
+                f"{spec.model_id} has a single head and no named heads: drop '@{head}'"
+            )
+        return spec
+    head = head or default
+    if head not in heads:
+        raise ValueError(f"{spec.model_id} has no head {head!r}; its heads: {sorted(heads)}")
+    return spec.model_copy(update={"head": head})
+
+
+def resolve_name(text: str | dict, store: JobStore) -> ModelSpec:
     """:meth:`ModelSpec.parse`, plus registered names: ``chgnet-ft-<prefix>``, ``sha256:<prefix>``.
 
     A checkpoint given as a file is registered in ``store`` on the way, so that jobs can

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.models import ModelSpec
@@ -105,6 +105,30 @@ class FineTuneSettings(BaseModel):
         "never stop early).",
     )
     seed: int = Field(default=0, description="Seed of torch and of the batch order.")
+    heads: Literal["per_level_of_theory", "single"] = Field(
+        default="per_level_of_theory",
+        description="Readout heads when training on several sets: one readout and one "
+        "AtomRef per level of theory on a shared backbone, or one for all sets (one set: "
+        "the same).",
+    )
+    replay_sets: list[str] = Field(
+        default_factory=list,
+        description="Bulk sets whose train parts join the replay pool (labelled by the "
+        "frozen parent, never a val or test material of any set); needs replay_weight > 0.",
+    )
+
+    @model_validator(mode="after")
+    def _replay_sets_need_replay(self) -> FineTuneSettings:
+        if self.replay_sets and self.replay_weight == 0:
+            raise ValueError(
+                f"replay_sets {self.replay_sets} need replay_weight > 0 (replay is off)"
+            )
+        return self
+
+
+#: Settings added after the first checkpoints; at their defaults they leave the work
+#: folder's name as it was.
+LATER_SETTINGS = {"heads": "per_level_of_theory", "replay_sets": []}
 
 
 class EpochRecord(BaseModel):
@@ -127,10 +151,30 @@ class EpochRecord(BaseModel):
     )
     learning_rate: float = Field(description="Learning rate used in the epoch.")
     seconds: float = Field(description="Wall time of the epoch (training and validation), s.")
+    val_gamma_mae_by_set: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Several sets: validation gamma MAE of each set, J/m² (None: no val "
+        "gamma pair); the epoch kept has the lowest mean of them.",
+    )
+    val_energy_mae_by_set: dict[str, float] = Field(
+        default_factory=dict, description="Several sets: validation energy MAE of each, eV/atom."
+    )
 
 
 #: Field of a job output holding checkpoint bytes (base64); saved in the ``data`` store.
 CHECKPOINT_FIELD = "checkpoint_b64"
+
+
+class HeadDoc(BaseModel):
+    """One readout head of a multi-head checkpoint."""
+
+    level_of_theory: str = Field(description="Level of theory of the head's sets.")
+    sets: list[str] = Field(description="Sets whose batches ran through the head.")
+    atomref_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-element shift fitted on the head's training data and added to the "
+        "parent's AtomRef, eV/atom.",
+    )
 
 
 class CheckpointDoc(OutputDoc):
@@ -143,6 +187,12 @@ class CheckpointDoc(OutputDoc):
     checkpoint_b64: str = Field(description="The file, base64 (kept in the data store).")
     metadata: dict = Field(default_factory=dict, description="Free-form description.")
     created_at: str = Field(default_factory=now_iso, description="ISO time of registration.")
+    heads: dict[str, HeadDoc] = Field(
+        default_factory=dict, description="Heads of a multi-head checkpoint (else empty)."
+    )
+    default_head: str | None = Field(
+        default=None, description="Head a spec without '@<head>' gets (multi-head only)."
+    )
 
 
 class FineTuneDoc(OutputDoc):
@@ -158,9 +208,24 @@ class FineTuneDoc(OutputDoc):
     sha256: str = Field(description="sha256 of the checkpoint file.")
     parent_model_id: str = Field(description="Model fine-tuned.")
     parent: ModelSpec = Field(description="Spec of the parent model.")
-    set_name: str = Field(description="Reference set trained on.")
-    level_of_theory: str = Field(description="Level of theory of the set's energies.")
-    split_id: str = Field(description="Split used: train part for training, val for selection.")
+    set_name: str = Field(description="Reference set trained on; several joined by '+'.")
+    set_names: list[str] = Field(default_factory=list, description="Reference sets trained on.")
+    level_of_theory: str = Field(
+        description="Level of theory of the set's energies (several: joined by ' + ')."
+    )
+    split_id: str = Field(
+        description="Split used: train part for training, val for selection (several: "
+        "joined by '+')."
+    )
+    heads: dict[str, HeadDoc] = Field(
+        default_factory=dict,
+        description="Readout heads by name (multi-head checkpoints; one head: empty).",
+    )
+    default_head: str | None = Field(
+        default=None,
+        description="Head the checkpoint file's model has and a spec without '@<head>' "
+        "gets: 'pbe' if present, else the first set's (multi-head only).",
+    )
     sweep: str | None = Field(default=None, description="Name of the sweep the run belongs to.")
     depth: int = Field(description="X, trainable units from the readout backwards.")
     trainable_modules: list[str] = Field(
@@ -172,7 +237,7 @@ class FineTuneDoc(OutputDoc):
     )
     atomref_shift: dict[str, float] = Field(
         description="Per-element reference energies fitted to the training data and added to "
-        "the parent's AtomRef, eV/atom, by element."
+        "the parent's AtomRef, eV/atom, by element (several heads: the default head's)."
     )
     hyperparameters: FineTuneSettings = Field(description="Settings of the run.")
     n_train: dict[str, int] = Field(
@@ -180,15 +245,30 @@ class FineTuneDoc(OutputDoc):
         "force_labelled."
     )
     n_val: dict[str, int] = Field(description="Validation data, same counts.")
+    n_train_by_set: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Several sets: n_train of each set."
+    )
+    n_val_by_set: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Several sets: n_val of each set."
+    )
+    replay_pool: dict[str, int] = Field(
+        default_factory=dict,
+        description="Replay pool by origin: training_bulks, replay_set_bulks, copies (empty "
+        "without replay).",
+    )
     train_keys: list[str] = Field(description="Reference keys of every training structure.")
     val_keys: list[str] = Field(description="Reference keys of every validation structure.")
     dropped: dict[str, list[str]] = Field(
         description="Reason -> keys of train/val records not used (flags are screened: a "
-        "record with two flags appears under both)."
+        "record with two flags appears under both; 'held_out:<set>:<part>': a material held "
+        "out in another set, by material_id or, for elemental materials, by element)."
     )
     n_dropped: int = Field(description="Records of the train and val parts not used.")
     history: list[EpochRecord] = Field(description="Loss curves, one record per epoch.")
-    best_epoch: int = Field(description="Epoch with the lowest validation gamma MAE (kept).")
+    best_epoch: int = Field(
+        description="Epoch with the lowest validation gamma MAE (kept); several sets: the "
+        "lowest mean over sets of each set's validation gamma MAE."
+    )
     best_val_gamma_mae: float | None = Field(description="Validation gamma MAE there, J/m².")
     best_val_energy_mae: float = Field(description="Validation energy MAE there, eV/atom.")
     stopped_early: bool = Field(description="Training stopped by patience before `epochs`.")

@@ -68,6 +68,11 @@ class ModelSpec(BaseModel):
         description="Path of the checkpoint file on the machine that made the spec; a worker "
         "without it fetches the bytes from the model registry by sha256.",
     )
+    head: str | None = Field(
+        default=None,
+        description="Readout head of a multi-head checkpoint (one per level of theory, e.g. "
+        "'pbe', 'optb88vdw'); kind 'checkpoint' only. None: the checkpoint's own model.",
+    )
     force_field_name: str | None = Field(
         default=None,
         description="Import path 'package.module.Callable' of an ASE calculator class (or of a "
@@ -133,6 +138,11 @@ class ModelSpec(BaseModel):
                     "calculator_kwargs": self.calculator_kwargs,
                 }:
                     self.name = name
+        if self.head is not None and self.kind != "checkpoint":
+            raise ValueError(
+                f"head {self.head!r}: only a fine-tuned checkpoint has heads, not a "
+                f"{self.kind} model"
+            )
         if self.package is None:
             self.package = (
                 "chgnet" if self.kind != "calculator" else self.force_field_name.split(".")[0]
@@ -148,13 +158,15 @@ class ModelSpec(BaseModel):
     def model_id(self) -> str:
         """Stable identity stored on every result.
 
-        ``chgnet-<version>``, ``chgnet-ft-<sha12>``, a calculator's short name, or
+        ``chgnet-<version>``, ``chgnet-ft-<sha12>`` (``chgnet-ft-<sha12>@<head>`` with a
+        head), a calculator's short name, or
         ``<callable>-<first 8 hex digits of the sha256 of import path and kwargs>``.
         """
         if self.kind == "pretrained":
             return f"chgnet-{self.version}"
         if self.kind == "checkpoint":
-            return f"chgnet-ft-{self.sha256[:12]}"
+            head = f"@{self.head}" if self.head else ""
+            return f"chgnet-ft-{self.sha256[:12]}{head}"
         if self.name:
             return self.name
         text = json.dumps([self.force_field_name, self.calculator_kwargs], sort_keys=True)
@@ -201,8 +213,9 @@ class ModelSpec(BaseModel):
         """Parse a model name from the command line or a campaign file, without a database query.
 
         Accepts ``chgnet-0.3.0`` / ``0.3.0`` (likewise 0.2.0, r2scan), a checkpoint path,
-        ``sha256:<64 hex digits>``, a short calculator name (:data:`CALCULATORS`), an import
-        path ``package.module.Class``, or a mapping / JSON object
+        ``sha256:<64 hex digits>`` (either with ``@<head>``: a head of a multi-head
+        checkpoint), a short calculator name (:data:`CALCULATORS`), an import path
+        ``package.module.Class``, or a mapping / JSON object
         ``{"force_field_name": ..., "calculator_kwargs": {...}}`` (optionally ``name``). A
         shorter registered name (``chgnet-ft-<sha prefix>``) needs the registry:
         :func:`surfflows.io.registry.resolve_model`.
@@ -227,6 +240,12 @@ class ModelSpec(BaseModel):
             return cls.calculator(**CALCULATORS[text.lower()], name=text.lower())
         if Path(text).is_file():
             return cls.from_checkpoint(text)
+        base, at, head = text.rpartition("@")
+        if at and head and base:
+            spec = cls.parse(base)
+            if spec.kind != "checkpoint":
+                raise ValueError(f"model {text!r}: only a fine-tuned checkpoint has heads")
+            return spec.model_copy(update={"head": head})
         sha = text.removeprefix("sha256:")
         if text.startswith("sha256:") and len(sha) == 64:
             return cls(kind="checkpoint", sha256=sha)
