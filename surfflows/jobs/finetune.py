@@ -25,17 +25,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
 from surfflows.core.benchmark import aligned_energy_mae
-from surfflows.engine.finetune import RESUME_IGNORED, finetune, reference_data
+from surfflows.core.heads import head_name
+from surfflows.core.splits import held_out_identities, leaking_materials
+from surfflows.engine.finetune import (
+    RESUME_IGNORED,
+    Head,
+    ReferenceData,
+    finetune,
+    merge_data,
+    reference_data,
+)
 from surfflows.engine.models import load_model
 from surfflows.io.inputs import reference_items
 from surfflows.io.registry import decode_checkpoint, encode_checkpoint
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.finetune import (
     CHECKPOINT_FIELD,
+    LATER_SETTINGS,
     BulkSetErrors,
     FineTuneDoc,
     FineTuneSettings,
     ForgettingDoc,
+    HeadDoc,
 )
 from surfflows.schemas.models import ModelSpec, file_sha256
 from surfflows.schemas.references import ReferenceInputs
@@ -52,65 +63,154 @@ def default_work_dir(
     """``./finetune/<set>_X<depth>_seed<seed>_<hash>``: one folder per run.
 
     The hash covers parent, settings and slab selection but not ``epochs`` and
-    ``patience``, so a longer rerun resumes in the same folder.
+    ``patience``, so a longer rerun resumes in the same folder (nor settings added later
+    while at their defaults, so older folders keep their names).
     """
-    fingerprint = settings.model_dump_json(exclude=RESUME_IGNORED) + parent.model_id
+    later = {k for k, v in LATER_SETTINGS.items() if getattr(settings, k) == v}
+    fingerprint = settings.model_dump_json(exclude=RESUME_IGNORED | later) + parent.model_id
     fingerprint += ",".join(sorted(slab_keys or []))
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
     return Path.cwd() / "finetune" / f"{set_name}_X{settings.depth}_seed{settings.seed}_{digest}"
 
 
+def training_sets_name(references: ReferenceInputs | list[ReferenceInputs]) -> str:
+    """Name of what a fine-tune trains on: the set, or several sets joined by '+'."""
+    if isinstance(references, ReferenceInputs):
+        return references.set_name
+    return "+".join(r.set_name for r in references)
+
+
+def _heads(sets: list[ReferenceInputs], mode: str) -> list[Head]:
+    """One head per level of theory (in the sets' order), or one for all sets."""
+    levels = {r.set_name: r.docs[0]["level_of_theory"] for r in sets}
+    if mode == "single":
+        names = [head_name(level) for level in dict.fromkeys(levels.values())]
+        return [
+            Head(
+                "+".join(dict.fromkeys(names)),
+                " + ".join(dict.fromkeys(levels.values())),
+                tuple(levels),
+            )
+        ]
+    by_head: dict[str, list[str]] = {}
+    for set_name, level in levels.items():
+        by_head.setdefault(head_name(level), []).append(set_name)
+    return [Head(name, levels[names[0]], tuple(names)) for name, names in by_head.items()]
+
+
+def _replay_bulks(
+    replay_sets: list[ReferenceInputs],
+    held_out: dict[str, set[str]],
+    dropped: dict[str, list[str]],
+) -> list[Structure]:
+    """Unflagged train-part bulks of the replay sets, less materials held out elsewhere
+    (counted in ``dropped`` as ``held_out:<set>:<part>``)."""
+    bulks = []
+    for inputs in replay_sets:
+        docs = [d for d in inputs.of_type("bulk") if not d.get("flags")]
+        leaking = leaking_materials(inputs.set_name, docs, held_out)
+        for doc in docs:
+            if inputs.assignments.get(doc["material_id"]) != "train":
+                continue
+            if doc["material_id"] in leaking:
+                dropped.setdefault(f"held_out:{leaking[doc['material_id']]}", []).append(doc["key"])
+            else:
+                bulks.append(Structure.from_dict(doc["structure"]))
+    return bulks
+
+
 @job(output_schema=FineTuneDoc, data=CHECKPOINT_FIELD)
 def finetune_checkpoint(
-    references: ReferenceInputs,
+    references: ReferenceInputs | list[ReferenceInputs],
     parent: ModelSpec,
     settings: FineTuneSettings,
     work_dir: str | None = None,
     sweep: str | None = None,
     slab_keys: list[str] | None = None,
     parent_checkpoint: str | None = None,
+    replay_sets: list[ReferenceInputs] | None = None,
 ) -> FineTuneDoc:
-    """Fine-tune ``parent`` on the train part of a reference set; return the best checkpoint.
+    """Fine-tune ``parent`` on the train part of one or several reference sets; return the
+    best checkpoint.
 
     The :class:`FineTuneDoc` carries the checkpoint's bytes (``checkpoint_b64``, saved in
     the JobStore's ``data`` store), which registers it (:mod:`surfflows.io.registry`). See
     :func:`surfflows.engine.finetune.finetune` for the training; ``slab_keys`` restricts
     the training slabs to a selection of the train part; ``parent_checkpoint`` is the
-    parent's checkpoint (base64) if it is itself fine-tuned.
+    parent's checkpoint (base64) if it is itself fine-tuned. With several sets, a material
+    held out (val or test) in one set is never trained on through another (same
+    ``material_id``, or the same element for elemental materials); ``replay_sets`` are the
+    documents and splits of ``settings.replay_sets``, whose train-part bulks join the
+    replay pool under the same rule.
     """
-    set_name, docs = references.set_name, references.docs
-    parent_model = load_model(parent, decode_checkpoint(parent_checkpoint))
-    data = {
-        part: reference_data(
-            docs,
-            references.assignments,
-            (part,),
-            parent_model.graph_converter,
-            zero_force_labels=settings.zero_force_labels,
-            slab_keys=slab_keys if part == "train" else None,
+    sets = [references] if isinstance(references, ReferenceInputs) else list(references)
+    replay_sets = replay_sets or []
+    if [r.set_name for r in replay_sets] != settings.replay_sets:
+        raise ValueError(
+            f"replay set inputs {[r.set_name for r in replay_sets]} are not the settings' "
+            f"replay_sets {settings.replay_sets}"
         )
-        for part in ("train", "val")
+    set_name = training_sets_name(sets)
+    parent_model = load_model(parent, decode_checkpoint(parent_checkpoint))
+    held_out = held_out_identities(
+        (r.set_name, r.docs, r.assignments) for r in [*sets, *replay_sets]
+    )
+    per_set: dict[str, dict[str, ReferenceData]] = {}
+    for inputs in sets:
+        leaking = leaking_materials(inputs.set_name, inputs.docs, held_out)
+        per_set[inputs.set_name] = {
+            part: reference_data(
+                inputs.docs,
+                inputs.assignments,
+                (part,),
+                parent_model.graph_converter,
+                zero_force_labels=settings.zero_force_labels,
+                slab_keys=slab_keys if part == "train" else None,
+                held_out=leaking if part == "train" else None,
+            )
+            for part in ("train", "val")
+        }
+    data = {
+        part: merge_data([parts[part] for parts in per_set.values()]) for part in ("train", "val")
     }
+    dropped: dict[str, list[str]] = {}
+    replay_bulks = _replay_bulks(replay_sets, held_out, dropped) if settings.replay_weight else []
+    heads = _heads(sets, settings.heads)
     folder = Path(work_dir) if work_dir else default_work_dir(set_name, parent, settings, slab_keys)
     logger.info(
-        "fine-tuning %s on %s X=%d seed=%d in %s: train %s, val %s",
+        "fine-tuning %s on %s X=%d seed=%d in %s: train %s, val %s, heads %s",
         parent.model_id, set_name, settings.depth, settings.seed, folder,
-        data["train"].counts(), data["val"].counts(),
+        data["train"].counts(), data["val"].counts(), [h.name for h in heads],
     )  # fmt: skip
 
     def progress(r: Any) -> None:
         logger.info(
             "epoch %3d  loss %.4f  train E %.4f eV/atom  val E %.4f eV/atom  val gamma MAE "
-            "%s J/m²  val F %s eV/Å  (%.1f s)",
+            "%s J/m²%s  val F %s eV/Å  (%.1f s)",
             r.epoch, r.train_loss, r.train_energy_mae, r.val_energy_mae,
             "-" if r.val_gamma_mae is None else f"{r.val_gamma_mae:.3f}",
+            "".join(
+                f", {k} {v:.3f}" for k, v in r.val_gamma_mae_by_set.items() if v is not None
+            ),
             "-" if r.val_force_mae is None else f"{r.val_force_mae:.3f}", r.seconds,
         )  # fmt: skip
 
-    result = finetune(parent_model, data["train"], data["val"], settings, folder, progress=progress)
-    spec = ModelSpec(kind="checkpoint", sha256=file_sha256(result.best_checkpoint))
+    result = finetune(
+        parent_model,
+        data["train"],
+        data["val"],
+        settings,
+        folder,
+        progress=progress,
+        heads=heads,
+        replay_bulks=replay_bulks,
+    )
+    spec = ModelSpec(
+        kind="checkpoint",
+        sha256=file_sha256(result.best_checkpoint),
+        head=result.default_head,
+    )
     best = result.history[result.best_epoch]
-    dropped: dict[str, list[str]] = {}
     for part in data.values():
         for reason, keys in part.dropped.items():
             dropped.setdefault(reason, []).extend(keys)
@@ -122,8 +222,20 @@ def finetune_checkpoint(
         parent_model_id=parent.model_id,
         parent=parent.installed(),
         set_name=set_name,
-        level_of_theory=docs[0]["level_of_theory"],
-        split_id=references.split_id,
+        set_names=[r.set_name for r in sets],
+        level_of_theory=" + ".join(dict.fromkeys(r.docs[0]["level_of_theory"] for r in sets)),
+        split_id="+".join(str(r.split_id) for r in sets),
+        heads={
+            h.name: HeadDoc(
+                level_of_theory=h.level_of_theory,
+                sets=list(h.sets),
+                atomref_shift=result.head_shifts[h.name],
+            )
+            for h in heads
+        }
+        if result.default_head
+        else {},
+        default_head=result.default_head,
         sweep=sweep,
         depth=settings.depth,
         trainable_modules=result.freeze.trainable_modules,
@@ -133,6 +245,13 @@ def finetune_checkpoint(
         hyperparameters=settings,
         n_train=data["train"].counts(),
         n_val=data["val"].counts(),
+        n_train_by_set={n: parts["train"].counts() for n, parts in per_set.items()}
+        if len(sets) > 1
+        else {},
+        n_val_by_set={n: parts["val"].counts() for n, parts in per_set.items()}
+        if len(sets) > 1
+        else {},
+        replay_pool=result.replay_pool,
         train_keys=data["train"].keys,
         val_keys=data["val"].keys,
         dropped=dropped,
@@ -182,21 +301,26 @@ class FineTuneMaker(Maker):
 
     def make(
         self,
-        references: ReferenceInputs,
+        references: ReferenceInputs | list[ReferenceInputs],
         slab_keys: list[str] | OutputReference | None = None,
         parent_checkpoint: str | OutputReference | None = None,
+        replay_sets: list[ReferenceInputs] | None = None,
     ) -> Job:
         """The fine-tune job; its output is the :class:`FineTuneDoc`.
 
         Parameters
         ----------
         references
-            The set's documents and split (:func:`surfflows.io.inputs.reference_inputs`).
+            The set's documents and split (:func:`surfflows.io.inputs.reference_inputs`),
+            or several sets' (one head per level of theory, ``settings.heads``).
         slab_keys
             Train only on these slabs of the train part (a selection's reference keys,
             or a reference to them) and their bulks; None: the whole train part.
         parent_checkpoint
             The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
+        replay_sets
+            Documents and splits of ``settings.replay_sets``
+            (:func:`surfflows.io.inputs.reference_inputs`).
         """
         new = finetune_checkpoint(
             references,
@@ -206,10 +330,10 @@ class FineTuneMaker(Maker):
             self.sweep,
             slab_keys,
             parent_checkpoint,
+            replay_sets or None,
         )
-        new.name = (
-            f"{self.name} {references.set_name} X={self.settings.depth} seed={self.settings.seed}"
-        )
+        name = training_sets_name(references)
+        new.name = f"{self.name} {name} X={self.settings.depth} seed={self.settings.seed}"
         return new
 
 
@@ -287,7 +411,7 @@ def bulk_set_errors(
 def bulk_forgetting(
     model: ModelSpec,
     parent: ModelSpec,
-    references: ReferenceInputs,
+    references: ReferenceInputs | list[ReferenceInputs],
     bulk_sets: list[ReferenceInputs],
     checkpoint: str | None = None,
     parent_checkpoint: str | None = None,
@@ -296,10 +420,10 @@ def bulk_forgetting(
 
     * each set of ``bulk_sets`` (all its unflagged bulk cells): per-element offsets fitted
       on the set itself, per model;
-    * ``<set>:test``: the bulk cells of the test materials of the training set
-      ``references``. Fitting offsets on them is underdetermined (JARVIS: 47 cells, 50
-      elements), so the offsets are fitted on the set's train-part bulks and cells with
-      other elements are left out.
+    * ``<set>:test``: the bulk cells of the test materials of each training set of
+      ``references`` (one or several). Fitting offsets on them is underdetermined
+      (JARVIS: 47 cells, 50 elements), so the offsets are fitted on the set's train-part
+      bulks and cells with other elements are left out.
 
     ``checkpoint`` and ``parent_checkpoint``: base64 checkpoints of fine-tuned models.
     """
@@ -311,22 +435,23 @@ def bulk_forgetting(
         sets.append(
             bulk_set_errors(bulk_set.set_name, docs, docs, model, parent, bulk_set.set_name)
         )
-    set_name = references.set_name
-    bulks = [d for d in references.of_type("bulk") if not d.get("flags")]
-    parts = {
-        part: [d for d in bulks if references.assignments.get(d["material_id"]) == part]
-        for part in ("train", "test")
-    }
-    sets.append(
-        bulk_set_errors(
-            f"{set_name}:test",
-            parts["test"],
-            parts["train"],
-            model,
-            parent,
-            alignment=f"{set_name}:train",
+    for training in [references] if isinstance(references, ReferenceInputs) else references:
+        set_name = training.set_name
+        bulks = [d for d in training.of_type("bulk") if not d.get("flags")]
+        parts = {
+            part: [d for d in bulks if training.assignments.get(d["material_id"]) == part]
+            for part in ("train", "test")
+        }
+        sets.append(
+            bulk_set_errors(
+                f"{set_name}:test",
+                parts["test"],
+                parts["train"],
+                model,
+                parent,
+                alignment=f"{set_name}:train",
+            )
         )
-    )
     return ForgettingDoc(
         model_id=model.model_id,
         model=model.installed(),
@@ -374,20 +499,24 @@ class FineTuneSweepMaker(Maker):
 
     def make(
         self,
-        references: ReferenceInputs,
+        references: ReferenceInputs | list[ReferenceInputs],
         bulk_sets: list[ReferenceInputs],
         parent_checkpoint: str | OutputReference | None = None,
+        replay_sets: list[ReferenceInputs] | None = None,
     ) -> Flow:
-        """Per checkpoint: fine-tune -> evaluation flow and forgetting check.
+        """Per checkpoint: fine-tune -> evaluation flows (one per training set) and
+        forgetting check.
 
         Parameters
         ----------
         references
-            The training set's documents and split.
+            The training set's documents and split, or several sets'.
         bulk_sets
             Bulk sets of the forgetting check (besides the set's own test bulks).
         parent_checkpoint
             The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
+        replay_sets
+            Documents and splits of the settings' ``replay_sets``.
 
         Returns
         -------
@@ -396,6 +525,8 @@ class FineTuneSweepMaker(Maker):
             depth and seed), ``forgetting`` (a :class:`ForgettingDoc` per model).
         """
         parent = self.finetune_maker.parent
+        sets = [references] if isinstance(references, ReferenceInputs) else list(references)
+        set_name = training_sets_name(references)
         jobs: list[Job | Flow] = []
         finetunes: dict[str, OutputReference] = {}
         models = [(parent, parent_checkpoint)] if self.include_parent else []
@@ -406,28 +537,30 @@ class FineTuneSweepMaker(Maker):
                 )
                 work_dir = self.finetune_maker.work_dir
                 if self.work_dir:
-                    folder = default_work_dir(references.set_name, parent, settings).name
+                    folder = default_work_dir(set_name, parent, settings).name
                     work_dir = str(Path(self.work_dir) / folder)
                 train = replace(
                     self.finetune_maker, settings=settings, work_dir=work_dir, sweep=self.name
-                ).make(references, parent_checkpoint=parent_checkpoint)
+                ).make(references, parent_checkpoint=parent_checkpoint, replay_sets=replay_sets)
                 jobs.append(train)
                 finetunes[f"X{depth}_seed{seed}"] = train.output
                 models.append((train.output.model, train.output.checkpoint_b64))
-        items = reference_items(references, self.parts)
+        items = {inputs.set_name: reference_items(inputs, self.parts) for inputs in sets}
         forgetting = []
         for model, checkpoint in models:
-            evaluate = replace(self.evaluate_maker, model=model).make(
-                references.set_name, items, checkpoint
-            )
+            for name, set_items in items.items():
+                evaluate = replace(self.evaluate_maker, model=model).make(
+                    name, set_items, checkpoint
+                )
+                jobs.append(evaluate)
             check = bulk_forgetting(
                 model, parent, references, bulk_sets, checkpoint, parent_checkpoint
             )
             check.name = "bulk forgetting"
-            jobs += [evaluate, check]
+            jobs.append(check)
             forgetting.append(check.output)
         output = {"finetunes": finetunes, "forgetting": forgetting}
-        return Flow(jobs, output=output, name=f"{self.name} on {references.set_name}")
+        return Flow(jobs, output=output, name=f"{self.name} on {set_name}")
 
 
 class SweepConfig(BaseModel):
@@ -485,8 +618,12 @@ def sweep_summary(
     set_name: str,
     sweep: str | None = None,
     mode: str = "single_point",
+    benchmark_set: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per model: the parent (zero-shot) and each checkpoint of a sweep.
+
+    ``set_name`` is what the checkpoints trained on (several sets joined by '+'),
+    ``benchmark_set`` the set whose benchmark rows are read (default ``set_name``).
 
     Joins the fine-tune documents and the newest :class:`ForgettingDoc` of each model (job
     outputs in ``outputs``, the JobStore's docs store) with the ``benchmarks`` store (val
@@ -524,7 +661,12 @@ def sweep_summary(
     for row in rows:
         for part in ("val", "test"):
             bench = benchmarks.query_one(
-                {"model_id": row["model_id"], "set_name": set_name, "mode": mode, "split": part}
+                {
+                    "model_id": row["model_id"],
+                    "set_name": benchmark_set or set_name,
+                    "mode": mode,
+                    "split": part,
+                }
             )
             row[f"{part}_mae"] = bench["mae"] if bench else None
             row[f"{part}_signed"] = bench["mean_signed_error"] if bench else None
