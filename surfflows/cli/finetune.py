@@ -87,7 +87,10 @@ def _sweep_table(rows: list[dict], title: str) -> Table:
 
 @app.command()
 def finetune(
-    reference: Annotated[str, typer.Option(help="Reference set in the store (ingested).")],
+    reference: Annotated[
+        list[str],
+        typer.Option(help="Reference set in the store (ingested); repeat to train on several."),
+    ],
     layers: Annotated[
         int | None, typer.Option(help="X: trainable units from the readout backwards.")
     ] = None,
@@ -110,6 +113,14 @@ def finetune(
     replay_pool_size: Annotated[
         int | None, typer.Option(help="Replay structures: training bulks and copies.")
     ] = None,
+    replay_set: Annotated[
+        list[str] | None,
+        typer.Option(help="Bulk set whose train part joins the replay pool (repeatable)."),
+    ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option(help="per_level_of_theory (one head per level of theory) or single."),
+    ] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
     anchor_weight: Annotated[
         float | None, typer.Option(help="L2-SP pull towards the parent's weights.")
@@ -124,9 +135,12 @@ def finetune(
 ) -> None:
     """Fine-tune the last X units of CHGNet on a set's train split and register the checkpoint.
 
-    The epoch with the lowest validation gamma MAE is kept. With --evaluate (default) the
-    checkpoint and its parent are evaluated on the val and test parts (single point), bulk
-    forgetting is checked on bo2_bulk_eos and the set's test bulks, and the builders run.
+    The epoch with the lowest validation gamma MAE is kept (several sets: the lowest mean
+    over sets of each set's). Several --reference sets train one shared backbone with one
+    readout head per level of theory (choose one with --model chgnet-ft-<sha12>@<head>).
+    With --evaluate (default) the checkpoint and its parent are evaluated on the val and
+    test parts of every set (single point), bulk forgetting is checked on bo2_bulk_eos and
+    the sets' test bulks, and the builders run.
     """
     from jobflow import run_locally
     from pydantic import ValidationError
@@ -142,13 +156,15 @@ def finetune(
         "force_weight": force_weight, "zero_force_labels": zero_force_labels,
         "force_fraction": force_fraction, "replay_weight": replay_weight,
         "replay_pool_size": replay_pool_size, "patience": patience,
-        "anchor_weight": anchor_weight,
+        "anchor_weight": anchor_weight, "replay_sets": replay_set or None, "heads": heads,
     }  # fmt: skip
     store = get_job_store()
     try:
         settings = FineTuneSettings(**{k: v for k, v in given.items() if v is not None})
         spec = resolve_model(parent, store)
-        references, bulk_sets = _training_inputs(reference, ("bo2_bulk_eos",) if evaluate else ())
+        references, bulk_sets, replay_sets = _training_inputs(
+            reference, ("bo2_bulk_eos",) if evaluate else (), settings.replay_sets
+        )
         finetune_maker = FineTuneMaker(
             parent=spec, settings=settings, work_dir=str(work_dir) if work_dir else None
         )
@@ -159,10 +175,12 @@ def finetune(
         flow = FineTuneSweepMaker(
             name="finetune", finetune_maker=finetune_maker, depths=(settings.depth,),
             seeds=(settings.seed,),
-        ).make(references, bulk_sets, parent_checkpoint)  # fmt: skip
+        ).make(references, bulk_sets, parent_checkpoint, replay_sets)  # fmt: skip
         output = flow.output["finetunes"][f"X{settings.depth}_seed{settings.seed}"]
     else:
-        flow = finetune_maker.make(references, parent_checkpoint=parent_checkpoint)
+        flow = finetune_maker.make(
+            references, parent_checkpoint=parent_checkpoint, replay_sets=replay_sets
+        )
         output = flow.output
     _show_finetune_progress()
     run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
@@ -174,21 +192,36 @@ def finetune(
         f"{num(doc.best_val_gamma_mae)} J/m², {doc.wall_seconds:.0f} s; dropped "
         + ", ".join(f"{reason} {len(keys)}" for reason, keys in sorted(doc.dropped.items()))
     )
+    for name, head in doc.heads.items():
+        default = " (default)" if name == doc.default_head else ""
+        console.print(f"  head {name}{default}: {head.level_of_theory}, sets {head.sets}")
     if evaluate:
         build()
         ids = (spec.model_id, doc.model_id)
-        with store, get_store("benchmarks") as benchmarks:
-            rows = sweep_summary(store.docs_store, benchmarks, reference)
-        rows = [r for r in rows if r["model_id"] in ids]
-        console.print(_sweep_table(rows, title=f"{doc.model_id} on {reference} (J/m²)"))
+        for name in reference:
+            with store, get_store("benchmarks") as benchmarks:
+                rows = sweep_summary(store.docs_store, benchmarks, doc.set_name, benchmark_set=name)
+            rows = [r for r in rows if r["model_id"] in ids]
+            console.print(_sweep_table(rows, title=f"{doc.model_id} on {name} (J/m²)"))
 
 
-def _training_inputs(set_name: str, bulk_sets: tuple[str, ...]):
-    from surfflows.io.inputs import training_inputs
+def _training_inputs(
+    set_names: str | list[str], bulk_sets: tuple[str, ...], replay_sets: list[str] = ()
+):
+    """The training set(s) (one: as is, several: a list), the forgetting check's bulk sets
+    and the replay sets (bulks with their splits)."""
+    from surfflows.io.inputs import reference_inputs, training_inputs
     from surfflows.stores import get_store
 
+    names = [set_names] if isinstance(set_names, str) else list(set_names)
     with get_store("references") as references, get_store("splits") as splits:
-        return training_inputs(set_name, bulk_sets, references, splits)
+        sets = [
+            training_inputs(n, bulk_sets if i == 0 else (), references, splits)
+            for i, n in enumerate(names)
+        ]
+        replay = [reference_inputs(n, references, splits, ("bulk",)) for n in replay_sets]
+    training = [s for s, _ in sets]
+    return training[0] if len(training) == 1 else training, sets[0][1], replay
 
 
 @app.command()
@@ -209,11 +242,13 @@ def sweep(
     try:
         sweep_config = SweepConfig.from_yaml(config)
         parent = resolve_model(sweep_config.parent, store)
-        references, bulk_sets = _training_inputs(
-            sweep_config.reference, tuple(sweep_config.bulk_sets)
+        references, bulk_sets, replay_sets = _training_inputs(
+            sweep_config.reference,
+            tuple(sweep_config.bulk_sets),
+            sweep_config.hyperparameters.get("replay_sets", []),
         )
         flow = sweep_config.maker(parent).make(
-            references, bulk_sets, checkpoint_reference(parent, store)
+            references, bulk_sets, checkpoint_reference(parent, store), replay_sets
         )
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
