@@ -448,3 +448,155 @@ def test_sweep_command_and_report(tiny_set, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "finetune_depth_tiny_ft_single_point.png").is_file()
     assert (tmp_path / "reports" / "finetune_curves_tiny_ft.png").is_file()
+
+
+# ------------------------------------------------------------- several sets, one head each
+
+JARVIS = DATA / "jarvis_surfaces"
+#: The tiny OptB88vdW set: Cr trains, CdSe validates, Rh would train but Rh is a test
+#: element of tiny_ft (so it must not be trained on through this set).
+VDW_PARTS = {"JVASP-861": "train", "JVASP-984": "train", "JVASP-7671": "val"}
+
+
+def test_head_names_and_cross_set_leakage():
+    from surfflows.core.heads import default_head, head_name
+    from surfflows.core.splits import held_out_identities, leaking_materials
+
+    assert head_name("VASP PBE") == "pbe"
+    assert head_name("VASP OptB88vdW") == "optb88vdw"
+    assert head_name("VASP PBE+U (Materials Project U values)") == "pbe+u"
+    assert default_head(["optb88vdw", "pbe"]) == "pbe"
+    assert default_head(["optb88vdw", "pbe+u"]) == "optb88vdw"
+    # mp_elemental_surfaces and mp_elemental_refs share Materials Project ids; JARVIS shares
+    # elements: a held-out material of one set is held out in all, by id or by element
+    surfaces = [
+        {"material_id": "mp-30", "formula": "Cu4"},
+        {"material_id": "mp-2", "formula": "Pd"},
+    ]
+    refs = [
+        {"material_id": "mp-30", "formula": "Cu"},
+        {"material_id": "mp-13", "formula": "Fe2"},
+        {"material_id": "mp-19", "formula": "TiO2"},
+    ]
+    jarvis = [
+        {"material_id": "JVASP-816", "formula": "Pd4"},
+        {"material_id": "JVASP-1", "formula": "Fe"},
+    ]
+    held = held_out_identities(
+        [
+            ("surf", surfaces, {"mp-30": "test", "mp-2": "val"}),
+            ("refs", refs, {"mp-30": "test", "mp-13": "train", "mp-19": "val"}),
+            ("jv", jarvis, {"JVASP-816": "train", "JVASP-1": "train"}),
+        ]
+    )
+    assert leaking_materials("refs", refs, held) == {"mp-30": "surf:test"}
+    assert leaking_materials("jv", jarvis, held) == {"JVASP-816": "surf:val"}
+    assert leaking_materials("surf", surfaces, held) == {"mp-30": "refs:test"}
+
+
+@pytest.fixture
+def vdw_set(tiny_set, tmp_path) -> str:
+    """A tiny JARVIS (OptB88vdW) set beside tiny_ft, a stored split for it and for tiny_eos
+    (all but one cell train: the replay set)."""
+    folder = tmp_path / "tiny_vdw"
+    folder.mkdir()
+    slabs = [
+        a
+        for a in read(JARVIS / "slabs.extxyz", ":")
+        if a.info["material_id"] in VDW_PARTS and not a.info.get("flags") and a.info.get("bulk_id")
+    ]
+    bulk_ids = {a.info["bulk_id"] for a in slabs}
+    bulks = [a for a in read(JARVIS / "bulks.extxyz", ":") if a.info["bulk_id"] in bulk_ids]
+    write(folder / "slabs.extxyz", slabs)
+    write(folder / "bulks.extxyz", bulks)
+    (folder / "README.md").write_text("# tiny vdw\nlevel_of_theory: VASP OptB88vdW\n")
+    ingest_path(folder)
+    with get_store("references") as refs:
+        eos = sorted(refs.distinct("material_id", {"set_name": "tiny_eos"}))
+    with get_store("splits") as splits:
+        for name, parts in (
+            ("tiny_vdw", VDW_PARTS),
+            ("tiny_eos", {m: "val" if i == 0 else "train" for i, m in enumerate(eos)}),
+        ):
+            doc = SplitDoc(
+                split_id=split_id(name, 0),
+                set_name=name,
+                seed=0,
+                fractions=(0.5, 0.25, 0.25),
+                assignments=parts,
+            )
+            splits.update([doc.model_dump(mode="json")], key="split_id")
+    return "tiny_vdw"
+
+
+@pytest.mark.slow
+def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_path, chgnet):
+    """tiny_ft (PBE) and tiny_vdw (OptB88vdW) train one backbone with two heads; the Rh of
+    tiny_vdw is dropped (Rh is a test element of tiny_ft); tiny_eos's train cells join the
+    replay pool; the checkpoint loads with CHGNet.from_file (default head pbe) and each
+    head is a model spec."""
+    from chgnet.model import CHGNet
+
+    store = get_job_store()
+    settings = FineTuneSettings(
+        depth=2,
+        epochs=1,
+        batch_size=8,
+        replay_weight=1.0,
+        replay_pool_size=8,
+        replay_sets=["tiny_eos"],
+    )
+    sets = [_inputs(tiny_set, ("slab", "bulk", "frame")), _inputs(vdw_set, ("slab", "bulk"))]
+    replay = [_inputs("tiny_eos", ("bulk",))]
+    job = FineTuneMaker(settings=settings, work_dir=str(tmp_path / "two")).make(
+        sets, replay_sets=replay
+    )
+    run_locally(job, store=store, log=False, ensure_success=True)
+    with store:
+        doc: FineTuneDoc = job.output.resolve(store)
+
+    assert doc.set_name == "tiny_ft+tiny_vdw" and doc.set_names == ["tiny_ft", "tiny_vdw"]
+    assert set(doc.heads) == {"pbe", "optb88vdw"} and doc.default_head == "pbe"
+    assert doc.heads["optb88vdw"].sets == ["tiny_vdw"]
+    assert doc.heads["pbe"].atomref_shift != doc.heads["optb88vdw"].atomref_shift
+    assert doc.model.head == "pbe" and doc.model_id.endswith("@pbe")
+    rh = [k for k in doc.dropped.get("held_out:tiny_ft:test", []) if "JVASP-984" in k]
+    assert rh and not [k for k in doc.train_keys if "JVASP-984" in k]
+    assert doc.n_train_by_set["tiny_vdw"]["materials"] == 1  # Cr only
+    assert doc.n_val_by_set["tiny_vdw"]["gamma_pairs"] > 0
+    record = doc.history[1]
+    assert set(record.val_gamma_mae_by_set) == {"tiny_ft", "tiny_vdw"}
+    # replay: tiny_eos train cells in the pool, never its val cell
+    assert doc.replay_pool["replay_set_bulks"] > 0
+    assert sum(doc.replay_pool.values()) == 8
+
+    # the file: CHGNet.from_file gives the default head; each head is a spec
+    path = tmp_path / "two" / "best.pth.tar"
+    plain = CHGNet.from_file(str(path))
+    bare = doc.model_id.split("@")[0]
+    assert resolve_model(bare, store) == doc.model  # the default head, explicitly
+    vdw = resolve_model(f"{bare}@optb88vdw", store)
+    assert vdw.model_id == f"{bare}@optb88vdw"
+    with pytest.raises(ValueError, match="optb88vdw"):
+        resolve_model(f"{bare}@r2scan", store)
+    data = decode_checkpoint(doc.checkpoint_b64)
+    cr = Structure(Lattice.cubic(2.88), ["Cr", "Cr"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    energies = {
+        head: float(load_model(spec, data).predict_structure(cr)["e"])
+        for head, spec in (("pbe", doc.model), ("optb88vdw", vdw))
+    }
+    assert energies["pbe"] == pytest.approx(float(plain.predict_structure(cr)["e"]), abs=1e-5)
+    assert abs(energies["pbe"] - energies["optb88vdw"]) > 1e-3
+    with pytest.raises(ValueError, match=r"heads \['optb88vdw', 'pbe'\]"):
+        load_model(vdw.model_copy(update={"head": "nope"}), data)
+
+    # a head is a model for the evaluation flow
+    checkpoint = checkpoint_reference(vdw, store)
+    items = reference_items(sets[1], ("val",))
+    flow = EvaluateMaker(model=vdw, modes=("single_point",)).make(vdw_set, items, checkpoint)
+    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
+    with store:
+        evaluation = store.query_one(
+            {"output.@class": "EvaluationDoc", "output.model_id": vdw.model_id}
+        )
+    assert evaluation is not None
