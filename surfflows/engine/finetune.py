@@ -61,6 +61,30 @@ pulls towards the parent's physics at the training set's energy scale. They ente
 loss as ``replay_weight * (L(E/N) + force_weight * L(F) + stress_weight * L(S))``, forces
 and stress only through the force subset.
 
+With ``replay_bulks`` (the train parts of ``settings.replay_sets``, e.g. ``wbm_bulks`` and
+``mp_elemental_refs``), the pool's bulks are drawn at random from the training bulks and
+those; the copies follow as before. Replay runs through the default head and gets that
+head's per-element shift.
+
+Several sets, one head per level of theory (``heads``)
+------------------------------------------------------
+``train`` and ``val`` may hold several sets (:func:`merge_data`; each set's train and val
+parts). Every batch is one set's (:func:`make_batches`). With two heads or more (one per
+level of theory, named by :func:`surfflows.core.heads.head_name`: ``pbe``, ``optb88vdw``,
+``pbe+u``), the backbone (the trainable units below the readout) is shared and each head
+has its own readout (``readout_norm``, ``mlp``) and AtomRef (``composition_model``),
+fitted by the least-squares step above on the head's own training structures. A batch
+runs through its set's head (:func:`forward_batch` runs the backbone once and each head's
+readout on its structures). The epoch kept is the one with the lowest mean, over the sets
+with validation gamma pairs, of each set's validation gamma MAE (one set: its validation
+gamma MAE, as before). The default head is ``pbe`` if present, else the first set's
+(:func:`surfflows.core.heads.default_head`). ``best.pth.tar`` then holds the model with
+its default head under ``model`` (``CHGNet.from_file`` loads it) and, under ``heads``,
+every head's readout and AtomRef state with its level of theory and sets, and
+``default_head``; :func:`surfflows.engine.models.load_model` swaps in the head a model
+spec names (``chgnet-ft-<sha12>@<head>``). With one set or one level of theory there is
+one head and the checkpoint is the same as a single-set one.
+
 Batches are fixed groups of materials (a bulk with its slabs), formed once with the seed;
 their order is reshuffled every epoch. ``last.pth.tar`` in the work folder holds model,
 optimizer, random state and history after every epoch, so a run resumes where
