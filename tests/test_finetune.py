@@ -196,6 +196,13 @@ def test_reference_data_screens_and_splits(tiny_set, chgnet):
     )
     assert one.keys == ["tiny_ft:bulk:5", "tiny_ft:Ni_100"]
     assert one.dropped["bulk_without_slab"] == ["tiny_ft:bulk:399"]
+    # a bulk-only set (wbm_bulks, here six bo2 cells) trains its bulks' energies
+    with get_store("references") as refs:
+        eos = list(refs.query({"set_name": "tiny_eos"}))
+    bulks = reference_data(
+        eos, {d["material_id"]: "train" for d in eos}, ("train",), chgnet.graph_converter
+    )
+    assert bulks.counts()["bulks"] == 6 and not bulks.pairs and not bulks.dropped
 
 
 @pytest.mark.slow
@@ -566,6 +573,7 @@ def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_pa
     assert doc.n_val_by_set["tiny_vdw"]["gamma_pairs"] > 0
     record = doc.history[1]
     assert set(record.val_gamma_mae_by_set) == {"tiny_ft", "tiny_vdw"}
+    assert record.val_gamma_mae_by_set["tiny_vdw"] > 0
     # replay: tiny_eos train cells in the pool, never its val cell
     assert doc.replay_pool["replay_set_bulks"] > 0
     assert sum(doc.replay_pool.values()) == 8

@@ -441,7 +441,8 @@ def reference_data(
         Left out, by reason: ``flagged:<flag>`` (a record with ``flags``; each flag counts),
         ``held_out:<set>:<part>`` (a material of ``held_out``), ``no_bulk`` (a slab whose
         bulk is absent), ``bulk_without_slab`` (a bulk none of
-        whose slabs is kept, so no surface term), ``graph_failed``. A slab that is not
+        whose slabs is kept, so no surface term; a set without any slab document, e.g.
+        ``wbm_bulks``, keeps its bulks as energy samples), ``graph_failed``. A slab that is not
         stoichiometric or has no reference gamma is kept for its energy without a gamma
         term; a gamma-only slab (no ``ref_energy``) is kept for its gamma term only, with
         the published gamma as target.
@@ -475,12 +476,13 @@ def reference_data(
         else:
             slabs.append(doc)
     needed = {doc["bulk_key"] for doc in slabs}
+    bulk_only = not any(doc["doc_type"] == "slab" for doc in docs)
     bulks = []
     for doc in (d for d in selected if d["doc_type"] == "bulk"):
         if doc.get("flags"):
             for flag in doc["flags"]:
                 dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
-        elif doc["key"] not in needed:
+        elif doc["key"] not in needed and not bulk_only:
             dropped["bulk_without_slab"].append(doc["key"])
         else:
             bulks.append(doc)
