@@ -125,6 +125,10 @@ def finetune(
     anchor_weight: Annotated[
         float | None, typer.Option(help="L2-SP pull towards the parent's weights.")
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="surfflows (default) or chgnet-trainer: chgnet's own Trainer, the peer."),
+    ] = None,
     parent: Annotated[str, typer.Option(help="Model to fine-tune.")] = "chgnet-0.3.0",
     work_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (a rerun there resumes).")
@@ -157,6 +161,7 @@ def finetune(
         "force_fraction": force_fraction, "replay_weight": replay_weight,
         "replay_pool_size": replay_pool_size, "patience": patience,
         "anchor_weight": anchor_weight, "replay_sets": replay_set or None, "heads": heads,
+        "recipe": recipe and recipe.replace("-", "_"),
     }  # fmt: skip
     store = get_job_store()
     try:

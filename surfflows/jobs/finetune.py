@@ -27,6 +27,7 @@ from pymatgen.core import Structure
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.heads import head_name
 from surfflows.core.splits import held_out_identities, leaking_materials
+from surfflows.engine.chgnet_trainer import chgnet_trainer_finetune, energy_labelled
 from surfflows.engine.finetune import (
     RESUME_IGNORED,
     Head,
@@ -176,6 +177,8 @@ def finetune_checkpoint(
     dropped: dict[str, list[str]] = {}
     replay_bulks = _replay_bulks(replay_sets, held_out, dropped) if settings.replay_weight else []
     heads = _heads(sets, settings.heads)
+    if settings.recipe == "chgnet_trainer":  # the peer baseline fits energy-labelled data only
+        data = {part: energy_labelled(part_data) for part, part_data in data.items()}
     folder = Path(work_dir) if work_dir else default_work_dir(set_name, parent, settings, slab_keys)
     logger.info(
         "fine-tuning %s on %s X=%d seed=%d in %s: train %s, val %s, heads %s",
@@ -195,16 +198,21 @@ def finetune_checkpoint(
             "-" if r.val_force_mae is None else f"{r.val_force_mae:.3f}", r.seconds,
         )  # fmt: skip
 
-    result = finetune(
-        parent_model,
-        data["train"],
-        data["val"],
-        settings,
-        folder,
-        progress=progress,
-        heads=heads,
-        replay_bulks=replay_bulks,
-    )
+    if settings.recipe == "chgnet_trainer":  # the peer baseline: chgnet's Trainer, one readout
+        result = chgnet_trainer_finetune(
+            parent_model, data["train"], data["val"], settings, folder, progress=progress
+        )
+    else:
+        result = finetune(
+            parent_model,
+            data["train"],
+            data["val"],
+            settings,
+            folder,
+            progress=progress,
+            heads=heads,
+            replay_bulks=replay_bulks,
+        )
     spec = ModelSpec(
         kind="checkpoint",
         sha256=file_sha256(result.best_checkpoint),

@@ -117,6 +117,20 @@ class FineTuneSettings(BaseModel):
         "frozen parent, never a val or test material of any set); needs replay_weight > 0.",
     )
 
+    recipe: Literal["surfflows", "chgnet_trainer"] = Field(
+        default="surfflows",
+        description="surfflows: this module's objective (per-element fit, gamma term, "
+        "cached frozen stages). chgnet_trainer: the peer baseline, chgnet's own Trainer "
+        "with the layers of CHGNet's fine-tuning example frozen and energy + force MSE "
+        "(:mod:`surfflows.engine.chgnet_trainer`); unset fields take CHGNET_TRAINER_DEFAULTS.",
+    )
+    train_composition_model: bool = Field(
+        default=True,
+        description="chgnet_trainer recipe only: chgnet's Trainer trains AtomRef by gradient "
+        "(its advice for data of another functional). The surfflows recipe always fits AtomRef "
+        "by least squares.",
+    )
+
     @model_validator(mode="after")
     def _replay_sets_need_replay(self) -> FineTuneSettings:
         if self.replay_sets and self.replay_weight == 0:
@@ -125,10 +139,62 @@ class FineTuneSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _recipe_settings(self) -> FineTuneSettings:
+        """Fill the chgnet_trainer recipe's defaults; reject what it cannot do."""
+        if self.recipe != "chgnet_trainer":
+            return self
+        given = self.model_fields_set
+        for name, value in CHGNET_TRAINER_DEFAULTS.items():
+            if name not in given:
+                setattr(self, name, value)
+        unsupported = {
+            "depth": (
+                self.depth != 2,
+                "it freezes the layers of CHGNet's fine-tuning example "
+                "(trainable: last atom_conv, readout, bond weights), which is depth 2",
+            ),
+            "gamma_weight": (self.gamma_weight > 0, "chgnet's Trainer has no surface-energy term"),
+            "replay_weight": (self.replay_weight > 0, "chgnet's Trainer has no replay"),
+            "anchor_weight": (self.anchor_weight > 0, "chgnet's Trainer has no L2-SP anchor"),
+            "force_fraction": (self.force_fraction < 1, "chgnet's Trainer uses every force"),
+            "patience": (self.patience is not None, "chgnet's Trainer never stops early"),
+            "force_weight": (self.force_weight == 0, "it trains energies and forces ('ef')"),
+            "epochs": (self.epochs == 0, "chgnet's Trainer writes its checkpoint after an epoch"),
+            "heads": (self.heads != "single", "chgnet's Trainer has one readout and one AtomRef"),
+        }
+        bad = [
+            f"{name}={getattr(self, name)!r} ({why})"
+            for name, (no, why) in unsupported.items()
+            if no
+        ]
+        if bad:
+            raise ValueError("recipe chgnet_trainer does not support " + "; ".join(bad))
+        return self
+
+
+#: Defaults of the chgnet_trainer recipe where they differ from surfflows': CHGNet's
+#: fine-tuning example (lr 1e-2) and chgnet's Trainer (cosine decay to 1 %, force ratio 1).
+CHGNET_TRAINER_DEFAULTS: dict[str, object] = {
+    "depth": 2,
+    "learning_rate": 1e-2,
+    "lr_decay_fraction": 1e-2,
+    "force_weight": 1.0,
+    "zero_force_labels": True,
+    "gamma_weight": 0.0,
+    "patience": None,
+    "heads": "single",
+}
+
 
 #: Settings added after the first checkpoints; at their defaults they leave the work
 #: folder's name as it was.
-LATER_SETTINGS = {"heads": "per_level_of_theory", "replay_sets": []}
+LATER_SETTINGS = {
+    "heads": "per_level_of_theory",
+    "replay_sets": [],
+    "recipe": "surfflows",
+    "train_composition_model": True,
+}
 
 
 class EpochRecord(BaseModel):

@@ -1,0 +1,172 @@
+"""The peer baseline: chgnet's own Trainer on a tiny real set (CHGNet 0.3.0, one epoch), its
+settings, and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from ase.io import read, write
+from chgnet.model import CHGNet
+from jobflow import run_locally
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from surfflows.cli import app
+from surfflows.core.splits import SplitDoc, split_id
+from surfflows.engine.chgnet_trainer import energy_labelled, structure_data
+from surfflows.engine.finetune import reference_data
+from surfflows.engine.models import load_model
+from surfflows.io.ingest import ingest_path
+from surfflows.io.inputs import reference_inputs
+from surfflows.io.registry import decode_checkpoint, resolve_model
+from surfflows.jobs.finetune import FineTuneMaker
+from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
+from surfflows.schemas.models import ModelSpec
+from surfflows.stores import get_job_store, get_store
+
+DATA = Path(__file__).parents[1] / "surfflows" / "data" / "references"
+#: Material -> split part: Cu and Ni train, Pt val, Rh test.
+PARTS = {"Cu": "train", "Ni": "train", "Pt": "val", "Rh": "test"}
+GAMMA_ONLY = "tiny_trainer:Cu100_gamma_only"
+
+
+@pytest.fixture
+def tiny_set(tmp_path) -> str:
+    """4-8 atom PBE metal slabs with their bulks, and a gamma-only copy of a Cu slab (its
+    published gamma, no total energy) in the train part, ingested with a stored split."""
+    folder = tmp_path / "tiny_trainer"
+    folder.mkdir()
+    slabs = [
+        a
+        for a in read(DATA / "pbe_metal_surfaces" / "slabs.extxyz", ":")
+        if a.info["material_id"] in PARTS and len(a) <= 8
+    ]
+    gamma_only = next(a for a in slabs if a.info["slab_id"].endswith("_100_shift0")).copy()
+    del gamma_only.info["ref_energy"]
+    gamma_only.info["slab_id"] = GAMMA_ONLY.split(":")[1]
+    bulks = [
+        a
+        for a in read(DATA / "pbe_metal_surfaces" / "bulks.extxyz", ":")
+        if a.info["material_id"] in PARTS
+    ]
+    write(folder / "slabs.extxyz", [*slabs, gamma_only])
+    write(folder / "bulks.extxyz", bulks)
+    (folder / "README.md").write_text("# tiny\nlevel_of_theory: VASP PBE\n")
+    ingest_path(folder)
+    with get_store("splits") as splits:
+        doc = SplitDoc(
+            split_id=split_id("tiny_trainer", 0),
+            set_name="tiny_trainer",
+            seed=0,
+            fractions=(0.5, 0.25, 0.25),
+            assignments=PARTS,
+        )
+        splits.update([doc.model_dump(mode="json")], key="split_id")
+    return "tiny_trainer"
+
+
+def _inputs(set_name: str):
+    with get_store("references") as references, get_store("splits") as splits:
+        return reference_inputs(set_name, references, splits)
+
+
+def test_recipe_settings_defaults_and_errors():
+    surfflows = FineTuneSettings()
+    assert surfflows.recipe == "surfflows" and surfflows.learning_rate == 1e-3
+    peer = FineTuneSettings(recipe="chgnet_trainer", epochs=3)
+    assert (peer.depth, peer.learning_rate, peer.force_weight, peer.gamma_weight) == (
+        2,
+        1e-2,
+        1.0,
+        0.0,
+    )
+    assert peer.zero_force_labels and peer.patience is None and peer.epochs == 3
+    assert FineTuneSettings.model_validate(peer.model_dump()) == peer  # jobflow round trip
+    assert FineTuneSettings(recipe="chgnet_trainer", learning_rate=3e-3).learning_rate == 3e-3
+    with pytest.raises(ValidationError, match=r"depth=4 .*gamma_weight=1.0 .*patience=8"):
+        FineTuneSettings(recipe="chgnet_trainer", depth=4, gamma_weight=1.0, patience=8)
+    with pytest.raises(ValidationError, match="force_weight=0.0"):
+        FineTuneSettings(recipe="chgnet_trainer", force_weight=0)
+    with pytest.raises(ValidationError, match="recipe"):
+        FineTuneSettings(recipe="trainer")
+
+
+def test_finetune_command_rejects_bad_recipe_settings(tiny_set):
+    runner = CliRunner()
+    base = ["finetune", "--reference", tiny_set, "--no-evaluate"]
+    result = runner.invoke(app, [*base, "--recipe", "chgnet-trainer", "--replay-weight", "1"])
+    assert result.exit_code != 0 and "replay_weight=1.0" in result.output
+    result = runner.invoke(app, [*base, "--recipe", "chgnet"])
+    assert result.exit_code != 0 and "recipe" in result.output
+
+
+@pytest.mark.slow
+def test_gamma_only_slabs_are_dropped_and_labels_checked(tiny_set):
+    docs = _inputs(tiny_set)
+    converter = load_model(ModelSpec()).graph_converter
+    train = reference_data(
+        docs.docs, docs.assignments, ("train",), converter, zero_force_labels=True
+    )
+    assert GAMMA_ONLY in train.keys
+    kept = energy_labelled(train)
+    assert kept.dropped["gamma_only"] == [GAMMA_ONLY] and GAMMA_ONLY not in kept.keys
+    assert len(kept.pairs) == len(train.pairs) - 1
+    assert all(kept.samples[p.slab].doc_type == "slab" for p in kept.pairs)
+    without_forces = reference_data(docs.docs, docs.assignments, ("train",), converter)
+    with pytest.raises(ValueError, match="needs an energy and forces for every structure"):
+        structure_data(energy_labelled(without_forces), load_model(ModelSpec()))
+
+
+@pytest.mark.slow
+def test_chgnet_trainer_job_registers_a_loadable_checkpoint(tiny_set, tmp_path):
+    store = get_job_store()
+    settings = FineTuneSettings(recipe="chgnet_trainer", epochs=1, batch_size=4)
+    work = tmp_path / "peer"
+    job = FineTuneMaker(settings=settings, work_dir=str(work)).make(_inputs(tiny_set))
+    run_locally(job, store=store, log=False, ensure_success=True)
+    with store:
+        doc: FineTuneDoc = job.output.resolve(store)
+
+    # data: the gamma-only slab is dropped with its reason, val is Pt, test never enters
+    assert doc.dropped == {"gamma_only": [GAMMA_ONLY]} and doc.n_dropped == 1
+    assert GAMMA_ONLY not in doc.train_keys
+    assert doc.n_train["materials"] == 2 and doc.n_train["gamma_only"] == 0
+    assert {k.split(":")[1][:2] for k in doc.val_keys} <= {"Pt", "bu"}
+    assert not any("Rh" in k for k in doc.train_keys + doc.val_keys)
+
+    # freezing as CHGNet's fine-tuning example
+    assert doc.depth == 2 and doc.hyperparameters.recipe == "chgnet_trainer"
+    for name in ("atom_conv_layers.3", "mlp", "bond_weights_ag", "composition_model"):
+        assert name in doc.trainable_modules
+    for name in ("atom_embedding", "atom_conv_layers.2", "bond_conv_layers.0", "site_wise"):
+        assert name in doc.frozen_modules
+
+    # chgnet's own files; its bestE file is the registered checkpoint
+    names = sorted(p.name for p in work.iterdir())
+    assert [n.split("_")[0] for n in names] == ["bestE", "bestF", "epoch0"]
+    best_file = work / names[0]
+    best = decode_checkpoint(doc.checkpoint_b64)
+    assert best == best_file.read_bytes()
+    assert hashlib.sha256(best).hexdigest() == doc.sha256 == doc.model.sha256
+    assert resolve_model(doc.model_id, store) == doc.model
+    model = load_model(doc.model, best)  # loads weights only, as every command does
+    loaded = CHGNet.from_file(str(best_file))
+    parent = load_model(ModelSpec())
+    tuned = dict(loaded.named_parameters())
+    for name, value in parent.named_parameters():
+        moved = not torch.equal(value, tuned[name])
+        assert moved == name.startswith(("atom_conv_layers.3", "mlp", "readout_norm",
+                                         "bond_weights", "composition_model")), name  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
+
+    # history: epoch 0 is the parent, then what chgnet reports and surfflows' val gamma
+    assert [r.epoch for r in doc.history] == [0, 1] and doc.best_epoch == 1
+    assert doc.history[0].learning_rate == 0 and doc.history[1].learning_rate == 1e-2
+    for record in doc.history:
+        assert record.val_gamma_mae > 0 and record.val_force_mae > 0
+        assert record.train_loss > 0 and record.train_energy_mae > 0
+    assert doc.best_val_gamma_mae == doc.history[1].val_gamma_mae
+    assert set(doc.atomref_shift) == {"Cu", "Ni"}
