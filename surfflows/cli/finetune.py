@@ -140,11 +140,12 @@ def finetune(
     """Fine-tune the last X units of CHGNet on a set's train split and register the checkpoint.
 
     The epoch with the lowest validation gamma MAE is kept (several sets: the lowest mean
-    over sets of each set's). Several --reference sets train one shared backbone with one
-    readout head per level of theory (choose one with --model chgnet-ft-<sha12>@<head>).
-    With --evaluate (default) the checkpoint and its parent are evaluated on the val and
-    test parts of every set (single point), bulk forgetting is checked on bo2_bulk_eos and
-    the sets' test bulks, and the builders run.
+    over sets of each set's; --recipe chgnet-trainer: chgnet's own Trainer, the peer
+    baseline, keeps its lowest validation energy MAE). Several --reference sets train one
+    shared backbone with one readout head per level of theory (choose one with --model
+    chgnet-ft-<sha12>@<head>). With --evaluate (default) the checkpoint and its parent are
+    evaluated on the val and test parts of every set (single point), bulk forgetting is
+    checked on bo2_bulk_eos and the sets' test bulks, and the builders run.
     """
     from jobflow import run_locally
     from pydantic import ValidationError

@@ -333,7 +333,8 @@ class FineTuneDoc(OutputDoc):
     history: list[EpochRecord] = Field(description="Loss curves, one record per epoch.")
     best_epoch: int = Field(
         description="Epoch with the lowest validation gamma MAE (kept); several sets: the "
-        "lowest mean over sets of each set's validation gamma MAE."
+        "lowest mean over sets of each set's validation gamma MAE; recipe chgnet_trainer: "
+        "chgnet's bestE, the lowest validation energy MAE."
     )
     best_val_gamma_mae: float | None = Field(description="Validation gamma MAE there, J/m².")
     best_val_energy_mae: float = Field(description="Validation energy MAE there, eV/atom.")
