@@ -36,9 +36,11 @@ import copy
 import io
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -230,10 +232,12 @@ class _LogWriter(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _prints_to_log() -> Iterator[None]:
-    """Route chgnet's prints (Trainer, StructureData) to this module's debug log."""
+def _prints_to_log() -> Iterator[TextIO]:
+    """Route chgnet's prints (Trainer, StructureData) to this module's debug log; yield
+    the stream printing went to before, for what should still be seen."""
+    before = sys.stdout
     with contextlib.redirect_stdout(_LogWriter()):
-        yield
+        yield before
 
 
 def _atomref_shift(model: CHGNet, parent: CHGNet, data: ReferenceData) -> dict[str, float]:
@@ -295,7 +299,7 @@ def chgnet_trainer_finetune(
     work_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(parent)
     freeze = freeze_as_chgnet_example(model, settings.train_composition_model)
-    with _prints_to_log():
+    with _prints_to_log() as stdout:
         datasets = {"train": structure_data(train, model), "val": structure_data(val, model)}
         generator = torch.Generator().manual_seed(settings.seed)
         loaders = {
@@ -355,7 +359,8 @@ def chgnet_trainer_finetune(
                 )
             )
             if progress:
-                progress(history[-1])
+                with contextlib.redirect_stdout(stdout):  # e.g. a rich handler on stdout
+                    progress(history[-1])
 
         history: list[EpochRecord] = []
         tick = time.perf_counter()
