@@ -15,7 +15,11 @@ from typer.testing import CliRunner
 
 from surfflows.cli import app
 from surfflows.core.splits import SplitDoc, split_id
-from surfflows.engine.chgnet_trainer import energy_labelled, structure_data
+from surfflows.engine.chgnet_trainer import (
+    chgnet_trainer_finetune,
+    energy_labelled,
+    structure_data,
+)
 from surfflows.engine.finetune import reference_data
 from surfflows.engine.models import load_model
 from surfflows.io.ingest import ingest_path
@@ -104,20 +108,44 @@ def test_finetune_command_rejects_bad_recipe_settings(tiny_set):
 
 
 @pytest.mark.slow
-def test_gamma_only_slabs_are_dropped_and_labels_checked(tiny_set):
+def test_gamma_only_dropped_labels_checked_and_runs_repeat(tiny_set, tmp_path):
     docs = _inputs(tiny_set)
-    converter = load_model(ModelSpec()).graph_converter
-    train = reference_data(
-        docs.docs, docs.assignments, ("train",), converter, zero_force_labels=True
-    )
-    assert GAMMA_ONLY in train.keys
-    kept = energy_labelled(train)
+    parent = load_model(ModelSpec())
+    data = {
+        part: reference_data(
+            docs.docs,
+            docs.assignments,
+            (part,),
+            parent.graph_converter,
+            zero_force_labels=True,
+        )
+        for part in ("train", "val")
+    }
+    assert GAMMA_ONLY in data["train"].keys
+    kept = energy_labelled(data["train"])
     assert kept.dropped["gamma_only"] == [GAMMA_ONLY] and GAMMA_ONLY not in kept.keys
-    assert len(kept.pairs) == len(train.pairs) - 1
+    assert len(kept.pairs) == len(data["train"].pairs) - 1
     assert all(kept.samples[p.slab].doc_type == "slab" for p in kept.pairs)
-    without_forces = reference_data(docs.docs, docs.assignments, ("train",), converter)
     with pytest.raises(ValueError, match="needs an energy and forces for every structure"):
-        structure_data(energy_labelled(without_forces), load_model(ModelSpec()))
+        structure_data(data["train"], parent)
+    without_forces = reference_data(docs.docs, docs.assignments, ("train",), parent.graph_converter)
+    with pytest.raises(ValueError, match="needs an energy and forces for every structure"):
+        structure_data(energy_labelled(without_forces), parent)
+
+    # seeded: the same settings give the same model and curves
+    settings = FineTuneSettings(recipe="chgnet_trainer", epochs=1, batch_size=2)
+    val = energy_labelled(data["val"])
+    runs = [
+        chgnet_trainer_finetune(parent, kept, val, settings, tmp_path / f"run{i}") for i in range(2)
+    ]
+    assert runs[0].history == [
+        r.model_copy(update={"seconds": r0.seconds})
+        for r, r0 in zip(runs[1].history, runs[0].history, strict=True)
+    ]
+    first, second = (dict(r.model.named_parameters()) for r in runs)
+    assert all(torch.equal(value, second[name]) for name, value in first.items())
+    with pytest.raises(ValueError, match="not 'chgnet_trainer'"):
+        chgnet_trainer_finetune(parent, kept, val, FineTuneSettings(), tmp_path / "x")
 
 
 @pytest.mark.slow

@@ -414,7 +414,7 @@ def chgnet_trainer_finetune(
         best_epoch=best_epoch + 1,
         atomref_shift=_atomref_shift(best, parent, train),
         best_checkpoint=best_checkpoint,
-        stopped_early=False,
+        stopped_early=len(history) - 1 < settings.epochs,  # the Trainer's exit on a NaN loss
         resumed_from_epoch=None,
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - start_time,
