@@ -92,6 +92,9 @@ def test_recipe_settings_defaults_and_errors():
     assert FineTuneSettings(recipe="chgnet_trainer", learning_rate=3e-3).learning_rate == 3e-3
     with pytest.raises(ValidationError, match=r"depth=4 .*gamma_weight=1\.0 .*patience=8"):
         FineTuneSettings(recipe="chgnet_trainer", depth=4, gamma_weight=1.0, patience=8)
+    with pytest.raises(ValidationError, match="heads='per_level_of_theory'"):
+        FineTuneSettings(recipe="chgnet_trainer", heads="per_level_of_theory")
+    assert peer.heads == "single"
     with pytest.raises(ValidationError, match=r"force_weight=0\.0"):
         FineTuneSettings(recipe="chgnet_trainer", force_weight=0)
     with pytest.raises(ValidationError, match="recipe"):

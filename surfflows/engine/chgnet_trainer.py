@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import re
@@ -57,7 +58,6 @@ from surfflows.engine.finetune import (
     FineTuneResult,
     FreezeInfo,
     ReferenceData,
-    SurfacePair,
     _parameter_modules,
     predict_energies,
 )
@@ -133,7 +133,7 @@ def energy_labelled(data: ReferenceData) -> ReferenceData:
     if gamma_only:
         dropped["gamma_only"] = dropped.get("gamma_only", []) + gamma_only
     pairs = [
-        SurfacePair(index[p.slab], index[p.bulk], p.n_units, p.area, p.gamma_ref)
+        dataclasses.replace(p, slab=index[p.slab], bulk=index[p.bulk])
         for p in data.pairs
         if p.slab in index and p.bulk in index
     ]
