@@ -417,3 +417,151 @@ def leaderboard_plot(
     if attribution:
         fig.text(0.01, 0.005, attribution, fontsize=7, color="0.4")
     return _save(fig, path)
+
+
+def _mean_std(node: dict[str, Any] | None) -> tuple[float, float]:
+    """(mean, std) of a ``{"mean", "std"}`` node; NaN where missing, std 0 for one seed."""
+    if not node or node.get("mean") is None:
+        return np.nan, 0.0
+    return node["mean"], node.get("std") or 0.0
+
+
+def recipes_plot(
+    summary: dict[str, dict[str, Any]],
+    sets: Sequence[str],
+    path: str | Path,
+    title: str,
+    attribution: str = "",
+) -> Path:
+    """Fine-tuning recipes side by side: test gamma MAE, forgetting, relaxation steps.
+
+    Parameters
+    ----------
+    summary
+        Recipe (and ``parent``) -> means ± std over seeds (``benchmarks/finetune_recipes.py``):
+        ``test.<set>.<mode>.mae``, ``forgetting.<bulk set>.relative_change`` and
+        ``force_relative_change``, ``steps.test_all.median`` / ``mean``, each a
+        ``{"mean", "std"}`` node.
+    sets
+        Test sets, in the order shown.
+    path
+        PNG file to write.
+    title
+        Plot title.
+    attribution
+        Source of the reference data, printed under the axes.
+    """
+    names = list(summary)
+    colours = plt.cm.tab10(np.arange(len(names)) % 10)
+    modes = ("single_point", "relaxed")
+    fig, (gamma_ax, forget_ax, steps_ax) = plt.subplots(
+        1, 3, figsize=(15, 4.6), dpi=120, gridspec_kw={"width_ratios": [3, 2, 1]}
+    )
+    width = 0.8 / max(len(names), 1)
+    groups = [(s, m) for s in sets for m in modes]
+    for i, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        test = summary[name].get("test", {})
+        values = [_mean_std(test.get(s, {}).get(m, {}).get("mae")) for s, m in groups]
+        x = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
+        gamma_ax.bar(
+            x, [v for v, _ in values], width, yerr=[e for _, e in values], color=colour,
+            label=name, capsize=2,
+        )  # fmt: skip
+    gamma_ax.set_xticks(np.arange(len(groups)))
+    gamma_ax.set_xticklabels(
+        [f"{s}\n{'single point' if m == 'single_point' else 'relaxed'}" for s, m in groups],
+        fontsize=7,
+    )
+    gamma_ax.set_ylabel("test γ MAE (J/m²)")
+    gamma_ax.legend(fontsize=7)
+
+    bulk_sets = sorted({b for n in names for b in summary[n].get("forgetting", {})})
+    quantities = [(b, "relative_change", b) for b in bulk_sets]
+    quantities += [
+        (b, "force_relative_change", f"{b} forces")
+        for b in bulk_sets
+        if any(
+            "force_relative_change" in summary[n].get("forgetting", {}).get(b, {}) for n in names
+        )
+    ]
+    tuned = [n for n in names if n != "parent"]
+    width_f = 0.8 / max(len(tuned), 1)
+    for i, name in enumerate(tuned):
+        forgetting = summary[name].get("forgetting", {})
+        values = [_mean_std(forgetting.get(b, {}).get(q)) for b, q, _ in quantities]
+        x = np.arange(len(quantities)) + (i - (len(tuned) - 1) / 2) * width_f
+        forget_ax.bar(
+            x,
+            [100 * v for v, _ in values],
+            width_f,
+            yerr=[100 * e for _, e in values],
+            color=colours[names.index(name)],
+            capsize=2,
+        )
+    forget_ax.axhline(0, color="k", lw=0.8)
+    forget_ax.axhline(5, color="0.4", ls="--", lw=0.8, label="+5 % target")
+    forget_ax.set_xticks(np.arange(len(quantities)))
+    forget_ax.set_xticklabels([label for _, _, label in quantities], fontsize=7, rotation=20)
+    forget_ax.set_ylabel("bulk MAE change vs parent (%)")
+    forget_ax.legend(fontsize=7)
+
+    for i, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        steps = summary[name].get("steps", {}).get("test_all", {})
+        for j, stat in enumerate(("median", "mean")):
+            value, error = _mean_std(steps.get(stat))
+            x = j + (i - (len(names) - 1) / 2) * width
+            steps_ax.bar(x, value, width, yerr=error, color=colour, capsize=2)
+    steps_ax.set_xticks([0, 1])
+    steps_ax.set_xticklabels(["median", "mean"])
+    steps_ax.set_ylabel("relaxation steps per test slab")
+    fig.suptitle(title, fontsize=9)
+    if attribution:
+        fig.text(0.01, 0.005, attribution, fontsize=6, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return _save(fig, path)
+
+
+def recipes_proxy_plot(
+    points: Sequence[dict[str, Any]],
+    correlations: dict[str, dict[str, Any]],
+    path: str | Path,
+    training_set: str,
+) -> Path:
+    """Validation force norm at DFT minima against the relaxed - single point gamma gap.
+
+    Parameters
+    ----------
+    points
+        One per model: ``recipe``, ``val_force_norm`` (eV/Å), ``val_gap`` and ``test_gap``
+        (relaxed minus single-point gamma MAE, J/m²).
+    correlations
+        ``val_gap`` / ``test_gap`` -> ``n``, ``pearson``, ``spearman``.
+    path
+        PNG file to write.
+    training_set
+        Set whose val and test parts the gaps are of.
+    """
+    recipes = list(dict.fromkeys(p["recipe"] for p in points))
+    colours = dict(zip(recipes, plt.cm.tab10(np.arange(len(recipes)) % 10), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=120)
+    for ax, target in zip(axes, ("val_gap", "test_gap"), strict=True):
+        for recipe in recipes:
+            xy = [
+                (p["val_force_norm"], p[target])
+                for p in points
+                if p["recipe"] == recipe and None not in (p["val_force_norm"], p[target])
+            ]
+            if xy:
+                ax.scatter(*zip(*xy, strict=True), color=colours[recipe], label=recipe, s=25)
+        c = correlations.get(target, {})
+        text = f"N={c.get('n', 0)}"
+        for key in ("pearson", "spearman"):
+            if c.get(key) is not None:
+                text += f", {key} {c[key]:+.2f}"
+        ax.set_title(f"{training_set} {target.split('_')[0]}: {text}", fontsize=8)
+        ax.set_xlabel("val force norm at DFT minima (eV/Å)")
+        ax.set_ylabel("relaxed − single point γ MAE (J/m²)")
+        ax.axhline(0, color="0.5", lw=0.8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,891 @@
+"""Fine-tuning recipes compared: test gamma in both modes, forgetting, steps, epoch time.
+
+Every recipe of :data:`RECIPES` is trained for every seed through the package's own
+:class:`~surfflows.jobs.finetune.FineTuneMaker`. Each checkpoint and the parent (CHGNet
+0.3.0) are then evaluated by :class:`~surfflows.jobs.evaluate.EvaluateMaker` and the
+builders, all in one scratch embedded database:
+
+* gamma of the test part of ``jarvis_surfaces`` and ``mp_elemental_surfaces`` and of all of
+  ``pbe_metal_surfaces`` (never trained on), single point and relaxed (ions relaxed by the
+  model in the DFT cell);
+* forgetting on unseen bulks: ``wbm_bulks`` test part (single points of every part; the
+  builders align the test part on the other parts, per model) and ``bo2_bulk_eos``
+  (:func:`~surfflows.jobs.finetune.bulk_forgetting`: energies aligned on the set itself,
+  forces), next to the parent's;
+* relaxation steps per slab (median, mean) next to the parent's on the same slabs;
+* from the fine-tune document: mean epoch time, best epoch, val gamma and val force MAE at
+  the kept epoch;
+* the relaxed-mode proxy: the val part of the training set, single point and relaxed. The
+  fine-tune keeps the epoch with the lowest single-point val gamma MAE; the val force norm
+  at DFT minima (``val_force_mae`` with ``zero_force_labels``, recorded by every recipe) is
+  the candidate cheap proxy for relaxed-mode gamma. Over all checkpoints and the parent,
+  its Pearson and Spearman correlation with (relaxed - single point) val and test gamma
+  MAE is reported with N.
+
+Everything is resumable: a rerun (same ``--db-dir``) skips fine-tunes whose document is
+stored with the same settings, and evaluates only structures without a stored result;
+an interrupted fine-tune resumes from its ``last.pth.tar``. Outputs:
+
+* ``results/finetune_recipes.json`` (``finetune_recipes_quick.json`` with ``--quick``):
+  per recipe and seed, mean ± std over seeds, the proxy correlations, the run's settings;
+* ``results/finetune_recipes.png``: test MAE per set and mode per recipe (error bars: std
+  over seeds), forgetting, relaxation steps;
+* ``results/finetune_recipes_proxy.png``: val force norm against the relaxed - single point
+  gamma gap, one point per checkpoint.
+
+Examples
+--------
+::
+
+    python benchmarks/finetune_recipes.py                     # 3 seeds, every recipe
+    python benchmarks/finetune_recipes.py --quick             # 1 seed, 2 epochs, subsets
+    python benchmarks/finetune_recipes.py --recipes default replay --seeds 0 1
+    python benchmarks/finetune_recipes.py --collect-only      # tables and plots again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's surfflows
+
+from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PARENT = "chgnet-0.3.0"
+#: Test sets: name -> split parts evaluated (None: every part, a set never trained on).
+TEST_SETS: dict[str, tuple[str, ...] | None] = {
+    "jarvis_surfaces": ("test",),
+    "mp_elemental_surfaces": ("test",),
+    "pbe_metal_surfaces": None,
+}
+#: Bulk set evaluated at single points (every part), reported on its test part.
+WBM_SET = "wbm_bulks"
+#: Bulk sets of :func:`bulk_forgetting` (energies aligned on the set itself, forces).
+FORGETTING_SETS = ("bo2_bulk_eos",)
+MODES = ("single_point", "relaxed")
+#: FineTuneDoc fields read here (not the checkpoint bytes).
+FINETUNE_FIELDS = (
+    "model_id", "model", "set_name", "hyperparameters", "history", "best_epoch",
+    "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "n_train",
+)  # fmt: skip
+#: Settings every recipe shares. ``zero_force_labels`` makes every fine-tune record the val
+#: force norm at DFT minima; without a force weight it changes no gradient.
+BASE_SETTINGS: dict[str, Any] = {"depth": 4, "zero_force_labels": True}
+#: What ``--quick`` changes (stated in the JSON).
+QUICK = {"seeds": [0], "epochs": 2, "max_train_slabs": 60, "max_relaxed_slabs": 4}
+ATTRIBUTION = (
+    "Reference data: JARVIS-DFT surfaces (K. Choudhary et al., CC BY 4.0); MP elemental "
+    "surfaces (R. Tran et al., Sci. Data 2016, CC BY 4.0); PBE metal surfaces (pymatgen test "
+    "files, MIT); WBM (H.-C. Wang et al., CC BY 4.0); BO2 EOS (Mehta et al. 2014, via FAIR "
+    "Chemistry, MIT)"
+)
+
+
+class Recipe(BaseModel):
+    """One row of the recipe table: what is trained on and how.
+
+    ``settings`` are :class:`FineTuneSettings` overrides on top of :data:`BASE_SETTINGS`
+    (a recipe kind, heads or replay sets are settings too); ``sets`` the reference sets
+    trained on, the first one giving the val part of the selection and of the proxy.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sets: tuple[str, ...] = Field(default=("jarvis_surfaces",), min_length=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    note: str = Field(default="", description="What the recipe is, for the JSON.")
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "seed" in value:
+            raise ValueError("a recipe may not set 'seed': seeds come from --seeds")
+        unknown = sorted(set(value) - set(FineTuneSettings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown FineTuneSettings fields {unknown}")
+        FineTuneSettings(**{**BASE_SETTINGS, **value})  # every value valid
+        return value
+
+    @field_validator("sets")
+    @classmethod
+    def _one_set(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > 1:
+            raise ValueError(
+                f"sets {list(value)}: FineTuneMaker trains on one reference set in this version"
+            )
+        return value
+
+    def finetune_settings(self, seed: int, **overrides: Any) -> FineTuneSettings:
+        """Base settings, the recipe's, ``overrides`` (e.g. ``epochs`` of ``--quick``), seed."""
+        return FineTuneSettings(**{**BASE_SETTINGS, **self.settings, **overrides, "seed": seed})
+
+
+#: The recipes compared (name -> Recipe). A new one is one line.
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(note="current default: jarvis_surfaces, X=4, energy + gamma"),
+    "forces": Recipe(
+        settings={"force_weight": 1.0, "force_fraction": 0.1},
+        note="+ zero forces at DFT minima on 10 % of each batch",
+    ),
+    "replay": Recipe(settings={"replay_weight": 10.0}, note="+ parent-labelled bulk replay"),
+    "forces+replay": Recipe(
+        settings={"force_weight": 1.0, "force_fraction": 0.1, "replay_weight": 10.0},
+        note="+ forces and replay",
+    ),
+}
+
+
+def validate_recipes(recipes: dict[str, Any]) -> dict[str, Recipe]:
+    """A recipe table (name -> Recipe or its mapping), each validated, errors naming the recipe."""
+    out = {}
+    for name, recipe in recipes.items():
+        try:
+            out[name] = recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)
+        except ValueError as exc:
+            raise ValueError(f"recipe {name!r}: {exc}") from exc
+    return out
+
+
+# ----------------------------------------------------------------------- pure helpers
+
+
+def pick_slabs(
+    docs: Sequence[dict[str, Any]],
+    assignments: dict[str, str],
+    parts: tuple[str, ...] | None,
+    max_slabs: int | None,
+    seed: int = 0,
+) -> list[str]:
+    """Keys of the unflagged slabs of some split parts, at most ``max_slabs`` of them.
+
+    The subset is drawn with a fixed generator from the sorted keys, so every model gets
+    the same slabs.
+    """
+    keys = sorted(
+        d["key"]
+        for d in docs
+        if d["doc_type"] == "slab"
+        and not d.get("flags")
+        and (parts is None or assignments.get(d["material_id"]) in parts)
+    )
+    if max_slabs is None or len(keys) <= max_slabs:
+        return keys
+    picked = np.random.default_rng(seed).choice(len(keys), size=max_slabs, replace=False)
+    return sorted(keys[i] for i in picked)
+
+
+def restrict_items(items: list[tuple], docs: Sequence[dict[str, Any]], slab_keys: Iterable[str]):
+    """The items of these slabs and of the bulks they name (reference mode needs both)."""
+    slab_keys = set(slab_keys)
+    bulk_keys = {d["bulk_key"] for d in docs if d["key"] in slab_keys and d.get("bulk_key")}
+    return [i for i in items if i[0] in (slab_keys if i[1] == "slab" else bulk_keys)]
+
+
+def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation (ddof 1; None for one value) and N of the finite values."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": float(np.mean(finite)) if finite else None,
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        "n": len(finite),
+    }
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested dicts under dotted keys (bools and strings left out)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[path] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of every numeric leaf of the rows (nested as the rows are).
+
+    Each leaf becomes ``{"mean", "std", "n"}``; a leaf missing from some rows counts the
+    rows that have it.
+    """
+    flat = [flatten(r) for r in rows]
+    paths = sorted({p for f in flat for p in f})
+    return unflatten({p: mean_std(f.get(p) for f in flat) for p in paths})
+
+
+def correlation(x: Sequence[float | None], y: Sequence[float | None]) -> dict[str, Any]:
+    """Pearson and Spearman correlation (with p-values) of the pairs where both are finite."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [
+        (a, b)
+        for a, b in zip(x, y, strict=True)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
+    out: dict[str, Any] = {"n": len(pairs), "pearson": None, "pearson_p": None}
+    out |= {"spearman": None, "spearman_p": None}
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return out
+    xs, ys = zip(*pairs, strict=True)
+    pearson, spearman = pearsonr(xs, ys), spearmanr(xs, ys)
+    return out | {
+        "pearson": float(pearson.statistic),
+        "pearson_p": float(pearson.pvalue),
+        "spearman": float(spearman.statistic),
+        "spearman_p": float(spearman.pvalue),
+    }
+
+
+def gamma_stats(errors: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """Gamma statistics (J/m²) of the ``ok`` slab errors of ``keys``, one model and mode.
+
+    :func:`~surfflows.core.benchmark.summarize` plus ``relative_mae`` (mean of |error| /
+    gamma_ref) and ``n_planned`` (slabs asked for; the rest failed or are excluded).
+    """
+    from surfflows.core.benchmark import summarize
+
+    keys = set(keys)
+    ok = [e for e in errors if e["reference_key"] in keys and e["status"] == "ok"]
+    relative = [abs(e["gamma_error"]) / e["gamma_ref"] for e in ok if e.get("gamma_ref")]
+    return {
+        **summarize(e["gamma_error"] for e in ok),
+        "relative_mae": float(np.mean(relative)) if relative else None,
+        "n_planned": len(keys),
+    }
+
+
+def paired_gap(
+    single_point: Sequence[dict[str, Any]], relaxed: Sequence[dict[str, Any]], keys: Iterable[str]
+) -> dict[str, Any]:
+    """Relaxed minus single-point gamma MAE (J/m²) on the slabs ``ok`` in both modes."""
+    from surfflows.core.benchmark import summarize
+
+    ok = [
+        {e["reference_key"]: e["gamma_error"] for e in errors if e["status"] == "ok"}
+        for errors in (single_point, relaxed)
+    ]
+    common = sorted(set(keys) & ok[0].keys() & ok[1].keys())
+    sp, rx = (summarize(o[k] for k in common)["mae"] for o in ok)
+    return {"n": len(common), "gap": None if sp is None else rx - sp}
+
+
+def step_stats(steps: Iterable[int | None]) -> dict[str, Any]:
+    """Median and mean of the relaxation steps that were recorded (None: not relaxed)."""
+    values = [n for n in steps if n is not None]
+    if not values:
+        return {"n": 0, "median": None, "mean": None}
+    return {"n": len(values), "median": float(np.median(values)), "mean": float(np.mean(values))}
+
+
+def relative(value: float | None, reference: float | None) -> float | None:
+    """value / reference - 1 (None when either is missing or the reference is 0)."""
+    if value is None or not reference:
+        return None
+    return value / reference - 1
+
+
+# ---------------------------------------------------------------------- orchestration
+
+
+class Plan(BaseModel):
+    """What one run trains and evaluates (stored in the JSON)."""
+
+    recipes: dict[str, Recipe]
+    seeds: list[int]
+    epochs: int | None = Field(description="Epochs of every fine-tune (None: the settings').")
+    max_train_slabs: int | None = Field(description="Training slabs per fine-tune (None: all).")
+    max_relaxed_slabs: int | None = Field(description="Relaxed slabs per set and part.")
+    test_sets: dict[str, tuple[str, ...] | None] = Field(default_factory=lambda: dict(TEST_SETS))
+    wbm_set: str | None = WBM_SET
+    forgetting_sets: tuple[str, ...] = FORGETTING_SETS
+    sweep: str = Field(default="finetune_recipes", description="Prefix of the sweep names.")
+
+    def overrides(self) -> dict[str, Any]:
+        return {} if self.epochs is None else {"epochs": self.epochs}
+
+    @property
+    def proxy_sets(self) -> list[str]:
+        """Training sets whose val part is evaluated for the proxy."""
+        return sorted({r.sets[0] for r in self.recipes.values()})
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+class Runner:
+    """Runs a :class:`Plan` in the configured database; every step skips what is stored."""
+
+    def __init__(self, plan: Plan, runs_dir: Path):
+        from surfflows.schemas.models import ModelSpec
+        from surfflows.stores import get_job_store, get_store
+
+        self.plan = plan
+        self.runs_dir = runs_dir
+        self.parent = ModelSpec.parse(PARENT)
+        self.store = get_job_store()
+        self.inputs: dict[str, Any] = {}
+        names = {*plan.test_sets, *plan.proxy_sets, *plan.forgetting_sets}
+        names |= {plan.wbm_set} if plan.wbm_set else set()
+        from surfflows.io.inputs import reference_inputs, require_ingested
+
+        with get_store("references") as references, get_store("splits") as splits:
+            require_ingested(sorted(names), references)
+            for name in sorted(names - set(plan.forgetting_sets)):
+                types = ("slab", "bulk", "frame") if name in plan.proxy_sets else ("slab", "bulk")
+                self.inputs[name] = reference_inputs(name, references, splits, types)
+            for name in plan.forgetting_sets:
+                self.inputs[name] = reference_inputs(name, references, None, ("bulk",))
+
+    # -- fine-tunes
+
+    def sweep_name(self, recipe: str) -> str:
+        return f"{self.plan.sweep}/{recipe}"
+
+    def train_slab_keys(self, recipe: Recipe) -> list[str] | None:
+        if self.plan.max_train_slabs is None:
+            return None
+        inputs = self.inputs[recipe.sets[0]]
+        return pick_slabs(inputs.docs, inputs.assignments, ("train",), self.plan.max_train_slabs)
+
+    def stored_finetune(self, name: str, settings: FineTuneSettings) -> dict | None:
+        """The newest stored fine-tune document of this recipe with exactly these settings."""
+        criteria = {"output.@class": "FineTuneDoc", "output.sweep": self.sweep_name(name)}
+        properties = [f"output.{k}" for k in FINETUNE_FIELDS] + ["completed_at"]
+        with self.store:
+            docs = sorted(
+                self.store.docs_store.query(criteria, properties=properties),
+                key=lambda d: d["completed_at"],
+            )
+        for doc in reversed(docs):
+            if FineTuneSettings.model_validate(doc["output"]["hyperparameters"]) == settings:
+                return doc["output"]
+        return None
+
+    def train(self) -> list[dict]:
+        """Every (recipe, seed) fine-tune, trained where not stored; their documents."""
+        from jobflow import run_locally
+
+        from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
+
+        docs = []
+        jobs = [(n, r, s) for n, r in self.plan.recipes.items() for s in self.plan.seeds]
+        for k, (name, recipe, seed) in enumerate(jobs, 1):
+            settings = recipe.finetune_settings(seed, **self.plan.overrides())
+            doc = self.stored_finetune(name, settings)
+            if doc is None:
+                inputs = self.inputs[recipe.sets[0]]
+                keys = self.train_slab_keys(recipe)
+                folder = default_work_dir(inputs.set_name, self.parent, settings, keys).name
+                work_dir = self.runs_dir / f"{name.replace('+', '_')}_{folder}"
+                _log(f"[train {k}/{len(jobs)}] {name} seed {seed} in {work_dir}")
+                maker = FineTuneMaker(
+                    parent=self.parent,
+                    settings=settings,
+                    work_dir=str(work_dir),
+                    sweep=self.sweep_name(name),
+                )
+                run_locally(
+                    maker.make(inputs, slab_keys=keys),
+                    store=self.store,
+                    log=False,
+                    ensure_success=True,
+                )
+                doc = self.stored_finetune(name, settings)
+            else:
+                _log(f"[train {k}/{len(jobs)}] {name} seed {seed}: stored {doc['model_id']}")
+            docs.append({"recipe": name, "seed": seed, **doc})
+        return docs
+
+    # -- evaluations
+
+    def tasks(self) -> list[tuple[str, str, tuple[str, ...] | None, list[str] | None]]:
+        """(set, mode, parts, slab keys or None for every structure of the parts)."""
+        out = []
+        for mode in MODES:
+            sets = [*((n, p) for n, p in self.plan.test_sets.items())]
+            sets += [(n, ("val",)) for n in self.plan.proxy_sets]
+            for name, parts in sets:
+                keys = None
+                if mode == "relaxed":
+                    inputs = self.inputs[name]
+                    keys = pick_slabs(
+                        inputs.docs, inputs.assignments, parts, self.plan.max_relaxed_slabs
+                    )
+                out.append((name, mode, parts, keys))
+            if mode == "single_point" and self.plan.wbm_set:
+                out.append((self.plan.wbm_set, mode, None, None))
+        return out
+
+    def evaluated(self, model_id: str, set_name: str, mode: str) -> set[str]:
+        """Reference keys with a stored result of this model and mode (failures included)."""
+        criteria = {
+            "output.@class": "EvaluationDoc",
+            "output.model_id": model_id,
+            "output.set_name": set_name,
+            "output.mode": mode,
+        }
+        with self.store:
+            docs = self.store.docs_store.query(criteria, properties=["output.results"])
+            return {r["reference_key"] for d in docs for r in d["output"]["results"]}
+
+    def evaluate(self, models: list[tuple[str, Any]]) -> None:
+        """Every task for every model (single points first), missing structures only."""
+        from jobflow import run_locally
+
+        from surfflows.io.inputs import reference_items
+        from surfflows.io.registry import checkpoint_reference
+        from surfflows.jobs.evaluate import EvaluateMaker
+
+        tasks = [(t, m) for t in self.tasks() for m in models]
+        for k, ((name, mode, parts, keys), (label, spec)) in enumerate(tasks, 1):
+            inputs = self.inputs[name]
+            items = reference_items(inputs, parts)
+            if keys is not None:
+                items = restrict_items(items, inputs.docs, keys)
+            done = self.evaluated(spec.model_id, name, mode)
+            items = [i for i in items if i[0] not in done]
+            head = (
+                f"[evaluate {k}/{len(tasks)}] {label} {name} {'/'.join(parts or ('all',))} {mode}"
+            )
+            if not items:
+                _log(f"{head}: stored")
+                continue
+            _log(f"{head}: {len(items)} structures")
+            maker = EvaluateMaker(
+                model=spec, modes=(mode,), chunk_size=128 if mode == "single_point" else 24
+            )
+            flow = maker.make(name, items, checkpoint_reference(spec, self.store))
+            start = time.perf_counter()
+            run_locally(
+                flow,
+                store=self.store,
+                log=False,
+                ensure_success=True,
+                allow_external_references=True,
+            )
+            _log(f"{head}: done in {time.perf_counter() - start:.0f} s")
+
+    def forgetting(self, models: list[tuple[str, Any]]) -> None:
+        """:func:`bulk_forgetting` of every checkpoint not yet checked against the parent."""
+        from jobflow import run_locally
+
+        from surfflows.io.registry import checkpoint_reference
+        from surfflows.jobs.finetune import bulk_forgetting
+
+        bulk_sets = [self.inputs[n] for n in self.plan.forgetting_sets]
+        for k, (label, spec) in enumerate(models, 1):
+            if spec.model_id == self.parent.model_id or not bulk_sets:
+                continue
+            head = f"[forgetting {k}/{len(models)}] {label}"
+            if self.forgetting_doc(spec.model_id) is not None:
+                _log(f"{head}: stored")
+                continue
+            _log(head)
+            references = self.inputs[self.training_set(spec.model_id)]
+            check = bulk_forgetting(
+                spec, self.parent, references, bulk_sets, checkpoint_reference(spec, self.store)
+            )
+            run_locally(
+                check,
+                store=self.store,
+                log=False,
+                ensure_success=True,
+                allow_external_references=True,
+            )
+
+    def forgetting_doc(self, model_id: str) -> dict | None:
+        with self.store:
+            doc = self.store.docs_store.query_one(
+                {
+                    "output.@class": "ForgettingDoc",
+                    "output.model_id": model_id,
+                    "output.parent_model_id": self.parent.model_id,
+                },
+                sort={"completed_at": -1},
+            )
+        if doc is None:
+            return None
+        names = {s["name"] for s in doc["output"]["sets"]}
+        return doc["output"] if set(self.plan.forgetting_sets) <= names else None
+
+    def training_set(self, model_id: str) -> str:
+        with self.store:
+            doc = self.store.docs_store.query_one(
+                {"output.@class": "FineTuneDoc", "output.model_id": model_id},
+                properties=["output.set_name"],
+            )
+        return doc["output"]["set_name"]
+
+    # -- collection
+
+    def model_row(self, model_id: str, finetune: dict | None) -> dict[str, Any]:
+        """Every figure of one model (``finetune``: its FineTuneDoc; None for the parent)."""
+        from surfflows.stores import get_store
+
+        errors: dict[tuple[str, str], list[dict]] = {}
+        with get_store("surface_errors") as surface_errors:
+            for e in surface_errors.query({"model_id": model_id}):
+                if e.get("kind", "slab") == "slab":
+                    errors.setdefault((e["set_name"], e["mode"]), []).append(e)
+        # newest relaxed result per slab: steps and whether it converged
+        steps: dict[str, dict[str, int | None]] = {}
+        converged: dict[str, dict[str, bool]] = {}
+        criteria = {
+            "output.@class": "EvaluationDoc",
+            "output.model_id": model_id,
+            "output.mode": "relaxed",
+        }
+        properties = ["output.set_name", "output.results", "completed_at"]
+        with self.store:
+            evaluations = list(self.store.docs_store.query(criteria, properties=properties))
+        for doc in sorted(evaluations, key=lambda d: d["completed_at"]):
+            name = doc["output"]["set_name"]
+            for r in doc["output"]["results"]:
+                steps.setdefault(name, {})[r["reference_key"]] = r.get("n_steps")
+                converged.setdefault(name, {})[r["reference_key"]] = r["converged"]
+        row: dict[str, Any] = {"model_id": model_id}
+        for section in ("test", "val", "gap", "steps", "unconverged"):
+            row[section] = {} if section in ("test", "val") else {"test": {}, "val": {}}
+        test_steps: list[int | None] = []
+        for name, mode, parts, keys in self.tasks():
+            if name == self.plan.wbm_set:
+                continue
+            inputs = self.inputs[name]
+            group = "val" if parts == ("val",) else "test"
+            planned = pick_slabs(inputs.docs, inputs.assignments, parts, None)
+            planned = planned if keys is None else keys
+            stats = gamma_stats(errors.get((name, mode), []), planned)
+            row[group].setdefault(name, {})[mode] = stats
+            if mode != "relaxed":
+                continue
+            sp, rx = (errors.get((name, m), []) for m in MODES)
+            row["gap"][group][name] = paired_gap(sp, rx, keys)
+            slab_steps = [steps.get(name, {}).get(k) for k in keys]
+            row["steps"][group][name] = step_stats(slab_steps)
+            status = converged.get(name, {})
+            row["unconverged"][group][name] = sum(status.get(k) is False for k in keys)
+            test_steps += slab_steps if group == "test" else []
+        row["steps"]["test_all"] = step_stats(test_steps)
+        row["forgetting"] = self.forgetting_row(model_id)
+        if finetune is not None:
+            history = finetune["history"]
+            best = history[finetune["best_epoch"]]
+            row["training"] = {
+                "best_epoch": finetune["best_epoch"],
+                "epochs_run": len(history) - 1,
+                "epoch_s": finetune["mean_epoch_seconds"],
+                "wall_s": finetune["wall_seconds"],
+                "val_gamma_mae": best["val_gamma_mae"],
+                "val_force_mae": best["val_force_mae"],
+                "trainable_parameters": finetune["trainable_parameters"],
+            }
+        return row
+
+    def forgetting_row(self, model_id: str) -> dict[str, Any]:
+        """wbm test part (benchmark rows) and the ForgettingDoc sets, eV/atom and eV/Å."""
+        from surfflows.stores import get_store
+
+        out: dict[str, Any] = {}
+        if self.plan.wbm_set:
+            with get_store("benchmarks") as benchmarks:
+                row = benchmarks.query_one(
+                    {
+                        "model_id": model_id,
+                        "set_name": self.plan.wbm_set,
+                        "mode": "single_point",
+                        "split": "test",
+                        "quantity": "bulk_energy",
+                    }
+                )
+                parent = benchmarks.query_one(
+                    {
+                        "model_id": self.parent.model_id,
+                        "set_name": self.plan.wbm_set,
+                        "mode": "single_point",
+                        "split": "test",
+                        "quantity": "bulk_energy",
+                    }
+                )
+            if row:
+                out[f"{self.plan.wbm_set}:test"] = {
+                    "n": row["n"],
+                    "mae": row["mae"],
+                    "parent_mae": parent["mae"] if parent else None,
+                    "relative_change": relative(row["mae"], parent["mae"] if parent else None),
+                }
+        doc = self.forgetting_doc(model_id)
+        for s in doc["sets"] if doc else []:
+            out[s["name"]] = {
+                "n": s["n_structures"],
+                "mae": s["mae_per_atom"],
+                "parent_mae": s["parent_mae_per_atom"],
+                "relative_change": s["relative_change"],
+                "force_mae": s["force_mae"],
+                "parent_force_mae": s["parent_force_mae"],
+                "force_relative_change": relative(s["force_mae"], s["parent_force_mae"]),
+            }
+        return out
+
+
+def steps_vs_parent(row: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    """Relative change of the median and mean test relaxation steps against the parent's."""
+    mine, theirs = row["steps"]["test_all"], parent["steps"]["test_all"]
+    return {k: relative(mine[k], theirs[k]) for k in ("median", "mean")}
+
+
+def proxy_points(rows: Sequence[dict[str, Any]], training_set: str) -> list[dict[str, Any]]:
+    """One point per model: val force norm at DFT minima and the relaxed - single point gaps."""
+    points = []
+    for r in rows:
+        force = r.get("val_force_norm")
+        points.append(
+            {
+                "model_id": r["model_id"],
+                "recipe": r["recipe"],
+                "seed": r["seed"],
+                "val_force_norm": force,
+                "val_gap": r["gap"].get("val", {}).get(training_set, {}).get("gap"),
+                "test_gap": r["gap"].get("test", {}).get(training_set, {}).get("gap"),
+                "val_relaxed_mae": r.get("val", {})
+                .get(training_set, {})
+                .get("relaxed", {})
+                .get("mae"),
+            }
+        )
+    return points
+
+
+def proxy_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Correlation of the val force norm with each relaxed-mode quantity over the points."""
+    force = [p["val_force_norm"] for p in points]
+    return {
+        target: correlation(force, [p[target] for p in points])
+        for target in ("val_gap", "test_gap", "val_relaxed_mae")
+    }
+
+
+def table(summary: dict[str, Any], sets: Sequence[str]) -> str:
+    """Plain-text table of the per-recipe means ± std."""
+
+    def fmt(node: dict | None, digits: int = 3, percent: bool = False) -> str:
+        if not node or node.get("mean") is None:
+            return "-"
+        mean, std = node["mean"], node.get("std")
+        if percent:
+            text = f"{mean:+.1%}" + (f"±{std:.1%}" if std is not None else "")
+        else:
+            text = f"{mean:.{digits}f}" + (f"±{std:.{digits}f}" if std is not None else "")
+        return text
+
+    header = ["recipe", "seeds"]
+    header += [f"{s} {m[:2]}" for s in sets for m in MODES]
+    header += ["wbm Δ", "bo2 Δ", "bo2 F Δ", "steps med", "epoch s", "best ep", "val γ", "val F"]
+    lines = ["  ".join(header)]
+    for name, s in summary.items():
+        test, forget = s.get("test", {}), s.get("forgetting", {})
+        cells = [name, str(s["n_seeds"])]
+        cells += [fmt(test.get(n, {}).get(m, {}).get("mae")) for n in sets for m in MODES]
+        cells += [
+            fmt(forget.get(f"{WBM_SET}:test", {}).get("relative_change"), percent=True),
+            fmt(forget.get("bo2_bulk_eos", {}).get("relative_change"), percent=True),
+            fmt(forget.get("bo2_bulk_eos", {}).get("force_relative_change"), percent=True),
+            fmt(s.get("steps", {}).get("test_all", {}).get("median"), 1),
+        ]
+        training = s.get("training", {})
+        cells += [
+            fmt(training.get("epoch_s"), 1),
+            fmt(training.get("best_epoch"), 1),
+            fmt(training.get("val_gamma_mae")),
+            fmt(training.get("val_force_mae")),
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"Fast end-to-end run: {QUICK}.")
+    parser.add_argument("--recipes", nargs="+", default=None, help=f"Of {list(RECIPES)}.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Default 0 1 2.")
+    parser.add_argument("--epochs", type=int, default=None, help="Epochs of every fine-tune.")
+    parser.add_argument("--max-relaxed-slabs", type=int, default=None, help="Per set and part.")
+    parser.add_argument("--max-train-slabs", type=int, default=None, help="Per fine-tune.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads.")
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "finetune_recipes" / "db",
+        help="Scratch database (a rerun there resumes); fine-tunes go next to it, in runs/.",
+    )
+    parser.add_argument("--collect-only", action="store_true", help="Only build and report.")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file.")
+    args = parser.parse_args(argv)
+
+    quick = QUICK if args.quick else {}
+    names = args.recipes or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; known: {list(RECIPES)}")
+    plan = Plan(
+        recipes={n: RECIPES[n] for n in names},
+        seeds=args.seeds or quick.get("seeds", [0, 1, 2]),
+        epochs=args.epochs or quick.get("epochs"),
+        max_train_slabs=args.max_train_slabs or quick.get("max_train_slabs"),
+        max_relaxed_slabs=args.max_relaxed_slabs or quick.get("max_relaxed_slabs"),
+        sweep="finetune_recipes_quick" if args.quick else "finetune_recipes",
+    )
+    output = args.output or RESULTS_DIR / (
+        "finetune_recipes_quick.json" if args.quick else "finetune_recipes.json"
+    )
+    args.db_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["SURFFLOWS_DB_DIR"] = str(args.db_dir)
+    os.environ["SURFFLOWS_TORCH_THREADS"] = str(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("surfflows.jobs.finetune").setLevel(logging.INFO)
+    return run(plan, args.db_dir.parent / "runs", output, args.threads, args.collect_only)
+
+
+def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bool) -> int:
+    """Train, evaluate, build, collect; write the JSON and PNGs. Returns the exit code."""
+    import torch
+
+    from surfflows.cli.benchmark import build
+    from surfflows.reports.plots import recipes_plot, recipes_proxy_plot
+    from surfflows.schemas.models import ModelSpec
+
+    start = time.perf_counter()
+    runner = Runner(plan, runs_dir)
+    parent_id = runner.parent.model_id
+    if collect_only:
+        finetunes = []
+        for name, recipe in plan.recipes.items():
+            for seed in plan.seeds:
+                settings = recipe.finetune_settings(seed, **plan.overrides())
+                doc = runner.stored_finetune(name, settings)
+                if doc is not None:
+                    finetunes.append({"recipe": name, "seed": seed, **doc})
+    else:
+        finetunes = runner.train()
+    models = [("parent", runner.parent)] + [
+        (f"{d['recipe']} seed {d['seed']}", ModelSpec.model_validate(d["model"])) for d in finetunes
+    ]
+    if not collect_only:
+        runner.evaluate(models)
+        runner.forgetting(models)
+    build()
+    wall = time.perf_counter() - start
+
+    parent = {"recipe": "parent", "seed": None, **runner.model_row(parent_id, None)}
+    training_set = plan.proxy_sets[0]
+    if finetunes:  # the parent's val force norm: epoch 0 of any fine-tune of its set
+        first = next(d for d in finetunes if d["set_name"] == training_set)
+        parent["val_force_norm"] = first["history"][0]["val_force_mae"]
+    rows = []
+    for doc in finetunes:
+        row = {
+            "recipe": doc["recipe"],
+            "seed": doc["seed"],
+            **runner.model_row(doc["model_id"], doc),
+        }
+        row["val_force_norm"] = row["training"]["val_force_mae"]
+        row["steps_vs_parent"] = steps_vs_parent(row, parent)
+        rows.append(row)
+    summary = {"parent": {"n_seeds": 1, **aggregate([parent])}}
+    for name in plan.recipes:
+        group = [r for r in rows if r["recipe"] == name]
+        if group:
+            summary[name] = {"n_seeds": len(group), **aggregate(group)}
+    points = proxy_points([parent, *rows], training_set)
+    proxy = {"training_set": training_set, "points": points, **proxy_summary(points)}
+    failures = {
+        r["recipe"] + ("" if r["seed"] is None else f" seed {r['seed']}"): r["unconverged"]
+        for r in [parent, *rows]
+        if any(n for g in r.get("unconverged", {}).values() for n in g.values())
+    }
+    result = {
+        "plan": plan.model_dump(mode="json"),
+        "base_settings": BASE_SETTINGS,
+        "quick": plan.sweep.endswith("quick"),
+        "parent": parent_id,
+        "units": "gamma J/m²; bulk energy eV/atom (aligned per element); forces eV/Å; time s",
+        "notes": [
+            "test: per set and mode over the planned slabs (relaxed: max_relaxed_slabs of "
+            "the unflagged ones, drawn with a fixed seed; single point: every unflagged slab)",
+            "gap: relaxed minus single-point MAE on the slabs ok in both modes",
+            "std: sample standard deviation over seeds (ddof 1)",
+            "relative_mae: mean of |gamma error| / gamma_ref",
+            f"wbm test part aligned per model on its other parts; {', '.join(plan.forgetting_sets)}"
+            " aligned on itself (bulk_forgetting)",
+            "every recipe has zero_force_labels so val_force_mae (the force norm at DFT minima) "
+            "is recorded; without force_weight it changes no gradient",
+        ],
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": threads,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "wall_seconds": wall,
+        "summary": summary,
+        "rows": [parent, *rows],
+        "proxy": proxy,
+        "unconverged_or_failed": failures,
+        "attribution": ATTRIBUTION,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    stem = output.with_suffix("")
+    title = f"{parent_id} fine-tuning recipes, {len(plan.seeds)} seed(s)"
+    if result["quick"]:
+        title += " (quick subset)"
+    png = recipes_plot(summary, list(plan.test_sets), stem.with_suffix(".png"), title, ATTRIBUTION)
+    proxy_png = recipes_proxy_plot(points, proxy, f"{stem}_proxy.png", training_set)
+    print(table(summary, list(plan.test_sets)))
+    for target in ("val_gap", "test_gap", "val_relaxed_mae"):
+        c = proxy[target]
+        print(
+            f"proxy: val force norm vs {target}: N={c['n']} Pearson {c['pearson']} "
+            f"Spearman {c['spearman']}"
+        )
+    print(f"total {wall:.0f} s; wrote {output}, {png}, {proxy_png}")
+    if failures:
+        print(f"relaxations failed or not converged: {failures}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
