@@ -125,8 +125,11 @@ def test_tiny_end_to_end_run_is_resumable(recipes, tiny_set, tmp_path):  # noqa:
     plan = recipes.Plan(
         recipes=recipes.validate_recipes(
             {
-                "default": {"settings": tiny},
-                "replay": {"settings": {**tiny, "replay_weight": 10, "replay_pool_size": 4}},
+                "default": {"sets": [tiny_set], "settings": tiny},
+                "replay": {
+                    "sets": [tiny_set],
+                    "settings": {**tiny, "replay_weight": 10, "replay_pool_size": 4},
+                },
             }
         ),
         seeds=[0],
