@@ -91,9 +91,9 @@ BASE_SETTINGS: dict[str, Any] = {"depth": 4, "zero_force_labels": True}
 QUICK = {"seeds": [0], "epochs": 2, "max_train_slabs": 60, "max_relaxed_slabs": 4}
 ATTRIBUTION = (
     "Reference data: JARVIS-DFT surfaces (K. Choudhary et al., CC BY 4.0); MP elemental "
-    "surfaces (R. Tran et al., Sci. Data 2016, CC BY 4.0); PBE metal surfaces (pymatgen test "
-    "files, MIT); WBM (H.-C. Wang et al., CC BY 4.0); BO2 EOS (Mehta et al. 2014, via FAIR "
-    "Chemistry, MIT)"
+    "surfaces (R. Tran et al., Sci. Data 2016, CC BY 4.0, via SE-CGCNN, MIT); PBE metal "
+    "surfaces (pymatgen test files, MIT); WBM (H.-C. Wang et al., CC BY 4.0, via matcalc); "
+    "BO2 EOS (Mehta et al. 2014, via FAIR Chemistry, MIT)"
 )
 
 
@@ -617,31 +617,23 @@ class Runner:
 
         out: dict[str, Any] = {}
         if self.plan.wbm_set:
+            criteria = {
+                "set_name": self.plan.wbm_set,
+                "mode": "single_point",
+                "split": "test",
+                "quantity": "bulk_energy",
+            }
             with get_store("benchmarks") as benchmarks:
-                row = benchmarks.query_one(
-                    {
-                        "model_id": model_id,
-                        "set_name": self.plan.wbm_set,
-                        "mode": "single_point",
-                        "split": "test",
-                        "quantity": "bulk_energy",
-                    }
+                mine, parent = (
+                    benchmarks.query_one({**criteria, "model_id": m}) or {}
+                    for m in (model_id, self.parent.model_id)
                 )
-                parent = benchmarks.query_one(
-                    {
-                        "model_id": self.parent.model_id,
-                        "set_name": self.plan.wbm_set,
-                        "mode": "single_point",
-                        "split": "test",
-                        "quantity": "bulk_energy",
-                    }
-                )
-            if row:
+            if mine:
                 out[f"{self.plan.wbm_set}:test"] = {
-                    "n": row["n"],
-                    "mae": row["mae"],
-                    "parent_mae": parent["mae"] if parent else None,
-                    "relative_change": relative(row["mae"], parent["mae"] if parent else None),
+                    "n": mine["n"],
+                    "mae": mine["mae"],
+                    "parent_mae": parent.get("mae"),
+                    "relative_change": relative(mine["mae"], parent.get("mae")),
                 }
         doc = self.forgetting_doc(model_id)
         for s in doc["sets"] if doc else []:
@@ -715,10 +707,11 @@ def table(summary: dict[str, Any], sets: Sequence[str]) -> str:
         test, forget = s.get("test", {}), s.get("forgetting", {})
         cells = [name, str(s["n_seeds"])]
         cells += [fmt(test.get(n, {}).get(m, {}).get("mae")) for n in sets for m in MODES]
+        bo2 = forget.get(FORGETTING_SETS[0], {})
         cells += [
             fmt(forget.get(f"{WBM_SET}:test", {}).get("relative_change"), percent=True),
-            fmt(forget.get("bo2_bulk_eos", {}).get("relative_change"), percent=True),
-            fmt(forget.get("bo2_bulk_eos", {}).get("force_relative_change"), percent=True),
+            fmt(bo2.get("relative_change"), percent=True),
+            fmt(bo2.get("force_relative_change"), percent=True),
             fmt(s.get("steps", {}).get("test_all", {}).get("median"), 1),
         ]
         training = s.get("training", {})
@@ -752,16 +745,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     quick = QUICK if args.quick else {}
+
+    def given(option: str) -> Any:
+        value = getattr(args, option)
+        return quick.get(option) if value is None else value
+
     names = args.recipes or list(RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         parser.error(f"unknown recipes {unknown}; known: {list(RECIPES)}")
     plan = Plan(
         recipes={n: RECIPES[n] for n in names},
-        seeds=args.seeds or quick.get("seeds", [0, 1, 2]),
-        epochs=args.epochs or quick.get("epochs"),
-        max_train_slabs=args.max_train_slabs or quick.get("max_train_slabs"),
-        max_relaxed_slabs=args.max_relaxed_slabs or quick.get("max_relaxed_slabs"),
+        seeds=given("seeds") or [0, 1, 2],
+        epochs=given("epochs"),
+        max_train_slabs=given("max_train_slabs"),
+        max_relaxed_slabs=given("max_relaxed_slabs"),
         sweep="finetune_recipes_quick" if args.quick else "finetune_recipes",
     )
     output = args.output or RESULTS_DIR / (
