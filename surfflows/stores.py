@@ -42,6 +42,7 @@ from filelock import FileLock, Timeout
 from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
+from monty.json import jsanitize
 
 from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
 
@@ -138,7 +139,7 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
     if collection is None:
         store.update(docs, key=key)
         return
-    collection.insert_many([dict(doc) for doc in docs])
+    collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs])  # as update does
 
 
 @contextmanager

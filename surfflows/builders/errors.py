@@ -20,7 +20,7 @@ from surfflows.core.benchmark import (
 )
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
-from surfflows.stores import ensure_indexes
+from surfflows.stores import ensure_indexes, insert_new_documents
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
 
@@ -235,7 +235,16 @@ class SurfaceEnergyErrorBuilder(Builder):
         return docs
 
     def update_targets(self, items: list[list[dict[str, Any]]]) -> None:
-        """Upsert the error documents by error_id."""
-        docs = [doc for group in items for doc in group]
-        if docs:
-            self.surface_errors.update(docs, key="error_id")
+        """Replace each rebuilt group's error documents, in two bulk writes per group.
+
+        Not ``store.update``: on a MontyStore it scans the whole collection for each
+        document (see :func:`~surfflows.stores.insert_new_documents`), which grows with
+        the square of the models evaluated. A crash between removal and insert leaves
+        the group without errors, so the next build rebuilds it.
+        """
+        for docs in items:
+            if docs:
+                group = {k: docs[0][k] for k in ("model_id", "set_name", "mode")}
+                if self.surface_errors.count(group):  # montydb: no delete before a write
+                    self.surface_errors.remove_docs(group)
+                insert_new_documents(self.surface_errors, docs, key="error_id")
