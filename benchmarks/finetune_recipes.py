@@ -686,43 +686,46 @@ def proxy_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def table(summary: dict[str, Any], sets: Sequence[str]) -> str:
-    """Plain-text table of the per-recipe means ± std."""
+def table(summary: dict[str, Any], sets: Sequence[str], training_set: str):
+    """Rich table of the per-recipe means ± std (over seeds)."""
+    from rich.table import Table
 
     def fmt(node: dict | None, digits: int = 3, percent: bool = False) -> str:
         if not node or node.get("mean") is None:
             return "-"
         mean, std = node["mean"], node.get("std")
         if percent:
-            text = f"{mean:+.1%}" + (f"±{std:.1%}" if std is not None else "")
-        else:
-            text = f"{mean:.{digits}f}" + (f"±{std:.{digits}f}" if std is not None else "")
-        return text
+            return f"{mean:+.1%}" + (f"±{std:.1%}" if std is not None else "")
+        return f"{mean:.{digits}f}" + (f"±{std:.{digits}f}" if std is not None else "")
 
-    header = ["recipe", "seeds"]
-    header += [f"{s} {m[:2]}" for s in sets for m in MODES]
-    header += ["wbm Δ", "bo2 Δ", "bo2 F Δ", "steps med", "epoch s", "best ep", "val γ", "val F"]
-    lines = ["  ".join(header)]
-    for name, s in summary.items():
-        test, forget = s.get("test", {}), s.get("forgetting", {})
-        cells = [name, str(s["n_seeds"])]
-        cells += [fmt(test.get(n, {}).get(m, {}).get("mae")) for n in sets for m in MODES]
+    out = Table(title="test γ MAE (J/m²; sp single point, rx relaxed), mean ± std over seeds")
+    columns = ["recipe", "seeds"]
+    columns += [f"{s.removesuffix('_surfaces')} {m}" for s in sets for m in ("sp", "rx")]
+    columns += ["val gap", "test gap", "wbm Δ", "bo2 Δ", "bo2 F Δ", "steps med/mean"]
+    columns += ["epoch s", "best ep", "val γ", "val F"]
+    for column in columns:
+        out.add_column(column, overflow="fold", no_wrap=column == "recipe")
+    for name, row in summary.items():
+        test, forget, gap = row.get("test", {}), row.get("forgetting", {}), row.get("gap", {})
         bo2 = forget.get(FORGETTING_SETS[0], {})
-        cells += [
+        steps = row.get("steps", {}).get("test_all", {})
+        training = row.get("training", {})
+        out.add_row(
+            name,
+            str(row["n_seeds"]),
+            *(fmt(test.get(n, {}).get(m, {}).get("mae")) for n in sets for m in MODES),
+            fmt(gap.get("val", {}).get(training_set, {}).get("gap")),
+            fmt(gap.get("test", {}).get(training_set, {}).get("gap")),
             fmt(forget.get(f"{WBM_SET}:test", {}).get("relative_change"), percent=True),
             fmt(bo2.get("relative_change"), percent=True),
             fmt(bo2.get("force_relative_change"), percent=True),
-            fmt(s.get("steps", {}).get("test_all", {}).get("median"), 1),
-        ]
-        training = s.get("training", {})
-        cells += [
+            f"{fmt(steps.get('median'), 1)}/{fmt(steps.get('mean'), 1)}",
             fmt(training.get("epoch_s"), 1),
             fmt(training.get("best_epoch"), 1),
             fmt(training.get("val_gamma_mae")),
-            fmt(training.get("val_force_mae")),
-        ]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+            fmt(row.get("val_force_norm")),
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -779,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bool) -> int:
     """Train, evaluate, build, collect; write the JSON and PNGs. Returns the exit code."""
     import torch
+    from rich.console import Console
 
     from surfflows.cli.benchmark import build
     from surfflows.reports.plots import recipes_plot, recipes_proxy_plot
@@ -828,6 +832,7 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
             summary[name] = {"n_seeds": len(group), **aggregate(group)}
     points = proxy_points([parent, *rows], training_set)
     proxy = {"training_set": training_set, "points": points, **proxy_summary(points)}
+    proxy["checkpoints_only"] = proxy_summary([p for p in points if p["recipe"] != "parent"])
     failures = {
         r["recipe"] + ("" if r["seed"] is None else f" seed {r['seed']}"): r["unconverged"]
         for r in [parent, *rows]
@@ -871,13 +876,15 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
         title += " (quick subset)"
     png = recipes_plot(summary, list(plan.test_sets), stem.with_suffix(".png"), title, ATTRIBUTION)
     proxy_png = recipes_proxy_plot(points, proxy, f"{stem}_proxy.png", training_set)
-    print(table(summary, list(plan.test_sets)))
-    for target in ("val_gap", "test_gap", "val_relaxed_mae"):
-        c = proxy[target]
-        print(
-            f"proxy: val force norm vs {target}: N={c['n']} Pearson {c['pearson']} "
-            f"Spearman {c['spearman']}"
-        )
+    Console(width=200).print(table(summary, list(plan.test_sets), training_set))
+    for scope, correlations in (("all", proxy), ("checkpoints", proxy["checkpoints_only"])):
+        for target in ("val_gap", "test_gap", "val_relaxed_mae"):
+            c = correlations[target]
+            print(
+                f"proxy ({scope}): val force norm vs {target}: N={c['n']}, Pearson "
+                f"{c['pearson'] if c['pearson'] is None else round(c['pearson'], 3)}, Spearman "
+                f"{c['spearman'] if c['spearman'] is None else round(c['spearman'], 3)}"
+            )
     print(f"total {wall:.0f} s; wrote {output}, {png}, {proxy_png}")
     if failures:
         print(f"relaxations failed or not converged: {failures}")

@@ -469,7 +469,10 @@ def recipes_plot(
         )  # fmt: skip
     gamma_ax.set_xticks(np.arange(len(groups)))
     gamma_ax.set_xticklabels(
-        [f"{s}\n{'single point' if m == 'single_point' else 'relaxed'}" for s, m in groups],
+        [
+            f"{s.replace('_surfaces', '')}\n{'single point' if m == 'single_point' else 'relaxed'}"
+            for s, m in groups
+        ],
         fontsize=7,
     )
     gamma_ax.set_ylabel("test γ MAE (J/m²)")
