@@ -612,7 +612,8 @@ class Runner:
         return row
 
     def forgetting_row(self, model_id: str) -> dict[str, Any]:
-        """wbm test part (benchmark rows) and the ForgettingDoc sets, eV/atom and eV/Å."""
+        """wbm test part (benchmark rows) and the ForgettingDoc sets (checkpoints only: the
+        parent's figures are on each checkpoint's), eV/atom and eV/Å."""
         from surfflows.stores import get_store
 
         out: dict[str, Any] = {}
@@ -635,7 +636,7 @@ class Runner:
                     "parent_mae": parent.get("mae"),
                     "relative_change": relative(mine["mae"], parent.get("mae")),
                 }
-        doc = self.forgetting_doc(model_id)
+        doc = None if model_id == self.parent.model_id else self.forgetting_doc(model_id)
         for s in doc["sets"] if doc else []:
             out[s["name"]] = {
                 "n": s["n_structures"],
@@ -862,6 +863,7 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
             "torch": torch.__version__,
         },
         "wall_seconds": wall,
+        "collect_only": collect_only,
         "summary": summary,
         "rows": [parent, *rows],
         "proxy": proxy,
