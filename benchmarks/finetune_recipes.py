@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
@@ -101,8 +101,9 @@ class Recipe(BaseModel):
     """One row of the recipe table: what is trained on and how.
 
     ``settings`` are :class:`FineTuneSettings` overrides on top of :data:`BASE_SETTINGS`
-    (a recipe kind, heads or replay sets are settings too); ``sets`` the reference sets
-    trained on, the first one giving the val part of the selection and of the proxy.
+    (``heads``, ``replay_sets`` and the like are settings too); ``sets`` the reference sets
+    trained on (several: one head per level of theory, the default head evaluated), the
+    first one giving the val part of the proxy.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -120,15 +121,6 @@ class Recipe(BaseModel):
         if unknown:
             raise ValueError(f"unknown FineTuneSettings fields {unknown}")
         FineTuneSettings(**{**BASE_SETTINGS, **value})  # every value valid
-        return value
-
-    @field_validator("sets")
-    @classmethod
-    def _one_set(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > 1:
-            raise ValueError(
-                f"sets {list(value)}: FineTuneMaker trains on one reference set in this version"
-            )
         return value
 
     def finetune_settings(self, seed: int, **overrides: Any) -> FineTuneSettings:
@@ -329,6 +321,15 @@ class Plan(BaseModel):
     forgetting_sets: tuple[str, ...] = FORGETTING_SETS
     sweep: str = Field(default="finetune_recipes", description="Prefix of the sweep names.")
 
+    @model_validator(mode="after")
+    def _forgetting_sets_unseen(self) -> Plan:
+        trained = {n for r in self.recipes.values() for n in r.sets}
+        trained |= {n for r in self.recipes.values() for n in r.settings.get("replay_sets", [])}
+        seen = sorted(trained & set(self.forgetting_sets))
+        if seen:
+            raise ValueError(f"forgetting sets {seen} are trained on by a recipe")
+        return self
+
     def overrides(self) -> dict[str, Any]:
         return {} if self.epochs is None else {"epochs": self.epochs}
 
@@ -354,15 +355,21 @@ class Runner:
         self.parent = ModelSpec.parse(PARENT)
         self.store = get_job_store()
         self.inputs: dict[str, Any] = {}
-        names = {*plan.test_sets, *plan.proxy_sets, *plan.forgetting_sets}
+        self.replay_inputs: dict[str, Any] = {}
+        self.trained_on: dict[str, tuple[str, ...]] = {}  # model id -> training sets
+        training = {n for r in plan.recipes.values() for n in r.sets}
+        replay = {n for r in plan.recipes.values() for n in r.settings.get("replay_sets", [])}
+        names = {*plan.test_sets, *training, *replay, *plan.forgetting_sets}
         names |= {plan.wbm_set} if plan.wbm_set else set()
         from surfflows.io.inputs import reference_inputs, require_ingested
 
         with get_store("references") as references, get_store("splits") as splits:
             require_ingested(sorted(names), references)
-            for name in sorted(names - set(plan.forgetting_sets)):
-                types = ("slab", "bulk", "frame") if name in plan.proxy_sets else ("slab", "bulk")
+            for name in sorted(names - set(plan.forgetting_sets) - (replay - training)):
+                types = ("slab", "bulk", "frame") if name in training else ("slab", "bulk")
                 self.inputs[name] = reference_inputs(name, references, splits, types)
+            for name in sorted(replay):
+                self.replay_inputs[name] = reference_inputs(name, references, splits, ("bulk",))
             for name in plan.forgetting_sets:
                 self.inputs[name] = reference_inputs(name, references, None, ("bulk",))
 
@@ -371,11 +378,25 @@ class Runner:
     def sweep_name(self, recipe: str) -> str:
         return f"{self.plan.sweep}/{recipe}"
 
+    def training_inputs(self, recipe: Recipe) -> Any:
+        """The recipe's training set inputs: one ReferenceInputs, or a list of several."""
+        inputs = [self.inputs[n] for n in recipe.sets]
+        return inputs[0] if len(inputs) == 1 else inputs
+
     def train_slab_keys(self, recipe: Recipe) -> list[str] | None:
+        """At most ``max_train_slabs`` train slabs of each training set (None: all)."""
         if self.plan.max_train_slabs is None:
             return None
-        inputs = self.inputs[recipe.sets[0]]
-        return pick_slabs(inputs.docs, inputs.assignments, ("train",), self.plan.max_train_slabs)
+        return [
+            key
+            for name in recipe.sets
+            for key in pick_slabs(
+                self.inputs[name].docs,
+                self.inputs[name].assignments,
+                ("train",),
+                self.plan.max_train_slabs,
+            )
+        ]
 
     def stored_finetune(self, name: str, settings: FineTuneSettings) -> dict | None:
         """The newest stored fine-tune document of this recipe with exactly these settings."""
@@ -395,7 +416,7 @@ class Runner:
         """Every (recipe, seed) fine-tune, trained where not stored; their documents."""
         from jobflow import run_locally
 
-        from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
+        from surfflows.jobs.finetune import FineTuneMaker, default_work_dir, training_sets_name
 
         docs = []
         jobs = [(n, r, s) for n, r in self.plan.recipes.items() for s in self.plan.seeds]
@@ -403,9 +424,10 @@ class Runner:
             settings = recipe.finetune_settings(seed, **self.plan.overrides())
             doc = self.stored_finetune(name, settings)
             if doc is None:
-                inputs = self.inputs[recipe.sets[0]]
+                inputs = self.training_inputs(recipe)
                 keys = self.train_slab_keys(recipe)
-                folder = default_work_dir(inputs.set_name, self.parent, settings, keys).name
+                name_of_sets = training_sets_name(inputs)
+                folder = default_work_dir(name_of_sets, self.parent, settings, keys).name
                 work_dir = self.runs_dir / f"{name.replace('+', '_')}_{folder}"
                 _log(f"[train {k}/{len(jobs)}] {name} seed {seed} in {work_dir}")
                 maker = FineTuneMaker(
@@ -414,8 +436,9 @@ class Runner:
                     work_dir=str(work_dir),
                     sweep=self.sweep_name(name),
                 )
+                replay = [self.replay_inputs[n] for n in settings.replay_sets]
                 run_locally(
-                    maker.make(inputs, slab_keys=keys),
+                    maker.make(inputs, slab_keys=keys, replay_sets=replay),
                     store=self.store,
                     log=False,
                     ensure_success=True,
@@ -424,6 +447,17 @@ class Runner:
             else:
                 _log(f"[train {k}/{len(jobs)}] {name} seed {seed}: stored {doc['model_id']}")
             docs.append({"recipe": name, "seed": seed, **doc})
+        return docs
+
+    def stored_finetunes(self) -> list[dict]:
+        """The stored fine-tune documents of every (recipe, seed) of the plan (collect only)."""
+        docs = []
+        for name, recipe in self.plan.recipes.items():
+            for seed in self.plan.seeds:
+                settings = recipe.finetune_settings(seed, **self.plan.overrides())
+                doc = self.stored_finetune(name, settings)
+                if doc is not None:
+                    docs.append({"recipe": name, "seed": seed, **doc})
         return docs
 
     # -- evaluations
@@ -495,8 +529,9 @@ class Runner:
             )
             _log(f"{head}: done in {time.perf_counter() - start:.0f} s")
 
-    def forgetting(self, models: list[tuple[str, Any]]) -> None:
-        """:func:`bulk_forgetting` of every checkpoint not yet checked against the parent."""
+    def forgetting(self, models: list[tuple[str, Any]], recipes: dict[str, str]) -> None:
+        """:func:`bulk_forgetting` of every checkpoint (``recipes``: model id -> recipe) not
+        yet checked against the parent."""
         from jobflow import run_locally
 
         from surfflows.io.registry import checkpoint_reference
@@ -511,7 +546,7 @@ class Runner:
                 _log(f"{head}: stored")
                 continue
             _log(head)
-            references = self.inputs[self.training_set(spec.model_id)]
+            references = self.training_inputs(self.plan.recipes[recipes[spec.model_id]])
             check = bulk_forgetting(
                 spec, self.parent, references, bulk_sets, checkpoint_reference(spec, self.store)
             )
@@ -537,14 +572,6 @@ class Runner:
             return None
         names = {s["name"] for s in doc["output"]["sets"]}
         return doc["output"] if set(self.plan.forgetting_sets) <= names else None
-
-    def training_set(self, model_id: str) -> str:
-        with self.store:
-            doc = self.store.docs_store.query_one(
-                {"output.@class": "FineTuneDoc", "output.model_id": model_id},
-                properties=["output.set_name"],
-            )
-        return doc["output"]["set_name"]
 
     # -- collection
 
@@ -792,29 +819,23 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
     start = time.perf_counter()
     runner = Runner(plan, runs_dir)
     parent_id = runner.parent.model_id
-    if collect_only:
-        finetunes = []
-        for name, recipe in plan.recipes.items():
-            for seed in plan.seeds:
-                settings = recipe.finetune_settings(seed, **plan.overrides())
-                doc = runner.stored_finetune(name, settings)
-                if doc is not None:
-                    finetunes.append({"recipe": name, "seed": seed, **doc})
-    else:
-        finetunes = runner.train()
+    finetunes = runner.stored_finetunes() if collect_only else runner.train()
     models = [("parent", runner.parent)] + [
         (f"{d['recipe']} seed {d['seed']}", ModelSpec.model_validate(d["model"])) for d in finetunes
     ]
     if not collect_only:
         runner.evaluate(models)
-        runner.forgetting(models)
+        runner.forgetting(models, {d["model_id"]: d["recipe"] for d in finetunes})
     build()
     wall = time.perf_counter() - start
 
     parent = {"recipe": "parent", "seed": None, **runner.model_row(parent_id, None)}
-    training_set = plan.proxy_sets[0]
-    if finetunes:  # the parent's val force norm: epoch 0 of any fine-tune of its set
-        first = next(d for d in finetunes if d["set_name"] == training_set)
+    # The proxy: the parent and the checkpoints trained on the first recipe's set alone (a
+    # multi-set checkpoint's val force norm covers other sets' val parts too).
+    training_set = next(iter(plan.recipes.values())).sets[0]
+    alone = {n for n, r in plan.recipes.items() if r.sets == (training_set,)}
+    first = next((d for d in finetunes if d["recipe"] in alone), None)
+    if first is not None:  # the parent's val force norm: epoch 0 of such a fine-tune
         parent["val_force_norm"] = first["history"][0]["val_force_mae"]
     rows = []
     for doc in finetunes:
@@ -831,7 +852,7 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
         group = [r for r in rows if r["recipe"] == name]
         if group:
             summary[name] = {"n_seeds": len(group), **aggregate(group)}
-    points = proxy_points([parent, *rows], training_set)
+    points = proxy_points([parent, *(r for r in rows if r["recipe"] in alone)], training_set)
     proxy = {"training_set": training_set, "points": points, **proxy_summary(points)}
     proxy["checkpoints_only"] = proxy_summary([p for p in points if p["recipe"] != "parent"])
     failures = {

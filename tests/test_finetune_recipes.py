@@ -45,8 +45,22 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
         recipes.validate_recipes({"neg": {"settings": {"replay_weight": -1}}})
     with pytest.raises(ValueError, match="seed"):
         recipes.validate_recipes({"s": {"settings": {"seed": 1}}})
-    with pytest.raises(ValueError, match="one reference set"):
-        recipes.validate_recipes({"two": {"sets": ["jarvis_surfaces", "mp_elemental_surfaces"]}})
+    two = recipes.validate_recipes(
+        {
+            "two": {
+                "sets": ["mp_elemental_surfaces", "jarvis_surfaces"],
+                "settings": {"heads": "single"},
+            }
+        }
+    )["two"]
+    assert two.sets == ("mp_elemental_surfaces", "jarvis_surfaces")
+    assert two.finetune_settings(0).heads == "single"
+    plan = {"seeds": [0], "epochs": None, "max_train_slabs": None, "max_relaxed_slabs": None}
+    with pytest.raises(ValueError, match=r"forgetting sets \['bo2_bulk_eos'\] are trained on"):
+        recipes.Plan(recipes=recipes.validate_recipes({"x": {"sets": ["bo2_bulk_eos"]}}), **plan)
+    with pytest.raises(ValueError, match="are trained on"):
+        replay = {"settings": {"replay_weight": 1, "replay_sets": ["bo2_bulk_eos"]}}
+        recipes.Plan(recipes=recipes.validate_recipes({"r": replay}), **plan)
     table = recipes.validate_recipes({"lr": {"settings": {"learning_rate": 3e-3}}})
     assert table["lr"].sets == ("jarvis_surfaces",)
 
