@@ -140,6 +140,10 @@ RECIPES: dict[str, Recipe] = {
         settings={"force_weight": 1.0, "force_fraction": 0.1, "replay_weight": 10.0},
         note="+ forces and replay",
     ),
+    "pbe": Recipe(
+        sets=("mp_elemental_surfaces",),
+        note="PBE data only: mp_elemental_surfaces (the chgnet-surf recipe), X=4, gamma",
+    ),
     "chgnet_trainer": Recipe(
         settings={"recipe": "chgnet_trainer", "depth": 2},
         note="peer baseline: chgnet's Trainer, its fine-tuning example's frozen layers, E + F",
