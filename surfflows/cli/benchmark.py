@@ -61,7 +61,7 @@ def evaluate(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     start = time.perf_counter()
-    console.print(f"evaluating {spec.model_id} on {len(items)} structures of {set_name} {modes}")
+    console.print(f"evaluating {spec.label} on {len(items)} structures of {set_name} {modes}")
     responses = run_locally(
         flow, store=store, log=False, ensure_success=True, allow_external_references=True
     )

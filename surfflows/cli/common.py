@@ -128,7 +128,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 #: Help text of every --model option.
 MODEL_HELP = (
-    "Model: chgnet-0.3.0 (0.2.0, r2scan), chgnet-ft-<sha>, sha256:<hex>, a checkpoint file, "
+    "Model: chgnet-0.3.0 (0.2.0, r2scan), chgnet-surf (packaged fine-tuned CHGNet), "
+    "chgnet-ft-<sha>, sha256:<hex>, a checkpoint file, "
     "sevennet-0, an ASE calculator 'package.module.Class' or JSON "
     '\'{"force_field_name": ..., "calculator_kwargs": {...}}\'.'
 )

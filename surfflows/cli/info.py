@@ -1,4 +1,4 @@
-"""The ``info`` command: settings in force and store sizes."""
+"""The ``info`` command: settings in force, store sizes and the packaged models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from surfflows.cli.common import app, console
 
 @app.command()
 def info() -> None:
-    """Show the settings in force and how many documents each store holds."""
+    """Show the settings in force, how many documents each store holds and the packaged models."""
+    from surfflows.io.packaged import model_card, packaged_names
     from surfflows.settings import get_settings, redact_uri
     from surfflows.stores import STORE_NAMES, get_store, ping_database
 
@@ -23,3 +24,14 @@ def info() -> None:
         store = get_store(name, settings)
         with store:
             console.print(f"  {name:16s} {store.count():>8d} documents")
+    for name in packaged_names():
+        card = model_card(name)
+        test = {mode: parts.get("test") for mode, parts in card.figures.items()}
+        figures = ", ".join(
+            f"{mode} {f.mae:.3f} J/m² (N={f.n})" for mode, f in test.items() if f and f.mae
+        )
+        console.print(
+            f"packaged model [bold]{name}[/] = {card.model_id} ({card.n_bytes / 1e6:.1f} MB"
+            f"{', [red]interim[/]' if card.interim else ''}): parent {card.parent}, "
+            f"test γ MAE {figures or '-'}; reproduce: {card.command}"
+        )

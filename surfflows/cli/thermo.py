@@ -47,7 +47,8 @@ def _thermo_runs(
     -------
     list[dict]
         Per model: ``thermo`` (SurfaceThermoDoc as JSON), ``comparison`` (WulffComparisonDoc
-        as JSON when ``reference_set`` is given, else None) and ``seconds`` (wall time).
+        as JSON when ``reference_set`` is given, else None), ``seconds`` (wall time) and
+        ``label`` (:attr:`ModelSpec.label`, what tables show).
     """
     from jobflow import run_locally
     from monty.json import jsanitize
@@ -105,32 +106,31 @@ def _thermo_runs(
             dft_elemental_set=dft_elements if dft_refs else None,
         )
         flow, reused = thermo_flow(maker, bulk, material, store)
-        console.print(
-            f"[bold]{material}[/] {spec.model_id}: reusing {', '.join(reused) or 'nothing'}"
-        )
+        console.print(f"[bold]{material}[/] {spec.label}: reusing {', '.join(reused) or 'nothing'}")
         start = time.perf_counter()
         try:
             run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
         except Exception as exc:  # a job raised: say which material and model
             fail(f"{material} ({spec.model_id}): {type(exc).__name__}: {exc}")
-        run = {"seconds": time.perf_counter() - start}
+        run = {"seconds": time.perf_counter() - start, "label": spec.label}
         with store:
             for key, reference in flow.output.items():
                 output = None if reference is None else reference.resolve(store)
                 run[key] = None if output is None else jsanitize(output, strict=True)
-        _print_thermo(run["thermo"])
+        _print_thermo(run["thermo"], spec.label)
         path = out / f"{material}_{spec.model_id}_thermo.json"
         write_json(run["thermo"], path)
-        console.print(f"{material} ({spec.model_id}): {run['seconds']:.0f} s; wrote {path}")
+        console.print(f"{material} ({spec.label}): {run['seconds']:.0f} s; wrote {path}")
         runs.append(run)
     return runs
 
 
-def _print_thermo(doc: dict) -> None:
-    """Bounds, stable termination per facet and Wulff shapes of a SurfaceThermoDoc (JSON)."""
+def _print_thermo(doc: dict, label: str) -> None:
+    """Bounds, stable termination per facet and Wulff shapes of a SurfaceThermoDoc (JSON);
+    ``label`` names the model in the titles."""
     from surfflows.core.text import miller_text
 
-    title = f"{doc['formula']} ({doc['material_id']}), {doc['model_id']}"
+    title = f"{doc['formula']} ({doc['material_id']}), {label}"
     for el, dft in doc.get("dft_metal_references", {}).items():
         console.print(
             f"{el} reference: model {num(doc['metal_references'].get(el))} eV/atom "
@@ -336,13 +336,14 @@ def wulff_compare(
     campaign = load_campaign(config) if config.is_file() else None
     runs = _thermo_runs(material, structure, campaign, model, slabs, relax, None, out, reference)
     comparisons = [run["comparison"] for run in runs]
+    labels = [run["label"] for run in runs]
     first = comparisons[0]
     table = Table(title=f"{material}: {first['reference']['model_id']} vs model (γ J/m², f area)")
     for column in ("facet", "γ DFT", "rank", "f DFT"):
         table.add_column(column)
-    for c in comparisons:
+    for label in labels:
         for column in ("γ", "rank", "f", "Δf"):
-            table.add_column(f"{column} {c['model_id']}")
+            table.add_column(f"{column} {label}")
     by_facet = [{tuple(f["miller_index"]): f for f in c["facets"]} for c in comparisons]
     for facet in first["facets"]:
         row = [miller_text(facet["miller_index"]), f"{facet['gamma_reference']:.3f}"]
@@ -362,10 +363,10 @@ def wulff_compare(
         "mean |Δf|", "max |Δf|", "mean γ error", "γ_w DFT / model", "shape factor DFT / model",
     ):  # fmt: skip
         summary.add_column(column, overflow="fold")
-    for c in comparisons:
+    for c, label in zip(comparisons, labels, strict=True):
         ref, mod = c["reference"], c["model"]
         summary.add_row(
-            c["model_id"],
+            label,
             str(c["n_facets"]),
             f"{num(c['kendall_tau'])} ({num(c['kendall_p'])})",
             f"{num(c['spearman_rho'])} ({num(c['spearman_p'])})",

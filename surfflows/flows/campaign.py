@@ -3,7 +3,7 @@
 A campaign file names a model, slab and relaxation settings, and the bulks::
 
     name: demo
-    model: chgnet-0.3.0
+    model: chgnet-0.3.0          # or chgnet-surf, the fine-tuned CHGNet shipped in the package
     slabs: {max_index: 1, min_slab_size: 8.0, min_vacuum_size: 12.0}
     relax: {fmax: 0.05, max_steps: 300, chunk_size: 64, optimizer: lbfgs}
     materials:
@@ -43,6 +43,7 @@ from surfflows.core.validation import check_bulk
 from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
 from surfflows.io.checkpoints import check_checkpoint
+from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.schemas.models import ModelSpec
@@ -85,7 +86,8 @@ class CampaignConfig(BaseModel):
     name: str = Field(description="Campaign name.")
     model: str | dict[str, Any] = Field(
         default="chgnet-0.3.0",
-        description="Model name (chgnet-0.3.0, sevennet-0...), checkpoint path, sha256:<hex>, "
+        description="Model name (chgnet-0.3.0, chgnet-surf, sevennet-0...), checkpoint path, "
+        "sha256:<hex>, "
         "calculator import path, or a mapping {force_field_name, calculator_kwargs, name}.",
     )
     slabs: SlabSettings = Field(default_factory=SlabSettings, description="Slab settings.")
@@ -125,7 +127,15 @@ class CampaignConfig(BaseModel):
         registered = isinstance(config.model, str) and config.model.startswith(
             ("chgnet-ft-", "sha256:")
         )
-        if not registered:  # unknown models and calculators that do not import fail here
+        packaged = isinstance(config.model, str) and config.model.partition("@")[0] in (
+            packaged_names()
+        )
+        if packaged:  # a corrupted packaged file fails here, before anything is registered
+            try:
+                packaged_checkpoint(config.model.partition("@")[0])
+            except ValueError as exc:
+                raise ValueError(f"{path}: model: {exc}") from exc
+        elif not registered:  # unknown models and calculators that do not import fail here
             try:
                 spec = ModelSpec.parse(config.model)
                 check_model(spec)

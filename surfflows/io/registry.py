@@ -25,6 +25,7 @@ from monty.json import jsanitize
 
 from surfflows.core.timestamps import now_iso
 from surfflows.io.checkpoints import check_checkpoint, checkpoint_heads
+from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
 from surfflows.schemas.models import ModelSpec
 
@@ -119,12 +120,31 @@ def checkpoint_reference(spec: ModelSpec, store: JobStore) -> OutputReference | 
     return OutputReference(hits[0]["uuid"], attributes=(("a", CHECKPOINT_FIELD),))
 
 
+def register_packaged(name: str, store: JobStore) -> ModelSpec:
+    """Register the checkpoint of packaged model ``name`` (once per sha256); return its spec.
+
+    The spec is the checkpoint's (``chgnet-ft-<sha12>``) with the packaged name as
+    :attr:`ModelSpec.name`, so results never collide with a later file of that name.
+
+    Raises
+    ------
+    ValueError
+        Unknown model, or a file whose sha256 is not the card's (see
+        :func:`surfflows.io.packaged.packaged_checkpoint`; nothing is stored then).
+    """
+    path, card = packaged_checkpoint(name)
+    metadata = {"packaged_model": name, "interim": card.interim, "recipe": card.recipe}
+    spec = register_checkpoint(path, store, metadata)
+    return spec.model_copy(update={"name": name})
+
+
 def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
     """:func:`resolve_name`, then the head: every model of a multi-head checkpoint has one.
 
-    ``<name>@<head>`` chooses a head (``chgnet-ft-<prefix>@optb88vdw``); a multi-head
-    checkpoint named without one gets its default head explicitly, as the registered
-    document says, so one model never has two ids. A single-head checkpoint takes no head.
+    ``<name>@<head>`` chooses a head (``chgnet-ft-<prefix>@optb88vdw``,
+    ``chgnet-surf@pbe``); a multi-head checkpoint named without one gets its default head
+    explicitly, as the registered document says, so one model never has two ids. A
+    single-head checkpoint takes no head.
 
     Raises
     ------
@@ -164,11 +184,14 @@ def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
 
 
 def resolve_name(text: str | dict, store: JobStore) -> ModelSpec:
-    """:meth:`ModelSpec.parse`, plus registered names: ``chgnet-ft-<prefix>``, ``sha256:<prefix>``.
+    """:meth:`ModelSpec.parse`, plus registered names: ``chgnet-ft-<prefix>``, ``sha256:<prefix>``,
+    and packaged models (``chgnet-surf``, :func:`register_packaged`).
 
-    A checkpoint given as a file is registered in ``store`` on the way, so that jobs can
-    get its bytes from there.
+    A checkpoint given as a file, or a packaged one, is registered in ``store`` on the way,
+    so that jobs can get its bytes from there.
     """
+    if isinstance(text, str) and text in packaged_names():
+        return register_packaged(text, store)
     if isinstance(text, str) and text.startswith(("sha256:", "chgnet-ft-")):
         prefix = text.removeprefix("sha256:").removeprefix("chgnet-ft-")
         with store:

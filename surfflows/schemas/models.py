@@ -85,7 +85,9 @@ class ModelSpec(BaseModel):
     name: str | None = Field(
         default=None,
         description="Short name of a calculator (its model_id), e.g. 'sevennet-0'; default "
-        "'<callable>-<hash of import path and kwargs>'.",
+        "'<callable>-<hash of import path and kwargs>'. For a checkpoint, the name of a "
+        "packaged model (e.g. 'chgnet-surf'), shown beside the model_id, which stays "
+        "'chgnet-ft-<sha12>'.",
     )
     package: str | None = Field(
         default=None, description="Python package of the model (chgnet, sevenn, ...)."
@@ -173,6 +175,13 @@ class ModelSpec(BaseModel):
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         return f"{self.force_field_name.rpartition('.')[2].lower()}-{digest}"
 
+    @property
+    def label(self) -> str:
+        """What people read: the model_id, with a packaged checkpoint's name beside it."""
+        if self.kind == "checkpoint" and self.name:
+            return f"{self.name} ({self.model_id})"
+        return self.model_id
+
     def __eq__(self, other: object) -> bool:
         """Same model: every field equal but ``package_version`` (a record, not an identity)."""
         if not isinstance(other, ModelSpec):
@@ -255,8 +264,8 @@ class ModelSpec(BaseModel):
             f"model {text!r} is neither a pretrained CHGNet ({', '.join(PRETRAINED_VERSIONS)}), "
             f"a supported calculator ({', '.join(CALCULATORS)}), an import path "
             "'package.module.Calculator', an existing checkpoint file, nor sha256:<64 hex "
-            "digits>; a registered model (chgnet-ft-<sha prefix>) is found in the JobStore by "
-            "surfflows.io.registry"
+            "digits>; a registered model (chgnet-ft-<sha prefix>) or a model packaged with "
+            "surfflows (chgnet-surf) is found by surfflows.io.registry.resolve_model"
         )
 
 
@@ -264,3 +273,68 @@ def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class HeadCard(BaseModel):
+    """One readout head of a packaged checkpoint."""
+
+    name: str | None = Field(
+        description="Head name, chosen as '<model>@<name>'; None for a single-head checkpoint."
+    )
+    level_of_theory: str = Field(description="Level of theory of the energies it was fitted to.")
+    sets: list[str] = Field(description="Reference sets trained on through this head.")
+
+
+class SplitFigures(BaseModel):
+    """Surface-energy errors on one split part in one evaluation mode, J/m²."""
+
+    n: int = Field(description="Slabs with an error.")
+    mae: float | None = Field(description="Mean absolute error, J/m².")
+    mean_signed_error: float | None = Field(description="Mean of model - reference, J/m².")
+    parent_mae: float | None = Field(description="The parent's MAE on the same slabs, J/m².")
+    parent_mean_signed_error: float | None = Field(description="The parent's, J/m².")
+
+
+class ModelCard(BaseModel):
+    """Machine-readable card of a checkpoint that ships inside the package (``card.json``).
+
+    It identifies the file (sha256), says how to make it again (``recipe``, ``command``) and
+    what it is worth (figures on the test split in both modes, forgetting). Written by
+    ``benchmarks/train_chgnet_surf.py``.
+    """
+
+    name: str = Field(description="Packaged name, e.g. 'chgnet-surf' (the folder's name).")
+    file: str = Field(description="Checkpoint file name inside the card's folder.")
+    sha256: str = Field(description="sha256 of the checkpoint file: its identity.")
+    model_id: str = Field(description="chgnet-ft-<sha12>, the key stored on every result.")
+    n_bytes: int = Field(description="Size of the checkpoint file.")
+    interim: bool = Field(
+        description="True for a stand-in made by a short run, not the recipe's final model."
+    )
+    note: str = Field(default="", description="How this file was made, in words.")
+    recipe: list[str] = Field(description="Arguments of 'surfflows finetune' that made it.")
+    command: str = Field(description="The one command that reproduces the file and this card.")
+    parent: str = Field(description="model_id of the model fine-tuned.")
+    chgnet_version: str | None = Field(description="chgnet package version of the run.")
+    torch_version: str = Field(description="torch version of the run.")
+    seed: int = Field(description="Seed of torch and of the batch order.")
+    data: list[str] = Field(description="Reference sets ingested for the run.")
+    split_id: str = Field(description="Split of the training set (train / val / test by material).")
+    heads: list[HeadCard] = Field(description="Readout heads; one unnamed head if single-head.")
+    depth: int = Field(description="X: trainable units from the readout backwards.")
+    n_train: dict[str, int] = Field(description="Training data counts (FineTuneDoc.n_train).")
+    n_val: dict[str, int] = Field(description="Validation data counts (FineTuneDoc.n_val).")
+    n_test: dict[str, int] = Field(description="Test slabs with an error, per mode.")
+    best_epoch: int = Field(description="Epoch kept (lowest validation gamma MAE).")
+    val_gamma_mae_per_epoch: list[float | None] = Field(
+        description="Validation gamma MAE after each epoch (0: parent after the AtomRef fit)."
+    )
+    figures: dict[str, dict[str, SplitFigures]] = Field(
+        description="mode (single_point, relaxed) -> split part (val, test) -> errors."
+    )
+    forgetting: dict[str, float | None] = Field(
+        description="Bulk set -> relative change of the aligned bulk energy MAE vs the parent."
+    )
+    wall_seconds: float = Field(description="Wall time of the reproduce run, s.")
+    machine: dict[str, Any] = Field(description="CPU count, torch threads, platform.")
+    created_at: str = Field(description="ISO time the card was written.")
