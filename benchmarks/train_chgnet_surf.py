@@ -74,11 +74,30 @@ def _cli(args: list[str], env: dict[str, str], allow_failures: bool = False) -> 
         raise SystemExit(f"surfflows {' '.join(args)} exited with status {rc}")
 
 
+def _finetune_doc(store, reference: str) -> dict | None:
+    """The newest FineTuneDoc on ``reference`` in the JobStore (without its bytes), or None."""
+    with store:
+        found = store.query_one(
+            {"output.@class": "FineTuneDoc", "output.set_name": reference},
+            properties=["output"],
+            sort={"completed_at": -1},
+        )
+    if found is None:
+        return None
+    found["output"].pop("checkpoint_b64", None)
+    return found["output"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"Add {QUICK}; interim card.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
-    parser.add_argument("--db-dir", type=Path, default=None, help="Scratch database folder.")
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="Scratch database folder (kept); a rerun there reuses its fine-tune and evaluations.",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="Folder of the file and card.")
     parser.add_argument("--note", default="", help="How the file was made, for the card.")
     args = parser.parse_args()
@@ -98,10 +117,7 @@ def main() -> None:
     os.environ.update(env)
     os.environ.pop("SURFFLOWS_MONGODB_URI", None)
 
-    start = time.perf_counter()
-    _cli(["ingest", *DATA], env)
-    _cli(["finetune", *recipe, "--work-dir", str(scratch / "run")], env)
-
+    sys.path.insert(0, str(ROOT))  # the code of this checkout, as the subprocesses use
     import chgnet
     import torch
 
@@ -111,18 +127,22 @@ def main() -> None:
     from surfflows.stores import get_job_store, get_store
 
     store = get_job_store()
-    with store:
-        doc = store.query_one(
-            {"output.@class": "FineTuneDoc", "output.set_name": reference},
-            properties=["output"],
-            sort={"completed_at": -1},
-            load=False,
-        )["output"]
-    doc.pop("checkpoint_b64", None)
+    start = time.perf_counter()
+    _cli(["ingest", *DATA], env)
+    doc = _finetune_doc(store, reference)
+    if doc is None:
+        _cli(["finetune", *recipe, "--work-dir", str(scratch / "run")], env)
+        doc = _finetune_doc(store, reference)
+    else:
+        print(f"reusing the fine-tune {doc['model_id']} found in {db_dir}")
     spec = ModelSpec(kind="checkpoint", sha256=doc["sha256"])
     relaxed_test = ["--reference", reference, "--mode", "relaxed", "--split", "test"]
     for model in (spec.model_id, parent):
-        _cli(["evaluate", *relaxed_test, "--model", model], env, allow_failures=True)
+        criteria = {"output.@class": "EvaluationDoc", "output.set_name": reference}
+        with store:
+            done = store.count(criteria | {"output.model_id": model, "output.mode": "relaxed"})
+        if not done:
+            _cli(["evaluate", *relaxed_test, "--model", model], env, allow_failures=True)
     _cli(["build"], env)
     wall = time.perf_counter() - start
 
@@ -205,8 +225,7 @@ def main() -> None:
             )
     print(f"forgetting: {card.forgetting}")
     print(f"{spec.model_id}: wrote {checkpoint} and {args.out / 'card.json'} in {wall:.0f} s")
-    if args.db_dir is None:
-        shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)  # the database too, unless --db-dir
 
 
 if __name__ == "__main__":
