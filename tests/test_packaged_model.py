@@ -137,3 +137,22 @@ def test_evaluate_and_info_by_name_from_the_cli(tmp_path):
     info = runner.invoke(app, ["info"])
     assert info.exit_code == 0, info.output
     assert f"packaged model chgnet-surf = {card.model_id}" in info.output
+
+
+@pytest.mark.slow
+def test_thermo_by_name_from_the_cli(tmp_path):
+    """Real CHGNet: ``surfflows thermo Cu --model chgnet-surf``, one thin Cu(111) slab.
+
+    The checkpoint's bytes are an output of the registration job, an external reference
+    for the thermo flow.
+    """
+    args = ["thermo", str(ROOT / "configs" / "structures" / "Cu.cif"), "--model", "chgnet-surf"]
+    args += ["--miller", "111", "--min-slab-size", "4", "--min-vacuum-size", "8"]
+    args += ["--max-steps", "30", "--config", str(tmp_path / "none.yaml")]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "thermo")])
+    assert result.exit_code == 0, result.output
+    card = model_card("chgnet-surf")
+    doc = yaml.safe_load((tmp_path / "thermo" / f"Cu_{card.model_id}_thermo.json").read_text())
+    assert doc["model_id"] == card.model_id
+    assert [tuple(row["miller_index"]) for row in doc["stable"]] == [(1, 1, 1)]
+    assert f"Cu (chgnet-surf ({card.model_id}))" in result.output

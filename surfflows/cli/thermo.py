@@ -109,7 +109,14 @@ def _thermo_runs(
         console.print(f"[bold]{material}[/] {spec.label}: reusing {', '.join(reused) or 'nothing'}")
         start = time.perf_counter()
         try:
-            run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+            run_locally(  # a fine-tuned checkpoint's bytes are an output of an earlier job
+                flow,
+                store=store,
+                log=False,
+                ensure_success=True,
+                raise_immediately=True,
+                allow_external_references=True,
+            )
         except Exception as exc:  # a job raised: say which material and model
             fail(f"{material} ({spec.model_id}): {type(exc).__name__}: {exc}")
         run = {"seconds": time.perf_counter() - start, "label": spec.label}
