@@ -163,7 +163,7 @@ def main() -> None:
                     )
                     for m in (spec.model_id, doc["parent_model_id"])
                 ]
-                if rows[0] is None:
+                if rows[0] is None or not rows[0]["n"]:  # not evaluated in this mode
                     continue
                 figures.setdefault(mode, {})[part] = SplitFigures(
                     n=rows[0]["n"],

@@ -25,7 +25,11 @@ def info() -> None:
         with store:
             console.print(f"  {name:16s} {store.count():>8d} documents")
     for name in packaged_names():
-        card = model_card(name)
+        try:
+            card = model_card(name)
+        except ValueError as exc:  # a broken card is reported, the rest still shown
+            console.print(f"packaged model [bold]{name}[/]: [red]{exc}[/]")
+            continue
         test = {mode: parts.get("test") for mode, parts in card.figures.items()}
         figures = ", ".join(
             f"{mode} {f.mae:.3f} J/m² (N={f.n})" for mode, f in test.items() if f and f.mae
