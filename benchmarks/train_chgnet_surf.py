@@ -122,6 +122,7 @@ def main() -> None:
     import torch
 
     from surfflows.core.timestamps import now_iso
+    from surfflows.io.checkpoints import checkpoint_heads
     from surfflows.io.registry import checkpoint_reference, decode_checkpoint
     from surfflows.schemas.models import HeadCard, ModelCard, ModelSpec, SplitFigures
     from surfflows.stores import get_job_store, get_store
@@ -175,6 +176,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / f"{NAME}.pth.tar"
     checkpoint.write_bytes(data)
+    default_head, heads = checkpoint_heads(checkpoint)
     command = "python benchmarks/train_chgnet_surf.py" + (" --quick" if args.quick else "")
     card = ModelCard(
         name=NAME,
@@ -197,7 +199,12 @@ def main() -> None:
         seed=doc["hyperparameters"]["seed"],
         data=DATA,
         split_id=doc["split_id"],
-        heads=[HeadCard(name=None, level_of_theory=doc["level_of_theory"], sets=[reference])],
+        heads=[
+            HeadCard(name=name, level_of_theory=h["level_of_theory"], sets=h["sets"])
+            for name, h in heads.items()
+        ]
+        or [HeadCard(name=None, level_of_theory=doc["level_of_theory"], sets=[reference])],
+        default_head=default_head,
         depth=doc["depth"],
         n_train=doc["n_train"],
         n_val=doc["n_val"],

@@ -54,8 +54,9 @@ def test_resolve_registers_the_packaged_file_once():
     store = get_job_store()
     path, card = packaged_checkpoint("chgnet-surf")
     spec = resolve_model("chgnet-surf", store)
-    assert (spec.kind, spec.sha256, spec.model_id) == ("checkpoint", card.sha256, card.model_id)
-    assert spec.name == "chgnet-surf" and spec.label == f"chgnet-surf ({card.model_id})"
+    assert (spec.kind, spec.sha256) == ("checkpoint", card.sha256)
+    assert spec.model_id == card.default_model_id
+    assert spec.name == "chgnet-surf" and spec.label == f"chgnet-surf ({card.default_model_id})"
     with store:
         n_docs = store.count()
         assert store.count({"output.sha256": card.sha256}) == 1
@@ -71,8 +72,15 @@ def test_resolve_registers_the_packaged_file_once():
 
 
 def test_unknown_head_is_named():
-    with pytest.raises(ValueError, match="no head 'nohead'"):
+    card = model_card("chgnet-surf")
+    heads = [h.name for h in card.heads if h.name]
+    message = "no head 'nohead'" if heads else "single head .* drop '@nohead'"
+    with pytest.raises(ValueError, match=message):
         resolve_model("chgnet-surf@nohead", get_job_store())
+    for head in heads:  # a multi-head chgnet-surf: each head by name, its own model_id
+        spec = resolve_model(f"chgnet-surf@{head}", get_job_store())
+        assert (spec.head, spec.name) == (head, "chgnet-surf")
+        assert spec.model_id == f"{card.model_id}@{head}"
 
 
 def test_corrupted_packaged_file_is_refused(broken_copy):
@@ -98,7 +106,7 @@ def write_campaign(tmp_path: Path) -> Path:
 def test_campaign_with_the_packaged_model_validates(tmp_path):
     config = CampaignConfig.from_yaml(write_campaign(tmp_path))
     spec, reference = config.model_spec(get_job_store())
-    assert spec.model_id == model_card("chgnet-surf").model_id
+    assert spec.model_id == model_card("chgnet-surf").default_model_id
     assert reference is not None
 
 
@@ -127,11 +135,11 @@ def test_evaluate_and_info_by_name_from_the_cli(tmp_path):
     )
     assert result.exit_code == 0, result.output
     card = model_card("chgnet-surf")
-    assert f"evaluating chgnet-surf ({card.model_id})" in result.output
+    assert f"evaluating chgnet-surf ({card.default_model_id})" in result.output
     store = get_job_store()
     with store:
         docs = list(store.query({"output.@class": "EvaluationDoc"}, properties=["output"]))
-    assert {d["output"]["model_id"] for d in docs} == {card.model_id}
+    assert {d["output"]["model_id"] for d in docs} == {card.default_model_id}
     assert {d["output"]["mode"] for d in docs} == {"single_point", "relaxed"}
     assert {d["output"]["model"]["name"] for d in docs} == {"chgnet-surf"}
     info = runner.invoke(app, ["info"])
@@ -152,7 +160,8 @@ def test_thermo_by_name_from_the_cli(tmp_path):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "thermo")])
     assert result.exit_code == 0, result.output
     card = model_card("chgnet-surf")
-    doc = yaml.safe_load((tmp_path / "thermo" / f"Cu_{card.model_id}_thermo.json").read_text())
-    assert doc["model_id"] == card.model_id
+    model_id = card.default_model_id
+    doc = yaml.safe_load((tmp_path / "thermo" / f"Cu_{model_id}_thermo.json").read_text())
+    assert doc["model_id"] == model_id
     assert [tuple(row["miller_index"]) for row in doc["stable"]] == [(1, 1, 1)]
-    assert f"Cu (chgnet-surf ({card.model_id}))" in result.output
+    assert f"Cu (chgnet-surf ({model_id}))" in result.output

@@ -34,8 +34,11 @@ def info() -> None:
         figures = ", ".join(
             f"{mode} {f.mae:.3f} J/m² (N={f.n})" for mode, f in test.items() if f and f.mae
         )
+        heads = ", ".join(h.name or h.level_of_theory for h in card.heads)
+        if card.default_head:
+            heads += f" (default {card.default_head})"
         console.print(
             f"packaged model [bold]{name}[/] = {card.model_id} ({card.n_bytes / 1e6:.1f} MB"
-            f"{', [red]interim[/]' if card.interim else ''}): parent {card.parent}, "
-            f"test γ MAE {figures or '-'}; reproduce: {card.command}"
+            f"{', [red]interim[/]' if card.interim else ''}): parent {card.parent}, heads "
+            f"{heads}, test γ MAE {figures or '-'}; reproduce: {card.command}"
         )

@@ -306,7 +306,15 @@ class ModelCard(BaseModel):
     name: str = Field(description="Packaged name, e.g. 'chgnet-surf' (the folder's name).")
     file: str = Field(description="Checkpoint file name inside the card's folder.")
     sha256: str = Field(description="sha256 of the checkpoint file: its identity.")
-    model_id: str = Field(description="chgnet-ft-<sha12>, the key stored on every result.")
+    model_id: str = Field(
+        description="chgnet-ft-<sha12>, the key stored on every result (a head's results: "
+        "chgnet-ft-<sha12>@<head>)."
+    )
+
+    @property
+    def default_model_id(self) -> str:
+        """model_id of the results of ``--model <name>``: with the default head if it has one."""
+        return self.model_id + (f"@{self.default_head}" if self.default_head else "")
     n_bytes: int = Field(description="Size of the checkpoint file.")
     interim: bool = Field(
         description="True for a stand-in made by a short run, not the recipe's final model."
@@ -321,6 +329,9 @@ class ModelCard(BaseModel):
     data: list[str] = Field(description="Reference sets ingested for the run.")
     split_id: str = Field(description="Split of the training set (train / val / test by material).")
     heads: list[HeadCard] = Field(description="Readout heads; one unnamed head if single-head.")
+    default_head: str | None = Field(
+        default=None, description="Head used without '@<head>' (None: single-head)."
+    )
     depth: int = Field(description="X: trainable units from the readout backwards.")
     n_train: dict[str, int] = Field(description="Training data counts (FineTuneDoc.n_train).")
     n_val: dict[str, int] = Field(description="Validation data counts (FineTuneDoc.n_val).")
