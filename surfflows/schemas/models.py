@@ -315,6 +315,7 @@ class ModelCard(BaseModel):
     def default_model_id(self) -> str:
         """model_id of the results of ``--model <name>``: with the default head if it has one."""
         return self.model_id + (f"@{self.default_head}" if self.default_head else "")
+
     n_bytes: int = Field(description="Size of the checkpoint file.")
     interim: bool = Field(
         description="True for a stand-in made by a short run, not the recipe's final model."
