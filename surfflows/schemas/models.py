@@ -311,11 +311,6 @@ class ModelCard(BaseModel):
         "chgnet-ft-<sha12>@<head>)."
     )
 
-    @property
-    def default_model_id(self) -> str:
-        """model_id of the results of ``--model <name>``: with the default head if it has one."""
-        return self.model_id + (f"@{self.default_head}" if self.default_head else "")
-
     n_bytes: int = Field(description="Size of the checkpoint file.")
     interim: bool = Field(
         description="True for a stand-in made by a short run, not the recipe's final model."
@@ -350,3 +345,8 @@ class ModelCard(BaseModel):
     wall_seconds: float = Field(description="Wall time of the reproduce run, s.")
     machine: dict[str, Any] = Field(description="CPU count, torch threads, platform.")
     created_at: str = Field(description="ISO time the card was written.")
+
+    @property
+    def default_model_id(self) -> str:
+        """model_id of the results of ``--model <name>``: with the default head if it has one."""
+        return self.model_id + (f"@{self.default_head}" if self.default_head else "")
