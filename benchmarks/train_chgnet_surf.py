@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 
 # ------------------------------------------------------------------------------ the recipe
-#: Arguments of ``surfflows finetune`` that make chgnet-surf (the coordinator sets the final
-#: recipe here; the default is the current ``surfflows finetune`` default recipe).
-RECIPE = ["--reference", "jarvis_surfaces", "--layers", "4"]
+#: Arguments of ``surfflows finetune`` that make chgnet-surf: PBE data only (the
+#: ``pbe`` recipe of benchmarks/finetune_recipes.py), X=4, 6 epochs.
+RECIPE = ["--reference", "mp_elemental_surfaces", "--layers", "4", "--epochs", "6"]
 #: Sets ingested into the scratch database: the recipe's data and the forgetting bulks.
-DATA = ["jarvis_surfaces", "bo2_bulk_eos"]
+DATA = ["mp_elemental_surfaces", "bo2_bulk_eos"]
 #: Added to the recipe by ``--quick`` (an interim model).
 QUICK = ["--epochs", "3"]
 # ------------------------------------------------------------------------------------------
