@@ -59,19 +59,22 @@ def _option(args: list[str], flag: str, default: str | None = None) -> str | Non
     return values[-1] if values else default
 
 
-def _cli(args: list[str], env: dict[str, str], allow_failures: bool = False) -> None:
+def _cli(args: list[str], env: dict[str, str], allow_failures: bool = False) -> bool:
     """Run ``python -m surfflows.cli ARGS`` from the repository root; stop on an error.
 
     ``allow_failures``: exit status 1 of ``evaluate`` (some structures failed or did not
-    converge; they are recorded and left out of the figures) is reported, not fatal.
+    converge; they are recorded and left out of the figures) is reported and returned
+    (True), not fatal, so the card is still written; the script then exits 1.
     """
     print("$ surfflows " + " ".join(args), flush=True)
     command = [sys.executable, "-m", "surfflows.cli", *args]
     rc = subprocess.run(command, cwd=ROOT, env=env).returncode
     if rc == 1 and allow_failures:
         print("  (some structures failed or did not converge: recorded, left out of the MAE)")
-    elif rc != 0:
+        return True
+    if rc != 0:
         raise SystemExit(f"surfflows {' '.join(args)} exited with status {rc}")
+    return False
 
 
 def _finetune_doc(store, reference: str) -> dict | None:
@@ -138,12 +141,14 @@ def main() -> None:
         print(f"reusing the fine-tune {doc['model_id']} found in {db_dir}")
     spec = ModelSpec(kind="checkpoint", sha256=doc["sha256"])
     relaxed_test = ["--reference", reference, "--mode", "relaxed", "--split", "test"]
+    failed = []
     for model in (spec.model_id, parent):
         criteria = {"output.@class": "EvaluationDoc", "output.set_name": reference}
         with store:
             done = store.count(criteria | {"output.model_id": model, "output.mode": "relaxed"})
         if not done:
-            _cli(["evaluate", *relaxed_test, "--model", model], env, allow_failures=True)
+            if _cli(["evaluate", *relaxed_test, "--model", model], env, allow_failures=True):
+                failed.append(model)
     _cli(["build"], env)
     wall = time.perf_counter() - start
 
@@ -233,6 +238,8 @@ def main() -> None:
     print(f"forgetting: {card.forgetting}")
     print(f"{spec.model_id}: wrote {checkpoint} and {args.out / 'card.json'} in {wall:.0f} s")
     shutil.rmtree(scratch, ignore_errors=True)  # the database too, unless --db-dir
+    if failed:
+        raise SystemExit(f"relaxations failed or did not converge for {', '.join(failed)}")
 
 
 if __name__ == "__main__":
