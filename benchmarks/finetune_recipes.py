@@ -7,7 +7,9 @@ builders, all in one scratch embedded database:
 
 * gamma of the test part of ``jarvis_surfaces`` and ``mp_elemental_surfaces`` and of all of
   ``pbe_metal_surfaces`` (never trained on), single point and relaxed (ions relaxed by the
-  model in the DFT cell);
+  model in the DFT cell); a multi-head checkpoint evaluates each set with the head of
+  the set's level of theory (its default head where it has none), so the ``heads`` recipe's
+  jarvis figures are its OptB88vdW head's and the others its PBE head's;
 * forgetting on unseen bulks: ``wbm_bulks`` test part (single points of every part; the
   builders align the test part on the other parts, per model) and ``bo2_bulk_eos``
   (:func:`~surfflows.jobs.finetune.bulk_forgetting`: energies aligned on the set itself,
@@ -56,7 +58,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -64,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
 
+from surfflows.core.heads import head_for  # noqa: E402
 from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -82,7 +85,7 @@ MODES = ("single_point", "relaxed")
 #: FineTuneDoc fields read here (not the checkpoint bytes).
 FINETUNE_FIELDS = (
     "model_id", "model", "set_name", "hyperparameters", "history", "best_epoch",
-    "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "n_train",
+    "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "n_train", "heads",
 )  # fmt: skip
 #: Settings every recipe shares. ``zero_force_labels`` makes every fine-tune record the val
 #: force norm at DFT minima; without a force weight it changes no gradient.
@@ -143,6 +146,22 @@ RECIPES: dict[str, Recipe] = {
     "pbe": Recipe(
         sets=("mp_elemental_surfaces",),
         note="PBE data only: mp_elemental_surfaces (the chgnet-surf recipe), X=4, gamma",
+    ),
+    "heads": Recipe(
+        sets=("mp_elemental_surfaces", "jarvis_surfaces"),
+        note="PBE + OptB88vdW data, one head per level of theory (each set evaluated with "
+        "its own head), against pbe's single PBE head",
+    ),
+    "pbe+forces+replay": Recipe(
+        sets=("mp_elemental_surfaces",),
+        settings={
+            "force_weight": 1.0,
+            "force_fraction": 0.1,
+            "replay_weight": 10.0,
+            "replay_sets": ["wbm_bulks", "mp_elemental_refs"],
+        },
+        note="pbe + zero forces on 10 % of each batch + parent-labelled replay (energy, "
+        "forces, stress) of its bulks and the train parts of wbm_bulks and mp_elemental_refs",
     ),
     "chgnet_trainer": Recipe(
         settings={"recipe": "chgnet_trainer", "depth": 2},
@@ -347,6 +366,25 @@ class Plan(BaseModel):
         return sorted({r.sets[0] for r in self.recipes.values()})
 
 
+class Model(NamedTuple):
+    """A model as evaluated here: a label, its ModelSpec (a multi-head checkpoint's default
+    head) and the heads of a multi-head checkpoint (else empty)."""
+
+    label: str
+    spec: Any
+    heads: tuple[str, ...] = ()
+
+
+def evaluation_spec(model: Model, level_of_theory: str) -> Any:
+    """The spec a set of this level of theory is evaluated with: a multi-head checkpoint's
+    head of it (:func:`~surfflows.core.heads.head_for`, else its default head); any other
+    model as it is."""
+    if not model.heads:
+        return model.spec
+    head = head_for(level_of_theory, model.heads, model.spec.head)
+    return model.spec.model_copy(update={"head": head})
+
+
 def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
@@ -367,19 +405,24 @@ class Runner:
         self.trained_on: dict[str, tuple[str, ...]] = {}  # model id -> training sets
         training = {n for r in plan.recipes.values() for n in r.sets}
         replay = {n for r in plan.recipes.values() for n in r.settings.get("replay_sets", [])}
-        names = {*plan.test_sets, *training, *replay, *plan.forgetting_sets}
-        names |= {plan.wbm_set} if plan.wbm_set else set()
+        evaluated = {*plan.test_sets, *training} | ({plan.wbm_set} if plan.wbm_set else set())
+        names = evaluated | replay | set(plan.forgetting_sets)
         from surfflows.io.inputs import reference_inputs, require_ingested
 
         with get_store("references") as references, get_store("splits") as splits:
             require_ingested(sorted(names), references)
-            for name in sorted(names - set(plan.forgetting_sets) - (replay - training)):
+            for name in sorted(evaluated):
                 types = ("slab", "bulk", "frame") if name in training else ("slab", "bulk")
                 self.inputs[name] = reference_inputs(name, references, splits, types)
             for name in sorted(replay):
                 self.replay_inputs[name] = reference_inputs(name, references, splits, ("bulk",))
             for name in plan.forgetting_sets:
                 self.inputs[name] = reference_inputs(name, references, None, ("bulk",))
+        self.levels = {n: i.docs[0]["level_of_theory"] for n, i in self.inputs.items()}
+
+    def spec_for(self, model: Model, set_name: str) -> Any:
+        """The spec a set is evaluated with (:func:`evaluation_spec`)."""
+        return evaluation_spec(model, self.levels[set_name])
 
     # -- fine-tunes
 
@@ -500,7 +543,7 @@ class Runner:
             docs = self.store.docs_store.query(criteria, properties=["output.results"])
             return {r["reference_key"] for d in docs for r in d["output"]["results"]}
 
-    def evaluate(self, models: list[tuple[str, Any]]) -> None:
+    def evaluate(self, models: list[Model]) -> None:
         """Every task for every model (single points first), missing structures only."""
         from jobflow import run_locally
 
@@ -509,7 +552,9 @@ class Runner:
         from surfflows.jobs.evaluate import EvaluateMaker
 
         tasks = [(t, m) for t in self.tasks() for m in models]
-        for k, ((name, mode, parts, keys), (label, spec)) in enumerate(tasks, 1):
+        for k, ((name, mode, parts, keys), model) in enumerate(tasks, 1):
+            spec = self.spec_for(model, name)
+            label = model.label + (f" @{spec.head}" if model.heads else "")
             inputs = self.inputs[name]
             items = reference_items(inputs, parts)
             if keys is not None:
@@ -537,7 +582,7 @@ class Runner:
             )
             _log(f"{head}: done in {time.perf_counter() - start:.0f} s")
 
-    def forgetting(self, models: list[tuple[str, Any]], recipes: dict[str, str]) -> None:
+    def forgetting(self, models: list[Model], recipes: dict[str, str]) -> None:
         """:func:`bulk_forgetting` of every checkpoint (``recipes``: model id -> recipe) not
         yet checked against the parent."""
         from jobflow import run_locally
@@ -546,7 +591,7 @@ class Runner:
         from surfflows.jobs.finetune import bulk_forgetting
 
         bulk_sets = [self.inputs[n] for n in self.plan.forgetting_sets]
-        for k, (label, spec) in enumerate(models, 1):
+        for k, (label, spec, _) in enumerate(models, 1):
             if spec.model_id == self.parent.model_id or not bulk_sets:
                 continue
             head = f"[forgetting {k}/{len(models)}] {label}"
@@ -583,28 +628,34 @@ class Runner:
 
     # -- collection
 
-    def model_row(self, model_id: str, finetune: dict | None) -> dict[str, Any]:
-        """Every figure of one model (``finetune``: its FineTuneDoc; None for the parent)."""
+    def model_row(self, model: Model, finetune: dict | None) -> dict[str, Any]:
+        """Every figure of one model (``finetune``: its FineTuneDoc; None for the parent),
+        each set's from the spec it is evaluated with (:meth:`spec_for`)."""
         from surfflows.stores import get_store
 
+        model_id = model.spec.model_id
+        ids = {name: self.spec_for(model, name).model_id for name in self.inputs}
+        criteria = {"model_id": {"$in": sorted(set(ids.values()))}}
         errors: dict[tuple[str, str], list[dict]] = {}
         with get_store("surface_errors") as surface_errors:
-            for e in surface_errors.query({"model_id": model_id}):
-                if e.get("kind", "slab") == "slab":
+            for e in surface_errors.query(criteria):
+                if e.get("kind", "slab") == "slab" and e["model_id"] == ids.get(e["set_name"]):
                     errors.setdefault((e["set_name"], e["mode"]), []).append(e)
         # newest relaxed result per slab: steps and whether it converged
         steps: dict[str, dict[str, int | None]] = {}
         converged: dict[str, dict[str, bool]] = {}
         criteria = {
             "output.@class": "EvaluationDoc",
-            "output.model_id": model_id,
+            "output.model_id": {"$in": sorted(set(ids.values()))},
             "output.mode": "relaxed",
         }
-        properties = ["output.set_name", "output.results", "completed_at"]
+        properties = ["output.set_name", "output.model_id", "output.results", "completed_at"]
         with self.store:
             evaluations = list(self.store.docs_store.query(criteria, properties=properties))
         for doc in sorted(evaluations, key=lambda d: d["completed_at"]):
             name = doc["output"]["set_name"]
+            if doc["output"]["model_id"] != ids.get(name):
+                continue
             for r in doc["output"]["results"]:
                 steps.setdefault(name, {})[r["reference_key"]] = r.get("n_steps")
                 converged.setdefault(name, {})[r["reference_key"]] = r["converged"]
@@ -631,7 +682,7 @@ class Runner:
             row["unconverged"][group][name] = sum(status.get(k) is False for k in keys)
             test_steps += slab_steps if group == "test" else []
         row["steps"]["test_all"] = step_stats(test_steps)
-        row["forgetting"] = self.forgetting_row(model_id)
+        row["forgetting"] = self.forgetting_row(model_id, ids.get(self.plan.wbm_set))
         if finetune is not None:
             history = finetune["history"]
             best = history[finetune["best_epoch"]]
@@ -646,9 +697,10 @@ class Runner:
             }
         return row
 
-    def forgetting_row(self, model_id: str) -> dict[str, Any]:
-        """wbm test part (benchmark rows) and the ForgettingDoc sets (checkpoints only: the
-        parent's figures are on each checkpoint's), eV/atom and eV/Å."""
+    def forgetting_row(self, model_id: str, wbm_model_id: str | None) -> dict[str, Any]:
+        """wbm test part (benchmark rows of ``wbm_model_id``, the spec wbm is evaluated with)
+        and the ForgettingDoc sets (checkpoints only: the parent's figures are on each
+        checkpoint's), eV/atom and eV/Å."""
         from surfflows.stores import get_store
 
         out: dict[str, Any] = {}
@@ -662,7 +714,7 @@ class Runner:
             with get_store("benchmarks") as benchmarks:
                 mine, parent = (
                     benchmarks.query_one({**criteria, "model_id": m}) or {}
-                    for m in (model_id, self.parent.model_id)
+                    for m in (wbm_model_id, self.parent.model_id)
                 )
             if mine:
                 out[f"{self.plan.wbm_set}:test"] = {
@@ -828,16 +880,23 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
     runner = Runner(plan, runs_dir)
     parent_id = runner.parent.model_id
     finetunes = runner.stored_finetunes() if collect_only else runner.train()
-    models = [("parent", runner.parent)] + [
-        (f"{d['recipe']} seed {d['seed']}", ModelSpec.model_validate(d["model"])) for d in finetunes
+    parent_model = Model("parent", runner.parent)
+    models = [
+        Model(
+            f"{d['recipe']} seed {d['seed']}",
+            ModelSpec.model_validate(d["model"]),
+            tuple(d.get("heads") or ()),
+        )
+        for d in finetunes
     ]
     if not collect_only:
-        runner.evaluate(models)
-        runner.forgetting(models, {d["model_id"]: d["recipe"] for d in finetunes})
+        runner.evaluate([parent_model, *models])
+        recipe_of = {m.spec.model_id: d["recipe"] for m, d in zip(models, finetunes, strict=True)}
+        runner.forgetting(models, recipe_of)
     build()
     wall = time.perf_counter() - start
 
-    parent = {"recipe": "parent", "seed": None, **runner.model_row(parent_id, None)}
+    parent = {"recipe": "parent", "seed": None, **runner.model_row(parent_model, None)}
     # The proxy: the parent and the checkpoints trained on the first recipe's set alone (a
     # multi-set checkpoint's val force norm covers other sets' val parts too).
     training_set = next(iter(plan.recipes.values())).sets[0]
@@ -846,12 +905,9 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
     if first is not None:  # the parent's val force norm: epoch 0 of such a fine-tune
         parent["val_force_norm"] = first["history"][0]["val_force_mae"]
     rows = []
-    for doc in finetunes:
-        row = {
-            "recipe": doc["recipe"],
-            "seed": doc["seed"],
-            **runner.model_row(doc["model_id"], doc),
-        }
+    for model, doc in zip(models, finetunes, strict=True):
+        row = {"recipe": doc["recipe"], "seed": doc["seed"], **runner.model_row(model, doc)}
+        row["heads"] = list(model.heads)
         row["val_force_norm"] = row["training"]["val_force_mae"]
         row["steps_vs_parent"] = steps_vs_parent(row, parent)
         rows.append(row)

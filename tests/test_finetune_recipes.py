@@ -224,3 +224,23 @@ def test_zero_force_labels_without_force_weight_change_no_gradient(tiny_set, tmp
     for a, b in zip(plain, labelled, strict=True):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-6)
         assert b.val_gamma_mae == pytest.approx(a.val_gamma_mae, rel=1e-6)
+
+
+def test_each_set_is_evaluated_with_the_head_of_its_level_of_theory(recipes):
+    from surfflows.core.heads import head_for
+    from surfflows.schemas.models import ModelSpec
+
+    assert head_for("VASP OptB88vdW", ["pbe", "optb88vdw"], "pbe") == "optb88vdw"
+    assert head_for("VASP PBE", ["pbe", "optb88vdw"], "pbe") == "pbe"
+    assert head_for("VASP r2SCAN", ["pbe", "optb88vdw"], "pbe") == "pbe"  # no such head
+
+    sha = "ab" * 32
+    two = recipes.Model("heads seed 0", ModelSpec(kind="checkpoint", sha256=sha, head="pbe"))
+    two = two._replace(heads=("pbe", "optb88vdw"))
+    jarvis = recipes.evaluation_spec(two, "VASP OptB88vdW")
+    assert jarvis.model_id == f"chgnet-ft-{sha[:12]}@optb88vdw"
+    assert recipes.evaluation_spec(two, "VASP PBE").model_id == f"chgnet-ft-{sha[:12]}@pbe"
+    single = recipes.Model("pbe seed 0", ModelSpec(kind="checkpoint", sha256=sha))
+    assert recipes.evaluation_spec(single, "VASP OptB88vdW") is single.spec
+    assert recipes.RECIPES["heads"].finetune_settings(0).heads == "per_level_of_theory"
+    assert len(recipes.RECIPES["heads"].sets) == 2

@@ -61,3 +61,21 @@ def default_head(heads: Sequence[str]) -> str:
     if not heads:
         raise ValueError("no heads")
     return PREFERRED_DEFAULT_HEAD if PREFERRED_DEFAULT_HEAD in heads else heads[0]
+
+
+def head_for(level_of_theory: str, heads: Sequence[str], default: str) -> str:
+    """The head of a level of theory among a checkpoint's heads, else ``default``.
+
+    How a set is evaluated with a multi-head checkpoint: JARVIS (OptB88vdW) slabs with the
+    ``optb88vdw`` head if the checkpoint has one, a PBE set with ``pbe``, a set whose level
+    of theory no head was trained on with the default head.
+
+    Examples
+    --------
+    >>> head_for("VASP OptB88vdW", ["pbe", "optb88vdw"], "pbe")
+    'optb88vdw'
+    >>> head_for("VASP r2SCAN", ["pbe", "optb88vdw"], "pbe")
+    'pbe'
+    """
+    name = head_name(level_of_theory)
+    return name if name in heads else default
