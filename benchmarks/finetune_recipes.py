@@ -106,7 +106,8 @@ class Recipe(BaseModel):
     ``settings`` are :class:`FineTuneSettings` overrides on top of :data:`BASE_SETTINGS`
     (``heads``, ``replay_sets`` and the like are settings too); ``sets`` the reference sets
     trained on (several: one head per level of theory, the default head evaluated), the
-    first one giving the val part of the proxy.
+    first one giving the val part of the proxy. A recipe whose settings give ``epochs``
+    runs at most that many, whatever the plan's epochs (the plan's when fewer).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,7 +128,12 @@ class Recipe(BaseModel):
         return value
 
     def finetune_settings(self, seed: int, **overrides: Any) -> FineTuneSettings:
-        """Base settings, the recipe's, ``overrides`` (e.g. ``epochs`` of ``--quick``), seed."""
+        """Base settings, the recipe's, ``overrides`` (e.g. ``epochs`` of ``--quick``), seed.
+
+        The recipe's own ``epochs`` cap the overriding ones.
+        """
+        if "epochs" in self.settings and "epochs" in overrides:
+            overrides = {**overrides, "epochs": min(overrides["epochs"], self.settings["epochs"])}
         return FineTuneSettings(**{**BASE_SETTINGS, **self.settings, **overrides, "seed": seed})
 
 
@@ -164,8 +170,10 @@ RECIPES: dict[str, Recipe] = {
         "forces, stress) of its bulks and the train parts of wbm_bulks and mp_elemental_refs",
     ),
     "chgnet_trainer": Recipe(
-        settings={"recipe": "chgnet_trainer", "depth": 2},
-        note="peer baseline: chgnet's Trainer, its fine-tuning example's frozen layers, E + F",
+        settings={"recipe": "chgnet_trainer", "depth": 2, "epochs": 3},
+        note="peer baseline: chgnet's Trainer, its fine-tuning example's frozen layers, E + F; "
+        "at most 3 epochs (each costs about 4 surfflows epochs: every step is a full forward "
+        "and backward pass with forces)",
     ),
 }
 

@@ -36,6 +36,9 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
     assert recipes.RECIPES["default"].finetune_settings(0).depth == 4
     trainer = recipes.RECIPES["chgnet_trainer"].finetune_settings(0)
     assert trainer.recipe == "chgnet_trainer" and trainer.gamma_weight == 0
+    assert trainer.epochs == 3  # its own epochs cap the overriding ones
+    assert recipes.RECIPES["chgnet_trainer"].finetune_settings(0, epochs=6).epochs == 3
+    assert recipes.RECIPES["chgnet_trainer"].finetune_settings(0, epochs=2).epochs == 2
     default = recipes.RECIPES["default"].finetune_settings(0)
     assert default.force_weight == 0 and default.replay_weight == 0
     assert default.epochs == FineTuneSettings().epochs
