@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from surfflows.cli.common import MODEL_HELP, app, console, fail, num
+from surfflows.schemas.evaluate import RELAXED_FMAX, RELAXED_MAX_STEPS
 
 
 @app.command()
@@ -23,8 +24,8 @@ def evaluate(
     level_of_theory: Annotated[
         str | None, typer.Option(help="For a folder that is not yet ingested.")
     ] = None,
-    fmax: Annotated[float, typer.Option(help="Relaxed mode force criterion, eV/Å.")] = 0.05,
-    max_steps: Annotated[int, typer.Option(help="Relaxed mode step limit.")] = 300,
+    fmax: Annotated[float, typer.Option(help="Relaxed mode force criterion, eV/Å.")] = RELAXED_FMAX,
+    max_steps: Annotated[int, typer.Option(help="Relaxed mode step limit.")] = RELAXED_MAX_STEPS,
     chunk_size: Annotated[int, typer.Option(help="Structures per job.")] = 128,
 ) -> None:
     """Evaluate a model on a reference set: single points and/or ions relaxed at the DFT cell."""

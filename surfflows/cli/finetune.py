@@ -129,6 +129,20 @@ def finetune(
         str | None,
         typer.Option(help="surfflows (default) or chgnet-trainer: chgnet's own Trainer, the peer."),
     ] = None,
+    select_on: Annotated[
+        str | None,
+        typer.Option(
+            help="What selects the epoch: single-point (val gamma at DFT geometries, the "
+            "default) or relaxed (val gamma with ions relaxed by the model)."
+        ),
+    ] = None,
+    selection_slabs: Annotated[
+        int | None,
+        typer.Option(
+            help="--select-on relaxed: val slabs relaxed after every epoch (default 24; "
+            "more than the set has: all of them)."
+        ),
+    ] = None,
     parent: Annotated[str, typer.Option(help="Model to fine-tune.")] = "chgnet-0.3.0",
     work_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (a rerun there resumes).")
@@ -140,12 +154,14 @@ def finetune(
     """Fine-tune the last X units of CHGNet on a set's train split and register the checkpoint.
 
     The epoch with the lowest validation gamma MAE is kept (several sets: the lowest mean
-    over sets of each set's; --recipe chgnet-trainer: chgnet's own Trainer, the peer
-    baseline, keeps its lowest validation energy MAE). Several --reference sets train one
-    shared backbone with one readout head per level of theory (choose one with --model
-    chgnet-ft-<sha12>@<head>). With --evaluate (default) the checkpoint and its parent are
-    evaluated on the val and test parts of every set (single point), bulk forgetting is
-    checked on bo2_bulk_eos and the sets' test bulks, and the builders run.
+    over sets of each set's; --select-on relaxed: the gamma MAE of --selection-slabs val
+    slabs relaxed by the model after every epoch; --recipe chgnet-trainer: chgnet's own
+    Trainer, the peer baseline, keeps its lowest validation energy MAE). Several
+    --reference sets train one shared backbone with one readout head per level of theory
+    (choose one with --model chgnet-ft-<sha12>@<head>). With --evaluate (default) the
+    checkpoint and its parent are evaluated on the val and test parts of every set (single
+    point), bulk forgetting is checked on bo2_bulk_eos and the sets' test bulks, and the
+    builders run.
     """
     from jobflow import run_locally
     from pydantic import ValidationError
@@ -163,6 +179,8 @@ def finetune(
         "replay_pool_size": replay_pool_size, "patience": patience,
         "anchor_weight": anchor_weight, "replay_sets": replay_set or None, "heads": heads,
         "recipe": recipe and recipe.replace("-", "_"),
+        "selection": select_on and select_on.replace("-", "_"),
+        "selection_slabs": selection_slabs,
     }  # fmt: skip
     store = get_job_store()
     try:
@@ -192,10 +210,15 @@ def finetune(
     run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
     with store:
         doc = output.resolve(store)
+    relaxed = (
+        ""
+        if doc.best_val_relaxed_gamma_mae is None
+        else f" (relaxed, selection slabs: {num(doc.best_val_relaxed_gamma_mae)})"
+    )
     console.print(
         f"{doc.model_id}: X={doc.depth}, {doc.trainable_parameters:,} trainable parameters, "
         f"best epoch {doc.best_epoch} of {len(doc.history) - 1}, val gamma MAE "
-        f"{num(doc.best_val_gamma_mae)} J/m², {doc.wall_seconds:.0f} s; dropped "
+        f"{num(doc.best_val_gamma_mae)}{relaxed} J/m², {doc.wall_seconds:.0f} s; dropped "
         + ", ".join(f"{reason} {len(keys)}" for reason, keys in sorted(doc.dropped.items()))
     )
     for name, head in doc.heads.items():

@@ -41,6 +41,20 @@ Objective
    epoch with the lowest one is kept (epoch 0 is the model before any gradient step), and
    training stops after ``patience`` epochs without improvement.
 
+Relaxed-mode selection (``selection="relaxed"``)
+-------------------------------------------------
+Users relax slabs with the model, so the epoch can be selected on relaxed-mode validation
+gamma instead: after every epoch, and at epoch 0 so the parent stays a candidate, a fixed
+subset of ``selection_slabs`` val slabs (:func:`selection_pairs`, drawn once with the
+seed, spread over the sets) and their bulks have their ions relaxed by the model being
+trained in their DFT cells, as the evaluation's relaxed mode does (:func:`relaxed_gamma`;
+each slab with its set's head). The epoch with the lowest relaxed gamma MAE
+(:func:`selection_key`; several sets: the mean over sets) is kept and patience counts on
+it. The single-point figures are still recorded. A failed or unconverged relaxation
+leaves its slab out of that epoch's MAE and is counted (``val_relaxed_failures``). The
+selection has its own random generator, so training itself (batches, order, weights) is
+the same as with single-point selection.
+
 Compute
 -------
 CrystalGraphs and batches are made once. Without forces, the frozen stages do not change,
@@ -97,7 +111,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +127,15 @@ from pymatgen.core import Element, Lattice, Structure
 from torch import Tensor, nn
 
 from surfflows.core.heads import default_head
-from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, bulk_units_and_excess, slab_area
+from surfflows.core.thermo import (
+    EV_PER_A2_TO_J_PER_M2,
+    bulk_units_and_excess,
+    slab_area,
+    surface_energy,
+    to_j_per_m2,
+)
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, relax_structures
+from surfflows.schemas.evaluate import RELAXED_FMAX, RELAXED_MAX_STEPS
 from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
 
 #: Modules of the embedding unit (the largest X).
@@ -930,6 +952,156 @@ def gamma_j_per_m2(energy_per_atom: Tensor, batch: Batch) -> Tensor:
     return (slab - batch.pair_units * bulk) / (2 * batch.pair_area) * EV_PER_A2_TO_J_PER_M2
 
 
+# -------------------------------------------------------------- relaxed-mode selection
+
+
+def selection_pairs(data: ReferenceData, n_slabs: int | None, seed: int) -> list[int]:
+    """The slabs relaxed to select the epoch (``selection="relaxed"``): indices into
+    ``data.pairs``, drawn once.
+
+    Each set's pairs, in the order of their slab keys, are shuffled by one
+    ``np.random.default_rng(seed)`` (sets in sorted order); the sets then give one slab
+    each in turn, so the subset is spread evenly over the sets, until ``n_slabs`` are
+    taken (None: every pair). Returned in the order of the slab keys.
+    """
+
+    def slab_key(i: int) -> str:
+        return data.samples[data.pairs[i].slab].key
+
+    by_set: dict[str, list[int]] = {}
+    for i in sorted(range(len(data.pairs)), key=slab_key):
+        by_set.setdefault(data.samples[data.pairs[i].slab].set_name, []).append(i)
+    rng = np.random.default_rng(seed)
+    queues = [
+        deque(np.asarray(by_set[name])[rng.permutation(len(by_set[name]))].tolist())
+        for name in sorted(by_set)
+    ]
+    limit = len(data.pairs) if n_slabs is None else min(n_slabs, len(data.pairs))
+    picked: list[int] = []
+    while len(picked) < limit:
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.popleft())
+    return sorted(picked, key=slab_key)
+
+
+def relaxed_gamma(
+    model: CHGNet,
+    data: ReferenceData,
+    pairs: Sequence[int],
+    heads: Mapping[str, nn.ModuleDict] | None = None,
+    head_of: Callable[[Sample], str] | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Relaxed-mode gamma errors of some validation slabs, as the evaluation's relaxed mode.
+
+    The ions of each slab and of its bulk are relaxed by ``model`` in their DFT cells
+    (:func:`surfflows.engine.relax.relax_structures`, fixed atoms kept, the evaluation's
+    ``fmax``, step limit and optimizer), and gamma comes from the relaxed energies by
+    :func:`surfflows.core.thermo.surface_energy`. With several heads each slab and its bulk
+    relax with their set's head (``head_of``); the model's own head is put back after. A
+    slab whose slab or bulk relaxation fails or does not converge is left out and counted.
+
+    Parameters
+    ----------
+    model
+        The model (eval mode); not changed (its head is restored).
+    data
+        Validation data; ``pairs`` index ``data.pairs`` (:func:`selection_pairs`).
+    heads, head_of
+        Several heads: the heads by name and the head of each sample; None: one head.
+    progress
+        Show the relaxations' progress bar.
+
+    Returns
+    -------
+    dict
+        The :class:`~surfflows.schemas.finetune.EpochRecord` fields ``val_relaxed_*``:
+        MAE and mean signed error (J/m², None if no slab converged), per set (several
+        sets), the single-point MAE of the same slabs (the relaxations' first energies),
+        converged slabs, failures, median and mean steps of the slab relaxations (all of
+        them) and the wall time.
+    """
+    tick = time.perf_counter()
+    by_head: dict[str | None, list[int]] = {}
+    for i in pairs:
+        slab = data.samples[data.pairs[i].slab]
+        by_head.setdefault(None if head_of is None else head_of(slab), []).append(i)
+    results: dict[int, Any] = {}  # sample index -> RelaxResult
+    original = head_modules(model)
+    try:
+        for head, members in by_head.items():
+            if head is not None:
+                use_head(model, heads[head])
+            rows = list(
+                dict.fromkeys(k for i in members for k in (data.pairs[i].slab, data.pairs[i].bulk))
+            )
+            relaxed = relax_structures(
+                [data.samples[k].structure for k in rows],
+                model,
+                fmax=RELAXED_FMAX,
+                max_steps=RELAXED_MAX_STEPS,
+                optimizer=DEFAULT_OPTIMIZER,
+                progress=progress,
+            )
+            results.update(zip(rows, relaxed, strict=True))
+    finally:
+        use_head(model, original)
+
+    def gamma(slab: Sample, bulk: Sample, slab_energy: float, bulk_energy: float) -> float:
+        return to_j_per_m2(
+            surface_energy(
+                slab_energy,
+                slab.structure.composition,
+                bulk_energy,
+                bulk.structure.composition,
+                slab_area(slab.structure.lattice),
+            )
+        )
+
+    errors: dict[str, list[float]] = {}
+    single_point: list[float] = []
+    steps: list[int] = []
+    failures = 0
+    for i in pairs:
+        pair = data.pairs[i]
+        slab, bulk = data.samples[pair.slab], data.samples[pair.bulk]
+        slab_result, bulk_result = results[pair.slab], results[pair.bulk]
+        steps.append(slab_result.n_steps)
+        errors.setdefault(slab.set_name, [])
+        if not (slab_result.ok and bulk_result.ok):
+            failures += 1
+            continue
+        errors[slab.set_name].append(
+            gamma(slab, bulk, slab_result.energy, bulk_result.energy) - pair.gamma_ref
+        )
+        single_point.append(
+            gamma(slab, bulk, slab_result.initial_energy, bulk_result.initial_energy)
+            - pair.gamma_ref
+        )
+    every = [e for values in errors.values() for e in values]
+
+    def mae(values: Sequence[float]) -> float | None:
+        return float(np.mean(np.abs(values))) if len(values) else None
+
+    return {
+        "val_relaxed_gamma_mae": mae(every),
+        "val_relaxed_gamma_mean_signed_error": float(np.mean(every)) if every else None,
+        "val_relaxed_gamma_mae_by_set": (
+            {name: mae(values) for name, values in sorted(errors.items())}
+            if len(errors) > 1
+            else {}
+        ),
+        "val_relaxed_single_point_gamma_mae": mae(single_point),
+        "val_relaxed_slabs": len(every),
+        "val_relaxed_failures": failures,
+        "val_relaxed_steps_median": float(np.median(steps)) if steps else None,
+        "val_relaxed_steps_mean": float(np.mean(steps)) if steps else None,
+        "val_relaxed_seconds": time.perf_counter() - tick,
+    }
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -1103,7 +1275,8 @@ class FineTuneResult:
     history
         One record per epoch, epoch 0 before any gradient step.
     best_epoch
-        Epoch with the lowest validation gamma MAE (the mean over sets with several).
+        Epoch with the lowest :func:`selection_key`: validation gamma MAE, single point or
+        (``settings.selection="relaxed"``) relaxed (the mean over sets with several).
     atomref_shift
         Fitted per-element shift of the default head, eV/atom.
     best_checkpoint
@@ -1154,7 +1327,13 @@ def cosine_lr(settings: FineTuneSettings, epoch: int) -> float:
 
 
 def _record(
-    epoch: int, train: dict, val: dict, lr: float, seconds: float, val_force: float | None
+    epoch: int,
+    train: dict,
+    val: dict,
+    lr: float,
+    seconds: float,
+    val_force: float | None,
+    relaxed: Mapping[str, Any] | None = None,
 ) -> EpochRecord:
     return EpochRecord(
         epoch=epoch,
@@ -1169,13 +1348,31 @@ def _record(
         val_force_mae=val_force,
         val_energy_mae_by_set={k: e for k, (e, _) in val["by_set"].items()},
         val_gamma_mae_by_set={k: g for k, (_, g) in val["by_set"].items()},
+        **(relaxed or {}),
     )
 
 
-def selection_key(record: EpochRecord) -> float:
-    """What selects the epoch: the validation gamma MAE; with several sets the mean over
-    the sets with validation gamma pairs of each set's validation gamma MAE (energy MAE
-    for data without gamma pairs)."""
+def selection_key(record: EpochRecord, selection: str = "single_point") -> float:
+    """What selects the epoch (the lowest is kept; patience counts on it too).
+
+    Parameters
+    ----------
+    record
+        One epoch's record.
+    selection
+        ``single_point``: the validation gamma MAE; with several sets the mean over the
+        sets with validation gamma pairs of each set's validation gamma MAE (energy MAE
+        for data without gamma pairs). ``relaxed``: the relaxed-mode gamma MAE of the
+        selection slabs (``val_relaxed_gamma_mae``); with several sets the mean over the
+        sets with a value of each set's; infinite for an epoch without one (no selection
+        slab converged), so that it is never kept over an epoch that has one.
+    """
+    if selection == "relaxed":
+        per_set = [g for g in record.val_relaxed_gamma_mae_by_set.values() if g is not None]
+        if per_set:
+            return float(np.mean(per_set))
+        value = record.val_relaxed_gamma_mae
+        return math.inf if value is None else value
     per_set = [g for g in record.val_gamma_mae_by_set.values() if g is not None]
     if per_set:
         return float(np.mean(per_set))
@@ -1373,6 +1570,19 @@ def finetune(
     _shift_replay_labels(parent, model, train_batches)
     _set_composition(model, val_batches, head_set)
     val_forces = any(s.forces is not None for s in val.samples)
+    relaxed_pairs = (
+        selection_pairs(val, settings.selection_slabs, settings.seed)
+        if settings.selection == "relaxed"
+        else []
+    )
+    if settings.selection == "relaxed" and not relaxed_pairs:
+        raise ValueError("selection 'relaxed' needs validation slabs with a gamma pair, found none")
+
+    def relaxed_errors() -> dict[str, Any] | None:
+        if not relaxed_pairs:
+            return None
+        return relaxed_gamma(model, val, relaxed_pairs, head_set or None, head_of)
+
     setup_seconds = time.perf_counter() - start_time
 
     parent_values = dict(parent.named_parameters())
@@ -1417,14 +1627,15 @@ def finetune(
             module.eval()
         errors = [run_epoch(model, b, cut, objective) for b in (train_batches, val_batches)]
         val_force = force_mae(model, val_batches, head_set) if val_forces else None
-        history = [_record(0, *errors, 0.0, time.perf_counter() - tick, val_force)]
+        relaxed = relaxed_errors()
+        history = [_record(0, *errors, 0.0, time.perf_counter() - tick, val_force, relaxed)]
         best_state = snapshot()
         if progress:
             progress(history[0])
     resumed_from = history[-1].epoch if saved is not None else None
 
     def best() -> EpochRecord:
-        return min(history, key=selection_key)
+        return min(history, key=lambda record: selection_key(record, settings.selection))
 
     stopped_early = False
     while optimizer is not None and history[-1].epoch < settings.epochs:
@@ -1444,9 +1655,9 @@ def finetune(
             module.eval()
         val_errors = run_epoch(model, val_batches, cut, objective)
         val_force = force_mae(model, val_batches, head_set) if val_forces else None
-        history.append(
-            _record(epoch, train_errors, val_errors, lr, time.perf_counter() - tick, val_force)
-        )
+        relaxed = relaxed_errors()
+        seconds = time.perf_counter() - tick
+        history.append(_record(epoch, train_errors, val_errors, lr, seconds, val_force, relaxed))
         if best() is history[-1]:
             best_state = snapshot()
         torch.save(

@@ -527,7 +527,7 @@ def _evaluate(
 
 def relax_structures(
     structures: Sequence[Structure],
-    model: ModelSpec,
+    model: ModelSpec | CHGNet,
     *,
     fmax: float = 0.05,
     max_steps: int = 500,
@@ -551,7 +551,10 @@ def relax_structures(
     structures
         Input structures (``selective_dynamics`` marks fixed atoms); cells stay fixed.
     model
-        CHGNet model, loaded once per process.
+        The CHGNet: a spec (loaded once per process, :func:`load_model`) or a CHGNet
+        already in memory (e.g. the model being fine-tuned), used as it is (its current
+        weights and head; it should be in eval mode). Either way its graph converter is
+        set to ignore isolated atoms, as the ASE calculator of :func:`relax_one` does.
     fmax
         Force criterion, eV/Å.
     max_steps
@@ -578,7 +581,7 @@ def relax_structures(
     _check_optimizer(optimizer)
     step = _STEPS[optimizer]
     timings = RelaxTimings() if timings is None else timings
-    chgnet = load_model(model)
+    chgnet = load_model(model) if isinstance(model, ModelSpec) else model
     # Isolated atoms are handled as by the ASE calculator of relax_one.
     chgnet.graph_converter.set_isolated_atom_response("ignore")
     results = [RelaxResult(structure=structure) for structure in structures]

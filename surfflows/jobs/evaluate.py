@@ -18,7 +18,12 @@ from surfflows.engine.calculators import SinglePoint, relax_fixed_cell, single_p
 from surfflows.engine.models import check_model, preload
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
 from surfflows.io.registry import decode_checkpoint
-from surfflows.schemas.evaluate import EvaluationDoc, ModelEnergyDoc
+from surfflows.schemas.evaluate import (
+    RELAXED_FMAX,
+    RELAXED_MAX_STEPS,
+    EvaluationDoc,
+    ModelEnergyDoc,
+)
 from surfflows.schemas.models import ModelSpec
 
 #: (reference key, doc type, structure, has DFT forces) of one reference record.
@@ -122,8 +127,8 @@ class EvaluateMaker(Maker):
     name: str = "evaluate"
     model: ModelSpec = field(default_factory=ModelSpec)
     modes: tuple[str, ...] = ("single_point", "relaxed")
-    fmax: float = 0.05
-    max_steps: int = 300
+    fmax: float = RELAXED_FMAX
+    max_steps: int = RELAXED_MAX_STEPS
     optimizer: Optimizer = DEFAULT_OPTIMIZER
     chunk_size: int = 128
 

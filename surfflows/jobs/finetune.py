@@ -120,6 +120,21 @@ def _replay_bulks(
     return bulks
 
 
+def _relaxed_text(record: Any) -> str:
+    """The relaxed-mode part of an epoch's log line (empty when it was not computed)."""
+    if record.val_relaxed_slabs is None:
+        return ""
+    mae = record.val_relaxed_gamma_mae
+    by_set = "".join(
+        f", {k} {v:.3f}" for k, v in record.val_relaxed_gamma_mae_by_set.items() if v is not None
+    )
+    return (
+        f"  relaxed {'-' if mae is None else f'{mae:.3f}'} J/m²{by_set} "
+        f"({record.val_relaxed_slabs} slabs, {record.val_relaxed_failures} failed, "
+        f"median {record.val_relaxed_steps_median:.0f} steps, {record.val_relaxed_seconds:.1f} s)"
+    )
+
+
 @job(output_schema=FineTuneDoc, data=CHECKPOINT_FIELD)
 def finetune_checkpoint(
     references: ReferenceInputs | list[ReferenceInputs],
@@ -189,13 +204,14 @@ def finetune_checkpoint(
     def progress(r: Any) -> None:
         logger.info(
             "epoch %3d  loss %.4f  train E %.4f eV/atom  val E %.4f eV/atom  val gamma MAE "
-            "%s J/m²%s  val F %s eV/Å  (%.1f s)",
+            "%s J/m²%s%s  val F %s eV/Å  (%.1f s)",
             r.epoch, r.train_loss, r.train_energy_mae, r.val_energy_mae,
             "-" if r.val_gamma_mae is None else f"{r.val_gamma_mae:.3f}",
             "".join(
                 f", {k} {v:.3f}" for k, v in r.val_gamma_mae_by_set.items() if v is not None
             ),
-            "-" if r.val_force_mae is None else f"{r.val_force_mae:.3f}", r.seconds,
+            _relaxed_text(r), "-" if r.val_force_mae is None else f"{r.val_force_mae:.3f}",
+            r.seconds,
         )  # fmt: skip
 
     if settings.recipe == "chgnet_trainer":  # the peer baseline: chgnet's Trainer, one readout
@@ -267,6 +283,7 @@ def finetune_checkpoint(
         history=result.history,
         best_epoch=result.best_epoch,
         best_val_gamma_mae=best.val_gamma_mae,
+        best_val_relaxed_gamma_mae=best.val_relaxed_gamma_mae,
         best_val_energy_mae=best.val_energy_mae,
         stopped_early=result.stopped_early,
         resumed_from_epoch=result.resumed_from_epoch,
@@ -276,8 +293,10 @@ def finetune_checkpoint(
         checkpoint_b64=encode_checkpoint(result.best_checkpoint),
     )
     logger.info(
-        "fine-tuned %s: best epoch %d, val gamma MAE %s J/m²",
+        "fine-tuned %s: best epoch %d, val gamma MAE %s J/m²%s",
         spec.model_id, result.best_epoch, best.val_gamma_mae,
+        "" if best.val_relaxed_gamma_mae is None
+        else f", relaxed {best.val_relaxed_gamma_mae:.3f} J/m² (selection {settings.selection})",
     )  # fmt: skip
     return doc
 

@@ -290,6 +290,10 @@ def finetune_depth_plot(
 def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Training loss and validation gamma MAE per epoch of fine-tuned checkpoints.
 
+    Runs that computed relaxed-mode validation gamma (``selection`` relaxed) get it as a
+    dashed line beside the single-point one; the dot marks the kept epoch on the curve
+    that selected it.
+
     Parameters
     ----------
     docs
@@ -309,6 +313,12 @@ def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title
         loss_ax.plot(epochs, [r["train_loss"] for r in doc["history"]], color=colour, label=label)
         val = [np.nan if r["val_gamma_mae"] is None else r["val_gamma_mae"] for r in doc["history"]]
         val_ax.plot(epochs, val, color=colour, label=label)
+        relaxed = [r.get("val_relaxed_gamma_mae") for r in doc["history"]]
+        if any(v is not None for v in relaxed):
+            relaxed = [np.nan if v is None else v for v in relaxed]
+            val_ax.plot(epochs, relaxed, "--", color=colour, label=f"{label}, relaxed")
+        if doc["hyperparameters"].get("selection") == "relaxed":
+            val = [np.nan if v is None else v for v in relaxed]
         val_ax.plot([doc["best_epoch"]], [val[doc["best_epoch"]]], "o", color=colour)
     loss_ax.set_yscale("log")
     loss_ax.set_xlabel("epoch")

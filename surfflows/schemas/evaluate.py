@@ -10,6 +10,11 @@ from surfflows.core.timestamps import now_iso
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 
+#: Relaxed mode (ions relaxed by the model in the DFT cell): force criterion, eV/Å, and step
+#: limit of the evaluation, which fine-tuning's relaxed-mode epoch selection uses too.
+RELAXED_FMAX = 0.05
+RELAXED_MAX_STEPS = 300
+
 
 class ModelEnergyDoc(BaseModel):
     """The model's energy of one reference structure (single point or ions relaxed)."""

@@ -101,8 +101,8 @@ class FineTuneSettings(BaseModel):
     patience: int | None = Field(
         default=8,
         ge=1,
-        description="Stop after this many epochs without a lower validation gamma MAE (None: "
-        "never stop early).",
+        description="Stop after this many epochs without a lower validation gamma MAE (of "
+        "the kind `selection` names; None: never stop early).",
     )
     seed: int = Field(default=0, description="Seed of torch and of the batch order.")
     heads: Literal["per_level_of_theory", "single"] = Field(
@@ -130,12 +130,37 @@ class FineTuneSettings(BaseModel):
         "(its advice for data of another functional). The surfflows recipe always fits AtomRef "
         "by least squares.",
     )
+    selection: Literal["single_point", "relaxed"] = Field(
+        default="single_point",
+        description="What selects the epoch kept (and counts for patience): single_point, "
+        "the validation gamma MAE at the DFT geometries; relaxed, the validation gamma MAE "
+        "of selection_slabs val slabs whose ions the model relaxes in their DFT cells (and "
+        "their bulks' ions), as the evaluation's relaxed mode does, after every epoch and "
+        "for the parent (epoch 0).",
+    )
+    selection_slabs: int | None = Field(
+        default=24,
+        ge=1,
+        description="selection relaxed: val slabs relaxed after every epoch, a fixed subset "
+        "drawn once with the seed from the sorted val slab keys, spread evenly over the sets "
+        "(None: every val slab with a gamma pair).",
+    )
 
     @model_validator(mode="after")
     def _replay_sets_need_replay(self) -> FineTuneSettings:
         if self.replay_sets and self.replay_weight == 0:
             raise ValueError(
                 f"replay_sets {self.replay_sets} need replay_weight > 0 (replay is off)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _selection_slabs_need_relaxed(self) -> FineTuneSettings:
+        default = type(self).model_fields["selection_slabs"].default
+        if self.selection == "single_point" and self.selection_slabs != default:
+            raise ValueError(
+                f"selection_slabs={self.selection_slabs} only applies to selection='relaxed' "
+                "(the epoch is selected on single-point validation gamma)"
             )
         return self
 
@@ -162,6 +187,10 @@ class FineTuneSettings(BaseModel):
             "force_weight": (self.force_weight == 0, "it trains energies and forces ('ef')"),
             "epochs": (self.epochs == 0, "chgnet's Trainer writes its checkpoint after an epoch"),
             "heads": (self.heads != "single", "chgnet's Trainer has one readout and one AtomRef"),
+            "selection": (
+                self.selection != "single_point",
+                "chgnet's Trainer keeps its own bestE (lowest validation energy MAE)",
+            ),
         }
         bad = [
             f"{name}={getattr(self, name)!r} ({why})"
@@ -194,6 +223,8 @@ LATER_SETTINGS = {
     "replay_sets": [],
     "recipe": "surfflows",
     "train_composition_model": True,
+    "selection": "single_point",
+    "selection_slabs": 24,
 }
 
 
@@ -205,7 +236,10 @@ class EpochRecord(BaseModel):
     train_energy_mae: float = Field(description="Training energy MAE, eV/atom.")
     train_gamma_mae: float | None = Field(description="Training gamma MAE, J/m².")
     val_energy_mae: float = Field(description="Validation energy MAE, eV/atom.")
-    val_gamma_mae: float | None = Field(description="Validation gamma MAE, J/m² (selects epochs).")
+    val_gamma_mae: float | None = Field(
+        description="Validation gamma MAE at the DFT geometries, J/m² (selects epochs unless "
+        "the run selects on relaxed gamma)."
+    )
     val_gamma_mean_signed_error: float | None = Field(
         description="Validation mean of gamma_model - gamma_ref, J/m²."
     )
@@ -224,6 +258,44 @@ class EpochRecord(BaseModel):
     )
     val_energy_mae_by_set: dict[str, float] = Field(
         default_factory=dict, description="Several sets: validation energy MAE of each, eV/atom."
+    )
+    val_relaxed_gamma_mae: float | None = Field(
+        default=None,
+        description="selection relaxed: gamma MAE, J/m², of the selection's val slabs with "
+        "slab and bulk ions relaxed by the model in their DFT cells (the evaluation's relaxed "
+        "mode), over the slabs whose relaxations both converged; None when not computed or "
+        "none converged. Selects the epoch when the run selects on it.",
+    )
+    val_relaxed_gamma_mean_signed_error: float | None = Field(
+        default=None, description="Mean of gamma_model - gamma_ref over the same slabs, J/m²."
+    )
+    val_relaxed_gamma_mae_by_set: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Several sets: val_relaxed_gamma_mae of each set's selection slabs, J/m² "
+        "(None: none converged); the epoch kept has the lowest mean of them.",
+    )
+    val_relaxed_single_point_gamma_mae: float | None = Field(
+        default=None,
+        description="Single-point gamma MAE, J/m², of the same slabs (the relaxations' first "
+        "energies, at the DFT geometries): relaxed minus this is the relaxation's own effect.",
+    )
+    val_relaxed_slabs: int | None = Field(
+        default=None,
+        description="Selection slabs whose slab and bulk relaxations converged (enter the MAE).",
+    )
+    val_relaxed_failures: int | None = Field(
+        default=None,
+        description="Selection slabs left out because their slab or bulk relaxation failed or "
+        "did not converge within the step limit.",
+    )
+    val_relaxed_steps_median: float | None = Field(
+        default=None, description="Median optimizer steps of the selection slabs' relaxations."
+    )
+    val_relaxed_steps_mean: float | None = Field(
+        default=None, description="Mean optimizer steps of the selection slabs' relaxations."
+    )
+    val_relaxed_seconds: float | None = Field(
+        default=None, description="Wall time of the selection relaxations (part of seconds), s."
     )
 
 
@@ -332,11 +404,16 @@ class FineTuneDoc(OutputDoc):
     n_dropped: int = Field(description="Records of the train and val parts not used.")
     history: list[EpochRecord] = Field(description="Loss curves, one record per epoch.")
     best_epoch: int = Field(
-        description="Epoch with the lowest validation gamma MAE (kept); several sets: the "
-        "lowest mean over sets of each set's validation gamma MAE; recipe chgnet_trainer: "
-        "chgnet's bestE, the lowest validation energy MAE."
+        description="Epoch with the lowest validation gamma MAE (kept; selection relaxed: "
+        "the lowest relaxed-mode MAE of the selection slabs); several sets: the lowest mean "
+        "over sets of each set's; recipe chgnet_trainer: chgnet's bestE, the lowest "
+        "validation energy MAE."
     )
     best_val_gamma_mae: float | None = Field(description="Validation gamma MAE there, J/m².")
+    best_val_relaxed_gamma_mae: float | None = Field(
+        default=None,
+        description="selection relaxed: relaxed-mode gamma MAE of the selection slabs there, J/m².",
+    )
     best_val_energy_mae: float = Field(description="Validation energy MAE there, eV/atom.")
     stopped_early: bool = Field(description="Training stopped by patience before `epochs`.")
     resumed_from_epoch: int | None = Field(
