@@ -608,3 +608,178 @@ def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_pa
             {"output.@class": "EvaluationDoc", "output.model_id": vdw.model_id}
         )
     assert evaluation is not None
+
+
+# ------------------------------------------------------------ relaxed-mode epoch selection
+
+
+def test_relaxed_selection_settings():
+    """Defaults, bounds, the chgnet_trainer refusal, and unchanged work folders."""
+    from pydantic import ValidationError
+
+    from surfflows.jobs.finetune import default_work_dir
+
+    default = FineTuneSettings()
+    assert (default.selection, default.selection_slabs) == ("single_point", 24)
+    assert FineTuneSettings(selection="relaxed", selection_slabs=None).selection_slabs is None
+    with pytest.raises(ValidationError, match="selection_slabs"):
+        FineTuneSettings(selection="relaxed", selection_slabs=0)
+    with pytest.raises(ValidationError, match="selection"):
+        FineTuneSettings(selection="relaxed_mode")
+    with pytest.raises(ValidationError, match="only applies to selection='relaxed'"):
+        FineTuneSettings(selection_slabs=5)
+    with pytest.raises(ValidationError, match="chgnet_trainer does not support selection="):
+        FineTuneSettings(recipe="chgnet_trainer", selection="relaxed")
+    relaxed = FineTuneSettings(selection="relaxed", selection_slabs=3)
+    assert FineTuneSettings.model_validate(relaxed.model_dump()) == relaxed
+    # at their defaults the new settings leave work folders as they were (names from the
+    # code before them); relaxed selection trains in a folder of its own
+    assert default_work_dir("tiny_ft", ModelSpec(), default).name == "tiny_ft_X1_seed0_68be9347"
+    pbe = FineTuneSettings(depth=4, epochs=6)
+    name = "mp_elemental_surfaces_X4_seed0_414e1ed8"
+    assert default_work_dir("mp_elemental_surfaces", ModelSpec(), pbe).name == name
+    other = pbe.model_copy(update={"selection": "relaxed"})
+    assert default_work_dir("mp_elemental_surfaces", ModelSpec(), other).name != name
+
+
+def test_selection_key_and_selection_slabs():
+    """selection_key reads the relaxed value when asked (mean over sets; inf without one);
+    the selection slabs are drawn once from the sorted keys, spread over the sets."""
+    from surfflows.engine.finetune import (
+        ReferenceData,
+        Sample,
+        SurfacePair,
+        selection_key,
+        selection_pairs,
+    )
+    from surfflows.schemas.finetune import EpochRecord
+
+    def record(sp: float, rx: float | None, **fields) -> EpochRecord:
+        return EpochRecord(
+            epoch=0, train_loss=0, train_energy_mae=0, train_gamma_mae=None,
+            val_energy_mae=0.1, val_gamma_mae=sp, val_gamma_mean_signed_error=None,
+            learning_rate=0, seconds=0, val_relaxed_gamma_mae=rx, **fields,
+        )  # fmt: skip
+
+    history = [record(0.10, 0.30), record(0.08, 0.25), record(0.05, 0.27)]
+    assert min(history, key=selection_key) is history[2]
+    assert min(history, key=lambda r: selection_key(r, "relaxed")) is history[1]
+    assert selection_key(record(0.1, None), "relaxed") == math.inf
+    two_sets = record(0.1, 0.2, val_relaxed_gamma_mae_by_set={"a": 0.1, "b": 0.4, "c": None})
+    assert selection_key(two_sets, "relaxed") == pytest.approx(0.25)
+
+    def data(sizes: dict[str, int]) -> ReferenceData:
+        samples, pairs = [], []
+        for name, n in sizes.items():
+            bulk = len(samples)
+            samples.append(Sample(f"{name}:bulk", "bulk", name, None, 1, 1.0, set_name=name))
+            for i in range(n):
+                pairs.append(SurfacePair(len(samples), bulk, 1.0, 1.0, 1.0))
+                samples.append(
+                    Sample(f"{name}:s{i:02d}", "slab", name, None, 2, None, set_name=name)
+                )
+        return ReferenceData(samples, pairs)
+
+    val = data({"b": 3, "a": 10})
+    picked = selection_pairs(val, 6, seed=0)
+    keys = [val.samples[val.pairs[i].slab].key for i in picked]
+    assert keys == sorted(keys) and len(set(keys)) == 6
+    assert sum(k.startswith("b:") for k in keys) == 3  # spread: 3 of each set
+    assert selection_pairs(val, 6, seed=0) == picked
+    assert selection_pairs(val, 6, seed=1) != picked
+    assert len(selection_pairs(val, None, seed=0)) == len(selection_pairs(val, 99, 0)) == 13
+    # the draw depends on the keys, not on the order of the data
+    flipped = data({"a": 10, "b": 3})
+    flipped_keys = [
+        flipped.samples[flipped.pairs[i].slab].key for i in selection_pairs(flipped, 6, 0)
+    ]
+    assert flipped_keys == keys
+
+
+@pytest.mark.slow
+def test_relaxed_selection_keeps_the_lowest_relaxed_val_gamma(tiny_set, chgnet, tmp_path):
+    """A tiny fine-tune selecting on relaxed val gamma: every epoch, the parent's included,
+    records it; the kept checkpoint is the epoch with the lowest one and relaxes to it;
+    training itself is that of the single-point run."""
+    from chgnet.model import CHGNet
+
+    from surfflows.engine.finetune import relaxed_gamma
+
+    train, val = _tiny_data(tiny_set, chgnet)
+    common = {"depth": 2, "epochs": 2, "learning_rate": 1e-2, "batch_size": 8, "patience": None}
+    relaxed = finetune(
+        chgnet, train, val, FineTuneSettings(**common, selection="relaxed"), tmp_path / "rx"
+    )
+    plain = finetune(chgnet, train, val, FineTuneSettings(**common), tmp_path / "sp")
+    history = relaxed.history
+    assert [r.epoch for r in history] == [0, 1, 2]
+    for r in history:
+        assert r.val_relaxed_gamma_mae is not None, r
+        assert (r.val_relaxed_slabs, r.val_relaxed_failures) == (len(val.pairs), 0)
+        assert r.val_relaxed_steps_median >= 0 and 0 < r.val_relaxed_seconds < r.seconds
+        # the relaxations start at the DFT geometries: their first energies are single points
+        assert r.val_relaxed_single_point_gamma_mae == pytest.approx(r.val_gamma_mae, abs=2e-3)
+    assert [r.val_gamma_mae for r in history] == [r.val_gamma_mae for r in plain.history]
+    assert all(r.val_relaxed_gamma_mae is None for r in plain.history)
+    values = [r.val_relaxed_gamma_mae for r in history]
+    assert relaxed.best_epoch == int(np.argmin(values))
+    pairs = list(range(len(val.pairs)))
+    # epoch 0 is the parent (its per-element fit leaves gamma and forces as they were)
+    parent = relaxed_gamma(chgnet, val, pairs, progress=False)["val_relaxed_gamma_mae"]
+    assert values[0] == pytest.approx(parent, abs=1e-4)
+    kept = CHGNet.from_file(str(relaxed.best_checkpoint)).eval()
+    again = relaxed_gamma(kept, val, pairs, progress=False)
+    assert again["val_relaxed_gamma_mae"] == pytest.approx(values[relaxed.best_epoch], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_relaxed_gamma_heads_and_failures(tiny_set, chgnet):
+    """Each slab relaxes with its set's head and the model's own head is put back; a slab
+    whose relaxation fails is counted and left out, nothing raises."""
+    from surfflows.engine.finetune import head_modules, relaxed_gamma, use_head
+
+    _, val = _tiny_data(tiny_set, chgnet)
+    pairs = list(range(len(val.pairs)))
+    model = copy.deepcopy(chgnet)
+    own = head_modules(model)
+    other = copy.deepcopy(own)
+    with torch.no_grad():
+        for parameter in other["mlp"].parameters():
+            parameter.mul_(1.05)
+    heads = {"own": own, "other": other}
+    by_head = relaxed_gamma(model, val, pairs, heads, lambda sample: "other", progress=False)
+    assert all(getattr(model, name) is module for name, module in own.items())
+    swapped = copy.deepcopy(model)
+    use_head(swapped, copy.deepcopy(other))
+    direct = relaxed_gamma(swapped, val, pairs, progress=False)
+    plain = relaxed_gamma(model, val, pairs, progress=False)
+    assert by_head["val_relaxed_gamma_mae"] == pytest.approx(direct["val_relaxed_gamma_mae"])
+    assert abs(by_head["val_relaxed_gamma_mae"] - plain["val_relaxed_gamma_mae"]) > 1e-3
+
+    broken = copy.deepcopy(val)
+    slab = broken.samples[broken.pairs[0].slab]
+    slab.structure.translate_sites([1], slab.structure[0].coords - slab.structure[1].coords, False)
+    failed = relaxed_gamma(model, broken, pairs, progress=False)
+    assert (failed["val_relaxed_failures"], failed["val_relaxed_slabs"]) == (1, 0)
+    assert failed["val_relaxed_gamma_mae"] is None
+
+
+@pytest.mark.slow
+def test_finetune_command_selects_on_relaxed(tiny_set, tmp_path):
+    """--select-on relaxed --selection-slabs N reach the settings; the document and the
+    summary line carry the relaxed val gamma; a wrong value is a clear error."""
+    runner = CliRunner()
+    bad = runner.invoke(app, ["finetune", "--reference", tiny_set, "--select-on", "relaxd"])
+    assert bad.exit_code != 0 and "selection" in bad.output
+    args = ["finetune", "--reference", tiny_set, "--layers", "1", "--epochs", "1"]
+    args += ["--select-on", "relaxed", "--selection-slabs", "3", "--no-evaluate"]
+    result = runner.invoke(app, [*args, "--work-dir", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "(relaxed, selection slabs: " in result.output
+    with get_job_store() as store:
+        doc = store.query_one({"output.@class": "FineTuneDoc"})["output"]
+    settings = doc["hyperparameters"]
+    assert (settings["selection"], settings["selection_slabs"]) == ("relaxed", 3)
+    best = doc["history"][doc["best_epoch"]]
+    assert doc["best_val_relaxed_gamma_mae"] == best["val_relaxed_gamma_mae"] is not None
+    assert all(r["val_relaxed_slabs"] == 1 for r in doc["history"])  # one val slab in tiny_ft

@@ -248,3 +248,28 @@ def test_broken_structures_fail_alone(
     for structure, message in ((on_top, "Å apart"), (nan_position, "non-finite")):
         single = relax_one(structure, MODEL, fmax=FMAX)
         assert not single.ok and message in single.error
+
+
+def test_a_loaded_model_relaxes_like_its_spec(
+    slabs: list[Structure], batched_lbfgs: list[RelaxResult]
+) -> None:
+    """A CHGNet already in memory (a copy of the spec's model) gives the spec's relaxations;
+    a copy with every AtomRef energy raised by 0.1 eV/atom (same forces) is the one used:
+    same steps and geometries, total energies 0.1 eV/atom higher (the two Cu slabs)."""
+    import copy
+
+    from surfflows.engine.models import load_model
+
+    slabs = slabs[:2]
+    model = copy.deepcopy(load_model(MODEL))
+    same = relax_structures(slabs, model, fmax=FMAX, batch_size=2, progress=False)
+    with torch.no_grad():
+        model.composition_model.fc.weight += 0.1
+    shifted = relax_structures(slabs, model, fmax=FMAX, batch_size=2, progress=False)
+    for slab, spec, loaded, raised in zip(slabs, batched_lbfgs[:2], same, shifted, strict=True):
+        assert loaded.ok and raised.ok
+        assert loaded.n_steps == spec.n_steps == raised.n_steps
+        assert loaded.energy == pytest.approx(spec.energy, abs=1e-6)
+        assert _max_displacement(loaded.structure, spec.structure) < 1e-6
+        assert _max_displacement(raised.structure, spec.structure) < 1e-6
+        assert raised.energy - spec.energy == pytest.approx(0.1 * len(slab), abs=1e-4)
