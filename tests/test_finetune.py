@@ -540,8 +540,9 @@ def vdw_set(tiny_set, tmp_path) -> str:
 def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_path, chgnet):
     """tiny_ft (PBE) and tiny_vdw (OptB88vdW) train one backbone with two heads; the Rh of
     tiny_vdw is dropped (Rh is a test element of tiny_ft); tiny_eos's train cells join the
-    replay pool; the checkpoint loads with CHGNet.from_file (default head pbe) and each
-    head is a model spec."""
+    replay pool; the epoch is selected on relaxed val gamma of one slab per set; the
+    checkpoint loads with CHGNet.from_file (default head pbe) and each head is a model
+    spec."""
     from chgnet.model import CHGNet
 
     store = get_job_store()
@@ -552,6 +553,8 @@ def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_pa
         replay_weight=1.0,
         replay_pool_size=8,
         replay_sets=["tiny_eos"],
+        selection="relaxed",
+        selection_slabs=2,
     )
     sets = [_inputs(tiny_set, ("slab", "bulk", "frame")), _inputs(vdw_set, ("slab", "bulk"))]
     replay = [_inputs("tiny_eos", ("bulk",))]
@@ -574,6 +577,10 @@ def test_two_sets_two_heads_replay_sets_and_head_specs(tiny_set, vdw_set, tmp_pa
     record = doc.history[1]
     assert set(record.val_gamma_mae_by_set) == {"tiny_ft", "tiny_vdw"}
     assert record.val_gamma_mae_by_set["tiny_vdw"] > 0
+    # relaxed selection: one slab of each set, each relaxed with its set's head
+    for r in doc.history:
+        assert set(r.val_relaxed_gamma_mae_by_set) == {"tiny_ft", "tiny_vdw"}
+        assert (r.val_relaxed_slabs, r.val_relaxed_failures) == (2, 0)
     # replay: tiny_eos train cells in the pool, never its val cell
     assert doc.replay_pool["replay_set_bulks"] > 0
     assert sum(doc.replay_pool.values()) == 8
