@@ -134,7 +134,7 @@ from surfflows.core.thermo import (
     surface_energy,
     to_j_per_m2,
 )
-from surfflows.engine.relax import DEFAULT_OPTIMIZER, relax_structures
+from surfflows.engine.relax import DEFAULT_OPTIMIZER, RelaxResult, relax_structures
 from surfflows.schemas.evaluate import RELAXED_FMAX, RELAXED_MAX_STEPS
 from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
 
@@ -1028,7 +1028,7 @@ def relaxed_gamma(
     for i in pairs:
         slab = data.samples[data.pairs[i].slab]
         by_head.setdefault(None if head_of is None else head_of(slab), []).append(i)
-    results: dict[int, Any] = {}  # sample index -> RelaxResult
+    results: dict[int, RelaxResult] = {}  # by sample index
     original = head_modules(model)
     try:
         for head, members in by_head.items():
@@ -1469,8 +1469,8 @@ def finetune(
     ------
     ValueError
         If the depth is out of range, there is no training or validation data, forces are
-        weighted without force labels, a set has no head, or ``work_dir`` holds a run with
-        other settings or data.
+        weighted without force labels, a set has no head, ``selection`` is relaxed without
+        validation gamma pairs, or ``work_dir`` holds a run with other settings or data.
     """
     start_time = time.perf_counter()
     if not train.samples or not val.samples:
