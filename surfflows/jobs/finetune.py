@@ -131,7 +131,7 @@ def _relaxed_text(record: Any) -> str:
     return (
         f"  relaxed {'-' if mae is None else f'{mae:.3f}'} J/m²{by_set} "
         f"({record.val_relaxed_slabs} slabs, {record.val_relaxed_failures} failed, "
-        f"median {record.val_relaxed_steps_median:.0f} steps, {record.val_relaxed_seconds:.1f} s)"
+        f"median {record.val_relaxed_steps_median:g} steps, {record.val_relaxed_seconds:.1f} s)"
     )
 
 
