@@ -316,7 +316,9 @@ def finetune_curves_plot(docs: Sequence[dict[str, Any]], path: str | Path, title
         relaxed = [r.get("val_relaxed_gamma_mae") for r in doc["history"]]
         if any(v is not None for v in relaxed):
             relaxed = [np.nan if v is None else v for v in relaxed]
-            val_ax.plot(epochs, relaxed, "--", color=colour, label=f"{label}, relaxed")
+            val_ax.plot(
+                epochs, relaxed, "--", color=colour, label=f"{label}, relaxed (selection slabs)"
+            )
         if doc["hyperparameters"].get("selection") == "relaxed":
             val = [np.nan if v is None else v for v in relaxed]
         val_ax.plot([doc["best_epoch"]], [val[doc["best_epoch"]]], "o", color=colour)
