@@ -169,6 +169,15 @@ RECIPES: dict[str, Recipe] = {
         note="pbe + zero forces on 10 % of each batch + parent-labelled replay (energy, "
         "forces, stress) of its bulks and the train parts of wbm_bulks and mp_elemental_refs",
     ),
+    "pbe+relaxed_selection": Recipe(
+        sets=("mp_elemental_surfaces",),
+        settings={"selection": "relaxed"},
+        note="pbe, the epoch kept on relaxed-mode val gamma of 24 val slabs",
+    ),
+    "default+relaxed_selection": Recipe(
+        settings={"selection": "relaxed", "selection_slabs": 12},
+        note="default, the epoch kept on relaxed-mode val gamma of 12 val slabs",
+    ),
     "chgnet_trainer": Recipe(
         settings={"recipe": "chgnet_trainer", "depth": 2, "epochs": 3},
         note="peer baseline: chgnet's Trainer, its fine-tuning example's frozen layers, E + F; "
@@ -745,6 +754,47 @@ class Runner:
         return out
 
 
+def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Single-point val gamma as a proxy of relaxed-mode val gamma, over one fine-tune's epochs.
+
+    For a fine-tune that relaxed its selection slabs every epoch (``selection`` relaxed):
+    the epoch each criterion keeps (:func:`~surfflows.engine.finetune.selection_key`),
+    whether they agree, the relaxed val gamma lost by keeping the single-point epoch
+    (``regret``, J/m²), and the Spearman correlation over the trained epochs (epoch 0, the
+    parent, left out: it is far worse on both) of the relaxed value with the single-point
+    value of every val slab and of the same slabs. None without relaxed values.
+    """
+    from scipy.stats import spearmanr
+
+    from surfflows.engine.finetune import selection_key
+    from surfflows.schemas.finetune import EpochRecord
+
+    records = [EpochRecord.model_validate(r) for r in history]
+    if not any(r.val_relaxed_gamma_mae is not None for r in records):
+        return None
+    by_sp = min(records, key=lambda r: selection_key(r, "single_point"))
+    by_rx = min(records, key=lambda r: selection_key(r, "relaxed"))
+    trained = [r for r in records if r.epoch > 0 and r.val_relaxed_gamma_mae is not None]
+
+    def rho(values: list[float | None]) -> float | None:
+        pairs = [(v, r.val_relaxed_gamma_mae) for v, r in zip(values, trained, strict=True)]
+        pairs = [p for p in pairs if p[0] is not None]
+        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+            return None
+        return float(spearmanr(*zip(*pairs, strict=True)).statistic)
+
+    regret = selection_key(by_sp, "relaxed") - selection_key(by_rx, "relaxed")
+    return {
+        "n_epochs": len(trained),
+        "single_point_epoch": by_sp.epoch,
+        "relaxed_epoch": by_rx.epoch,
+        "same_epoch": int(by_sp.epoch == by_rx.epoch),
+        "regret": regret if math.isfinite(regret) else None,
+        "spearman_all_val_slabs": rho([r.val_gamma_mae for r in trained]),
+        "spearman_same_slabs": rho([r.val_relaxed_single_point_gamma_mae for r in trained]),
+    }
+
+
 def steps_vs_parent(row: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
     """Relative change of the median and mean test relaxation steps against the parent's."""
     mine, theirs = row["steps"]["test_all"], parent["steps"]["test_all"]
@@ -917,6 +967,9 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
         row = {"recipe": doc["recipe"], "seed": doc["seed"], **runner.model_row(model, doc)}
         row["heads"] = list(model.heads)
         row["val_force_norm"] = row["training"]["val_force_mae"]
+        agreement = selection_agreement(doc["history"])
+        if agreement is not None:
+            row["selection_agreement"] = agreement
         row["steps_vs_parent"] = steps_vs_parent(row, parent)
         rows.append(row)
     summary = {"parent": {"n_seeds": 1, **aggregate([parent])}}
@@ -979,6 +1032,15 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
                 f"proxy ({scope}): val force norm vs {target}: N={c['n']}, Pearson "
                 f"{c['pearson'] if c['pearson'] is None else round(c['pearson'], 3)}, Spearman "
                 f"{c['spearman'] if c['spearman'] is None else round(c['spearman'], 3)}"
+            )
+    for row in rows:
+        if "selection_agreement" in row:
+            a = row["selection_agreement"]
+            print(
+                f"{row['recipe']} seed {row['seed']}: epoch kept on single point "
+                f"{a['single_point_epoch']}, on relaxed {a['relaxed_epoch']}, regret "
+                f"{a['regret']} J/m², Spearman over epochs {a['spearman_all_val_slabs']} "
+                f"(same slabs {a['spearman_same_slabs']})"
             )
     print(f"total {wall:.0f} s; wrote {output}, {png}, {proxy_png}")
     if failures:

@@ -247,3 +247,29 @@ def test_each_set_is_evaluated_with_the_head_of_its_level_of_theory(recipes):
     assert recipes.evaluation_spec(single, "VASP OptB88vdW") is single.spec
     assert recipes.RECIPES["heads"].finetune_settings(0).heads == "per_level_of_theory"
     assert len(recipes.RECIPES["heads"].sets) == 2
+
+
+def test_selection_agreement_over_epochs(recipes):
+    def epoch(k, sp, rx, rx_sp):
+        return {
+            "epoch": k, "train_loss": 0.0, "train_energy_mae": 0.0, "train_gamma_mae": None,
+            "val_energy_mae": 0.0, "val_gamma_mae": sp, "val_gamma_mean_signed_error": None,
+            "learning_rate": 0.0, "seconds": 1.0, "val_relaxed_gamma_mae": rx,
+            "val_relaxed_single_point_gamma_mae": rx_sp,
+        }  # fmt: skip
+
+    history = [
+        epoch(0, 0.50, 0.60, 0.55),
+        epoch(1, 0.20, 0.30, 0.25),
+        epoch(2, 0.10, 0.22, 0.15),  # kept on single point
+        epoch(3, 0.12, 0.20, 0.16),  # kept on relaxed
+        epoch(4, 0.15, 0.25, 0.18),
+    ]
+    a = recipes.selection_agreement(history)
+    assert (a["single_point_epoch"], a["relaxed_epoch"], a["same_epoch"]) == (2, 3, 0)
+    assert a["regret"] == pytest.approx(0.02) and a["n_epochs"] == 4  # epoch 0 left out
+    assert a["spearman_all_val_slabs"] == pytest.approx(0.8)
+    assert a["spearman_same_slabs"] == pytest.approx(0.8)
+    plain = [{**h, "val_relaxed_gamma_mae": None} for h in history]
+    assert recipes.selection_agreement(plain) is None
+    assert recipes.RECIPES["pbe+relaxed_selection"].finetune_settings(0).selection == "relaxed"
