@@ -764,8 +764,6 @@ def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | N
     parent, left out: it is far worse on both) of the relaxed value with the single-point
     value of every val slab and of the same slabs. None without relaxed values.
     """
-    from scipy.stats import spearmanr
-
     from surfflows.engine.finetune import selection_key
     from surfflows.schemas.finetune import EpochRecord
 
@@ -777,11 +775,7 @@ def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | N
     trained = [r for r in records if r.epoch > 0 and r.val_relaxed_gamma_mae is not None]
 
     def rho(values: list[float | None]) -> float | None:
-        pairs = [(v, r.val_relaxed_gamma_mae) for v, r in zip(values, trained, strict=True)]
-        pairs = [p for p in pairs if p[0] is not None]
-        if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-            return None
-        return float(spearmanr(*zip(*pairs, strict=True)).statistic)
+        return correlation(values, [r.val_relaxed_gamma_mae for r in trained])["spearman"]
 
     regret = selection_key(by_sp, "relaxed") - selection_key(by_rx, "relaxed")
     return {

@@ -126,6 +126,7 @@ from chgnet.model.model import BatchedGraph
 from pymatgen.core import Element, Lattice, Structure
 from torch import Tensor, nn
 
+from surfflows.core.benchmark import summarize
 from surfflows.core.heads import default_head
 from surfflows.core.thermo import (
     EV_PER_A2_TO_J_PER_M2,
@@ -1080,21 +1081,17 @@ def relaxed_gamma(
             gamma(slab, bulk, slab_result.initial_energy, bulk_result.initial_energy)
             - pair.gamma_ref
         )
-    every = [e for values in errors.values() for e in values]
-
-    def mae(values: Sequence[float]) -> float | None:
-        return float(np.mean(np.abs(values))) if len(values) else None
-
+    every = summarize(e for values in errors.values() for e in values)
     return {
-        "val_relaxed_gamma_mae": mae(every),
-        "val_relaxed_gamma_mean_signed_error": float(np.mean(every)) if every else None,
+        "val_relaxed_gamma_mae": every["mae"],
+        "val_relaxed_gamma_mean_signed_error": every["mean_signed_error"],
         "val_relaxed_gamma_mae_by_set": (
-            {name: mae(values) for name, values in sorted(errors.items())}
+            {name: summarize(values)["mae"] for name, values in sorted(errors.items())}
             if len(errors) > 1
             else {}
         ),
-        "val_relaxed_single_point_gamma_mae": mae(single_point),
-        "val_relaxed_slabs": len(every),
+        "val_relaxed_single_point_gamma_mae": summarize(single_point)["mae"],
+        "val_relaxed_slabs": every["n"],
         "val_relaxed_failures": failures,
         "val_relaxed_steps_median": float(np.median(steps)) if steps else None,
         "val_relaxed_steps_mean": float(np.mean(steps)) if steps else None,
