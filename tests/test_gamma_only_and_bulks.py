@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
 from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
-from surfflows.engine.finetune import _Objective, build_batch, reference_data
+from surfflows.engine.finetune import Objective, build_batch, reference_data
 from surfflows.engine.models import load_model
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.ingest import ingest_path
@@ -149,7 +149,7 @@ def test_gamma_only_slabs_feed_only_the_gamma_term_of_finetuning(gamma_only_set)
     batch = build_batch(model, data, list(range(len(data.samples))), None)
     assert int(batch.energy_mask.sum()) == counts["bulks"]  # bulks only carry energy labels
     energy = model(batch.graphs, task="e")["e"]
-    loss = _Objective(FineTuneSettings(energy_weight=1.0, gamma_weight=0.0))(batch, energy)
+    loss = Objective(FineTuneSettings(energy_weight=1.0, gamma_weight=0.0))(batch, energy)
     bulk_only = energy[batch.energy_mask] - batch.energy_per_atom[batch.energy_mask]
     assert float(loss) == pytest.approx(float((bulk_only**2).mean()), rel=1e-5)
 

@@ -58,7 +58,7 @@ from surfflows.engine.finetune import (
     FineTuneResult,
     FreezeInfo,
     ReferenceData,
-    _parameter_modules,
+    parameter_modules,
     predict_energies,
 )
 from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
@@ -107,14 +107,14 @@ def freeze_as_chgnet_example(model: CHGNet, train_composition_model: bool) -> Fr
     modules = dict(model.named_modules())
     trainable = [
         name
-        for name in _parameter_modules(model)
+        for name in parameter_modules(model)
         if any(p.requires_grad for p in modules[name].parameters())
     ]
     count = sum(p.numel() for name in trainable for p in modules[name].parameters())
     return FreezeInfo(
         depth=2,
         trainable_modules=trainable,
-        frozen_modules=[n for n in _parameter_modules(model) if n not in trainable],
+        frozen_modules=[n for n in parameter_modules(model) if n not in trainable],
         trainable_parameters=count,
         optimized_parameters=count,
     )
