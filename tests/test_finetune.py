@@ -342,6 +342,27 @@ def test_replay_keeps_parent_bulk_energies(tiny_set, chgnet, tmp_path):
     assert with_replay_ < 0.7 * without, (with_replay_, without)
 
 
+@pytest.mark.slow
+def test_same_seed_same_history_and_weights(tiny_set, chgnet, tmp_path):
+    """Every random draw of a run (batches, their order, replay pool, force subset) comes
+    from the seed: the same seed gives the same history and weights, another seed not."""
+    train, val = _tiny_data(tiny_set, chgnet, zero_force_labels=True)
+
+    def run(seed: int, name: str):
+        settings = FineTuneSettings(
+            depth=2, epochs=2, batch_size=4, seed=seed, replay_weight=1.0, replay_pool_size=6,
+            force_weight=1.0, force_fraction=0.5,
+        )  # fmt: skip
+        result = finetune(chgnet, train, val, settings, tmp_path / name)
+        history = [r.model_dump(exclude={"seconds"}) for r in result.history]
+        return history, result.model.state_dict()
+
+    (first, weights), (again, weights_again), (other, _) = run(0, "a"), run(0, "b"), run(1, "c")
+    assert first == again
+    assert all(torch.equal(value, weights_again[name]) for name, value in weights.items())
+    assert [r["train_loss"] for r in other] != [r["train_loss"] for r in first]
+
+
 def _inputs(set_name: str, doc_types=("slab", "bulk"), split: bool = True):
     with get_store("references") as references, get_store("splits") as splits:
         return reference_inputs(set_name, references, splits if split else None, doc_types)
