@@ -23,7 +23,7 @@ from pymatgen.core import Lattice, Structure
 from typer.testing import CliRunner
 
 from surfflows.cli import app
-from surfflows.io import oc22
+from surfflows.io import oc22, oc22_download
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.safe_pickle import restricted_loads
 from surfflows.settings import redact_uri
@@ -272,7 +272,7 @@ def test_bad_oc22_files_are_one_line(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(oc22.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(oc22_download.urllib.request, "urlopen", offline)
     result = cli("oc22", "download", tmp_path / "dl", "--file", "oc22_metadata.pkl")
     assert_one_line_error(result, "oc22_metadata.pkl", "online")
 

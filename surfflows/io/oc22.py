@@ -1,4 +1,7 @@
-"""OC22: download the published files and read them into canonical reference frames.
+"""OC22 records as canonical reference frames and reference sets (with Materials Project bulks).
+
+The download lives in :mod:`surfflows.io.oc22_download`, the LMDB and metadata readers in
+:mod:`surfflows.io.oc22_lmdb`; both are re-exported here.
 
 The Open Catalyst 2022 dataset (R. Tran, J. Lan, M. Shuaibi et al., ACS Catal. 2023,
 arXiv:2206.08917; CC BY 4.0) holds DFT relaxations of oxide slabs and adslabs (VASP PBE+U).
@@ -18,32 +21,37 @@ torch tensors only and refuses anything else, naming the file and record.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import shutil
-import tarfile
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-import lmdb
 import numpy as np
-import torch
 from ase import Atoms
 from pymatgen.core import Composition
 from pymatgen.io.ase import AseAtomsAdaptor
-from tqdm.auto import tqdm
 
-from surfflows.io.safe_pickle import PygStub, restricted_load, restricted_loads
+from surfflows.io.oc22_download import OC22_BASE_URL, OC22_FILES, OC22File, download
+from surfflows.io.oc22_lmdb import iter_lmdb, iter_split, read_metadata
 
-logger = logging.getLogger(__name__)
-
-OC22_BASE_URL = "https://dl.fbaipublicfiles.com/opencatalystproject/data/oc22/"
+__all__ = [
+    "MAX_Z",
+    "MP_SETTINGS_MISMATCH",
+    "OC22_BASE_URL",
+    "OC22_FILES",
+    "OC22File",
+    "OC22Frames",
+    "bulks_from_materials_project",
+    "download",
+    "frames_from_is2re",
+    "frames_from_s2ef",
+    "iter_lmdb",
+    "iter_split",
+    "oc22_reference_set",
+    "oc22_s2ef_set",
+    "read_metadata",
+]
 
 #: Highest atomic number accepted in a record (Pu).
 MAX_Z = 94
@@ -54,311 +62,6 @@ MP_SETTINGS_MISMATCH = (
     "reciprocal atom) differs from OC22 (ENCUT 500 eV, Gamma-centred k-mesh ceil(30/a) x "
     "ceil(30/b) x 1 on slabs)"
 )
-
-_CHUNK_BYTES = 1 << 20
-_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class OC22File:
-    """One published OC22 file.
-
-    Attributes
-    ----------
-    url
-        Download address.
-    md5
-        Published md5 checksum (hex digest).
-    """
-
-    url: str
-    md5: str
-
-
-OC22_FILES: Mapping[str, OC22File] = MappingProxyType(
-    {
-        name: OC22File(OC22_BASE_URL + name, md5)
-        for name, md5 in (
-            ("is2res_total_train_val_test_lmdbs.tar.gz", "b35dc24e99ef3aeaee6c5c949903de94"),
-            ("s2ef_total_train_val_test_lmdbs.tar.gz", "ebea523c6f8d61248a37b4dd660b11e6"),
-            ("oc22_trajectories.tar.gz", "977b6be1cbac6864e63c4c7fbf8a3fce"),
-            ("oc22_metadata.pkl", "13dc06c6510346d8a7f614d5b26c8ffa"),
-            ("oc20_ref.pkl", "043e1e0b0cce64c62f01a8563dbc3178"),
-        )
-    }
-)
-
-
-# --------------------------------------------------------------------------- download
-
-
-def download(
-    names: str | Iterable[str],
-    dest: str | Path,
-    *,
-    base_url: str = OC22_BASE_URL,
-    checksums: Mapping[str, str] | None = None,
-    progress: bool = True,
-    extract: bool = False,
-) -> list[Path]:
-    """Download OC22 files, resuming partial downloads and checking their md5.
-
-    Each file streams into ``<dest>/<name>.part``; an existing ``.part`` file is resumed with an
-    HTTP ``Range`` request (a server that ignores the range sends the whole file, which then
-    replaces the part). The finished file is checked against its md5 and renamed to
-    ``<dest>/<name>``. A file already at ``<dest>/<name>`` with the right md5 is not fetched
-    again; one with a wrong md5 is fetched anew.
-
-    Parameters
-    ----------
-    names
-        File names (or one name), keys of :data:`OC22_FILES` or of ``checksums``.
-    dest
-        Target folder (created if missing).
-    base_url
-        Where the files are served; ``<base_url>/<name>`` is fetched.
-    checksums
-        Name -> md5 hex digest, overriding or extending the published table.
-    progress
-        Show a tqdm progress bar per file.
-    extract
-        Also unpack the ``.tar.gz`` files into ``dest`` (tarfile's ``"data"`` filter, which
-        refuses absolute paths, links out of ``dest`` and device files). Unpacking runs on
-        every call.
-
-    Returns
-    -------
-    list of Path
-        The downloaded files, in the order of ``names``.
-
-    Raises
-    ------
-    ValueError
-        No md5 is known for a name, or a finished download does not match its md5. The bad
-        download is deleted (no ``.part`` is kept), so running again fetches it from scratch.
-    urllib.error.URLError
-        The server could not be reached or answered with an error; the ``.part`` file is kept
-        and the next call resumes it.
-    """
-    if isinstance(names, str):
-        names = [names]
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    md5s = {name: entry.md5 for name, entry in OC22_FILES.items()} | dict(checksums or {})
-    paths = []
-    for name in names:
-        if name not in md5s:
-            raise ValueError(f"no md5 known for {name!r}: pass it in `checksums`")
-        path = dest / name
-        if not _matches_md5(path, md5s[name]):
-            _download_one(f"{base_url.rstrip('/')}/{name}", path, md5s[name], progress=progress)
-        if extract and name.endswith(".tar.gz"):
-            with tarfile.open(path) as tar:
-                tar.extractall(dest, filter="data")
-        paths.append(path)
-    return paths
-
-
-def _md5(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
-def _matches_md5(path: Path, expected: str) -> bool:
-    """Whether ``path`` exists with md5 ``expected`` (a mismatch is logged)."""
-    if not path.exists():
-        return False
-    actual = _md5(path)
-    if actual != expected:
-        logger.warning("%s has md5 %s, expected %s: downloading it again", path, actual, expected)
-    return actual == expected
-
-
-def _download_one(url: str, path: Path, expected_md5: str, *, progress: bool) -> None:
-    part = path.with_name(path.name + ".part")
-    _fetch(url, part, progress=progress)
-    actual = _md5(part)
-    if actual != expected_md5:
-        part.unlink()
-        raise ValueError(
-            f"md5 mismatch for {path.name}: expected {expected_md5}, got {actual}; the download "
-            "was deleted, run again to fetch it anew"
-        )
-    part.replace(path)
-
-
-def _fetch(url: str, part: Path, *, progress: bool) -> None:
-    """Stream ``url`` into ``part``, resuming after the bytes ``part`` already holds."""
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    try:
-        response = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S
-        )
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # Nothing after `offset`: the part already holds the whole file (md5 decides).
-            exc.close()
-            return
-        raise
-    with response:
-        if response.status == 206:
-            start = response.headers.get("Content-Range", "").removeprefix("bytes ")
-            if start.partition("-")[0] != str(offset):
-                raise ValueError(f"{url}: asked to resume at byte {offset}, server sent {start!r}")
-            mode = "ab"
-        else:
-            offset, mode = 0, "wb"
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
-        with (
-            part.open(mode) as fh,
-            tqdm.wrapattr(
-                fh, "write", total=total, initial=offset, desc=part.name, disable=not progress
-            ) as out,
-        ):
-            shutil.copyfileobj(response, out, _CHUNK_BYTES)
-
-
-# --------------------------------------------------------------------------- LMDB
-
-
-def _record_fields(obj: object) -> dict[str, Any]:
-    """Fields of an unpickled PyG ``Data`` object, tensors as numpy arrays."""
-    if not isinstance(obj, PygStub):
-        raise TypeError(f"expected a torch_geometric Data object, got {type(obj).__name__}")
-    state = vars(obj)
-    store = state.get("_store")
-    if isinstance(store, PygStub):  # PyG >= 2: fields live in the storage's mapping
-        fields = vars(store)["_mapping"]
-    else:  # PyG 1: fields sit in the object's __dict__
-        fields = {key: value for key, value in state.items() if not key.startswith("_")}
-    return {
-        key: value.numpy(force=True) if isinstance(value, torch.Tensor) else value
-        for key, value in fields.items()
-    }
-
-
-def iter_lmdb(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Iterate over the records of one OC22 LMDB shard.
-
-    Parameters
-    ----------
-    path
-        A ``*.lmdb`` shard (a single file, ``subdir=False``).
-
-    Yields
-    ------
-    tuple of (int, dict)
-        The record's key as an integer and its fields (tensors as numpy arrays, other values
-        as stored), in numerical key order. Keys that are not all digits (``b"length"``) are
-        skipped.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` is not a file.
-    ValueError
-        The shard is not a readable LMDB file, or a record cannot be decoded; the message
-        names the file and, for a record, its key.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no LMDB shard at {path}")
-    try:
-        env = lmdb.open(
-            str(path), subdir=False, readonly=True, lock=False, readahead=True, meminit=False
-        )
-    except lmdb.Error as exc:
-        raise ValueError(f"{path}: not a readable LMDB file ({exc})") from exc
-    with env, env.begin() as txn:
-        try:
-            keys = sorted((k for k in txn.cursor().iternext(values=False) if k.isdigit()), key=int)
-        except lmdb.Error as exc:
-            raise ValueError(f"{path}: corrupt LMDB shard ({exc})") from exc
-        for key in keys:
-            try:
-                record = _record_fields(restricted_loads(txn.get(key)))
-            # Unpickling a damaged value can fail with almost any exception type.
-            except Exception as exc:
-                raise ValueError(
-                    f"{path}: cannot decode record at key {key.decode()!r} "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
-            yield int(key), record
-
-
-def iter_split(directory: str | Path) -> Iterator[tuple[Path, int, dict[str, Any]]]:
-    """Iterate over all records of a split: its ``*.lmdb`` shards in sorted order.
-
-    Parameters
-    ----------
-    directory
-        The split's folder, e.g. ``.../is2re-total/train``.
-
-    Yields
-    ------
-    tuple of (Path, int, dict)
-        The shard, the record's key in it and its fields (see :func:`iter_lmdb`).
-
-    Raises
-    ------
-    FileNotFoundError
-        The folder holds no ``*.lmdb`` file.
-    ValueError
-        As :func:`iter_lmdb`.
-    """
-    directory = Path(directory)
-    shards = sorted(directory.glob("*.lmdb"))
-    if not shards:
-        raise FileNotFoundError(f"no *.lmdb shards in {directory}")
-    for shard in shards:
-        for index, record in iter_lmdb(shard):
-            yield shard, index, record
-
-
-# --------------------------------------------------------------------------- other files
-
-
-def read_metadata(path: str | Path) -> dict[int, dict[str, Any]]:
-    """Read ``oc22_metadata.pkl``.
-
-    Parameters
-    ----------
-    path
-        The metadata pickle: a dict ``sid -> {bulk_id, bulk_symbols, miller_index, nads,
-        traj_id[, slab_sid, ads_symbols]}``.
-
-    Returns
-    -------
-    dict
-        Integer sid -> a copy of its entry (sids stored as strings are converted).
-
-    Raises
-    ------
-    ValueError
-        The pickle is not a mapping, or two keys give the same sid.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no OC22 metadata file at {path}")
-    try:
-        with path.open("rb") as fh:
-            raw = restricted_load(fh)
-    # A damaged or foreign pickle can fail with almost any exception type.
-    except Exception as exc:
-        raise ValueError(
-            f"{path}: cannot read OC22 metadata ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: expected a dict of sid -> entry, got {type(raw).__name__}")
-    metadata: dict[int, dict[str, Any]] = {}
-    for key, entry in raw.items():
-        sid = int(key)
-        if sid in metadata:
-            raise ValueError(f"{path}: sid {sid} appears twice (key {key!r})")
-        metadata[sid] = dict(entry)
-    return metadata
 
 
 # --------------------------------------------------------------------------- frames
