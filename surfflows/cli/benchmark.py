@@ -67,13 +67,7 @@ def evaluate(
         flow, store=store, log=False, ensure_success=True, allow_external_references=True
     )
     console.print(f"done in {time.perf_counter() - start:.0f} s; now run: surfflows build")
-    failed = [
-        f"{doc.mode} {r.reference_key}: {(r.error or 'not converged').splitlines()[0]}"
-        for response in responses.values()
-        for doc in (response[1].output,)
-        for r in doc.results
-        if not r.converged
-    ]
+    failed = responses[flow.output.uuid][1].output.failures
     if failed:
         console.print(f"[bold red]{len(failed)} structures failed or did not converge:[/]")
         for line in failed[:20]:
@@ -161,14 +155,34 @@ def leaderboard_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+def report_page(out: Path, model: str | None, reference: str | None) -> Path:
+    """Write ``out/index.html`` (:func:`surfflows.reports.html.write_report_page`) with the
+    packaged models' cards and, run from a clone, the figures of ``benchmarks/results``."""
+    from surfflows.io.packaged import model_card, packaged_names
+    from surfflows.reports.html import write_report_page
+
+    return write_report_page(
+        out,
+        model=model,
+        reference=reference,
+        cards=[model_card(name) for name in packaged_names()],
+        figure_folders=[Path("benchmarks") / "results"],
+    )
+
+
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("reports"),
+    out: Annotated[
+        Path, typer.Option(help="Folder for the PNG plots and the page index.html.")
+    ] = Path("reports"),
     model: Annotated[str | None, typer.Option(help="Only this model id.")] = None,
     reference: Annotated[str | None, typer.Option(help="Only this reference set.")] = None,
 ) -> None:
-    """Benchmark table, test-split leaderboard (models side by side, with seconds per
-    structure) and parity plots (PNG) per model, set and mode."""
+    """Benchmark tables, test-split leaderboard and parity plots; all on OUT/index.html.
+
+    The leaderboard puts models side by side with their seconds per structure; the page
+    (static, offline) adds model cards, thermodynamics plots and benchmark figures.
+    """
     from surfflows.jobs.finetune import finetune_report_plots
     from surfflows.reports.leaderboard import leaderboard
     from surfflows.reports.plots import leaderboard_plot, parity_plot
@@ -220,3 +234,5 @@ def report(
     with get_store("outputs") as outputs, get_store("benchmarks") as benchmarks:
         for path in finetune_report_plots(out, outputs, benchmarks, reference):
             console.print(f"wrote {path}")
+    page = report_page(out, model, reference)
+    console.print(f"wrote {page} (open it in a browser)")

@@ -22,6 +22,7 @@ from surfflows.schemas.evaluate import (
     RELAXED_FMAX,
     RELAXED_MAX_STEPS,
     EvaluationDoc,
+    EvaluationSummaryDoc,
     ModelEnergyDoc,
 )
 from surfflows.schemas.models import ModelSpec
@@ -105,6 +106,25 @@ def evaluate_chunk(
     )
 
 
+@job(output_schema=EvaluationSummaryDoc)
+def evaluation_summary(chunks: list[EvaluationDoc]) -> EvaluationSummaryDoc:
+    """Structures per mode and every failed or unconverged one, over the chunks of a flow."""
+    n_structures: dict[str, int] = {}
+    for chunk in chunks:
+        n_structures[chunk.mode] = n_structures.get(chunk.mode, 0) + len(chunk.results)
+    return EvaluationSummaryDoc(
+        model_id=chunks[0].model_id,
+        set_name=chunks[0].set_name,
+        n_structures=n_structures,
+        failures=[
+            f"{chunk.mode} {r.reference_key}: {(r.error or 'not converged').splitlines()[0]}"
+            for chunk in chunks
+            for r in chunk.results
+            if not r.converged
+        ],
+    )
+
+
 @dataclass
 class EvaluateMaker(Maker):
     """Evaluate a model on the slabs and bulks of a reference set.
@@ -138,7 +158,8 @@ class EvaluateMaker(Maker):
         items: list[ReferenceItem],
         checkpoint: OutputReference | str | None = None,
     ) -> Flow:
-        """One job per chunk of ``items`` and per mode.
+        """One job per chunk of ``items`` and per mode, then :func:`evaluation_summary`
+        (the flow's output), which joins the chunks into one connected flow.
 
         Parameters
         ----------
@@ -173,5 +194,9 @@ class EvaluateMaker(Maker):
                 )
                 chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
                 jobs.append(chunk_job)
+        summary = evaluation_summary([chunk_job.output for chunk_job in jobs])
+        summary.name = f"evaluate {set_name} summary"
         model_id = getattr(self.model, "model_id", "new checkpoint")
-        return Flow(jobs, name=f"{self.name} {model_id} on {set_name}")
+        return Flow(
+            [*jobs, summary], output=summary.output, name=f"{self.name} {model_id} on {set_name}"
+        )

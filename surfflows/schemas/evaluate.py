@@ -52,3 +52,20 @@ class EvaluationDoc(OutputDoc):
         default=None, description="Wall time of the chunk's energies/relaxations, s (no loading)."
     )
     created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
+
+
+class EvaluationSummaryDoc(OutputDoc):
+    """What one evaluation flow did: the structures of each mode and those that failed.
+
+    The last job of :class:`surfflows.jobs.evaluate.EvaluateMaker`'s flow, so that its chunk
+    jobs form one connected flow.
+    """
+
+    model_id: str = Field(description="Model identity.")
+    set_name: str = Field(description="Reference set.")
+    n_structures: dict[str, int] = Field(description="Mode -> structures evaluated.")
+    failures: list[str] = Field(
+        description="'<mode> <reference key>: <first line of the error, or not converged>' of "
+        "every structure that failed or did not converge."
+    )
+    created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
