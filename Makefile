@@ -17,7 +17,7 @@ test: install
 
 # the documentation site into site/; --strict fails on a broken link or a stale API reference
 docs:
-	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
 # the quick ones only, while iterating
 test-fast:

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from ase.io import read, write
 from chromium_support import CHROMIUM, IMAGES_JS, Chromium
+from test_evaluate_builders import tiny_set  # noqa: F401  (the fixture: tiny Ni, Pt, Rh slabs)
 from typer.testing import CliRunner
 
 from surfflows.cli import app
@@ -16,33 +16,14 @@ from surfflows.io.registry import register_packaged
 from surfflows.stores import get_job_store
 
 ROOT = Path(__file__).parents[1]
-PBE = ROOT / "surfflows" / "data" / "references" / "pbe_metal_surfaces"
-
-
-@pytest.fixture
-def tiny_metals(tmp_path) -> Path:
-    """The 4-atom Ni, Pt and Rh slabs of the PBE set with their bulks."""
-    folder = tmp_path / "tiny_metals"
-    folder.mkdir()
-    slabs = [
-        a for a in read(PBE / "slabs.extxyz", ":") if len(a) == 4 and a.info["formula"] != "La"
-    ]
-    bulk_ids = {a.info["bulk_id"] for a in slabs}
-    write(folder / "slabs.extxyz", slabs)
-    write(
-        folder / "bulks.extxyz",
-        [a for a in read(PBE / "bulks.extxyz", ":") if a.info["bulk_id"] in bulk_ids],
-    )
-    (folder / "README.md").write_text("# tiny metals\nlevel_of_theory: VASP PBE\n")
-    return folder
 
 
 @pytest.mark.slow
-def test_report_page_loads_offline_with_every_image(tiny_metals, tmp_path, monkeypatch):
+def test_report_page_loads_offline_with_every_image(tiny_set, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(ROOT)  # a clone: benchmarks/results joins the page
     runner = CliRunner()
     for args in (
-        ["evaluate", "--reference", str(tiny_metals), "--mode", "single_point"],
+        ["evaluate", "--reference", str(tiny_set), "--mode", "single_point"],
         ["build"],
     ):
         result = runner.invoke(app, args)
