@@ -3,8 +3,8 @@
 One module per part: :mod:`~.depth` (stages, units, freezing), :mod:`~.data` (samples from
 reference documents), :mod:`~.heads` (readout heads, AtomRef fit), :mod:`~.batches`
 (fixed batches, forward passes), :mod:`~.replay`, :mod:`~.objective` (loss, one pass),
-:mod:`~.selection` (epoch records, relaxed-mode selection) and :mod:`~.loop`
-(:func:`finetune`). Every name is importable from this package.
+:mod:`~.selection` (epoch records, relaxed-mode selection), :mod:`~.checkpoints` (work
+folder files) and :mod:`~.loop` (:func:`finetune`). Every name is importable from this package.
 
 Depth X (the design notes' "Fine-tuning depth X")
 ----------------------------------------------------
@@ -127,6 +127,13 @@ from surfflows.engine.finetune.batches import (
     predict_rows,
     set_composition_energies,
 )
+from surfflows.engine.finetune.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    RESUME_IGNORED,
+    saved_run,
+    write_best_checkpoint,
+)
 from surfflows.engine.finetune.data import (
     ReferenceData,
     Sample,
@@ -158,13 +165,7 @@ from surfflows.engine.finetune.heads import (
     training_heads,
     use_head,
 )
-from surfflows.engine.finetune.loop import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    RESUME_IGNORED,
-    FineTuneResult,
-    finetune,
-)
+from surfflows.engine.finetune.loop import FineTuneResult, finetune
 from surfflows.engine.finetune.objective import (
     EpochErrors,
     Objective,
@@ -240,6 +241,7 @@ __all__ = [
     "replay_structures",
     "run_epoch",
     "run_stages",
+    "saved_run",
     "selection_key",
     "selection_pairs",
     "set_composition_energies",
@@ -247,4 +249,5 @@ __all__ = [
     "training_heads",
     "use_head",
     "with_replay",
+    "write_best_checkpoint",
 ]

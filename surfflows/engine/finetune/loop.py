@@ -22,6 +22,12 @@ from surfflows.engine.finetune.batches import (
     predict_batches,
     set_composition_energies,
 )
+from surfflows.engine.finetune.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    saved_run,
+    write_best_checkpoint,
+)
 from surfflows.engine.finetune.data import ReferenceData
 from surfflows.engine.finetune.depth import FreezeInfo, cache_cut, freeze_to_depth
 from surfflows.engine.finetune.heads import (
@@ -40,12 +46,6 @@ from surfflows.engine.finetune.selection import (
     selection_pairs,
 )
 from surfflows.schemas.finetune import EpochRecord, FineTuneSettings
-
-#: Checkpoint files in a fine-tune work folder.
-LAST_CHECKPOINT = "last.pth.tar"
-BEST_CHECKPOINT = "best.pth.tar"
-#: Settings a run may change and still resume (same work folder, same checkpoint).
-RESUME_IGNORED = frozenset({"epochs", "patience"})
 
 
 @dataclass
@@ -97,12 +97,6 @@ class FineTuneResult:
     replay_pool: dict[str, int] = field(default_factory=dict)
 
 
-def _same_run(saved: dict[str, Any], settings: FineTuneSettings) -> bool:
-    """Whether saved settings are these, apart from the run's length and patience."""
-    kept = FineTuneSettings.model_validate(saved).model_dump(exclude=RESUME_IGNORED)
-    return kept == settings.model_dump(exclude=RESUME_IGNORED)
-
-
 def _check_inputs(train: ReferenceData, val: ReferenceData, settings: FineTuneSettings) -> None:
     """Refuse empty training or validation data and a force weight without force labels."""
     if not train.samples or not val.samples:
@@ -114,32 +108,27 @@ def _check_inputs(train: ReferenceData, val: ReferenceData, settings: FineTuneSe
         raise ValueError("force_weight > 0 but no training structure has force labels")
 
 
-def _saved_run(
-    last: Path, settings: FineTuneSettings, train: ReferenceData, val: ReferenceData
-) -> dict[str, Any] | None:
-    """The resumable state in ``last`` if there is one; it must be of these settings and data."""
-    saved = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
-    if saved is not None and not _same_run(saved["settings"], settings):
-        raise ValueError(f"{last} was written with other settings: use another work folder")
-    if saved is not None and (saved["train_keys"], saved["val_keys"]) != (train.keys, val.keys):
-        raise ValueError(f"{last} was trained on other data: use another work folder")
-    return saved
-
-
 @dataclass
-class _Training:
-    """What one fine-tune trains and evaluates: model, heads, batches, objective, optimizer."""
+class _Run:
+    """One fine-tune in progress: what it trains and evaluates, its history and best state."""
 
     model: CHGNet
     heads: TrainingHeads
     cut: int | None
     settings: FineTuneSettings
+    train: ReferenceData
+    n_own: int
     val: ReferenceData
     train_batches: list[Batch]
     val_batches: list[Batch]
     objective: Objective
     optimizer: torch.optim.Optimizer | None
     relaxed_pairs: list[int]
+    rng: np.random.Generator
+    atomref_shift: dict[str, float]
+    head_shifts: dict[str, dict[str, float]]
+    history: list[EpochRecord] = field(default_factory=list)
+    best_state: dict[str, Any] = field(default_factory=dict)
 
     def set_mode(self, training: bool) -> None:
         """Train or eval mode for the model and every head."""
@@ -161,12 +150,9 @@ class _Training:
         for name, head_state in state["heads"].items():
             self.heads.modules[name].load_state_dict(head_state)
 
-    def train_epoch(self, order: Sequence[int]) -> dict[str, Any]:
-        """One optimizer pass over the training batches in ``order``."""
-        self.set_mode(True)
-        return run_epoch(
-            self.model, self.train_batches, self.cut, self.objective, self.optimizer, order
-        )
+    def best(self) -> EpochRecord:
+        """The epoch kept so far (lowest :func:`selection_key`)."""
+        return min(self.history, key=lambda record: selection_key(record, self.settings.selection))
 
     def evaluate(
         self, epoch: int, train_errors: dict[str, Any], lr: float, tick: float
@@ -193,23 +179,133 @@ class _Training:
         seconds = time.perf_counter() - tick
         return epoch_record(epoch, train_errors, val_errors, lr, seconds, val_force, relaxed)
 
+    def epoch_zero(self) -> EpochRecord:
+        """Epoch 0: the parent with the fitted AtomRef, before any gradient step."""
+        tick = time.perf_counter()
+        self.set_mode(False)
+        train_errors = run_epoch(self.model, self.train_batches, self.cut, self.objective)
+        self.history = [self.evaluate(0, train_errors, 0.0, tick)]
+        self.best_state = self.snapshot()
+        return self.history[0]
 
-def _save_best(path: Path, model: CHGNet, heads: Sequence[Head], training: TrainingHeads) -> None:
-    """``best.pth.tar``: the model with its default head and, with several heads, every head."""
-    checkpoint: dict[str, Any] = {"model": model.as_dict()}
-    if training.modules:
-        checkpoint |= {
-            "heads": {
-                h.name: {
-                    "state_dict": training.modules[h.name].state_dict(),
-                    "level_of_theory": h.level_of_theory,
-                    "sets": list(h.sets),
-                }
-                for h in heads
+    def resume(self, saved: dict[str, Any]) -> None:
+        """Optimizer, random state, history and best weights of a saved run."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.rng.bit_generator.state = saved["numpy_rng"]
+        self.history = [EpochRecord.model_validate(r) for r in saved["history"]]
+        best = saved["best_state_dict"]
+        self.best_state = best if "heads" in best else {"model": best, "heads": {}}
+
+    def train_epoch(self) -> EpochRecord:
+        """One optimizer pass over the training batches in a new random order, evaluated."""
+        epoch = self.history[-1].epoch + 1
+        tick = time.perf_counter()
+        lr = cosine_lr(self.settings, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.set_mode(True)
+        order = self.rng.permutation(len(self.train_batches))
+        train_errors = run_epoch(
+            self.model, self.train_batches, self.cut, self.objective, self.optimizer, order
+        )
+        self.history.append(self.evaluate(epoch, train_errors, lr, tick))
+        if self.best() is self.history[-1]:
+            self.best_state = self.snapshot()
+        return self.history[-1]
+
+    def save_state(self, path: Path) -> None:
+        """``last.pth.tar``: everything a rerun needs to resume after this epoch."""
+        torch.save(
+            {
+                "model": self.model.as_dict(),
+                "heads": {n: h.state_dict() for n, h in self.heads.modules.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": self.rng.bit_generator.state,
+                "history": [r.model_dump() for r in self.history],
+                "best_state_dict": self.best_state,
+                "atomref_shift": self.atomref_shift,
+                "head_shifts": self.head_shifts,
+                "settings": self.settings.model_dump(),
+                "train_keys": self.train.keys[: self.n_own],
+                "val_keys": self.val.keys,
             },
-            "default_head": training.default,
-        }
-    torch.save(checkpoint, path)
+            path,
+        )
+
+    def save_best(self, path: Path, heads: Sequence[Head]) -> None:
+        """Restore the best weights; ``best.pth.tar``: the model with its default head and,
+        with several heads, every head with its level of theory and sets."""
+        self.restore(self.best_state)
+        self.set_mode(False)
+        write_best_checkpoint(path, self.model, heads, self.heads)
+
+
+def _set_up(
+    parent: CHGNet,
+    train: ReferenceData,
+    val: ReferenceData,
+    settings: FineTuneSettings,
+    heads: Sequence[Head],
+    head_of_set: dict[str, str] | None,
+    replay_bulks: Sequence[Structure],
+    saved: dict[str, Any] | None,
+    rng: np.random.Generator,
+) -> tuple[_Run, FreezeInfo, dict[str, int]]:
+    """The model at depth X with its heads, the fixed batches (with replay), the AtomRef
+    shifts (fitted, or those of the saved run), the objective and the optimizer."""
+    model = copy.deepcopy(parent)
+    freeze = freeze_to_depth(model, settings.depth)
+    trained_heads = training_heads(model, heads, head_of_set)
+    if saved is not None:
+        model.load_state_dict(saved["model"]["state_dict"])
+        for name, state in saved.get("heads", {}).items():
+            trained_heads.modules[name].load_state_dict(state)
+    cut = cache_cut(model, settings)
+    n_own = len(train.samples)
+    groups = make_batches(train, settings.batch_size, rng)
+    train, groups, replay_pool = add_replay(parent, train, groups, settings, replay_bulks)
+    head_of = trained_heads.head_of
+    train_batches = [build_batch(model, train, b, cut, head_of) for b in groups]
+    val_batches = [
+        build_batch(model, val, b, cut, head_of) for b in make_batches(val, settings.batch_size)
+    ]
+    set_composition_energies(model, train_batches, trained_heads.modules)
+    if saved is None:
+        predicted = predict_batches(model, train, train_batches, cut, trained_heads.modules)
+        atomref_shift, head_shifts = fit_head_shifts(model, train, n_own, predicted, trained_heads)
+        set_composition_energies(model, train_batches, trained_heads.modules)
+    else:
+        atomref_shift, head_shifts = saved["atomref_shift"], saved.get("head_shifts", {})
+    shift_replay_labels(parent, model, train_batches)
+    set_composition_energies(model, val_batches, trained_heads.modules)
+    relaxed_pairs = (
+        selection_pairs(val, settings.selection_slabs, settings.seed)
+        if settings.selection == "relaxed"
+        else []
+    )
+    if settings.selection == "relaxed" and not relaxed_pairs:
+        raise ValueError("selection 'relaxed' needs validation slabs with a gamma pair, found none")
+    objective, optimizer = make_optimizer(parent, model, trained_heads, settings)
+    run = _Run(
+        model=model,
+        heads=trained_heads,
+        cut=cut,
+        settings=settings,
+        train=train,
+        n_own=n_own,
+        val=val,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        objective=objective,
+        optimizer=optimizer,
+        relaxed_pairs=relaxed_pairs,
+        rng=rng,
+        atomref_shift=atomref_shift,
+        head_shifts=head_shifts,
+    )
+    return run, freeze, replay_pool
 
 
 def finetune(
@@ -266,128 +362,42 @@ def finetune(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     last = work_dir / LAST_CHECKPOINT
-    saved = _saved_run(last, settings, train, val)
-
-    # Set-up: the model at depth X, its heads, fixed batches (with replay) and AtomRef shifts.
-    model = copy.deepcopy(parent)
-    freeze = freeze_to_depth(model, settings.depth)
-    trained_heads = training_heads(model, heads, head_of_set)
-    if saved is not None:
-        model.load_state_dict(saved["model"]["state_dict"])
-        for name, state in saved.get("heads", {}).items():
-            trained_heads.modules[name].load_state_dict(state)
-    cut = cache_cut(model, settings)
-    n_own = len(train.samples)
-    groups = make_batches(train, settings.batch_size, rng)
-    train, groups, replay_pool = add_replay(parent, train, groups, settings, replay_bulks)
-    head_of = trained_heads.head_of
-    train_batches = [build_batch(model, train, b, cut, head_of) for b in groups]
-    val_batches = [
-        build_batch(model, val, b, cut, head_of) for b in make_batches(val, settings.batch_size)
-    ]
-    set_composition_energies(model, train_batches, trained_heads.modules)
-    if saved is None:
-        predicted = predict_batches(model, train, train_batches, cut, trained_heads.modules)
-        atomref_shift, head_shifts = fit_head_shifts(model, train, n_own, predicted, trained_heads)
-        set_composition_energies(model, train_batches, trained_heads.modules)
-    else:
-        atomref_shift, head_shifts = saved["atomref_shift"], saved.get("head_shifts", {})
-    shift_replay_labels(parent, model, train_batches)
-    set_composition_energies(model, val_batches, trained_heads.modules)
-    relaxed_pairs = (
-        selection_pairs(val, settings.selection_slabs, settings.seed)
-        if settings.selection == "relaxed"
-        else []
+    saved = saved_run(last, settings, train, val)
+    run, freeze, replay_pool = _set_up(
+        parent, train, val, settings, heads, head_of_set, replay_bulks, saved, rng
     )
-    if settings.selection == "relaxed" and not relaxed_pairs:
-        raise ValueError("selection 'relaxed' needs validation slabs with a gamma pair, found none")
     setup_seconds = time.perf_counter() - start_time
-    objective, optimizer = make_optimizer(parent, model, trained_heads, settings)
-    training = _Training(
-        model,
-        trained_heads,
-        cut,
-        settings,
-        val,
-        train_batches,
-        val_batches,
-        objective,
-        optimizer,
-        relaxed_pairs,
-    )
-
-    # Epoch 0 (the parent with fitted AtomRef), or the state of the run resumed.
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["numpy_rng"]
-        history = [EpochRecord.model_validate(r) for r in saved["history"]]
-        best_state = saved["best_state_dict"]
-        best_state = best_state if "heads" in best_state else {"model": best_state, "heads": {}}
-    else:
-        tick = time.perf_counter()
-        training.set_mode(False)
-        train_errors = run_epoch(model, train_batches, cut, objective)
-        history = [training.evaluate(0, train_errors, 0.0, tick)]
-        best_state = training.snapshot()
+    resumed_from = None
+    if saved is None:
+        record = run.epoch_zero()
         if progress:
-            progress(history[0])
-    resumed_from = history[-1].epoch if saved is not None else None
-
-    def best() -> EpochRecord:
-        return min(history, key=lambda record: selection_key(record, settings.selection))
-
-    # Training epochs until ``epochs`` or patience; the state is saved after each.
+            progress(record)
+    else:
+        run.resume(saved)
+        resumed_from = run.history[-1].epoch
     stopped_early = False
-    while optimizer is not None and history[-1].epoch < settings.epochs:
-        if settings.patience and history[-1].epoch - best().epoch >= settings.patience:
+    while run.optimizer is not None and run.history[-1].epoch < settings.epochs:
+        if settings.patience and run.history[-1].epoch - run.best().epoch >= settings.patience:
             stopped_early = True
             break
-        epoch = history[-1].epoch + 1
-        tick = time.perf_counter()
-        lr = cosine_lr(settings, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_errors = training.train_epoch(rng.permutation(len(train_batches)))
-        history.append(training.evaluate(epoch, train_errors, lr, tick))
-        if best() is history[-1]:
-            best_state = training.snapshot()
-        torch.save(
-            {
-                "model": model.as_dict(),
-                "heads": {n: h.state_dict() for n, h in trained_heads.modules.items()},
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state,
-                "history": [r.model_dump() for r in history],
-                "best_state_dict": best_state,
-                "atomref_shift": atomref_shift,
-                "head_shifts": head_shifts,
-                "settings": settings.model_dump(),
-                "train_keys": train.keys[:n_own],
-                "val_keys": val.keys,
-            },
-            last,
-        )
+        record = run.train_epoch()
+        run.save_state(last)
         if progress:
-            progress(history[-1])
-
-    training.restore(best_state)
-    training.set_mode(False)
+            progress(record)
     best_checkpoint = work_dir / BEST_CHECKPOINT
-    _save_best(best_checkpoint, model, heads, trained_heads)
+    run.save_best(best_checkpoint, heads)
     return FineTuneResult(
-        model=model,
+        model=run.model,
         freeze=freeze,
-        history=history,
-        best_epoch=best().epoch,
-        atomref_shift=atomref_shift,
+        history=run.history,
+        best_epoch=run.best().epoch,
+        atomref_shift=run.atomref_shift,
         best_checkpoint=best_checkpoint,
         stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
         setup_seconds=setup_seconds,
         wall_seconds=time.perf_counter() - start_time,
-        head_shifts=head_shifts,
-        default_head=trained_heads.default,
+        head_shifts=run.head_shifts,
+        default_head=run.heads.default,
         replay_pool=replay_pool,
     )
