@@ -145,11 +145,12 @@ def _thermo_figures(outputs: Store, out: Path, criteria: dict[str, Any]) -> tupl
     A PNG named on a document but absent here (written on a remote worker) is listed, not
     shown.
     """
-    section, missing = Section("Surface thermodynamics"), []
+    section, missing = Section("Surface phase diagrams and Wulff shapes"), []
     wanted: list[tuple[str, str]] = []  # (png path, caption)
     for doc in outputs.query({"output.@class": "SurfaceThermoDoc", **criteria}, ["output"]):
         thermo = doc["output"]
-        label = f"{thermo['formula']} {thermo['material_id']}, {thermo['model_id']}"
+        name = dict.fromkeys((thermo["formula"], thermo["material_id"]))  # once if the same
+        label = f"{' '.join(name)}, {thermo['model_id']}"
         if thermo.get("diagram_png"):
             wanted.append((thermo["diagram_png"], f"{label}: gamma versus delta mu_O"))
         for shape in thermo.get("wulff_shapes") or []:
