@@ -28,12 +28,23 @@ PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
 
 #: Short names of ASE-calculator families supported out of the box: the import path of the
 #: calculator and its keyword arguments (packages: ``pip install -e ".[peers]"``).
-#: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet), whose
-#: checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run time.
+#: Every entry's checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run
+#: time: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet),
+#: ``sevennet-l3i5`` the larger SevenNet-l3i5 (l_max 3, 5 interaction layers; MPtrj) and
+#: ``sevennet-mf-0`` the multi-fidelity SevenNet-MF-0 (MPtrj PBE/PBE+U and MP r2SCAN) with
+#: its ``PBE`` modal, the level of theory of the PBE reference sets.
 CALCULATORS: dict[str, dict[str, Any]] = {
     "sevennet-0": {
         "force_field_name": "sevenn.calculator.SevenNetCalculator",
         "calculator_kwargs": {"model": "7net-0_11July2024"},
+    },
+    "sevennet-l3i5": {
+        "force_field_name": "sevenn.calculator.SevenNetCalculator",
+        "calculator_kwargs": {"model": "7net-l3i5"},
+    },
+    "sevennet-mf-0": {
+        "force_field_name": "sevenn.calculator.SevenNetCalculator",
+        "calculator_kwargs": {"model": "7net-mf-0", "modal": "PBE"},
     },
 }
 
