@@ -150,6 +150,14 @@ def finetune(
     evaluate: Annotated[
         bool, typer.Option(help="Evaluate val/test and check bulk forgetting.")
     ] = True,
+    all_materials: Annotated[
+        bool,
+        typer.Option(
+            help="Train on every material of the set (no validation, no test part): the "
+            "final model of a cross-validation, with --epochs from its folds; the last "
+            "epoch is kept."
+        ),
+    ] = False,
     cv_folds: Annotated[
         int | None,
         typer.Option(
@@ -175,7 +183,13 @@ def finetune(
     from pydantic import ValidationError
 
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.finetune import FineTuneMaker, FineTuneSweepMaker, sweep_summary
+    from surfflows.jobs.cross_validation import every_material
+    from surfflows.jobs.finetune import (
+        FineTuneMaker,
+        FineTuneSweepMaker,
+        default_work_dir,
+        sweep_summary,
+    )
     from surfflows.schemas.finetune import FineTuneSettings
     from surfflows.stores import get_job_store, get_store
 
@@ -196,7 +210,7 @@ def finetune(
         spec = resolve_model(parent, store)
         references, bulk_sets, replay_sets = _training_inputs(
             reference,
-            ("bo2_bulk_eos",) if evaluate and cv_folds is None else (),
+            ("bo2_bulk_eos",) if evaluate and cv_folds is None and not all_materials else (),
             settings.replay_sets,
         )
         finetune_maker = FineTuneMaker(
@@ -205,6 +219,16 @@ def finetune(
         parent_checkpoint = checkpoint_reference(spec, store)
     except (ValidationError, ValueError) as exc:
         fail(str(exc))
+    if all_materials:
+        if cv_folds is not None or len(reference) != 1:
+            fail(
+                "--all-materials trains the final model on one --reference set, without --cv-folds"
+            )
+        references = every_material(references)
+        evaluate = False
+        if work_dir is None:  # not the folder of a run with a validation part
+            folder = default_work_dir(reference[0], spec, settings)
+            finetune_maker.work_dir = str(folder.with_name(f"{folder.name}_all"))
     if cv_folds is not None:
         _cross_validate(
             reference, cv_folds, finetune_maker, parent_checkpoint, replay_sets, work_dir, store
@@ -292,7 +316,10 @@ def _cross_validate(
     except ValueError as exc:
         fail(str(exc))
     _show_finetune_progress()
-    run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
+    for part in flow.jobs:  # each fold to its held-out evaluation, then the next
+        run_locally(
+            part, store=store, log=False, ensure_success=True, allow_external_references=True
+        )
     with store:
         doc = flow.output.resolve(store)
     console.print(cross_validation_table(doc))

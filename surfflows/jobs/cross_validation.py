@@ -60,6 +60,17 @@ def fold_inputs(references: ReferenceInputs, k: int, fold: int, seed: int) -> Re
     )
 
 
+def every_material(references: ReferenceInputs) -> ReferenceInputs:
+    """The set with every material in ``train`` (``<set>:all``): the final model of a
+    cross-validation trains on all folds, for the epoch count the folds chose."""
+    return references.model_copy(
+        update={
+            "assignments": {d["material_id"]: "train" for d in references.docs},
+            "split_id": f"{references.set_name}:all",
+        }
+    )
+
+
 def _energies(evaluations: list[dict[str, Any]], mode: str) -> dict[str, dict[str, Any]]:
     """reference key -> energy document of one mode's evaluation documents."""
     out = {}
@@ -251,7 +262,10 @@ class CrossValidationMaker(Maker):
         Returns
         -------
         Flow
-            Its output is the :class:`~surfflows.schemas.cross_validation.CrossValidationDoc`.
+            Its output is the :class:`~surfflows.schemas.cross_validation.CrossValidationDoc`;
+            its jobs are one flow per fold (fine-tune, then held-out evaluation), the
+            parent's evaluation and the summary, in that order, so they can be run one
+            after the other and an interrupted run keeps its finished folds.
         """
         kfold_assignments(references.docs, self.k, self.fold_seed)  # refuse too few groups now
         parent = self.finetune_maker.parent
@@ -271,7 +285,7 @@ class CrossValidationMaker(Maker):
             evaluate = replace(self.evaluate_maker, model=train.output.model).make(
                 references.set_name, reference_items(inputs, ("test",)), train.output.checkpoint_b64
             )
-            jobs += [train, evaluate]
+            jobs.append(Flow([train, evaluate], name=f"fold {fold} of {self.k}"))
             finetunes.append(
                 {
                     name: getattr(train.output, name)

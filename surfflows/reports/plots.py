@@ -414,7 +414,9 @@ def leaderboard_plot(
                 [np.nan if (v := (found.get(m) or {}).get(key)) is None else v for m in modes]
                 for key in ("mae", "mean_signed_error", "seconds_per_structure")
             )
-            axes[0, col].bar(x, mae, width, color=colours(i), label=model)
+            name = next((r.get("model", model) for r in found.values()), model)
+            label = model if name == model else f"{name}\n({model})"
+            axes[0, col].bar(x, mae, width, color=colours(i), label=label)
             axes[0, col].scatter(x, mse, color="k", marker="_", s=120, zorder=3)
             axes[1, col].bar(x, cost, width, color=colours(i))
         n = max((r["n"] for r in rows if r["set_name"] == set_name), default=0)
