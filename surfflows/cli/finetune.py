@@ -273,32 +273,13 @@ def finetune(
             console.print(_sweep_table(rows, title=f"{doc.model_id} on {name} (J/m²)"))
 
 
-def _stored_evaluations(store, model_id: str, set_name: str, keys: set[str]) -> list[dict] | None:
-    """The newest stored evaluation documents of ``model_id`` on ``set_name`` if they cover
-    ``keys`` in both modes (with their results), else None."""
-    found, covered = [], {"single_point": set(), "relaxed": set()}
-    with store:
-        for doc in store.query(
-            {"output.@class": "EvaluationDoc", "output.model_id": model_id}
-            | {"output.set_name": set_name},
-            properties=["output"],
-            sort={"completed_at": -1},
-        ):
-            mode = doc["output"]["mode"]
-            new = {r["reference_key"] for r in doc["output"]["results"]} - covered[mode]
-            if new:
-                covered[mode] |= new
-                found.append(doc["output"])
-    return found if all(keys <= c for c in covered.values()) else None
-
-
 def _cross_validate(
     reference: list[str], k: int, finetune_maker, parent_checkpoint, replay_sets, work_dir, store
 ) -> None:
     """``finetune --cv-folds K``: run the cross-validation flow and print its figures."""
     from jobflow import run_locally
 
-    from surfflows.io.inputs import reference_inputs
+    from surfflows.io.inputs import reference_inputs, stored_evaluations
     from surfflows.jobs.cross_validation import CrossValidationMaker
     from surfflows.stores import get_store
 
@@ -308,7 +289,7 @@ def _cross_validate(
         inputs = reference_inputs(reference[0], references, splits)
     parent = finetune_maker.parent.model_id
     keys = {d["key"] for d in inputs.docs}
-    stored = _stored_evaluations(store, parent, inputs.set_name, keys)
+    stored = stored_evaluations(store, parent, inputs.set_name, keys)
     try:
         flow = CrossValidationMaker(
             finetune_maker=finetune_maker, k=k, work_dir=str(work_dir) if work_dir else None
