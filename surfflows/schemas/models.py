@@ -306,6 +306,21 @@ class SplitFigures(BaseModel):
     parent_mean_signed_error: float | None = Field(description="The parent's, J/m².")
 
 
+class ForgettingRow(BaseModel):
+    """Bulk energies of materials never trained on: the model next to its parent."""
+
+    set_name: str = Field(description="Bulk set.")
+    split: str = Field(description="Split part reported (aligned on the set's other parts).")
+    n: int = Field(description="Bulks with an aligned error.")
+    parent: str = Field(description="model_id of the parent.")
+    mae: float | None = Field(description="Aligned energy MAE, eV/atom.")
+    parent_mae: float | None = Field(description="The parent's aligned MAE, eV/atom.")
+    relative_change: float | None = Field(description="mae / parent_mae - 1.")
+    raw_energy_mae: float | None = Field(description="Unaligned energy MAE, eV/atom.")
+    parent_raw_energy_mae: float | None = Field(description="The parent's, eV/atom.")
+    raw_relative_change: float | None = Field(description="Unaligned: model / parent - 1.")
+
+
 class ModelCard(BaseModel):
     """Machine-readable card of a checkpoint that ships inside the package (``card.json``).
 
@@ -352,6 +367,19 @@ class ModelCard(BaseModel):
     )
     forgetting: dict[str, float | None] = Field(
         description="Bulk set -> relative change of the aligned bulk energy MAE vs the parent."
+    )
+    figures_set: str | None = Field(
+        default=None,
+        description="Reference set of ``figures`` (None: the training set's own split).",
+    )
+    forgetting_rows: list[ForgettingRow] = Field(
+        default_factory=list, description="Bulk sets never trained on: model and parent."
+    )
+    cross_validation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The recipe's element-wise k-fold cross-validation: held-out gamma per "
+        "mode (mean ± std over folds of MAE, signed error, MAPE), the parent's, folds, "
+        "epoch count chosen from the folds (benchmarks/results/finetune_recipes_cv.json).",
     )
     wall_seconds: float = Field(description="Wall time of the reproduce run, s.")
     machine: dict[str, Any] = Field(description="CPU count, torch threads, platform.")
