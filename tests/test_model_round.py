@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from ase.io import read, write
 from jobflow import run_locally
+from rich.console import Console
 from typer.testing import CliRunner
 
 from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
+from surfflows.cli.benchmark import _bulk_table
 from surfflows.core.benchmark import against_parent
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
@@ -89,7 +91,10 @@ def test_packaged_model_rows_name_the_parent_raw_and_aligned(tmp_path):
         assert model_labels(store) == {surf.model_id: "chgnet-surf"}
     result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
-    assert f"chgnet-surf ({surf.model_id})" in result.output.replace("\n", "")
+    console = Console(width=400, record=True)
+    console.print(_bulk_table([child, parent], {surf.model_id: "chgnet-surf"}))
+    text = console.export_text()
+    assert f"chgnet-surf ({surf.model_id})" in text and "chgnet-0.3.0" in text
 
 
 @pytest.fixture

@@ -183,7 +183,7 @@ def finetune(
     from pydantic import ValidationError
 
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.cross_validation import every_material
+    from surfflows.jobs.cross_validation import aligned_replay, every_material
     from surfflows.jobs.finetune import (
         FineTuneMaker,
         FineTuneSweepMaker,
@@ -225,6 +225,7 @@ def finetune(
                 "--all-materials trains the final model on one --reference set, without --cv-folds"
             )
         references = every_material(references)
+        replay_sets = aligned_replay(replay_sets, references)
         evaluate = False
         if work_dir is None:  # not the folder of a run with a validation part
             folder = default_work_dir(reference[0], spec, settings)

@@ -168,3 +168,43 @@ def gamma_errors(
             }
         )
     return rows
+
+
+def aligned_assignments(
+    docs: Iterable[dict],
+    assignments: Mapping[str, str],
+    reference_docs: Iterable[dict],
+    reference_assignments: Mapping[str, str],
+) -> dict[str, str]:
+    """A second set's split made to agree with a reference set's.
+
+    A material of ``docs`` that is also in the reference set (same material id, or the same
+    element for elemental materials, :func:`surfflows.core.splits.material_identities`)
+    takes the reference material's part (the most held-out one if several match: test,
+    then val); the others keep their own. Used for replay sets next to a fold or a
+    final model, so a replay set's own split neither drops training materials nor lets a
+    held-out element in.
+
+    Examples
+    --------
+    >>> aligned_assignments([{"material_id": "mp-30", "formula": "Cu"},
+    ...                      {"material_id": "mp-2", "formula": "CuO"}],
+    ...                     {"mp-30": "val", "mp-2": "test"},
+    ...                     [{"material_id": "mp-30", "formula": "Cu4"}], {"mp-30": "train"})
+    {'mp-30': 'train', 'mp-2': 'test'}
+    """
+    rank = {"test": 0, "val": 1, "train": 2}
+    part_of: dict[str, str] = {}
+    for material, identities in material_identities(reference_docs).items():
+        part = reference_assignments.get(material)
+        if part is None:
+            continue
+        for identity in identities:
+            if identity not in part_of or rank[part] < rank[part_of[identity]]:
+                part_of[identity] = part
+    out = dict(assignments)
+    for material, identities in material_identities(docs).items():
+        matched = [part_of[i] for i in identities if i in part_of]
+        if matched:
+            out[material] = min(matched, key=rank.__getitem__)
+    return out

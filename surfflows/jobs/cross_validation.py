@@ -23,6 +23,7 @@ from typing import Any
 from jobflow import Flow, Job, Maker, OutputReference, job
 
 from surfflows.core.folds import (
+    aligned_assignments,
     choose_epochs,
     fold_groups,
     fold_parts,
@@ -69,6 +70,27 @@ def every_material(references: ReferenceInputs) -> ReferenceInputs:
             "split_id": f"{references.set_name}:all",
         }
     )
+
+
+def aligned_replay(
+    replay_sets: list[ReferenceInputs] | None, references: ReferenceInputs
+) -> list[ReferenceInputs] | None:
+    """Replay sets whose splits agree with ``references``' (a fold's or every material's):
+    their materials shared with it (:func:`~surfflows.core.folds.aligned_assignments`) take
+    its parts, so a held-out element stays out and a trained one is not dropped."""
+    if not replay_sets:
+        return replay_sets
+    return [
+        r.model_copy(
+            update={
+                "assignments": aligned_assignments(
+                    r.docs, r.assignments, references.docs, references.assignments
+                ),
+                "split_id": f"{r.split_id}~{references.split_id}",
+            }
+        )
+        for r in replay_sets
+    ]
 
 
 def _energies(evaluations: list[dict[str, Any]], mode: str) -> dict[str, dict[str, Any]]:
@@ -279,7 +301,9 @@ class CrossValidationMaker(Maker):
             folder = default_work_dir(references.set_name, parent, settings).name
             work_dir = base / f"{folder}_cv{self.k}fold{fold}_{digest.hexdigest()[:8]}"
             train = replace(self.finetune_maker, work_dir=str(work_dir)).make(
-                inputs, parent_checkpoint=parent_checkpoint, replay_sets=replay_sets
+                inputs,
+                parent_checkpoint=parent_checkpoint,
+                replay_sets=aligned_replay(replay_sets, inputs),
             )
             train.name = f"{train.name} fold {fold}/{self.k}"
             evaluate = replace(self.evaluate_maker, model=train.output.model).make(
