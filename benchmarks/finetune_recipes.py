@@ -891,14 +891,16 @@ def cv_settings(recipe: Recipe, plan: Plan) -> FineTuneSettings:
     return recipe.finetune_settings(0, **plan.overrides(), zero_force_labels=False)
 
 
-def cv_document(store: Any, set_name: str, settings: FineTuneSettings, k: int) -> dict | None:
+def cv_document(
+    store: Any, set_name: str, settings: FineTuneSettings, k: int, parent_store: Any = None
+) -> dict | None:
     """The cross-validation of these settings in the JobStore: its stored
     CrossValidationDoc, else a summary of the folds finished so far (``partial``), else None.
 
     Folds run one after the other, so the finished ones are folds 0..n-1; the parent's
-    figures are included where its evaluation is stored.
+    figures are included where its evaluation is stored (in ``parent_store`` if given).
     """
-    from surfflows.io.inputs import reference_inputs, stored_evaluations
+    from surfflows.io.inputs import reference_inputs
     from surfflows.jobs.cross_validation import cross_validation_summary
     from surfflows.stores import get_store
 
@@ -943,17 +945,35 @@ def cv_document(store: Any, set_name: str, settings: FineTuneSettings, k: int) -
         return None
     with get_store("references") as references, get_store("splits") as splits:
         inputs = reference_inputs(set_name, references, splits)
-    keys = {d["key"] for d in inputs.docs}
-    parent = stored_evaluations(store, PARENT, set_name, keys) or []
+    with parent_store or store as source:  # what the parent has so far (slabs not
+        parent = [  # evaluated in a mode are left out of its figures in that mode)
+            d["output"]
+            for d in source.query(
+                {"output.@class": "EvaluationDoc", "output.model_id": PARENT}
+                | {"output.set_name": set_name},
+                properties=["output"],
+            )
+        ]
     doc = cross_validation_summary.original(
         inputs, k, 0, PARENT, settings, list(settings.replay_sets), finetunes, evaluations, parent
     )
     return {**doc.model_dump(mode="json"), "partial": len(finetunes) < k}
 
 
-def cross_validate(plan: Plan, k: int, runs_dir: Path, output: Path, collect_only: bool) -> int:
+def cross_validate(
+    plan: Plan,
+    k: int,
+    runs_dir: Path,
+    output: Path,
+    collect_only: bool,
+    parent_db_dir: Path | None = None,
+) -> int:
     """Run (unless ``collect_only``) and collect the k-fold cross-validation of every
-    recipe of the plan; merge the figures into ``output`` (JSON) and plot them."""
+    recipe of the plan; merge the figures into ``output`` (JSON) and plot them.
+
+    ``parent_db_dir``: a database holding the parent's evaluations of the set (both modes,
+    every slab), read for the parent's figures of unfinished cross-validations.
+    """
     from jobflow import run_locally
 
     from surfflows.io.inputs import reference_inputs, stored_evaluations
@@ -964,6 +984,11 @@ def cross_validate(plan: Plan, k: int, runs_dir: Path, output: Path, collect_onl
     from surfflows.stores import get_job_store, get_store
 
     store = get_job_store()
+    parent_store = None
+    if parent_db_dir is not None:
+        from surfflows.settings import SurfflowsSettings
+
+        parent_store = get_job_store(SurfflowsSettings(db_dir=parent_db_dir, mongodb_uri=None))
     parent = ModelSpec.parse(PARENT)
     result = json.loads(output.read_text()) if output.is_file() else {"recipes": {}}
     for name, recipe in plan.recipes.items():
@@ -992,7 +1017,7 @@ def cross_validate(plan: Plan, k: int, runs_dir: Path, output: Path, collect_onl
                     part, store=store, log=False, ensure_success=True,
                     allow_external_references=True,
                 )  # fmt: skip
-        doc = cv_document(store, set_name, settings, k)
+        doc = cv_document(store, set_name, settings, k, parent_store)
         if doc is None:
             print(f"{name}: no finished fold in this database")
             continue
@@ -1048,6 +1073,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Compare the recipes by k-fold cross-validation by element instead (seed 0; "
         "results/finetune_recipes_cv.json, merged over runs).",
     )
+    parser.add_argument(
+        "--parent-db-dir",
+        type=Path,
+        default=None,
+        help="--cv-folds: database with the parent's evaluations of the set, for the parent's "
+        "figures of unfinished cross-validations.",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON file.")
     args = parser.parse_args(argv)
 
@@ -1083,7 +1115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cv_folds is not None:
         output = args.output or RESULTS_DIR / "finetune_recipes_cv.json"
         return cross_validate(
-            plan, args.cv_folds, args.db_dir.parent / "runs", output, args.collect_only
+            plan,
+            args.cv_folds,
+            args.db_dir.parent / "runs",
+            output,
+            args.collect_only,
+            args.parent_db_dir,
         )
     return run(plan, args.db_dir.parent / "runs", output, args.threads, args.collect_only)
 

@@ -335,5 +335,5 @@ class CrossValidationMaker(Maker):
             parent_evaluations,
         )
         summary.name = f"cross-validation summary {references.set_name}"
-        jobs.append(summary)
+        jobs.append(Flow([summary], name="summary"))
         return Flow(jobs, output=summary.output, name=f"{self.name} {references.set_name}")
