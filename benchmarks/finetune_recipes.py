@@ -74,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
 
+from surfflows.core.folds import mean_std  # noqa: E402
 from surfflows.core.heads import head_for  # noqa: E402
 from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
 
@@ -245,16 +246,6 @@ def restrict_items(items: list[tuple], docs: Sequence[dict[str, Any]], slab_keys
     slab_keys = set(slab_keys)
     bulk_keys = {d["bulk_key"] for d in docs if d["key"] in slab_keys and d.get("bulk_key")}
     return [i for i in items if i[0] in (slab_keys if i[1] == "slab" else bulk_keys)]
-
-
-def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation (ddof 1; None for one value) and N of the finite values."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {
-        "mean": float(np.mean(finite)) if finite else None,
-        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-        "n": len(finite),
-    }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:

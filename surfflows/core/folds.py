@@ -114,13 +114,16 @@ def gamma_statistics(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
-    """Mean and sample standard deviation (ddof 1; None for one value) of the values that
-    are not None, and their number."""
-    finite = [v for v in values if v is not None]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
+    """Mean, sample standard deviation (ddof 1; None for one value) and N of the finite values.
+
+    Examples
+    --------
+    >>> mean_std([1.0, 3.0, None])
+    {'mean': 2.0, 'std': 1.4142135623730951, 'n': 2}
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     return {
-        "mean": float(np.mean(finite)),
+        "mean": float(np.mean(finite)) if finite else None,
         "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
         "n": len(finite),
     }
