@@ -43,6 +43,14 @@ Examples
     python benchmarks/finetune_recipes.py --quick             # 1 seed, 2 epochs, subsets
     python benchmarks/finetune_recipes.py --recipes default replay --seeds 0 1
     python benchmarks/finetune_recipes.py --collect-only      # tables and plots again
+    python benchmarks/finetune_recipes.py --cv-folds 5 --recipes pbe pbe+bulk_replay --epochs 6
+
+With ``--cv-folds K`` the recipes (one training set each) are compared by element-wise
+K-fold cross-validation instead (:class:`~surfflows.jobs.cross_validation.CrossValidationMaker`,
+the same as ``surfflows finetune --cv-folds K``): per fold the held-out gamma in both modes,
+the mean ± std over folds, per element, and the epoch count chosen from the folds, in
+``results/finetune_recipes_cv.json`` (entries of recipes not in this run are kept, so
+recipes may run in separate databases) and ``finetune_recipes_cv.png``.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
 
+from surfflows.core.folds import mean_std  # noqa: E402
 from surfflows.core.heads import head_for  # noqa: E402
 from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
 
@@ -169,6 +178,12 @@ RECIPES: dict[str, Recipe] = {
         note="pbe + zero forces on 10 % of each batch + parent-labelled replay (energy, "
         "forces, stress) of its bulks and the train parts of wbm_bulks and mp_elemental_refs",
     ),
+    "pbe+bulk_replay": Recipe(
+        sets=("mp_elemental_surfaces",),
+        settings={"replay_weight": 10.0, "replay_sets": ["wbm_bulks", "mp_elemental_refs"]},
+        note="pbe + parent-labelled replay (energies) of its bulks and the train parts of "
+        "wbm_bulks and mp_elemental_refs, no forces",
+    ),
     "pbe+relaxed_selection": Recipe(
         sets=("mp_elemental_surfaces",),
         settings={"selection": "relaxed"},
@@ -231,16 +246,6 @@ def restrict_items(items: list[tuple], docs: Sequence[dict[str, Any]], slab_keys
     slab_keys = set(slab_keys)
     bulk_keys = {d["bulk_key"] for d in docs if d["key"] in slab_keys and d.get("bulk_key")}
     return [i for i in items if i[0] in (slab_keys if i[1] == "slab" else bulk_keys)]
-
-
-def mean_std(values: Iterable[float | None]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation (ddof 1; None for one value) and N of the finite values."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {
-        "mean": float(np.mean(finite)) if finite else None,
-        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-        "n": len(finite),
-    }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -868,6 +873,174 @@ def table(summary: dict[str, Any], sets: Sequence[str], training_set: str):
     return out
 
 
+# -- element-wise cross-validation (--cv-folds)
+
+
+def cv_settings(recipe: Recipe, plan: Plan) -> FineTuneSettings:
+    """A recipe's settings in a cross-validation: seed 0, without zero-force labels (the
+    proxy they feed is not computed here; without a force weight they change no gradient)."""
+    return recipe.finetune_settings(0, **plan.overrides(), zero_force_labels=False)
+
+
+def cv_document(
+    store: Any, set_name: str, settings: FineTuneSettings, k: int, parent_store: Any = None
+) -> dict | None:
+    """The cross-validation of these settings in the JobStore: its stored
+    CrossValidationDoc, else a summary of the folds finished so far (``partial``), else None.
+
+    Folds run one after the other, so the finished ones are folds 0..n-1; the parent's
+    figures are included where its evaluation is stored (in ``parent_store`` if given).
+    """
+    from surfflows.io.inputs import reference_inputs
+    from surfflows.jobs.cross_validation import cross_validation_summary
+    from surfflows.stores import get_store
+
+    wanted = settings.model_dump(mode="json")
+    with store:
+        for doc in store.query(
+            {"output.@class": "CrossValidationDoc", "output.set_name": set_name} | {"output.k": k},
+            properties=["output"],
+            sort={"completed_at": -1},
+        ):
+            if doc["output"]["settings"] == wanted:
+                return {**doc["output"], "partial": False}
+        finetunes, evaluations = [], []
+        for fold in range(k):
+            found = next(
+                (
+                    d["output"]
+                    for d in store.query(
+                        {"output.@class": "FineTuneDoc"}
+                        | {"output.split_id": f"{set_name}:cv{k}seed0:fold{fold}"},
+                        properties=[f"output.{f}" for f in ("model_id", "best_epoch", "history",
+                                    "n_train", "wall_seconds", "hyperparameters")],
+                    )
+                    if d["output"]["hyperparameters"] == wanted
+                ),
+                None,
+            )  # fmt: skip
+            if found is None:
+                break
+            evaluated = [
+                d["output"]
+                for d in store.query(
+                    {"output.@class": "EvaluationDoc", "output.model_id": found["model_id"]},
+                    properties=["output"],
+                )
+            ]
+            if {e["mode"] for e in evaluated} != set(MODES):
+                break
+            finetunes.append(found)
+            evaluations.append(evaluated)
+    if not finetunes:
+        return None
+    with get_store("references") as references, get_store("splits") as splits:
+        inputs = reference_inputs(set_name, references, splits)
+    with parent_store or store as source:  # what the parent has so far (slabs not
+        parent = [  # evaluated in a mode are left out of its figures in that mode)
+            d["output"]
+            for d in source.query(
+                {"output.@class": "EvaluationDoc", "output.model_id": PARENT}
+                | {"output.set_name": set_name},
+                properties=["output"],
+            )
+        ]
+    doc = cross_validation_summary.original(
+        inputs, k, 0, PARENT, settings, list(settings.replay_sets), finetunes, evaluations, parent
+    )
+    return {**doc.model_dump(mode="json"), "partial": len(finetunes) < k}
+
+
+def cross_validate(
+    plan: Plan,
+    k: int,
+    runs_dir: Path,
+    output: Path,
+    collect_only: bool,
+    parent_db_dir: Path | None = None,
+) -> int:
+    """Run (unless ``collect_only``) and collect the k-fold cross-validation of every
+    recipe of the plan; merge the figures into ``output`` (JSON) and plot them.
+
+    ``parent_db_dir``: a database holding the parent's evaluations of the set (both modes,
+    every slab), read for the parent's figures of unfinished cross-validations.
+    """
+    from jobflow import run_locally
+
+    from surfflows.io.inputs import reference_inputs, stored_evaluations
+    from surfflows.jobs.cross_validation import CrossValidationMaker
+    from surfflows.jobs.finetune import FineTuneMaker
+    from surfflows.reports.plots import cross_validation_plot
+    from surfflows.schemas.models import ModelSpec
+    from surfflows.stores import get_job_store, get_store
+
+    store = get_job_store()
+    parent_store = None
+    if parent_db_dir is not None:
+        from surfflows.settings import SurfflowsSettings
+
+        parent_store = get_job_store(SurfflowsSettings(db_dir=parent_db_dir, mongodb_uri=None))
+    parent = ModelSpec.parse(PARENT)
+    result = json.loads(output.read_text()) if output.is_file() else {"recipes": {}}
+    for name, recipe in plan.recipes.items():
+        if len(recipe.sets) != 1:
+            print(f"{name}: cross-validation needs one training set, skipped")
+            continue
+        settings = cv_settings(recipe, plan)
+        set_name = recipe.sets[0]
+        done = cv_document(store, set_name, settings, k)
+        if not collect_only and (done is None or done["partial"]):
+            with get_store("references") as references, get_store("splits") as splits:
+                inputs = reference_inputs(set_name, references, splits, ("slab", "bulk", "frame"))
+                replay = [
+                    reference_inputs(n, references, splits, ("bulk",)) for n in settings.replay_sets
+                ]
+            keys = {d["key"] for d in inputs.docs}
+            maker = CrossValidationMaker(
+                finetune_maker=FineTuneMaker(parent=parent, settings=settings),
+                k=k,
+                work_dir=str(runs_dir / "cv" / name),
+            )
+            stored = stored_evaluations(store, parent.model_id, set_name, keys)
+            flow = maker.make(inputs, None, replay, stored)
+            for part in flow.jobs:
+                run_locally(
+                    part, store=store, log=False, ensure_success=True,
+                    allow_external_references=True,
+                )  # fmt: skip
+        doc = cv_document(store, set_name, settings, k, parent_store)
+        if doc is None:
+            print(f"{name}: no finished fold in this database")
+            continue
+        result["recipes"][name] = {"note": recipe.note, **doc}
+        s = doc["summary"]
+        print(
+            f"{name}: {len(doc['folds'])} of {k} folds"
+            + "".join(
+                f"; {m} MAE {s[m]['mae']['mean']:.3f} ± {s[m]['mae']['std'] or 0:.3f}, signed "
+                f"{s[m]['mean_signed_error']['mean']:+.3f}, MAPE {s[m]['mape']['mean']:.1%}"
+                for m in s
+            )
+            + f"; epochs chosen {doc['chosen_epochs']}"
+        )
+    result |= {
+        "k": k,
+        "set": "folds by element (material-wise for compounds), fold seed 0",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "notes": [
+            "fold i: held out fold i, epoch selected on fold i+1, trained on the other k-2",
+            "std: sample standard deviation over folds (ddof 1)",
+            "mape: mean of |gamma error| / gamma_ref",
+        ],
+        "attribution": ATTRIBUTION,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    png = cross_validation_plot(result["recipes"], output.with_suffix(".png"), ATTRIBUTION)
+    print(f"wrote {output} and {png}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"Fast end-to-end run: {QUICK}.")
@@ -884,6 +1057,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Scratch database (a rerun there resumes); fine-tunes go next to it, in runs/.",
     )
     parser.add_argument("--collect-only", action="store_true", help="Only build and report.")
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=None,
+        help="Compare the recipes by k-fold cross-validation by element instead (seed 0; "
+        "results/finetune_recipes_cv.json, merged over runs).",
+    )
+    parser.add_argument(
+        "--parent-db-dir",
+        type=Path,
+        default=None,
+        help="--cv-folds: database with the parent's evaluations of the set, for the parent's "
+        "figures of unfinished cross-validations.",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON file.")
     args = parser.parse_args(argv)
 
@@ -916,6 +1103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("surfflows.jobs.finetune").setLevel(logging.INFO)
+    if args.cv_folds is not None:
+        output = args.output or RESULTS_DIR / "finetune_recipes_cv.json"
+        return cross_validate(
+            plan,
+            args.cv_folds,
+            args.db_dir.parent / "runs",
+            output,
+            args.collect_only,
+            args.parent_db_dir,
+        )
     return run(plan, args.db_dir.parent / "runs", output, args.threads, args.collect_only)
 
 

@@ -1,4 +1,4 @@
-"""Leaderboard: CHGNet 0.3.0, SevenNet-0 and the fine-tuned CHGNet on the same test split.
+"""Leaderboard: the wheel peers (CHGNet, SevenNet) and a fine-tuned CHGNet on one test split.
 
 For every reference set and model it runs, in one database and one after the other,
 
@@ -41,7 +41,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows, as for the CLI runs below
 SETS = ("jarvis_surfaces", "pbe_metal_surfaces")
-MODELS = ("chgnet-0.3.0", "sevennet-0")
+#: Every model whose weights ship in a wheel (chgnet, sevenn): nothing is downloaded.
+MODELS = ("chgnet-0.3.0", "chgnet-r2scan", "sevennet-0", "sevennet-l3i5", "sevennet-mf-0")
 ATTRIBUTION = (
     "Reference data: JARVIS-DFT surfaces (K. Choudhary et al., CC BY 4.0); PBE metal surfaces "
     "(pymatgen test files, R. Tran et al., MIT)"
@@ -89,6 +90,12 @@ def main() -> None:
     parser.add_argument("--finetuned", default=None, help="Fine-tuned CHGNet (name or file).")
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="Besides --finetuned.")
+    parser.add_argument(
+        "--single-point-sets",
+        nargs="*",
+        default=[],
+        help="Sets evaluated at single points only (relaxing every peer on them costs too much).",
+    )
     parser.add_argument("--collect-only", action="store_true", help="Only build and tabulate.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "peer_leaderboard.json")
     args = parser.parse_args()
@@ -97,9 +104,9 @@ def main() -> None:
     os.environ["SURFFLOWS_DB_DIR"] = str(args.db_dir)
     os.environ["SURFFLOWS_TORCH_THREADS"] = str(args.threads)
 
+    from surfflows.io.registry import resolve_model
     from surfflows.reports.leaderboard import leaderboard
     from surfflows.reports.plots import leaderboard_plot
-    from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_job_store, get_store
 
     commands: list[dict] = []
@@ -112,12 +119,16 @@ def main() -> None:
         commands.append({"command": "surfflows " + " ".join(command), "wall_s": wall})
     # (what to pass as --model, model id): a checkpoint file is evaluated by its path.
     names = (*args.models, *([finetuned] if finetuned else []))
-    models = [(name, ModelSpec.parse(name).model_id) for name in names]
+    with get_job_store() as store:  # packaged and registered names resolve in the database
+        models = [(name, resolve_model(name, store).model_id) for name in names]
     if not args.collect_only:
         cli("build")  # benchmark rows of evaluations already in the database
         for set_name in args.sets:
             for model, model_id in models:
-                missing = {"single_point", "relaxed"} - evaluated_modes(model_id, set_name)
+                wanted = {"single_point"} | (
+                    set() if set_name in args.single_point_sets else {"relaxed"}
+                )
+                missing = wanted - evaluated_modes(model_id, set_name)
                 if not missing:
                     continue
                 mode = "both" if len(missing) == 2 else missing.pop()
@@ -142,12 +153,13 @@ def main() -> None:
             for label, key in (("MAE", "mae"), ("MSE", "mean_signed_error"),
                                ("s/structure", "seconds_per_structure"))
         )  # fmt: skip
-        print(f"{r['set_name']:20s} {r['mode']:12s} {r['model_id']:24s} N={r['n']:3d} {figures}")
+        print(f"{r['set_name']:20s} {r['mode']:12s} {r['model']:24s} N={r['n']:3d} {figures}")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)"
     result = {
         "split": "test",
         "models": [i for _, i in models],
         "sets": args.sets,
+        "single_point_sets": args.single_point_sets,
         "rows": rows,
         "commands": commands,
         "machine": machine,

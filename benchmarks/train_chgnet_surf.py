@@ -1,20 +1,24 @@
-"""Make the packaged model ``chgnet-surf`` again: train, evaluate, write the file and its card.
+"""Make the packaged model ``chgnet-surf`` again: train, judge, write the file and its card.
 
 In a scratch database (nothing of the user's is read or written) this
 
 1. ingests the sets of :data:`DATA` (packaged with surfflows);
-2. runs ``surfflows finetune`` with the arguments of :data:`RECIPE` (train split for
-   training, val split for the epoch, then the built-in evaluation: single point on val
-   and test for the checkpoint and its parent, bulk forgetting, builders);
-3. evaluates the checkpoint and its parent on the test split with ions relaxed by the
-   model (``surfflows evaluate --mode relaxed --split test``) and reruns the builders;
+2. runs ``surfflows finetune`` with the arguments of :data:`RECIPE`: every material of
+   ``mp_elemental_surfaces`` trained on (``--all-materials``: all 30 elements, no
+   validation part), for the epoch count chosen by the recipe's element-wise
+   cross-validation (``python benchmarks/finetune_recipes.py --cv-folds 5``), the last
+   epoch kept;
+3. evaluates the checkpoint and its parent on what it never trained on: the test part of
+   ``pbe_metal_surfaces`` in both modes (:data:`JUDGED`) and, at single points, the bulks
+   of ``wbm_bulks`` and ``bo2_bulk_eos`` (forgetting: the builders align each test part on
+   the set's other parts and give each row its parent's MAE, raw and aligned);
 4. writes the checkpoint to ``surfflows/data/models/chgnet-surf/chgnet-surf.pth.tar`` and
    its card ``card.json`` (:class:`surfflows.schemas.models.ModelCard`: sha256, recipe,
-   data, split, heads, train/val/test counts, per-epoch validation gamma, test figures in
-   both modes, forgetting, wall time).
+   data, heads, counts, figures on the judged set in both modes, forgetting rows with the
+   parent, the recipe's cross-validation figures from
+   ``benchmarks/results/finetune_recipes_cv.json``, wall time).
 
-``--quick`` adds :data:`QUICK` to the recipe (a few epochs) and marks the card interim: a
-stand-in that makes the mechanism and tests work, not the model to quote.
+``--quick`` adds :data:`QUICK` to the recipe (one epoch) and marks the card interim.
 
 Examples
 --------
@@ -22,12 +26,13 @@ Examples
 
     python benchmarks/train_chgnet_surf.py                # the recipe: the packaged model
     python benchmarks/train_chgnet_surf.py --quick        # a short interim run
-    python benchmarks/train_chgnet_surf.py --threads 1 --out /tmp/chgnet-surf
+    python benchmarks/train_chgnet_surf.py --threads 1 --db-dir /tmp/chgnet-surf/db
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -38,13 +43,25 @@ import time
 from pathlib import Path
 
 # ------------------------------------------------------------------------------ the recipe
-#: Arguments of ``surfflows finetune`` that make chgnet-surf: PBE data only (the
-#: ``pbe`` recipe of benchmarks/finetune_recipes.py), X=4, 6 epochs.
-RECIPE = ["--reference", "mp_elemental_surfaces", "--layers", "4", "--epochs", "6"]
-#: Sets ingested into the scratch database: the recipe's data and the forgetting bulks.
-DATA = ["mp_elemental_surfaces", "bo2_bulk_eos"]
+#: The recipe that won the cross-validation (its name in benchmarks/finetune_recipes.py).
+CV_RECIPE = "pbe+bulk_replay"
+#: Arguments of ``surfflows finetune`` that make chgnet-surf: CV_RECIPE on every material,
+#: for the epoch count its folds chose.
+RECIPE = [
+    "--reference", "mp_elemental_surfaces", "--all-materials", "--layers", "4",
+    "--epochs", "1", "--replay-weight", "10",
+    "--replay-set", "wbm_bulks", "--replay-set", "mp_elemental_refs",
+]  # fmt: skip
+#: Sets ingested into the scratch database: the recipe's data, replay and judged sets.
+DATA = ["mp_elemental_surfaces", "wbm_bulks", "mp_elemental_refs", "bo2_bulk_eos"]
+DATA += ["pbe_metal_surfaces"]
+#: Judged in both modes (never trained on), its test part.
+JUDGED = "pbe_metal_surfaces"
+#: Bulk sets of the forgetting rows (single points of every part; the test part reported).
+FORGETTING = ("wbm_bulks", "bo2_bulk_eos")
 #: Added to the recipe by ``--quick`` (an interim model).
-QUICK = ["--epochs", "3"]
+QUICK = ["--epochs", "1"]
+CV_RESULTS = Path(__file__).resolve().parent / "results" / "finetune_recipes_cv.json"
 # ------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +144,13 @@ def main() -> None:
     from surfflows.core.timestamps import now_iso
     from surfflows.io.checkpoints import checkpoint_heads
     from surfflows.io.registry import checkpoint_reference, decode_checkpoint
-    from surfflows.schemas.models import HeadCard, ModelCard, ModelSpec, SplitFigures
+    from surfflows.schemas.models import (
+        ForgettingRow,
+        HeadCard,
+        ModelCard,
+        ModelSpec,
+        SplitFigures,
+    )
     from surfflows.stores import get_job_store, get_store
 
     store = get_job_store()
@@ -140,44 +163,77 @@ def main() -> None:
     else:
         print(f"reusing the fine-tune {doc['model_id']} found in {db_dir}")
     spec = ModelSpec(kind="checkpoint", sha256=doc["sha256"])
-    relaxed_test = ["--reference", reference, "--mode", "relaxed", "--split", "test"]
     failed = []
+    plan = [(JUDGED, "test", MODES), *((name, "all", ("single_point",)) for name in FORGETTING)]
     for model in (spec.model_id, parent):
-        criteria = {"output.@class": "EvaluationDoc", "output.set_name": reference}
-        with store:
-            done = store.count(criteria | {"output.model_id": model, "output.mode": "relaxed"})
-        if not done:
-            if _cli(["evaluate", *relaxed_test, "--model", model], env, allow_failures=True):
-                failed.append(model)
+        for set_name, split, modes in plan:
+            for mode in modes:
+                criteria = {"output.@class": "EvaluationDoc", "output.set_name": set_name}
+                with store:
+                    done = store.count(criteria | {"output.model_id": model, "output.mode": mode})
+                if not done:
+                    command = ["evaluate", "--reference", set_name, "--split", split]
+                    command += ["--mode", mode, "--model", model]
+                    if _cli(command, env, allow_failures=True):
+                        failed.append(f"{model} {set_name} {mode}")
     _cli(["build"], env)
     wall = time.perf_counter() - start
 
     with store:
         data = decode_checkpoint(checkpoint_reference(spec, store).resolve(store))
-        forgetting = store.query_one(
-            {"output.@class": "ForgettingDoc", "output.model_id": spec.model_id},
-            sort={"completed_at": -1},
-        )
     figures: dict[str, dict[str, SplitFigures]] = {}
+    rows = []
     with get_store("benchmarks") as benchmarks:
         for mode in MODES:
-            for part in ("val", "test"):
-                rows = [
-                    benchmarks.query_one(
-                        {"model_id": m, "set_name": reference, "mode": mode, "split": part}
-                        | {"quantity": "gamma"}
-                    )
-                    for m in (spec.model_id, doc["parent_model_id"])
-                ]
-                if rows[0] is None or not rows[0]["n"]:  # not evaluated in this mode
-                    continue
-                figures.setdefault(mode, {})[part] = SplitFigures(
-                    n=rows[0]["n"],
-                    mae=rows[0]["mae"],
-                    mean_signed_error=rows[0]["mean_signed_error"],
-                    parent_mae=rows[1]["mae"] if rows[1] else None,
-                    parent_mean_signed_error=rows[1]["mean_signed_error"] if rows[1] else None,
+            found = [
+                benchmarks.query_one(
+                    {"model_id": m, "set_name": JUDGED, "mode": mode, "split": "test"}
+                    | {"quantity": "gamma"}
                 )
+                for m in (spec.model_id, parent)
+            ]
+            if found[0] is None or not found[0]["n"]:
+                continue
+            figures.setdefault(mode, {})["test"] = SplitFigures(
+                n=found[0]["n"],
+                mae=found[0]["mae"],
+                mean_signed_error=found[0]["mean_signed_error"],
+                parent_mae=found[1]["mae"] if found[1] else None,
+                parent_mean_signed_error=found[1]["mean_signed_error"] if found[1] else None,
+            )
+        for name in FORGETTING:
+            row = benchmarks.query_one(
+                {"model_id": spec.model_id, "set_name": name, "split": "test"}
+                | {"quantity": "bulk_energy", "mode": "single_point"}
+            )
+            if row is not None:
+                rows.append(
+                    ForgettingRow(
+                        set_name=name,
+                        parent=row["parent_model_id"] or parent,
+                        **{
+                            k: row[k]
+                            for k in ForgettingRow.model_fields
+                            if k in row and k not in ("set_name", "parent")
+                        },
+                    )
+                )
+    cross_validation = {}
+    if CV_RESULTS.is_file():
+        cv = json.loads(CV_RESULTS.read_text())["recipes"].get(CV_RECIPE)
+        if cv:
+            cross_validation = {
+                "recipe": CV_RECIPE,
+                "source": "benchmarks/results/finetune_recipes_cv.json",
+                "k": cv["k"],
+                "folds_done": len(cv["folds"]),
+                "partial": cv["partial"],
+                "held_out": [f["held_out"] for f in cv["folds"]],
+                "summary": cv["summary"],
+                "parent_summary": cv["parent_summary"],
+                "relaxed_minus_single_point": cv["relaxed_minus_single_point"],
+                "chosen_epochs": cv["chosen_epochs"],
+            }
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / f"{NAME}.pth.tar"
     checkpoint.write_bytes(data)
@@ -214,12 +270,13 @@ def main() -> None:
         n_train=doc["n_train"],
         n_val=doc["n_val"],
         n_test={mode: parts["test"].n for mode, parts in figures.items() if "test" in parts},
+        figures_set=f"{JUDGED} (test part, never trained on)",
+        forgetting_rows=rows,
+        cross_validation=cross_validation,
         best_epoch=doc["best_epoch"],
         val_gamma_mae_per_epoch=[e["val_gamma_mae"] for e in doc["history"]],
         figures=figures,
-        forgetting={s["name"]: s["relative_change"] for s in forgetting["output"]["sets"]}
-        if forgetting
-        else {},
+        forgetting={r.set_name: r.relative_change for r in rows},
         wall_seconds=wall,
         machine={
             "cpu_count": os.cpu_count(),

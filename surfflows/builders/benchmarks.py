@@ -13,7 +13,8 @@ from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.core.benchmark import bulk_summary, reason_category, summarize
+from surfflows.core.benchmark import against_parent, bulk_summary, reason_category, summarize
+from surfflows.io.packaged import registered_parent
 from surfflows.schemas.benchmark import BenchmarkDoc
 
 SPLIT_PARTS = ("train", "val", "test", "all")
@@ -48,12 +49,14 @@ class BenchmarkBuilder(Builder):
         )
 
     def _parent(self, model_id: str) -> str | None:
-        """The model ``model_id`` was fine-tuned from (its FineTuneDoc), None if none."""
+        """The model ``model_id`` was fine-tuned from (its FineTuneDoc, or its registration's
+        parent: :func:`~surfflows.io.packaged.registered_parent`), None if none."""
         doc = self.outputs.query_one(
-            {"output.@class": "FineTuneDoc", "output.model_id": model_id},
-            properties=["output.parent_model_id"],
+            {"output.@class": {"$in": ["FineTuneDoc", "CheckpointDoc"]}}
+            | {"output.model_id": model_id},
+            properties=["output.parent_model_id", "output.metadata", "output.sha256"],
         )
-        return None if doc is None else doc["output"]["parent_model_id"]
+        return None if doc is None else registered_parent(doc["output"])
 
     def _stale_groups(self) -> list[tuple[str, str, str, str]]:
         """(model, set, mode, newest error) of every group whose errors changed since its
@@ -135,13 +138,12 @@ class BenchmarkBuilder(Builder):
                         "by_chemistry_class": by("chemistry_class"),
                     }
                     parent_rows = rows_of(item["parent_errors"], kind, part)
-                    parent_mae = summarize(
+                    parent_stats = summarize(
                         e["gamma_error"] for e in parent_rows if e["status"] == "ok"
-                    )["mae"]
+                    )
                 else:
                     stats = {**bulk_summary(rows), "by_facet_family": {}, "by_chemistry_class": {}}
-                    parent_mae = bulk_summary(rows_of(item["parent_errors"], kind, part))["mae"]
-                mae = stats["mae"]
+                    parent_stats = bulk_summary(rows_of(item["parent_errors"], kind, part))
                 docs.append(
                     BenchmarkDoc(
                         benchmark_id=f"{item['model_id']}|{item['set_name']}|{item['mode']}|"
@@ -153,10 +155,7 @@ class BenchmarkBuilder(Builder):
                         split=part,
                         **stats,
                         parent_model_id=item["parent_model_id"],
-                        parent_mae=parent_mae,
-                        relative_change=(
-                            mae / parent_mae - 1 if mae is not None and parent_mae else None
-                        ),
+                        **against_parent(stats, parent_stats),
                         n_excluded=dict(Counter(reason_category(e["reason"]) for e in excluded)),
                         excluded_reasons=dict(Counter(e["reason"] for e in excluded)),
                         source_updated=item["source_updated"],

@@ -94,11 +94,17 @@ BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean 
 
 BULK_COLUMNS = (
     "set", "model", "mode", "split", "N", "MAE", "mean signed", "raw MAE", "force MAE",
-    "parent MAE", "change",
+    "parent", "parent MAE", "change", "parent raw MAE", "raw change",
 )  # fmt: skip
 
 
-def _bulk_table(rows: list[dict]) -> Table:
+def _change(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _bulk_table(rows: list[dict], labels: dict[str, str]) -> Table:
+    from surfflows.reports.leaderboard import model_label
+
     table = Table(
         title="bulk energy errors (eV/atom) after per-element alignment fitted on the other "
         "split parts; raw = unaligned; force MAE eV/Å; change = MAE / parent MAE - 1"
@@ -108,15 +114,18 @@ def _bulk_table(rows: list[dict]) -> Table:
     for r in rows:
         stats = (r["mae"], r["mean_signed_error"], r["raw_energy_mae"], r["force_mae"])
         excluded = ", ".join(f"{k} {v}" for k, v in sorted(r["n_excluded"].items()))
-        change = "-" if r["relative_change"] is None else f"{r['relative_change']:+.1%}"
         table.add_row(
-            r["set_name"], r["model_id"], r["mode"], r["split"], str(r["n"]),
-            *(num(x) for x in stats), num(r["parent_mae"]), change, excluded,
+            r["set_name"], model_label(r["model_id"], labels), r["mode"], r["split"],
+            str(r["n"]), *(num(x) for x in stats), r.get("parent_model_id") or "-",
+            num(r["parent_mae"]), _change(r["relative_change"]),
+            num(r.get("parent_raw_energy_mae")), _change(r.get("raw_relative_change")), excluded,
         )  # fmt: skip
     return table
 
 
-def _benchmark_table(rows: list[dict]) -> Table:
+def _benchmark_table(rows: list[dict], labels: dict[str, str]) -> Table:
+    from surfflows.reports.leaderboard import model_label
+
     table = Table(title="surface-energy errors (J/m²): model - reference")
     for column in (*BENCHMARK_COLUMNS, "excluded"):
         table.add_column(column, overflow="fold")
@@ -124,8 +133,8 @@ def _benchmark_table(rows: list[dict]) -> Table:
         stats = (r["mae"], r["rmse"], r["mean_signed_error"], r["max_abs_error"])
         excluded = ", ".join(f"{k} {v}" for k, v in sorted(r["n_excluded"].items()))
         table.add_row(
-            r["set_name"], r["model_id"], r["mode"], r["split"], str(r["n"]),
-            *(num(x) for x in stats), excluded,
+            r["set_name"], model_label(r["model_id"], labels), r["mode"], r["split"],
+            str(r["n"]), *(num(x) for x in stats), excluded,
         )  # fmt: skip
     return table
 
@@ -137,6 +146,7 @@ def leaderboard_table(rows: list[dict], title: str) -> Table:
         "set",
         "mode",
         "model",
+        "model id",
         "package",
         "N",
         "MAE",
@@ -148,7 +158,8 @@ def leaderboard_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         cost = r["seconds_per_structure"]
         table.add_row(
-            r["set_name"], r["mode"], r["model_id"], r["package"] or "-", str(r["n"]),
+            r["set_name"], r["mode"], r.get("model", r["model_id"]), r["model_id"],
+            r["package"] or "-", str(r["n"]),
             num(r["mae"]), num(r["mean_signed_error"]), num(r["rmse"]),
             "-" if cost is None else f"{cost:.2f}",
         )  # fmt: skip
@@ -184,7 +195,7 @@ def report(
     (static, offline) adds model cards, thermodynamics plots and benchmark figures.
     """
     from surfflows.jobs.finetune import finetune_report_plots
-    from surfflows.reports.leaderboard import leaderboard
+    from surfflows.reports.leaderboard import leaderboard, model_labels
     from surfflows.reports.plots import leaderboard_plot, parity_plot
     from surfflows.stores import get_job_store, get_store
 
@@ -201,9 +212,11 @@ def report(
             fail("no benchmark rows: run surfflows evaluate, then surfflows build")
         gamma_rows = [r for r in rows if r.get("quantity", "gamma") == "gamma"]
         bulk_rows = [r for r in rows if r.get("quantity") == "bulk_energy"]
-        if gamma_rows:
-            console.print(_benchmark_table(gamma_rows))
         store = get_job_store()
+        with store:
+            labels = model_labels(store)
+        if gamma_rows:
+            console.print(_benchmark_table(gamma_rows, labels))
         with store:
             board = leaderboard(
                 benchmarks,
@@ -218,7 +231,7 @@ def report(
             path = leaderboard_plot(board, out / "leaderboard_test.png", title="test split")
             console.print(f"wrote {path}")
         if bulk_rows:
-            console.print(_bulk_table(bulk_rows))
+            console.print(_bulk_table(bulk_rows, labels))
         for r in (r for r in gamma_rows if r["split"] == "all"):
             group = {"model_id": r["model_id"], "set_name": r["set_name"], "mode": r["mode"]}
             ref = refs.query_one({"set_name": r["set_name"]}, properties=["source", "citation"])

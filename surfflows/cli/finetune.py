@@ -150,6 +150,22 @@ def finetune(
     evaluate: Annotated[
         bool, typer.Option(help="Evaluate val/test and check bulk forgetting.")
     ] = True,
+    all_materials: Annotated[
+        bool,
+        typer.Option(
+            help="Train on every material of the set (no validation, no test part): the "
+            "final model of a cross-validation, with --epochs from its folds; the last "
+            "epoch is kept."
+        ),
+    ] = False,
+    cv_folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Cross-validate the recipe instead: k folds by element (by material for "
+            "compounds); each fold trains on k-2 folds, keeps the epoch on the next fold and "
+            "is evaluated on its held-out fold in both modes."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune the last X units of CHGNet on a set's train split and register the checkpoint.
 
@@ -167,7 +183,13 @@ def finetune(
     from pydantic import ValidationError
 
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.finetune import FineTuneMaker, FineTuneSweepMaker, sweep_summary
+    from surfflows.jobs.cross_validation import aligned_replay, every_material
+    from surfflows.jobs.finetune import (
+        FineTuneMaker,
+        FineTuneSweepMaker,
+        default_work_dir,
+        sweep_summary,
+    )
     from surfflows.schemas.finetune import FineTuneSettings
     from surfflows.stores import get_job_store, get_store
 
@@ -187,7 +209,9 @@ def finetune(
         settings = FineTuneSettings(**{k: v for k, v in given.items() if v is not None})
         spec = resolve_model(parent, store)
         references, bulk_sets, replay_sets = _training_inputs(
-            reference, ("bo2_bulk_eos",) if evaluate else (), settings.replay_sets
+            reference,
+            ("bo2_bulk_eos",) if evaluate and cv_folds is None and not all_materials else (),
+            settings.replay_sets,
         )
         finetune_maker = FineTuneMaker(
             parent=spec, settings=settings, work_dir=str(work_dir) if work_dir else None
@@ -195,6 +219,22 @@ def finetune(
         parent_checkpoint = checkpoint_reference(spec, store)
     except (ValidationError, ValueError) as exc:
         fail(str(exc))
+    if all_materials:
+        if cv_folds is not None or len(reference) != 1:
+            fail(
+                "--all-materials trains the final model on one --reference set, without --cv-folds"
+            )
+        references = every_material(references)
+        replay_sets = aligned_replay(replay_sets, references)
+        evaluate = False
+        if work_dir is None:  # not the folder of a run with a validation part
+            folder = default_work_dir(reference[0], spec, settings)
+            finetune_maker.work_dir = str(folder.with_name(f"{folder.name}_all"))
+    if cv_folds is not None:
+        _cross_validate(
+            reference, cv_folds, finetune_maker, parent_checkpoint, replay_sets, work_dir, store
+        )
+        return
     if evaluate:
         flow = FineTuneSweepMaker(
             name="finetune", finetune_maker=finetune_maker, depths=(settings.depth,),
@@ -232,6 +272,85 @@ def finetune(
                 rows = sweep_summary(store.docs_store, benchmarks, doc.set_name, benchmark_set=name)
             rows = [r for r in rows if r["model_id"] in ids]
             console.print(_sweep_table(rows, title=f"{doc.model_id} on {name} (J/m²)"))
+
+
+def _cross_validate(
+    reference: list[str], k: int, finetune_maker, parent_checkpoint, replay_sets, work_dir, store
+) -> None:
+    """``finetune --cv-folds K``: run the cross-validation flow and print its figures."""
+    from jobflow import run_locally
+
+    from surfflows.io.inputs import reference_inputs, stored_evaluations
+    from surfflows.jobs.cross_validation import CrossValidationMaker
+    from surfflows.stores import get_store
+
+    if len(reference) != 1:
+        fail(f"--cv-folds cross-validates one --reference set, got {len(reference)}")
+    with get_store("references") as references, get_store("splits") as splits:
+        inputs = reference_inputs(reference[0], references, splits)
+    parent = finetune_maker.parent.model_id
+    keys = {d["key"] for d in inputs.docs}
+    stored = stored_evaluations(store, parent, inputs.set_name, keys)
+    try:
+        flow = CrossValidationMaker(
+            finetune_maker=finetune_maker, k=k, work_dir=str(work_dir) if work_dir else None
+        ).make(inputs, parent_checkpoint, replay_sets, stored)
+    except ValueError as exc:
+        fail(str(exc))
+    _show_finetune_progress()
+    for part in flow.jobs:  # each fold to its held-out evaluation, then the next
+        run_locally(
+            part, store=store, log=False, ensure_success=True, allow_external_references=True
+        )
+    with store:
+        doc = flow.output.resolve(store)
+    console.print(cross_validation_table(doc))
+    console.print(
+        f"epoch count for a final model on every fold: {doc.chosen_epochs} "
+        f"(mean validation curve {', '.join(num(v) for v in doc.mean_val_curve)} J/m²)"
+    )
+
+
+def cross_validation_table(doc) -> Table:
+    """Per fold and mean ± std: held-out gamma MAE, signed error and MAPE in both modes."""
+    table = Table(
+        title=f"{doc.k}-fold cross-validation on {doc.set_name} by element, held-out γ (J/m²)"
+    )
+    modes = list(doc.summary)
+    for column in ["fold", "held out", "best epoch"] + [
+        f"{m.replace('_', ' ')} {q}" for m in modes for q in ("MAE", "signed", "MAPE")
+    ]:
+        table.add_column(column, overflow="fold")
+    for f in doc.folds:
+        cells = []
+        for m in modes:
+            g = f.figures.get(m)
+            cells += [num(g.mae), num(g.mean_signed_error), _percent(g.mape)] if g else ["-"] * 3
+        table.add_row(str(f.fold), " ".join(f.held_out), str(f.best_epoch), *cells)
+    cells = []
+    for m in modes:
+        s = doc.summary[m]
+        cells += [
+            f"{num(s.mae.mean)} ± {num(s.mae.std)}",
+            f"{num(s.mean_signed_error.mean)} ± {num(s.mean_signed_error.std)}",
+            f"{_percent(s.mape.mean)} ± {_percent(s.mape.std)}",
+        ]
+    table.add_row("mean ± std", "", "", *cells)
+    if doc.parent_summary:
+        cells = []
+        for m in modes:
+            s = doc.parent_summary.get(m)
+            cells += (
+                [num(s.mae.mean), num(s.mean_signed_error.mean), _percent(s.mape.mean)]
+                if s
+                else ["-"] * 3
+            )
+        table.add_row(f"parent {doc.parent_model_id}", "", "", *cells)
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _training_inputs(

@@ -40,5 +40,6 @@ def info() -> None:
         console.print(
             f"packaged model [bold]{name}[/] = {card.model_id} ({card.n_bytes / 1e6:.1f} MB"
             f"{', [red]interim[/]' if card.interim else ''}): parent {card.parent}, heads "
-            f"{heads}, test γ MAE {figures or '-'}; reproduce: {card.command}"
+            f"{heads}, {card.figures_set or 'test split'} γ MAE {figures or '-'}; reproduce: "
+            f"{card.command}"
         )

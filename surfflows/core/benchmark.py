@@ -354,3 +354,30 @@ def bulk_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ),
         "n_force": len(forced),
     }
+
+
+def against_parent(stats: dict[str, Any], parent_stats: dict[str, Any]) -> dict[str, Any]:
+    """A model's MAE next to its parent's on the same rows: ``parent_mae`` and
+    ``relative_change`` (``mae / parent_mae - 1``; for bulk rows the aligned MAE), and for
+    bulk rows also ``parent_raw_energy_mae`` and ``raw_relative_change`` (unaligned).
+
+    Examples
+    --------
+    >>> against_parent({"mae": 0.11}, {"mae": 0.1})["relative_change"]  # doctest: +ELLIPSIS
+    0.1...
+    """
+
+    def change(value: float | None, reference: float | None) -> float | None:
+        return value / reference - 1 if value is not None and reference else None
+
+    out = {
+        "parent_mae": parent_stats.get("mae"),
+        "relative_change": change(stats.get("mae"), parent_stats.get("mae")),
+    }
+    if "raw_energy_mae" in stats:
+        raw = parent_stats.get("raw_energy_mae")
+        out |= {
+            "parent_raw_energy_mae": raw,
+            "raw_relative_change": change(stats["raw_energy_mae"], raw),
+        }
+    return out

@@ -6,6 +6,7 @@ Jobs get these as inputs and never open a store themselves, so the same flow run
 
 from __future__ import annotations
 
+from jobflow import JobStore
 from maggma.core import Store
 from pymatgen.core import Structure
 
@@ -113,3 +114,24 @@ def reference_items(
         (d["key"], "bulk", Structure.from_dict(d["structure"]), d.get("ref_forces") is not None)
         for d in bulks
     ]
+
+
+def stored_evaluations(
+    store: JobStore, model_id: str, set_name: str, keys: set[str]
+) -> list[dict] | None:
+    """The newest stored evaluation documents of ``model_id`` on ``set_name`` if together
+    they cover ``keys`` in both modes, else None (so a flow evaluates the model itself)."""
+    found, covered = [], {"single_point": set(), "relaxed": set()}
+    with store:
+        for doc in store.query(
+            {"output.@class": "EvaluationDoc", "output.model_id": model_id}
+            | {"output.set_name": set_name},
+            properties=["output"],
+            sort={"completed_at": -1},
+        ):
+            mode = doc["output"]["mode"]
+            new = {r["reference_key"] for r in doc["output"]["results"]} - covered[mode]
+            if new:
+                covered[mode] |= new
+                found.append(doc["output"])
+    return found if all(keys <= c for c in covered.values()) else None

@@ -68,3 +68,29 @@ def packaged_checkpoint(name: str) -> tuple[Path, ModelCard]:
             "replaced without its card (rerun benchmarks/train_chgnet_surf.py, or reinstall)"
         )
     return path, card
+
+
+def registered_parent(output: dict) -> str | None:
+    """The model a registered checkpoint was fine-tuned from, or None if unknown.
+
+    ``output`` is the checkpoint's registration in the JobStore: a ``FineTuneDoc`` names
+    its parent; a ``CheckpointDoc`` names it in ``metadata["parent_model_id"]`` (given when
+    the file was registered), and a packaged model's registration without it (registered
+    by an older surfflows) takes its card's parent if the sha256 is the card's.
+
+    Examples
+    --------
+    >>> registered_parent({"@class": "FineTuneDoc", "parent_model_id": "chgnet-0.3.0"})
+    'chgnet-0.3.0'
+    """
+    if output.get("parent_model_id"):
+        return output["parent_model_id"]
+    metadata = output.get("metadata") or {}
+    if metadata.get("parent_model_id"):
+        return metadata["parent_model_id"]
+    name = metadata.get("packaged_model")
+    if name in packaged_names():
+        card = model_card(name)
+        if card.sha256 == output.get("sha256"):
+            return card.parent
+    return None

@@ -133,7 +133,12 @@ def register_packaged(name: str, store: JobStore) -> ModelSpec:
         :func:`surfflows.io.packaged.packaged_checkpoint`; nothing is stored then).
     """
     path, card = packaged_checkpoint(name)
-    metadata = {"packaged_model": name, "interim": card.interim, "recipe": card.recipe}
+    metadata = {
+        "packaged_model": name,
+        "interim": card.interim,
+        "recipe": card.recipe,
+        "parent_model_id": card.parent,
+    }
     spec = register_checkpoint(path, store, metadata)
     return spec.model_copy(update={"name": name})
 

@@ -4,7 +4,9 @@ One row per (reference set, mode, model) on one split part: N, MAE, RMSE and mea
 error of gamma (J/m², from the ``benchmarks`` store; slabs excluded, e.g. a failed or
 unconverged relaxation, counted per reason) and the seconds per structure of the
 model's evaluations of that set and mode (from the ``wall_seconds`` of its EvaluationDocs
-in the JobStore; model loading excluded), with the model's package and version.
+in the JobStore; model loading excluded), with the model's package and version. A row
+names its model as a person reads it (``model``: ``chgnet-surf`` for the packaged
+fine-tune, :func:`model_labels`) next to its identity (``model_id``: ``chgnet-ft-<sha12>``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from maggma.core import Store
 LEADERBOARD_COLUMNS = (
     "set_name",
     "mode",
+    "model",
     "model_id",
     "package",
     "n",
@@ -61,6 +64,23 @@ def evaluation_costs(store: JobStore) -> dict[tuple[str, str, str], dict[str, An
     }
 
 
+def model_labels(store: JobStore) -> dict[str, str]:
+    """model_id -> the name of a packaged model (``chgnet-surf``), for every registered
+    checkpoint of a packaged model in the JobStore (others keep their model id)."""
+    return {
+        doc["output"]["model_id"]: doc["output"]["metadata"]["packaged_model"]
+        for doc in store.query(
+            {"output.@class": "CheckpointDoc", "output.metadata.packaged_model": {"$exists": True}},
+            properties=["output.model_id", "output.metadata"],
+        )
+    }
+
+
+def model_label(model_id: str, labels: dict[str, str]) -> str:
+    """``chgnet-surf (chgnet-ft-<sha12>)`` for a packaged model, else the model id."""
+    return f"{labels[model_id]} ({model_id})" if model_id in labels else model_id
+
+
 def leaderboard(
     benchmarks: Store,
     store: JobStore,
@@ -87,6 +107,7 @@ def leaderboard(
     if sets:
         criteria["set_name"] = {"$in": list(sets)}
     costs = evaluation_costs(store)
+    labels = model_labels(store)
     rows = []
     for doc in benchmarks.query(criteria):
         if doc.get("quantity", "gamma") != "gamma":  # bulk-energy rows are not ranked here
@@ -95,6 +116,7 @@ def leaderboard(
         rows.append(
             {
                 **{k: doc[k] for k in ("set_name", "mode", "model_id", "n", "mae", "rmse")},
+                "model": labels.get(doc["model_id"], doc["model_id"]),
                 "mean_signed_error": doc["mean_signed_error"],
                 "n_excluded": doc.get("n_excluded", {}),
                 "split": split,

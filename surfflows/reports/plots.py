@@ -414,7 +414,9 @@ def leaderboard_plot(
                 [np.nan if (v := (found.get(m) or {}).get(key)) is None else v for m in modes]
                 for key in ("mae", "mean_signed_error", "seconds_per_structure")
             )
-            axes[0, col].bar(x, mae, width, color=colours(i), label=model)
+            name = next((r.get("model", model) for r in found.values()), model)
+            label = model if name == model else f"{name}\n({model})"
+            axes[0, col].bar(x, mae, width, color=colours(i), label=label)
             axes[0, col].scatter(x, mse, color="k", marker="_", s=120, zorder=3)
             axes[1, col].bar(x, cost, width, color=colours(i))
         n = max((r["n"] for r in rows if r["set_name"] == set_name), default=0)
@@ -579,4 +581,60 @@ def recipes_proxy_plot(
         ax.axhline(0, color="0.5", lw=0.8)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def cross_validation_plot(
+    recipes: dict[str, dict[str, Any]], path: str | Path, attribution: str = ""
+) -> Path:
+    """Recipes compared by element-wise k-fold cross-validation.
+
+    Left: held-out gamma MAE per fold (dots) and mean ± std over folds (bars) in both
+    modes, the parent's mean as a dashed line. Right: held-out mean signed error per
+    element (relaxed mode), one row of bars per recipe.
+
+    Parameters
+    ----------
+    recipes
+        recipe name -> its CrossValidationDoc (as JSON).
+    path
+        PNG file to write.
+    attribution
+        Source of the reference data, printed under the axes.
+    """
+    names = list(recipes)
+    modes = ("single_point", "relaxed")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1, 2.4]})
+    colours = plt.get_cmap("tab10")
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        doc = recipes[name]
+        x = np.arange(len(modes)) + (i - (len(names) - 1) / 2) * width
+        means = [_mean_std((doc["summary"].get(m) or {}).get("mae")) for m in modes]
+        left.bar(
+            x, [m for m, _ in means], width, yerr=[s for _, s in means], capsize=3,
+            color=colours(i), alpha=0.6, label=f"{name} ({len(doc['folds'])} folds)",
+        )  # fmt: skip
+        for j, mode in enumerate(modes):
+            values = [f["figures"][mode]["mae"] for f in doc["folds"] if mode in f["figures"]]
+            left.scatter([x[j]] * len(values), values, color="k", s=10, zorder=3)
+    parent = next((d["parent_summary"] for d in recipes.values() if d["parent_summary"]), {})
+    for j, mode in enumerate(modes):
+        value = _mean_std((parent.get(mode) or {}).get("mae"))[0]
+        left.hlines(value, j - 0.45, j + 0.45, colors="0.3", linestyles="--")
+    left.set_xticks(np.arange(len(modes)), ["single point", "relaxed"])
+    left.set_ylabel("held-out γ MAE, J/m² (dashed: zero-shot parent)")
+    left.legend(fontsize=8)
+    elements = sorted({g for d in recipes.values() for g in d["by_group"].get("relaxed", {})})
+    ex = np.arange(len(elements))
+    for i, name in enumerate(names):
+        groups = recipes[name]["by_group"].get("relaxed", {})
+        values = [np.nan if e not in groups else groups[e]["mean_signed_error"] for e in elements]
+        right.bar(ex + (i - (len(names) - 1) / 2) * width, values, width, color=colours(i))
+    right.axhline(0.0, color="0.5", lw=0.8)
+    right.set_xticks(ex, elements, fontsize=8)
+    right.set_ylabel("held-out mean signed γ error (relaxed), J/m²")
+    fig.suptitle("element-wise cross-validation: every element held out once")
+    if attribution:
+        fig.text(0.01, 0.005, attribution, fontsize=7, color="0.4")
     return _save(fig, path)

@@ -114,6 +114,13 @@ class BenchmarkDoc(OutputDoc):
     relative_change: float | None = Field(
         default=None, description="mae / parent_mae - 1 (0.1: 10 % worse than the parent)."
     )
+    parent_raw_energy_mae: float | None = Field(
+        default=None, description="Bulk rows: the parent's unaligned energy MAE, eV/atom."
+    )
+    raw_relative_change: float | None = Field(
+        default=None,
+        description="Bulk rows: raw_energy_mae / parent_raw_energy_mae - 1 (unaligned).",
+    )
     by_facet_family: dict[str, dict] = Field(description="Statistics per facet family.")
     by_chemistry_class: dict[str, dict] = Field(description="Statistics per chemistry class.")
     n_excluded: dict[str, int] = Field(description="Excluded records per reason category.")

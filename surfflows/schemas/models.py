@@ -28,12 +28,23 @@ PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
 
 #: Short names of ASE-calculator families supported out of the box: the import path of the
 #: calculator and its keyword arguments (packages: ``pip install -e ".[peers]"``).
-#: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet), whose
-#: checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run time.
+#: Every entry's checkpoint ships in the ``sevenn`` wheel, so nothing is downloaded at run
+#: time: ``sevennet-0`` is SevenNet-0 (11 July 2024; MPtrj, the training set of CHGNet),
+#: ``sevennet-l3i5`` the larger SevenNet-l3i5 (l_max 3, 5 interaction layers; MPtrj) and
+#: ``sevennet-mf-0`` the multi-fidelity SevenNet-MF-0 (MPtrj PBE/PBE+U and MP r2SCAN) with
+#: its ``PBE`` modal, the level of theory of the PBE reference sets.
 CALCULATORS: dict[str, dict[str, Any]] = {
     "sevennet-0": {
         "force_field_name": "sevenn.calculator.SevenNetCalculator",
         "calculator_kwargs": {"model": "7net-0_11July2024"},
+    },
+    "sevennet-l3i5": {
+        "force_field_name": "sevenn.calculator.SevenNetCalculator",
+        "calculator_kwargs": {"model": "7net-l3i5"},
+    },
+    "sevennet-mf-0": {
+        "force_field_name": "sevenn.calculator.SevenNetCalculator",
+        "calculator_kwargs": {"model": "7net-mf-0", "modal": "PBE"},
     },
 }
 
@@ -295,6 +306,21 @@ class SplitFigures(BaseModel):
     parent_mean_signed_error: float | None = Field(description="The parent's, J/m².")
 
 
+class ForgettingRow(BaseModel):
+    """Bulk energies of materials never trained on: the model next to its parent."""
+
+    set_name: str = Field(description="Bulk set.")
+    split: str = Field(description="Split part reported (aligned on the set's other parts).")
+    n: int = Field(description="Bulks with an aligned error.")
+    parent: str = Field(description="model_id of the parent.")
+    mae: float | None = Field(description="Aligned energy MAE, eV/atom.")
+    parent_mae: float | None = Field(description="The parent's aligned MAE, eV/atom.")
+    relative_change: float | None = Field(description="mae / parent_mae - 1.")
+    raw_energy_mae: float | None = Field(description="Unaligned energy MAE, eV/atom.")
+    parent_raw_energy_mae: float | None = Field(description="The parent's, eV/atom.")
+    raw_relative_change: float | None = Field(description="Unaligned: model / parent - 1.")
+
+
 class ModelCard(BaseModel):
     """Machine-readable card of a checkpoint that ships inside the package (``card.json``).
 
@@ -341,6 +367,19 @@ class ModelCard(BaseModel):
     )
     forgetting: dict[str, float | None] = Field(
         description="Bulk set -> relative change of the aligned bulk energy MAE vs the parent."
+    )
+    figures_set: str | None = Field(
+        default=None,
+        description="Reference set of ``figures`` (None: the training set's own split).",
+    )
+    forgetting_rows: list[ForgettingRow] = Field(
+        default_factory=list, description="Bulk sets never trained on: model and parent."
+    )
+    cross_validation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The recipe's element-wise k-fold cross-validation: held-out gamma per "
+        "mode (mean ± std over folds of MAE, signed error, MAPE), the parent's, folds, "
+        "epoch count chosen from the folds (benchmarks/results/finetune_recipes_cv.json).",
     )
     wall_seconds: float = Field(description="Wall time of the reproduce run, s.")
     machine: dict[str, Any] = Field(description="CPU count, torch threads, platform.")
