@@ -37,7 +37,13 @@ from surfflows.engine.finetune.heads import (
     head_of_sets,
     training_heads,
 )
-from surfflows.engine.finetune.objective import Objective, cosine_lr, make_optimizer, run_epoch
+from surfflows.engine.finetune.objective import (
+    NO_VALIDATION,
+    Objective,
+    cosine_lr,
+    make_optimizer,
+    run_epoch,
+)
 from surfflows.engine.finetune.replay import add_replay, shift_replay_labels
 from surfflows.engine.finetune.selection import (
     epoch_record,
@@ -98,12 +104,12 @@ class FineTuneResult:
 
 
 def _check_inputs(train: ReferenceData, val: ReferenceData, settings: FineTuneSettings) -> None:
-    """Refuse empty training or validation data and a force weight without force labels."""
-    if not train.samples or not val.samples:
-        raise ValueError(
-            f"need training and validation structures, got {len(train.samples)} and "
-            f"{len(val.samples)}"
-        )
+    """Refuse empty training data, relaxed selection without validation data and a force
+    weight without force labels (no validation data: a final model, the last epoch kept)."""
+    if not train.samples:
+        raise ValueError("need training structures, got none")
+    if not val.samples and settings.selection == "relaxed":
+        raise ValueError("selection 'relaxed' needs validation structures, got none")
     if settings.force_weight > 0 and not any(s.forces is not None for s in train.samples):
         raise ValueError("force_weight > 0 but no training structure has force labels")
 
@@ -151,7 +157,10 @@ class _Run:
             self.heads.modules[name].load_state_dict(head_state)
 
     def best(self) -> EpochRecord:
-        """The epoch kept so far (lowest :func:`selection_key`)."""
+        """The epoch kept so far (lowest :func:`selection_key`; the last one without
+        validation data)."""
+        if not self.val_batches:
+            return self.history[-1]
         return min(self.history, key=lambda record: selection_key(record, self.settings.selection))
 
     def evaluate(
@@ -159,7 +168,11 @@ class _Run:
     ) -> EpochRecord:
         """The record of an epoch: validation errors, forces, relaxed-mode selection slabs."""
         self.set_mode(False)
-        val_errors = run_epoch(self.model, self.val_batches, self.cut, self.objective)
+        val_errors = (
+            run_epoch(self.model, self.val_batches, self.cut, self.objective)
+            if self.val_batches
+            else NO_VALIDATION
+        )
         val_force = (
             force_mae(self.model, self.val_batches, self.heads.modules)
             if any(s.forces is not None for s in self.val.samples)

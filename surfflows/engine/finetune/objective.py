@@ -146,6 +146,16 @@ class Objective:
         return self.settings.anchor_weight * distance
 
 
+#: The validation errors of a run without validation data (a final model, all data trained).
+NO_VALIDATION: dict[str, Any] = {
+    "loss": math.nan,
+    "energy_mae": math.nan,
+    "gamma_mae": None,
+    "gamma_mean_signed_error": None,
+    "by_set": {},
+}
+
+
 def run_epoch(
     model: CHGNet,
     batches: Sequence[Batch],
