@@ -24,6 +24,7 @@ from surfflows.cli import app
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.splits import SplitDoc, split_id
 from surfflows.engine.finetune import (
+    ReferenceData,
     build_batch,
     finetune,
     fit_atomref_shift,
@@ -361,6 +362,26 @@ def test_same_seed_same_history_and_weights(tiny_set, chgnet, tmp_path):
     assert first == again
     assert all(torch.equal(value, weights_again[name]) for name, value in weights.items())
     assert [r["train_loss"] for r in other] != [r["train_loss"] for r in first]
+
+
+@pytest.mark.slow
+def test_without_validation_data_the_last_epoch_is_kept(tiny_set, chgnet, tmp_path):
+    """A final model trained on every material: no validation errors, the last epoch kept;
+    relaxed-mode selection without validation data is refused."""
+    train, _ = _tiny_data(tiny_set, chgnet)
+    settings = FineTuneSettings(depth=2, epochs=2, batch_size=4, seed=0)
+    result = finetune(chgnet, train, ReferenceData(), settings, tmp_path / "final")
+    assert [r.epoch for r in result.history] == [0, 1, 2]
+    assert all(r.val_gamma_mae is None for r in result.history)
+    assert result.best_epoch == 2
+    with pytest.raises(ValueError, match="needs validation structures"):
+        finetune(
+            chgnet,
+            train,
+            ReferenceData(),
+            FineTuneSettings(depth=2, epochs=1, selection="relaxed"),
+            tmp_path / "relaxed",
+        )
 
 
 def _inputs(set_name: str, doc_types=("slab", "bulk"), split: bool = True):
