@@ -14,6 +14,7 @@ from typing import Literal
 from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
+from surfflows.core.text import job_name
 from surfflows.engine.calculators import SinglePoint, relax_fixed_cell, single_points
 from surfflows.engine.models import check_model, preload
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
@@ -171,7 +172,7 @@ class EvaluateMaker(Maker):
                     checkpoint,
                     self.optimizer,
                 )
-                chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
+                chunk_job.name = job_name("evaluate", set_name, mode, start // self.chunk_size)
                 jobs.append(chunk_job)
         model_id = getattr(self.model, "model_id", "new checkpoint")
-        return Flow(jobs, name=f"{self.name} {model_id} on {set_name}")
+        return Flow(jobs, name=job_name(self.name, model_id, "on", set_name))
