@@ -72,12 +72,13 @@ def short_repr(value: Any) -> str:
 
 
 def validation_summary(exc: ValidationError) -> str:
-    """A pydantic error on one line: ``field.path: message (got <short value>)`` per error."""
+    """A pydantic error on one line: ``field.path: message (got <short value>)`` per error
+    (the value left out where the model's own validator wrote the message)."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(x) for x in error["loc"]) or "file"
+        where = ".".join(str(x) for x in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         quoted = error["type"] in ("missing", "value_error")  # a validator's message says it
         got = "" if quoted else f" (got {short_repr(error.get('input'))})"
-        parts.append(f"{where}: {message}{got}")
+        parts.append(f"{where}: {message}{got}" if where else f"{message}{got}")
     return "; ".join(parts)

@@ -144,8 +144,14 @@ class SurfaceEnergyMaker(Maker):
             self.bulk_relax_maker, name=job_name(self.bulk_relax_maker.name, material_id)
         )
         bulk = bulk_maker.make(structure, material_id, checkpoint)
+        # By keyword: jobflow looks up a method of a first positional argument, which for a
+        # reference with an output schema builds its JSON schema (50 ms per material).
         slabs = slab_relaxations(
-            bulk.output, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
+            bulk=bulk.output,
+            slab_settings=self.slab_settings,
+            slab_relax_maker=self.slab_relax_maker,
+            chunk_size=self.chunk_size,
+            checkpoint=checkpoint,
         )
         slabs.name = job_name("slabs", material_id)
         output = {"bulk": bulk.output, "surfaces": slabs.output}
