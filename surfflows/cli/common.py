@@ -180,13 +180,14 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def input_error(exc: Exception) -> str:
-    """One line of an input error: a pydantic error as ``field: message`` per field."""
+def input_error(exc: Exception, labels: dict[str, str] | None = None) -> str:
+    """One line of an input error: a pydantic error as ``field: message`` per field, the
+    fields renamed by ``labels`` (e.g. to the options that set them)."""
     from pydantic import ValidationError
 
     from surfflows.core.text import validation_summary
 
-    return validation_summary(exc) if isinstance(exc, ValidationError) else str(exc)
+    return validation_summary(exc, labels) if isinstance(exc, ValidationError) else str(exc)
 
 
 def load_campaign(config: Path) -> CampaignConfig:

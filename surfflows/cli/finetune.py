@@ -85,6 +85,15 @@ def _sweep_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+#: Settings fields whose ``finetune`` option has another name.
+OPTION_OF_FIELD = {
+    "depth": "layers",
+    "learning_rate": "lr",
+    "replay_sets": "replay-set",
+    "selection": "select-on",
+}
+
+
 @app.command()
 def finetune(
     reference: Annotated[
@@ -194,7 +203,7 @@ def finetune(
         )
         parent_checkpoint = checkpoint_reference(spec, store)
     except (ValidationError, ValueError) as exc:
-        fail(input_error(exc))
+        fail(input_error(exc, {f: f"--{o} ({f})" for f, o in OPTION_OF_FIELD.items()}))
     if evaluate:
         flow = FineTuneSweepMaker(
             name="finetune", finetune_maker=finetune_maker, depths=(settings.depth,),

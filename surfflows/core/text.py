@@ -71,12 +71,16 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= 2 * QUOTE_CHARS else text[: 2 * QUOTE_CHARS] + "..."
 
 
-def validation_summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError, labels: dict[str, str] | None = None) -> str:
     """A pydantic error on one line: ``field.path: message (got <short value>)`` per error
-    (the value left out where the model's own validator wrote the message)."""
+    (the value left out where the model's own validator wrote the message); ``labels``
+    rename top-level fields (e.g. to the command-line options that set them)."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(x) for x in error["loc"])
+        loc = [str(x) for x in error["loc"]]
+        if loc and labels and loc[0] in labels:
+            loc[0] = labels[loc[0]]
+        where = ".".join(loc)
         message = error["msg"].removeprefix("Value error, ")
         quoted = error["type"] in ("missing", "value_error")  # a validator's message says it
         got = "" if quoted else f" (got {short_repr(error.get('input'))})"

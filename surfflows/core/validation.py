@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 
 from pydantic import BeforeValidator
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from surfflows.core.text import short_repr
 
@@ -61,6 +61,24 @@ def check_material_id(material_id: object) -> str:
         f"material id {short_repr(material_id)}: use 1-{MAX_ID_LENGTH} of A-Z a-z 0-9 - _ . + : "
         "(A-Z a-z 0-9 first)"
     )
+
+
+def check_formula(formula: str) -> str:
+    """The reduced formula of ``formula`` (how documents store it), else ValueError.
+
+    Examples
+    --------
+    >>> check_formula("Ti2O4")
+    'TiO2'
+    """
+    try:
+        if not re.fullmatch(r"[A-Za-z0-9().]{1,64}", formula):
+            raise ValueError
+        return Composition(formula).reduced_formula
+    except ValueError:
+        raise ValueError(
+            f"formula {short_repr(formula)}: not a chemical formula (e.g. TiO2)"
+        ) from None
 
 
 #: A material id field of a pydantic model, checked by :func:`check_material_id`.
