@@ -49,7 +49,7 @@ from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.schemas.models import ModelSpec
+from surfflows.schemas.models import ModelSpec, names_a_file
 
 #: Job metadata key holding a material's input hash.
 INPUT_HASH_KEY = "surfflows_input_hash"
@@ -129,7 +129,7 @@ class CampaignConfig(BaseModel):
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
-        if isinstance(config.model, str) and (path.parent / config.model).is_file():
+        if isinstance(config.model, str) and names_a_file(path.parent / config.model):
             config.model = str((path.parent / config.model).resolve())  # a checkpoint next to it
         registered = isinstance(config.model, str) and config.model.startswith(
             ("chgnet-ft-", "sha256:")
@@ -276,7 +276,7 @@ class CampaignConfig(BaseModel):
 def _read_bulk(material: MaterialConfig) -> Structure:
     """The structure of ``material``'s file, checked as a bulk CHGNet can relax."""
     where = f"material {material.id} ({material.structure})"
-    if not material.structure.is_file():
+    if not names_a_file(material.structure):
         raise FileNotFoundError(f"{where}: structure file not found")
     try:
         structure = Structure.from_file(material.structure)

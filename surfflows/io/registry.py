@@ -29,7 +29,7 @@ from surfflows.core.timestamps import now_iso
 from surfflows.io.checkpoints import check_checkpoint, checkpoint_heads
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
-from surfflows.schemas.models import ModelSpec
+from surfflows.schemas.models import ModelSpec, names_a_file
 
 
 def encode_checkpoint(path: str | Path) -> str:
@@ -155,7 +155,7 @@ def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
         the heads it has).
     """
     head = None
-    if isinstance(text, str) and "@" in text and not Path(text).is_file():
+    if isinstance(text, str) and "@" in text and not names_a_file(text):
         text, _, head = text.rpartition("@")
     spec = resolve_name(text, store)
     if spec.kind != "checkpoint":

@@ -263,7 +263,7 @@ class ModelSpec(BaseModel):
             return cls(version=name)
         if text.lower() in CALCULATORS:
             return cls.calculator(**CALCULATORS[text.lower()], name=text.lower())
-        if _is_file(text):
+        if names_a_file(text):
             return cls.from_checkpoint(text)
         base, at, head = text.rpartition("@")
         if at and head and base:
@@ -288,7 +288,7 @@ class ModelSpec(BaseModel):
         )
 
 
-def _is_file(text: str) -> bool:
+def names_a_file(text: str | Path) -> bool:
     """``text`` names an existing file (False for text no file name can be)."""
     try:
         return Path(text).is_file()
