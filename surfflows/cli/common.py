@@ -126,18 +126,16 @@ MODEL_HELP = (
 def apply_torch_threads() -> None:
     """Give torch the ``torch_threads`` of the settings (``SURFFLOWS_TORCH_THREADS``).
 
-    Without importing torch for commands that never use it: before torch is imported,
-    ``OMP_NUM_THREADS``, which torch reads when it starts; after, ``torch.set_num_threads``.
+    torch is imported only where the setting is given (``OMP_NUM_THREADS`` alone would not
+    do: torch caps it at the number of cores).
     """
     from surfflows.settings import get_settings
 
     threads = get_settings().torch_threads
-    if threads is None:
-        return
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def prepare_database(ctx: click.Context) -> None:

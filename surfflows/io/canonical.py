@@ -22,7 +22,8 @@ Conventions
 Bad input is never dropped silently. Structural problems (an empty or non-periodic frame, a
 cell of no volume, non-finite positions, a ``gamma_ref`` that is not a finite, non-negative
 number on a slab without ``flags``, a missing required ``info`` key, a slab with neither
-``ref_energy`` nor ``gamma_ref``, a ``ref_forces`` array that is not [N, 3], a duplicate id, a malformed Miller index, a
+``ref_energy`` nor ``gamma_ref``, a ``ref_forces`` array that is not [N, 3], a duplicate id, a
+malformed Miller index, a
 ``formula`` that is not the atoms', an initial geometry of other atoms) raise ``ValueError``
 naming file, frame and field. Records that are well formed but unusable are counted in
 :attr:`ReferenceSet.skipped` under a reason with their ids:
