@@ -66,7 +66,7 @@ def test_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
     )
     flow = config.flows(JobStore(MemoryStore(), additional_stores={"data": MemoryStore()}))[0]
     slabs = flow.jobs[1]  # after the bulk relaxation
-    assert slabs.function_args[2].optimizer == "fire"
+    assert slabs.function_kwargs["slab_relax_maker"].optimizer == "fire"
     assert config.input_hashes(ModelSpec()) != default.input_hashes(ModelSpec())
 
 
