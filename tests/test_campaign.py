@@ -91,7 +91,7 @@ def test_flow_json_round_trip(cu_bulk):
     restored = json.loads(text, cls=MontyDecoder)
     assert isinstance(restored, Flow)
     assert [j.name for j in restored.jobs] == [j.name for j in flow.jobs]
-    assert restored.jobs[1].function_args[1] == SlabSettings(**SMALL_SLABS)
+    assert restored.jobs[1].function_kwargs["slab_settings"] == SlabSettings(**SMALL_SLABS)
 
 
 @pytest.mark.slow
