@@ -18,9 +18,11 @@ import os
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from surfflows.core.text import validation_summary
+from surfflows.core.yaml_files import load_yaml
 
 DEFAULT_SETTINGS_FILE = Path("~/.config/surfflows/settings.yaml").expanduser()
 
@@ -43,8 +45,10 @@ class SurfflowsSettings(BaseSettings):
     database: str = Field(default="surfflows", description="Database name (MongoDB and MontyDB).")
     torch_threads: int | None = Field(
         default=None,
-        description="torch intra-op threads for CHGNet in CLI runs (None: torch's default). "
-        "Jobs never read settings: a jobflow-remote worker sets OMP_NUM_THREADS instead.",
+        ge=1,
+        le=1024,
+        description="torch intra-op threads for CHGNet in every CLI command (None: torch's "
+        "default). Jobs never read settings: a jobflow-remote worker sets OMP_NUM_THREADS.",
     )
 
 
@@ -52,10 +56,7 @@ def _yaml_settings(path: Path) -> dict:
     """Read the YAML settings file; an unreadable or non-mapping file is an error."""
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"settings file {path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path, "settings file") or {}
     if not isinstance(data, dict):
         raise ValueError(f"settings file {path} must hold a mapping of setting names to values")
     return data
@@ -83,7 +84,9 @@ def get_settings() -> SurfflowsSettings:
         # Environment wins: only pass file values that the environment does not override.
         return SurfflowsSettings(**{k: v for k, v in from_file.items() if k not in env_names})
     except ValidationError as exc:
-        raise ValueError(f"invalid surfflows settings (file {path}): {exc}") from exc
+        raise ValueError(
+            f"invalid surfflows settings (environment or file {path}): {validation_summary(exc)}"
+        ) from None
 
 
 _URI_PASSWORD = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)(\S+)(@)")

@@ -66,7 +66,7 @@ def test_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
     )
     flow = config.flows(JobStore(MemoryStore(), additional_stores={"data": MemoryStore()}))[0]
     slabs = flow.jobs[1]  # after the bulk relaxation
-    assert slabs.function_args[2].optimizer == "fire"
+    assert slabs.function_kwargs["slab_relax_maker"].optimizer == "fire"
     assert config.input_hashes(ModelSpec()) != default.input_hashes(ModelSpec())
 
 
@@ -91,7 +91,7 @@ def test_flow_json_round_trip(cu_bulk):
     restored = json.loads(text, cls=MontyDecoder)
     assert isinstance(restored, Flow)
     assert [j.name for j in restored.jobs] == [j.name for j in flow.jobs]
-    assert restored.jobs[1].function_args[1] == SlabSettings(**SMALL_SLABS)
+    assert restored.jobs[1].function_kwargs["slab_settings"] == SlabSettings(**SMALL_SLABS)
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
         "settings",
         "stores",
     },
-    "settings": set(),
+    "settings": {"core"},
     "stores": {"settings"},
     "__init__": set(),
 }

@@ -301,6 +301,7 @@ def test_thermo_flow_hands_a_checkpoint_to_every_job_that_loads_the_model():
     flow = maker.make(_rutile(), MATERIAL, checkpoint=checkpoint)
     surface, oxygen, titanium = flow.jobs[:3]
     bulk, slabs = surface.jobs
-    assert bulk.function_args[2] == checkpoint and slabs.function_args[4] == checkpoint
+    assert bulk.function_args[2] == checkpoint
+    assert slabs.function_kwargs["checkpoint"] == checkpoint
     assert oxygen.function_args == ("O", spec, maker.fmax, maker.max_steps, checkpoint)
     assert titanium.function_args[0] == "Ti" and titanium.function_args[4] == checkpoint

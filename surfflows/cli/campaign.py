@@ -76,21 +76,33 @@ def results(
     output: Annotated[Path | None, typer.Option(help="Write json/csv here.")] = None,
 ) -> None:
     """List surface energies (newest per slab and model) as a table, JSON or CSV."""
+    from surfflows.core.validation import check_formula, check_material_id
     from surfflows.reports.query import export, surface_energies
     from surfflows.stores import get_job_store
 
+    miller_index = parse_miller(miller)
+    try:
+        formula = check_formula(formula) if formula is not None else None
+    except ValueError as exc:
+        fail(f"--formula: {exc}")
+    try:
+        material = check_material_id(material) if material is not None else None
+    except ValueError as exc:
+        fail(f"--material: {exc}")
+    if fmt not in ("table", "json", "csv"):
+        fail(f"--format {fmt!r}: use table, json or csv")
+    if output and not output.parent.is_dir():
+        fail(f"--output {output}: folder {output.parent} does not exist")
     docs = surface_energies(
         get_job_store(),
         formula=formula,
         material_id=material,
-        miller_index=parse_miller(miller),
+        miller_index=miller_index,
         model_id=model,
     )
     if fmt == "table":
         _print_surface_table(docs, title=f"{len(docs)} surface energies")
         return
-    if fmt not in ("json", "csv"):
-        fail(f"unknown format {fmt!r}; use table, json or csv")
     text = export(docs, fmt)
     if output:
         output.write_text(text)

@@ -112,18 +112,6 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def configure() -> None:
-    """Apply the settings that concern this process (torch threads)."""
-    from surfflows.settings import get_settings
-
-    threads = get_settings().torch_threads
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 # Wide tables when piped (rich assumes 80 columns off a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -135,6 +123,21 @@ MODEL_HELP = (
     "sevennet-0, an ASE calculator 'package.module.Class' or JSON "
     '\'{"force_field_name": ..., "calculator_kwargs": {...}}\'.'
 )
+
+
+def apply_torch_threads() -> None:
+    """Give torch the ``torch_threads`` of the settings (``SURFFLOWS_TORCH_THREADS``).
+
+    torch is imported only where the setting is given (``OMP_NUM_THREADS`` alone would not
+    do: torch caps it at the number of cores).
+    """
+    from surfflows.settings import get_settings
+
+    threads = get_settings().torch_threads
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def prepare_database(ctx: click.Context) -> None:
@@ -162,6 +165,7 @@ def main(
     _debug = debug
     quiet_library_warnings()
     quiet_progress_off_terminal()
+    apply_torch_threads()
     if ctx.invoked_subcommand != "oc22":  # the oc22 group prepares for its own commands
         prepare_database(ctx)
 
@@ -176,12 +180,22 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def input_error(exc: Exception, labels: dict[str, str] | None = None) -> str:
+    """One line of an input error: a pydantic error as ``field: message`` per field, the
+    fields renamed by ``labels`` (e.g. to the options that set them)."""
+    from pydantic import ValidationError
+
+    from surfflows.core.text import validation_summary
+
+    return validation_summary(exc, labels) if isinstance(exc, ValidationError) else str(exc)
+
+
 def load_campaign(config: Path) -> CampaignConfig:
     """The campaign file parsed and validated, or a clear error naming what is wrong."""
     from surfflows.flows.campaign import CampaignConfig
 
     try:
-        return CampaignConfig.from_yaml(config)
+        return CampaignConfig.from_yaml(config, progress=True)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 

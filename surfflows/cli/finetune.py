@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from surfflows.cli.benchmark import build
-from surfflows.cli.common import app, console, fail, num
+from surfflows.cli.common import app, console, fail, input_error, num
 
 
 @app.command()
@@ -83,6 +83,15 @@ def _sweep_table(rows: list[dict], title: str) -> Table:
             "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f}",
         )
     return table
+
+
+#: Settings fields whose ``finetune`` option has another name.
+OPTION_OF_FIELD = {
+    "depth": "layers",
+    "learning_rate": "lr",
+    "replay_sets": "replay-set",
+    "selection": "select-on",
+}
 
 
 @app.command()
@@ -218,7 +227,7 @@ def finetune(
         )
         parent_checkpoint = checkpoint_reference(spec, store)
     except (ValidationError, ValueError) as exc:
-        fail(str(exc))
+        fail(input_error(exc, {f: f"--{o} ({f})" for f, o in OPTION_OF_FIELD.items()}))
     if all_materials:
         if cv_folds is not None or len(reference) != 1:
             fail(
@@ -399,7 +408,7 @@ def sweep(
             references, bulk_sets, checkpoint_reference(parent, store), replay_sets
         )
     except (ValidationError, ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        fail(f"{config}: {input_error(exc)}")
     _show_finetune_progress()
     start = time.perf_counter()
     run_locally(flow, store=store, log=False, ensure_success=True, allow_external_references=True)
@@ -430,9 +439,9 @@ def learning_curve(
 ) -> None:
     """DIRECT versus random fine-tuning data at several budgets: run, build, table, plots."""
 
-    import yaml
     from jobflow import run_locally
 
+    from surfflows.core.yaml_files import load_yaml
     from surfflows.engine.sampling import training_pool
     from surfflows.io.inputs import reference_inputs
     from surfflows.io.registry import checkpoint_reference, resolve_model
@@ -448,12 +457,12 @@ def learning_curve(
 
     store = get_job_store()
     try:
-        campaign = LearningCurveConfig.model_validate(yaml.safe_load(config.read_text()))
+        campaign = LearningCurveConfig.model_validate(load_yaml(config, "learning-curve file"))
         parent = resolve_model(campaign.parent, store)
         with get_store("references") as references, get_store("splits") as splits:
             inputs = reference_inputs(campaign.reference, references, splits)
     except Exception as exc:
-        fail(f"{config}: {exc}")
+        fail(f"{config}: {input_error(exc)}")
     start = time.perf_counter()
     if run_flow:
         flow = campaign.maker(parent).make(inputs, checkpoint_reference(parent, store))

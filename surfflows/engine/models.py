@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surfflows.schemas.models import CALCULATORS, ModelSpec
+from surfflows.schemas.models import CALCULATORS, ModelSpec, not_a_calculator_package
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import BaseCalculator
@@ -131,6 +131,12 @@ def calculator_factory(spec: ModelSpec) -> Any:
     factory = getattr(module, attr, None)
     if factory is None:
         raise ValueError(f"model {spec.model_id}: module {module_name!r} has no {attr!r}")
+    origin = f"{getattr(factory, '__module__', None) or 'builtins'}.{attr}"
+    if not_a_calculator_package(origin):  # a standard-library function imported elsewhere
+        raise ValueError(
+            f"model {spec.model_id}: {spec.force_field_name} is {origin}, from Python's "
+            "standard library, not a calculator"
+        )
     if isinstance(factory, type):
         if not issubclass(factory, BaseCalculator):
             raise ValueError(

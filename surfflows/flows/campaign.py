@@ -10,16 +10,19 @@ A campaign file names a model, slab and relaxation settings, and the bulks::
       - {id: Cu, structure: structures/Cu.cif}
       - {id: TiO2-rutile, structure: structures/TiO2_rutile.cif, slabs: {max_index: 1}}
 
-Paths are relative to the YAML file. Everything is validated (unknown keys, missing
-files, non-periodic, empty, disordered or overlapping structures, elements CHGNet
-cannot handle, Miller indices, force and step bounds, slabs estimated over
-``max_atoms``, checkpoints that are not CHGNet's) before any job runs, so a bad file
-costs nothing and stores nothing.
+Paths are relative to the YAML file. Everything is validated (file size and YAML alias
+expansion, material ids, unknown keys, missing files, non-periodic, empty, disordered or
+overlapping structures, elements CHGNet cannot handle, Miller indices, force and step
+bounds, slabs estimated over ``max_atoms``, models that are not usable) before any job
+runs, so a bad file costs nothing and stores nothing. Each structure file is read and
+checked once, however many materials name it.
 
 Every job of a material's flow carries the material's input hash (structure, slab and
 relaxation settings, model) in its metadata: a rerun skips materials whose flow
 completed with the same hash, and the run's summary reads only documents of this
-campaign's hashes.
+campaign's hashes. The documents a killed run left of a material that did not finish
+(its hash, no completed flow) are removed before the material runs again, so each job
+name has one document.
 """
 
 from __future__ import annotations
@@ -30,26 +33,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jobflow import Flow, JobStore, OutputReference, run_locally
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pymatgen.core import Structure
 from pymatgen.core.surface import get_symmetrically_distinct_miller_indices
 from rich.progress import Progress
 
 from surfflows.core.slabs import SlabSettings, conventional_cell, estimated_slab_atoms
-from surfflows.core.text import miller_text
-from surfflows.core.validation import check_bulk
+from surfflows.core.text import miller_text, validation_summary
+from surfflows.core.validation import MaterialId, check_bulk
+from surfflows.core.yaml_files import load_yaml
 from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.schemas.models import ModelSpec
+from surfflows.schemas.models import ModelSpec, names_a_file
 
 #: Job metadata key holding a material's input hash.
 INPUT_HASH_KEY = "surfflows_input_hash"
+#: Most materials in one campaign file.
+MAX_MATERIALS = 20_000
 
 
 class RelaxSettings(BaseModel):
@@ -73,7 +78,10 @@ class MaterialConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="Label stored as material_id (e.g. mp-30 or Cu).")
+    id: MaterialId = Field(
+        description="Label stored as material_id (e.g. mp-30 or Cu): 1-64 ASCII letters, digits "
+        "and - _ . + : (a letter or digit first), as it becomes job names on clusters."
+    )
     structure: Path = Field(description="Structure file (CIF, POSCAR, JSON...), relative to YAML.")
     slabs: SlabSettings | None = Field(default=None, description="Overrides campaign slabs.")
 
@@ -83,7 +91,7 @@ class CampaignConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Campaign name.")
+    name: str = Field(min_length=1, max_length=128, description="Campaign name.")
     model: str | dict[str, Any] = Field(
         default="chgnet-0.3.0",
         description="Model name (chgnet-0.3.0, chgnet-surf, sevennet-0...), checkpoint path, "
@@ -92,7 +100,10 @@ class CampaignConfig(BaseModel):
     )
     slabs: SlabSettings = Field(default_factory=SlabSettings, description="Slab settings.")
     relax: RelaxSettings = Field(default_factory=RelaxSettings, description="Relax settings.")
-    materials: list[MaterialConfig] = Field(min_length=1, description="Bulks to cut.")
+    materials: list[MaterialConfig] = Field(
+        min_length=1, max_length=MAX_MATERIALS, description="Bulks to cut."
+    )
+    _structures: dict[str, Structure] | None = PrivateAttr(default=None)
 
     @field_validator("materials")
     @classmethod
@@ -104,15 +115,11 @@ class CampaignConfig(BaseModel):
         return materials
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> CampaignConfig:
-        """Read and validate a campaign file; paths become absolute, structures are checked."""
+    def from_yaml(cls, path: str | Path, progress: bool = False) -> CampaignConfig:
+        """Read and validate a campaign file; paths become absolute, structures are checked
+        (``progress``: a bar while structure files are read and slab sizes estimated)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"campaign file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        raw = load_yaml(path, "campaign file")
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a campaign file is a mapping (name, model, materials...)")
         try:
@@ -122,7 +129,7 @@ class CampaignConfig(BaseModel):
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
-        if isinstance(config.model, str) and (path.parent / config.model).is_file():
+        if isinstance(config.model, str) and names_a_file(path.parent / config.model):
             config.model = str((path.parent / config.model).resolve())  # a checkpoint next to it
         registered = isinstance(config.model, str) and config.model.startswith(
             ("chgnet-ft-", "sha256:")
@@ -143,7 +150,7 @@ class CampaignConfig(BaseModel):
                 raise ValueError(f"{path}: model: {exc}") from exc
             if spec.checkpoint:  # refused before it is registered anywhere
                 check_checkpoint(spec.checkpoint)
-        config.check_slab_sizes(config.load_structures())
+        config.check_slab_sizes(config.load_structures(progress), progress)
         return config
 
     def model_spec(self, store: JobStore) -> tuple[ModelSpec, OutputReference | None]:
@@ -155,42 +162,53 @@ class CampaignConfig(BaseModel):
         spec = resolve_model(self.model, store)
         return spec, checkpoint_reference(spec, store)
 
-    def check_slab_sizes(self, structures: dict[str, Structure]) -> None:
-        """Raise ValueError naming each facet whose slabs are estimated over ``max_atoms``."""
+    def check_slab_sizes(self, structures: dict[str, Structure], progress: bool = False) -> None:
+        """Raise ValueError naming each facet whose slabs are estimated over ``max_atoms``.
+
+        Estimated once per structure file and slab settings.
+        """
         too_big = []
-        for material in self.materials:
+        estimates: dict[tuple[Path, str], list[tuple[tuple[int, ...], int]]] = {}
+        for material in _progress(self.materials, progress, "estimating slab sizes"):
             settings = material.slabs or self.slabs
-            bulk = structures[material.id]
-            millers = settings.miller_indices or get_symmetrically_distinct_miller_indices(
-                conventional_cell(bulk), settings.max_index
-            )
-            for hkl in millers:
-                n = estimated_slab_atoms(bulk, tuple(hkl), settings)
-                if n > settings.max_atoms:
-                    too_big.append(f"{material.id} {tuple(hkl)}: about {n}")
+            key = (material.structure, settings.model_dump_json())
+            if key not in estimates:
+                bulk = structures[material.id]
+                millers = settings.miller_indices or get_symmetrically_distinct_miller_indices(
+                    conventional_cell(bulk), settings.max_index
+                )
+                estimates[key] = [
+                    (tuple(hkl), estimated_slab_atoms(bulk, tuple(hkl), settings))
+                    for hkl in millers
+                ]
+            too_big += [
+                f"{material.id} {hkl}: about {n}"
+                for hkl, n in estimates[key]
+                if n > settings.max_atoms
+            ]
         if too_big:
             raise ValueError(
                 f"slabs over max_atoms ({'; '.join(too_big)} atoms): lower min_slab_size or "
                 "min_in_plane_size, drop those facets, or raise slabs.max_atoms"
             )
 
-    def load_structures(self) -> dict[str, Structure]:
-        """Read every bulk; raise ValueError naming the material and file on a bad one."""
+    def load_structures(self, progress: bool = False) -> dict[str, Structure]:
+        """Every bulk by material id, each file read and checked once (and once per config).
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            Naming the material and file of a missing, unreadable or unusable structure.
+        """
+        if self._structures is not None:
+            return self._structures
+        by_file: dict[Path, Structure] = {}
         structures = {}
-        for material in self.materials:
-            where = f"material {material.id} ({material.structure})"
-            if not material.structure.is_file():
-                raise FileNotFoundError(f"{where}: structure file not found")
-            try:
-                structure = Structure.from_file(material.structure)
-            except Exception as exc:
-                raise ValueError(f"{where}: cannot read structure: {exc}") from exc
-            check_bulk(structure, where)
-            try:
-                check_geometry(structure)
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
-            structures[material.id] = structure
+        for material in _progress(self.materials, progress, "reading structures"):
+            if material.structure not in by_file:
+                by_file[material.structure] = _read_bulk(material)
+            structures[material.id] = by_file[material.structure].copy()
+        self._structures = structures
         return structures
 
     def input_hashes(
@@ -229,30 +247,56 @@ class CampaignConfig(BaseModel):
         model, checkpoint = self.model_spec(store)
         structures = structures or self.load_structures()
         hashes = self.input_hashes(model, structures)
-        flows = []
-        for material in self.materials:
-            flow = SurfaceEnergyMaker.for_model(
-                model,
-                self.relax.fmax,
-                self.relax.max_steps,
-                self.relax.optimizer,
-                slab_settings=material.slabs or self.slabs,
-                chunk_size=self.relax.chunk_size,
-            ).make(structures[material.id], material.id, checkpoint)
-            flow.update_metadata({INPUT_HASH_KEY: hashes[material.id]})
-            flows.append(flow)
-        return flows
+        return [
+            self.material_flow(m, model, checkpoint, structures[m.id], hashes[m.id])
+            for m in self.materials
+        ]
+
+    def material_flow(
+        self,
+        material: MaterialConfig,
+        model: ModelSpec,
+        checkpoint: OutputReference | None,
+        structure: Structure,
+        input_hash: str,
+    ) -> Flow:
+        """The SurfaceEnergyMaker flow of one material, its jobs tagged with ``input_hash``."""
+        flow = SurfaceEnergyMaker.for_model(
+            model,
+            self.relax.fmax,
+            self.relax.max_steps,
+            self.relax.optimizer,
+            slab_settings=material.slabs or self.slabs,
+            chunk_size=self.relax.chunk_size,
+        ).make(structure, material.id, checkpoint)
+        flow.update_metadata({INPUT_HASH_KEY: input_hash})
+        return flow
 
 
-def validation_summary(exc: ValidationError) -> str:
-    """A pydantic error on one line: ``field.path: message (got value)`` per error."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(x) for x in error["loc"]) or "file"
-        message = error["msg"].removeprefix("Value error, ")
-        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r})"
-        parts.append(f"{where}: {message}{got}")
-    return "; ".join(parts)
+def _read_bulk(material: MaterialConfig) -> Structure:
+    """The structure of ``material``'s file, checked as a bulk CHGNet can relax."""
+    where = f"material {material.id} ({material.structure})"
+    if not names_a_file(material.structure):
+        raise FileNotFoundError(f"{where}: structure file not found")
+    try:
+        structure = Structure.from_file(material.structure)
+    except Exception as exc:
+        raise ValueError(f"{where}: cannot read structure: {exc}") from exc
+    check_bulk(structure, where)
+    try:
+        check_geometry(structure)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return structure
+
+
+def _progress(items: list, show: bool, description: str):
+    """``items``, with a transient progress bar over them when ``show`` and they are many."""
+    if not show or len(items) < 200:
+        yield from items
+        return
+    with Progress(transient=True) as bar:
+        yield from bar.track(items, description=description)
 
 
 class CampaignRun(BaseModel):
@@ -287,29 +331,51 @@ def completed_hashes(store: JobStore, hashes: list[str]) -> set[str]:
         }
 
 
+def remove_unfinished(store: JobStore, input_hash: str) -> int:
+    """Remove what an interrupted run stored of a material's flow; return how many documents.
+
+    Called for an input hash whose flow did not complete (:func:`completed_hashes`): its
+    job documents (a bulk relaxation, some slab chunks, with their ``data`` store parts)
+    are orphans that the rerun would store again under new job ids. Do not run a campaign
+    locally while jobflow-remote still runs the same one: its unfinished jobs would go.
+    """
+    criteria = {f"metadata.{INPUT_HASH_KEY}": input_hash}
+    with store:
+        n = store.count(criteria)
+        if n:
+            store.remove_docs(criteria)
+    return n
+
+
 def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True) -> CampaignRun:
     """Run every material's flow locally into ``store``, skipping finished ones.
 
     A material whose flow completed before with the same input hash (see
-    :meth:`CampaignConfig.input_hashes`) is skipped; a job that raises stops only its
-    material, and its error is returned (failed relaxations are documents, not
-    exceptions).
+    :meth:`CampaignConfig.input_hashes`) is skipped; one that did not complete (an
+    interrupted run) has its earlier documents removed (:func:`remove_unfinished`) and
+    runs again. A job that raises stops only its material, and its error is returned
+    (failed relaxations are documents, not exceptions).
     """
     structures = config.load_structures()
-    model, _ = config.model_spec(store)
+    model, checkpoint = config.model_spec(store)
     hashes = config.input_hashes(model, structures)
     done = completed_hashes(store, list(hashes.values()))
     run = CampaignRun(input_hashes=hashes)
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task(f"campaign {config.name}", total=len(config.materials))
-        for material, flow in zip(config.materials, config.flows(store, structures), strict=True):
+        for material in config.materials:
             bar.update(task, description=f"{config.name}: {material.id}")
             start = time.perf_counter()
-            if hashes[material.id] in done:
+            input_hash = hashes[material.id]
+            if input_hash in done:
                 run.skipped.append(material.id)
                 outcome = "skipped (already stored with the same inputs)"
             else:
                 run.ran.append(material.id)
+                removed = remove_unfinished(store, input_hash)
+                flow = config.material_flow(
+                    material, model, checkpoint, structures[material.id], input_hash
+                )
                 try:
                     run_locally(
                         flow,
@@ -322,6 +388,8 @@ def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True)
                 except Exception as exc:  # one material's crash does not stop the others
                     run.errors[material.id] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     outcome = f"error: {run.errors[material.id]}"
+                if removed:
+                    outcome += f" (replaced {removed} documents of an unfinished earlier run)"
             if progress:  # one line per material, also in a log file
                 bar.console.print(f"{material.id}: {outcome}", highlight=False, soft_wrap=True)
             bar.advance(task)

@@ -20,8 +20,10 @@ Conventions
   fine-tuning). A slab frame with neither quantity is an error.
 
 Bad input is never dropped silently. Structural problems (an empty or non-periodic frame, a
-missing required ``info`` key, a slab with neither ``ref_energy`` nor ``gamma_ref``, a
-``ref_forces`` array that is not [N, 3], a duplicate id, a malformed Miller index, a
+cell of no volume, non-finite positions, a ``gamma_ref`` that is not a finite, non-negative
+number on a slab without ``flags``, a missing required ``info`` key, a slab with neither
+``ref_energy`` nor ``gamma_ref``, a ``ref_forces`` array that is not [N, 3], a duplicate id, a
+malformed Miller index, a
 ``formula`` that is not the atoms', an initial geometry of other atoms) raise ``ValueError``
 naming file, frame and field. Records that are well formed but unusable are counted in
 :attr:`ReferenceSet.skipped` under a reason with their ids:
@@ -164,7 +166,13 @@ def _slab_documents(
         except SkipRecord as skip:
             skipped[str(skip)].append(slab_id)
             continue
-        if gamma_ref is not None and not math.isfinite(gamma_ref):
+        usable = gamma_ref is None or (math.isfinite(gamma_ref) and gamma_ref >= 0)
+        if not usable and not fields["flags"]:
+            raise ValueError(
+                f"{where}: info key 'gamma_ref' is {gamma_ref}: a published surface energy is "
+                "finite and not negative (J/m²); mark a record known to be bad with 'flags'"
+            )
+        if gamma_ref is not None and not math.isfinite(gamma_ref):  # a flagged record
             gamma_ref = None
             fields["flags"].append("gamma_ref_not_finite")
         structure = fields["structure"]

@@ -55,6 +55,8 @@ _KNOWN_INFO = {
 _COMMON_INFO = {"formula", "flags"}
 #: Published quantities of a record; a slab needs at least one, other kinds ``ref_energy``.
 SLAB_QUANTITIES = ("ref_energy", "gamma_ref")
+#: Smallest cell volume of a frame, Å³ (a flat or degenerate cell is an error).
+MIN_CELL_VOLUME = 1.0
 #: Per-atom arrays that become document fields; any other array becomes a site property.
 _KNOWN_ARRAYS = {"numbers", "positions", "fixed", "ref_forces"}
 
@@ -71,7 +73,8 @@ def validated_rows(
     Raises
     ------
     ValueError
-        On an empty or non-periodic frame, a missing required key or (``unique``) a repeated id.
+        On an empty or non-periodic frame, a cell of no volume, non-finite positions or cell,
+        a missing required key or (``unique``) a repeated id.
     """
     id_key = REQUIRED_KEYS[kind][0]
     rows: list[tuple[int, Atoms, str]] = []
@@ -80,8 +83,15 @@ def validated_rows(
         where = f"{source}, frame {index}"
         if len(atoms) == 0:
             raise ValueError(f"{where}: the frame has no atoms")
-        if not atoms.pbc.all() or atoms.cell.rank < 3:
+        if not atoms.pbc.all():
             raise ValueError(f"{where}: the frame is not periodic in 3D (pbc={atoms.pbc.tolist()})")
+        if not (np.isfinite(atoms.cell.array).all() and np.isfinite(atoms.positions).all()):
+            raise ValueError(f"{where}: the cell or the positions are not finite numbers")
+        if abs(atoms.cell.volume) < MIN_CELL_VOLUME:
+            raise ValueError(
+                f"{where}: the cell has volume {abs(atoms.cell.volume):.3g} Å³ (its vectors "
+                "are not independent)"
+            )
         for key in REQUIRED_KEYS[kind]:
             if key not in atoms.info:
                 raise ValueError(f"{where}: missing required info key {key!r}")

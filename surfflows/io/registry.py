@@ -16,6 +16,7 @@ settings of its own.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -23,11 +24,12 @@ from uuid import uuid4
 from jobflow import JobStore, OutputReference
 from monty.json import jsanitize
 
+from surfflows.core.text import short_repr
 from surfflows.core.timestamps import now_iso
 from surfflows.io.checkpoints import check_checkpoint, checkpoint_heads
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
-from surfflows.schemas.models import ModelSpec
+from surfflows.schemas.models import ModelSpec, names_a_file
 
 
 def encode_checkpoint(path: str | Path) -> str:
@@ -158,7 +160,7 @@ def resolve_model(text: str | dict, store: JobStore) -> ModelSpec:
         the heads it has).
     """
     head = None
-    if isinstance(text, str) and "@" in text and not Path(text).is_file():
+    if isinstance(text, str) and "@" in text and not names_a_file(text):
         text, _, head = text.rpartition("@")
     spec = resolve_name(text, store)
     if spec.kind != "checkpoint":
@@ -199,16 +201,18 @@ def resolve_name(text: str | dict, store: JobStore) -> ModelSpec:
         return register_packaged(text, store)
     if isinstance(text, str) and text.startswith(("sha256:", "chgnet-ft-")):
         prefix = text.removeprefix("sha256:").removeprefix("chgnet-ft-")
+        if not re.fullmatch("[0-9a-f]{1,64}", prefix):
+            raise ValueError(f"model {short_repr(text)}: give 1 to 64 lowercase hex digits")
+        criteria = {"output.sha256": prefix} if len(prefix) == 64 else {}
         with store:
-            hits = sorted(
-                {d["output"]["sha256"] for d in _registered(store, {})}
-                if len(prefix) < 64
-                else {prefix}
-            )
+            hits = sorted({d["output"]["sha256"] for d in _registered(store, criteria)})
         hits = [h for h in hits if h.startswith(prefix)]
         if len(hits) != 1:
             found = "no" if not hits else f"{len(hits)}"
-            raise ValueError(f"{found} registered models match sha256 prefix {prefix!r}")
+            raise ValueError(
+                f"model {text}: {found} registered models match sha256 prefix {prefix}"
+                + ("; register the checkpoint file first (--model <file>)" if not hits else "")
+            )
         return ModelSpec(kind="checkpoint", sha256=hits[0])
     spec = ModelSpec.parse(text)
     if spec.kind == "checkpoint" and spec.checkpoint:

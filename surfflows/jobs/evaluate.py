@@ -14,6 +14,7 @@ from typing import Literal
 from jobflow import Flow, Maker, OutputReference, job
 from pymatgen.core import Structure
 
+from surfflows.core.text import job_name
 from surfflows.engine.calculators import SinglePoint, relax_fixed_cell, single_points
 from surfflows.engine.models import check_model, preload
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
@@ -192,11 +193,13 @@ class EvaluateMaker(Maker):
                     checkpoint,
                     self.optimizer,
                 )
-                chunk_job.name = f"evaluate {set_name} {mode} {start // self.chunk_size}"
+                chunk_job.name = job_name("evaluate", set_name, mode, start // self.chunk_size)
                 jobs.append(chunk_job)
         summary = evaluation_summary([chunk_job.output for chunk_job in jobs])
         summary.name = f"evaluate {set_name} summary"
         model_id = getattr(self.model, "model_id", "new checkpoint")
         return Flow(
-            [*jobs, summary], output=summary.output, name=f"{self.name} {model_id} on {set_name}"
+            [*jobs, summary],
+            output=summary.output,
+            name=job_name(self.name, model_id, "on", set_name),
         )

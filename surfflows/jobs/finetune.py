@@ -27,6 +27,8 @@ from pymatgen.core import Structure
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.heads import head_name
 from surfflows.core.splits import held_out_identities, leaking_materials
+from surfflows.core.text import job_name
+from surfflows.core.yaml_files import load_yaml
 from surfflows.engine.chgnet_trainer import chgnet_trainer_finetune, energy_labelled
 from surfflows.engine.finetune import (
     RESUME_IGNORED,
@@ -359,8 +361,8 @@ class FineTuneMaker(Maker):
             parent_checkpoint,
             replay_sets or None,
         )
-        name = training_sets_name(references)
-        new.name = f"{self.name} {name} X={self.settings.depth} seed={self.settings.seed}"
+        depth, seed = f"X={self.settings.depth}", f"seed={self.settings.seed}"
+        new.name = job_name(self.name, training_sets_name(references), depth, seed)
         return new
 
 
@@ -587,7 +589,7 @@ class FineTuneSweepMaker(Maker):
             jobs.append(check)
             forgetting.append(check.output)
         output = {"finetunes": finetunes, "forgetting": forgetting}
-        return Flow(jobs, output=output, name=f"{self.name} on {set_name}")
+        return Flow(jobs, output=output, name=job_name(self.name, "on", set_name))
 
 
 class SweepConfig(BaseModel):
@@ -615,10 +617,8 @@ class SweepConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
-        """Read and validate a sweep file."""
-        import yaml
-
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        """Read and validate a sweep file (:func:`surfflows.core.yaml_files.load_yaml`)."""
+        return cls.model_validate(load_yaml(path, "sweep file"))
 
     def maker(self, parent: ModelSpec) -> FineTuneSweepMaker:
         """The sweep Maker of this configuration, ``parent`` being :attr:`parent` resolved

@@ -22,6 +22,7 @@ from maggma.core import Store
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
+from surfflows.core.text import job_name
 from surfflows.engine.models import load_model
 from surfflows.engine.sampling import (
     Method,
@@ -153,7 +154,7 @@ class LearningCurveMaker(Maker):
         features = None
         if "direct" in self.methods:
             features_job = pool_features([s for _, s in pool], parent, parent_checkpoint)
-            features_job.name = f"features of {len(pool)} train slabs"
+            features_job.name = job_name("features of", len(pool), "train slabs")
             jobs.append(features_job)
             features = features_job.output
         items = reference_items(references, ("test",))
@@ -171,20 +172,20 @@ class LearningCurveMaker(Maker):
                         references.split_id,
                         parent.model_id if method == "direct" else None,
                     )
-                    selection.name = f"select {method} {budget} seed={seed}"
+                    selection.name = job_name("select", method, budget, f"seed={seed}")
                     finetune = replace(
                         self.finetune_maker,
                         settings=self.finetune_maker.settings.model_copy(update={"seed": seed}),
                         sweep=self.name,
                     ).make(references, selection.output.reference_keys, parent_checkpoint)
-                    finetune.name += f" {method} {budget}"
+                    finetune.name = job_name(finetune.name, method, budget)
                     evaluate = replace(self.evaluate_maker, model=finetune.output.model).make(
                         references.set_name, items, finetune.output.checkpoint_b64
                     )
                     point = learning_curve_point(selection.output, finetune.output, self.name)
                     jobs += [selection, finetune, evaluate, point]
                     points.append(point.output)
-        return Flow(jobs, output={"points": points}, name=f"{self.name} {references.set_name}")
+        return Flow(jobs, output={"points": points}, name=job_name(self.name, references.set_name))
 
 
 class LearningCurveConfig(BaseModel):

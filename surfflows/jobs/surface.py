@@ -12,7 +12,7 @@ from jobflow import Flow, Maker, OutputReference, Response, job
 from pymatgen.core import Structure
 
 from surfflows.core.slabs import SlabSettings, generate_slabs
-from surfflows.core.text import miller_text
+from surfflows.core.text import job_name, miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer
@@ -51,15 +51,15 @@ def slab_relaxations(
     for start in range(0, len(candidates), chunk_size):
         chunk = candidates[start : start + chunk_size]
         relax = slab_relax_maker.make(chunk, bulk.material_id, checkpoint)
-        relax.name = f"{slab_relax_maker.name} {bulk.material_id} {start // chunk_size}"
+        relax.name = job_name(slab_relax_maker.name, bulk.material_id, start // chunk_size)
         jobs.append(relax)
         for i, candidate in enumerate(chunk):
             energy = surface_energy(relax.output[i], bulk)
             hkl = miller_text(candidate.miller_index, compact=True)
-            energy.name = f"surface energy {bulk.material_id} {hkl} {candidate.termination}"
+            energy.name = job_name("surface energy", bulk.material_id, hkl, candidate.termination)
             jobs.append(energy)
             outputs.append(energy.output)
-    return Response(replace=Flow(jobs, output=outputs, name=f"slabs {bulk.material_id}"))
+    return Response(replace=Flow(jobs, output=outputs, name=job_name("slabs", bulk.material_id)))
 
 
 @dataclass
@@ -141,12 +141,18 @@ class SurfaceEnergyMaker(Maker):
                 f"({self.model.model_id}) need the same model"
             )
         bulk_maker = replace(
-            self.bulk_relax_maker, name=f"{self.bulk_relax_maker.name} {material_id}"
+            self.bulk_relax_maker, name=job_name(self.bulk_relax_maker.name, material_id)
         )
         bulk = bulk_maker.make(structure, material_id, checkpoint)
+        # By keyword: jobflow looks up a method of a first positional argument, which for a
+        # reference with an output schema builds its JSON schema (50 ms per material).
         slabs = slab_relaxations(
-            bulk.output, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
+            bulk=bulk.output,
+            slab_settings=self.slab_settings,
+            slab_relax_maker=self.slab_relax_maker,
+            chunk_size=self.chunk_size,
+            checkpoint=checkpoint,
         )
-        slabs.name = f"slabs {material_id}"
+        slabs.name = job_name("slabs", material_id)
         output = {"bulk": bulk.output, "surfaces": slabs.output}
-        return Flow([bulk, slabs], output=output, name=f"{self.name} {material_id}")
+        return Flow([bulk, slabs], output=output, name=job_name(self.name, material_id))

@@ -29,6 +29,7 @@ from pymatgen.core import Composition, Structure
 from surfflows.analysis.thermo import thermo_from_surface_energies
 from surfflows.analysis.wulff import compare_wulff, surface_properties
 from surfflows.core.slabs import SlabSettings, conventional_cell, generate_slabs
+from surfflows.core.text import job_name
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2, elemental_prototypes, oxygen_molecule
 from surfflows.engine.models import load_model
 from surfflows.engine.relax import relax_one
@@ -314,7 +315,7 @@ class ThermoMaker(Maker):
             reference = elemental_reference(
                 element, self.model, self.fmax, self.max_steps, checkpoint
             )
-            reference.name = f"{element} reference {self.model.model_id}"
+            reference.name = job_name(element, "reference", self.model.model_id)
             jobs.append(reference)
             reference_outputs.append(reference.output)
         analysis = surface_thermodynamics(
@@ -328,7 +329,7 @@ class ThermoMaker(Maker):
             self.dft_elemental_references,
             self.dft_elemental_set,
         )
-        analysis.name = f"surface thermodynamics {material_id}"
+        analysis.name = job_name("surface thermodynamics", material_id)
         jobs.append(analysis)
         output = {"thermo": analysis.output, "comparison": None}
         if self.reference_set:
@@ -338,10 +339,10 @@ class ThermoMaker(Maker):
                 self.reference_material or material_id,
                 self.plot_dir,
             )
-            comparison.name = f"wulff comparison {material_id} {self.reference_set}"
+            comparison.name = job_name("wulff comparison", material_id, self.reference_set)
             jobs.append(comparison)
             output["comparison"] = comparison.output
-        return Flow(jobs, output=output, name=f"{self.name} {material_id}")
+        return Flow(jobs, output=output, name=job_name(self.name, material_id))
 
 
 def _decoded(doc: dict | None):

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
 
+#: The largest X: every CHGNet release (0.2.0, 0.3.0, r2scan) has 4 interaction blocks, so
+#: composition model, readout, last atom_conv, 3 blocks, embeddings (``engine.finetune``).
+MAX_DEPTH = 6
+
 
 class FineTuneSettings(BaseModel):
-    """Hyperparameters of one CHGNet fine-tune (see :mod:`surfflows.engine.finetune`)."""
+    """Hyperparameters of one CHGNet fine-tune (see :mod:`surfflows.engine.finetune`).
+
+    Every bound is checked here, so a command refuses a bad value before it stores anything.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     depth: int = Field(
         default=1,
         ge=0,
+        le=MAX_DEPTH,
         description="X: trainable units counted from the readout backwards (0: only the "
         "per-element reference energies, 1: readout, 2: + last atom_conv, then whole "
         "[atom_conv, bond_conv, angle] blocks, the largest X adds the embeddings).",
     )
-    epochs: int = Field(default=20, ge=0, description="Training epochs (maximum).")
-    learning_rate: float = Field(default=1e-3, gt=0, description="Initial Adam learning rate.")
+    epochs: int = Field(default=20, ge=1, le=10_000, description="Training epochs (maximum).")
+    learning_rate: float = Field(
+        default=1e-3, gt=0, le=1, description="Initial Adam learning rate."
+    )
     lr_decay_fraction: float = Field(
         default=0.1, gt=0, le=1, description="Cosine decay to this fraction of the learning rate."
     )
@@ -185,7 +197,6 @@ class FineTuneSettings(BaseModel):
             "force_fraction": (self.force_fraction < 1, "chgnet's Trainer uses every force"),
             "patience": (self.patience is not None, "chgnet's Trainer never stops early"),
             "force_weight": (self.force_weight == 0, "it trains energies and forces ('ef')"),
-            "epochs": (self.epochs == 0, "chgnet's Trainer writes its checkpoint after an epoch"),
             "heads": (self.heads != "single", "chgnet's Trainer has one readout and one AtomRef"),
             "selection": (
                 self.selection != "single_point",

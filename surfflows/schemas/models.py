@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from surfflows.core.text import short_repr, validation_summary
 
 PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
 
@@ -140,6 +143,11 @@ class ModelSpec(BaseModel):
                 raise ValueError(
                     f"calculator import path {path!r} is not of the form 'package.module.Callable'"
                 )
+            if not_a_calculator_package(path):
+                raise ValueError(
+                    f"calculator {path!r} is in Python's standard library: a calculator comes "
+                    "from a model package (e.g. sevenn.calculator.SevenNetCalculator)"
+                )
             try:
                 json.dumps(self.calculator_kwargs)
             except TypeError as exc:
@@ -240,17 +248,25 @@ class ModelSpec(BaseModel):
         shorter registered name (``chgnet-ft-<sha prefix>``) needs the registry:
         :func:`surfflows.io.registry.resolve_model`.
         """
+        try:
+            return cls._parse(text)
+        except ValidationError as exc:
+            raise ValueError(f"model {short_repr(text)}: {validation_summary(exc)}") from None
+
+    @classmethod
+    def _parse(cls, text: str | dict) -> ModelSpec:
         if isinstance(text, str) and text.lstrip().startswith("{"):
             try:
                 text = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"model {text!r} is not valid JSON: {exc}") from None
+                raise ValueError(f"model {short_repr(text)} is not valid JSON: {exc}") from None
         if isinstance(text, dict):
             unknown = set(text) - {"force_field_name", "calculator_kwargs", "name"}
             if unknown or "force_field_name" not in text:
                 raise ValueError(
-                    f"model {text!r}: a calculator mapping has force_field_name and optional "
-                    f"calculator_kwargs and name; unknown keys: {sorted(unknown) or 'none'}"
+                    f"model {short_repr(text)}: a calculator mapping has force_field_name and "
+                    "optional calculator_kwargs and name; unknown keys: "
+                    f"{sorted(unknown) or 'none'}"
                 )
             return cls.calculator(**text)
         name = text.removeprefix("chgnet-") if text.startswith("chgnet-") else text
@@ -258,13 +274,15 @@ class ModelSpec(BaseModel):
             return cls(version=name)
         if text.lower() in CALCULATORS:
             return cls.calculator(**CALCULATORS[text.lower()], name=text.lower())
-        if Path(text).is_file():
+        if names_a_file(text):
             return cls.from_checkpoint(text)
         base, at, head = text.rpartition("@")
         if at and head and base:
-            spec = cls.parse(base)
+            spec = cls._parse(base)
             if spec.kind != "checkpoint":
-                raise ValueError(f"model {text!r}: only a fine-tuned checkpoint has heads")
+                raise ValueError(
+                    f"model {short_repr(text)}: only a fine-tuned checkpoint has heads"
+                )
             return spec.model_copy(update={"head": head})
         sha = text.removeprefix("sha256:")
         if text.startswith("sha256:") and len(sha) == 64:
@@ -272,12 +290,28 @@ class ModelSpec(BaseModel):
         if "." in text and all(part.isidentifier() for part in text.split(".")):
             return cls.calculator(text)
         raise ValueError(
-            f"model {text!r} is neither a pretrained CHGNet ({', '.join(PRETRAINED_VERSIONS)}), "
+            f"model {short_repr(text)} is neither a pretrained CHGNet "
+            f"({', '.join(PRETRAINED_VERSIONS)}), "
             f"a supported calculator ({', '.join(CALCULATORS)}), an import path "
             "'package.module.Calculator', an existing checkpoint file, nor sha256:<64 hex "
             "digits>; a registered model (chgnet-ft-<sha prefix>) or a model packaged with "
             "surfflows (chgnet-surf) is found by surfflows.io.registry.resolve_model"
         )
+
+
+def names_a_file(text: str | Path) -> bool:
+    """``text`` names an existing file (False for text no file name can be)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long, or a NUL byte
+        return False
+
+
+def not_a_calculator_package(import_path: str) -> bool:
+    """True if ``import_path`` (``package.module.name``) lies in Python's standard library
+    (``os.system``, ``builtins.eval``, ``subprocess.run``...): no ASE calculator does, and
+    calling such a function with the campaign's keyword arguments would run commands."""
+    return import_path.split(".")[0] in sys.stdlib_module_names
 
 
 def file_sha256(path: str | Path) -> str:
