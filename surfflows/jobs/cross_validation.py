@@ -32,6 +32,7 @@ from surfflows.core.folds import (
     kfold_assignments,
     mean_std,
 )
+from surfflows.core.text import job_name
 from surfflows.io.inputs import reference_items
 from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
@@ -305,11 +306,11 @@ class CrossValidationMaker(Maker):
                 parent_checkpoint=parent_checkpoint,
                 replay_sets=aligned_replay(replay_sets, inputs),
             )
-            train.name = f"{train.name} fold {fold}/{self.k}"
+            train.name = job_name(train.name, "fold", fold, "of", self.k)
             evaluate = replace(self.evaluate_maker, model=train.output.model).make(
                 references.set_name, reference_items(inputs, ("test",)), train.output.checkpoint_b64
             )
-            jobs.append(Flow([train, evaluate], name=f"fold {fold} of {self.k}"))
+            jobs.append(Flow([train, evaluate], name=job_name("fold", fold, "of", self.k)))
             finetunes.append(
                 {
                     name: getattr(train.output, name)
@@ -334,6 +335,6 @@ class CrossValidationMaker(Maker):
             evaluations,
             parent_evaluations,
         )
-        summary.name = f"cross-validation summary {references.set_name}"
+        summary.name = job_name("cross-validation summary", references.set_name)
         jobs.append(Flow([summary], name="summary"))
-        return Flow(jobs, output=summary.output, name=f"{self.name} {references.set_name}")
+        return Flow(jobs, output=summary.output, name=job_name(self.name, references.set_name))

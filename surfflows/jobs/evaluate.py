@@ -196,7 +196,7 @@ class EvaluateMaker(Maker):
                 chunk_job.name = job_name("evaluate", set_name, mode, start // self.chunk_size)
                 jobs.append(chunk_job)
         summary = evaluation_summary([chunk_job.output for chunk_job in jobs])
-        summary.name = f"evaluate {set_name} summary"
+        summary.name = job_name("evaluate", set_name, "summary")
         model_id = getattr(self.model, "model_id", "new checkpoint")
         return Flow(
             [*jobs, summary],
