@@ -28,7 +28,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jobflow import Flow, JobStore, OutputReference, run_locally
@@ -47,6 +47,9 @@ from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.schemas.models import ModelSpec
+
+if TYPE_CHECKING:
+    from surfflows.flows.chemsys import ChemicalSystemConfig
 
 #: Job metadata key holding a material's input hash.
 INPUT_HASH_KEY = "surfflows_input_hash"
@@ -104,8 +107,11 @@ class CampaignConfig(BaseModel):
         return materials
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> CampaignConfig:
-        """Read and validate a campaign file; paths become absolute, structures are checked."""
+    def from_yaml(cls, path: str | Path) -> CampaignConfig | ChemicalSystemConfig:
+        """Read and validate a campaign file; paths become absolute, structures are checked.
+
+        A file naming ``chemical_system`` is a :class:`~surfflows.flows.chemsys.ChemicalSystemConfig`.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"campaign file {path} does not exist")
@@ -115,6 +121,10 @@ class CampaignConfig(BaseModel):
             raise ValueError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a campaign file is a mapping (name, model, materials...)")
+        if "chemical_system" in raw:  # the phases of a chemical system (flows/chemsys.py)
+            from surfflows.flows.chemsys import ChemicalSystemConfig
+
+            return ChemicalSystemConfig.from_mapping(raw, path)
         try:
             config = cls.model_validate(raw)
         except ValidationError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from jobflow import Flow, Maker, OutputReference, Response, job
+from jobflow import Flow, Job, Maker, OutputReference, Response, job
 from pymatgen.core import Structure
 
 from surfflows.core.slabs import SlabSettings, generate_slabs
@@ -144,9 +144,26 @@ class SurfaceEnergyMaker(Maker):
             self.bulk_relax_maker, name=f"{self.bulk_relax_maker.name} {material_id}"
         )
         bulk = bulk_maker.make(structure, material_id, checkpoint)
-        slabs = slab_relaxations(
-            bulk.output, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
-        )
-        slabs.name = f"slabs {material_id}"
+        slabs = self.slabs(bulk.output, material_id, checkpoint)
         output = {"bulk": bulk.output, "surfaces": slabs.output}
         return Flow([bulk, slabs], output=output, name=f"{self.name} {material_id}")
+
+    def slabs(
+        self,
+        bulk: BulkRelaxDoc | OutputReference,
+        material_id: str,
+        checkpoint: str | OutputReference | None = None,
+    ) -> Job:
+        """The slab part of :meth:`make` for a bulk relaxed already (by this maker's model).
+
+        Returns
+        -------
+        Job
+            ``slabs <material_id>``: cuts the slabs and is replaced by their relaxations;
+            its output is the list of :class:`SurfaceEnergyDoc`.
+        """
+        slabs = slab_relaxations(
+            bulk, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
+        )
+        slabs.name = f"slabs {material_id}"
+        return slabs

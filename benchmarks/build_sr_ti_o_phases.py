@@ -1,0 +1,114 @@
+"""Build the shipped Sr-Ti-O phases from published prototypes and experimental lattice constants.
+
+Writes one CIF per phase (conventional cell, symmetrised by pymatgen) to
+``surfflows/data/phases/Sr-Ti-O/`` and the tiny test system to
+``surfflows/data/phases/Sr-Ti-O-tiny/``. Every structure is generated here from its space
+group, lattice constants and Wyckoff positions (the sources are listed in the folder's
+README.md); nothing is downloaded. Run from the repository root::
+
+    python benchmarks/build_sr_ti_o_phases.py
+
+The script checks each structure (composition, number of atoms, shortest interatomic
+distance) so that a typo in a coordinate fails here rather than in a relaxation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+ROOT = Path(__file__).parents[1] / "surfflows" / "data" / "phases"
+
+#: id -> (space group, lattice, species, Wyckoff representatives, atoms in the conventional
+#: cell). Sources: see surfflows/data/phases/Sr-Ti-O/README.md.
+PHASES: dict[str, tuple] = {
+    "SrTiO3": (
+        "Pm-3m",
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O"],
+        [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0]],
+        5,
+    ),
+    "SrO": ("Fm-3m", Lattice.cubic(5.16), ["Sr", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
+    "TiO2-rutile": (
+        "P4_2/mnm",
+        Lattice.tetragonal(4.594, 2.959),
+        ["Ti", "O"],
+        [[0, 0, 0], [0.305, 0.305, 0]],
+        6,
+    ),
+    "TiO2-anatase": (
+        # origin choice 1 of I4_1/amd (pymatgen's setting): Ti 4a (0, 0, 0), O 8e (0, 0, z)
+        "I4_1/amd",
+        Lattice.tetragonal(3.7842, 9.5146),
+        ["Ti", "O"],
+        [[0, 0, 0], [0, 0, 0.2081]],
+        12,
+    ),
+    "Sr2TiO4": (
+        "I4/mmm",
+        Lattice.tetragonal(3.884, 12.60),
+        ["Sr", "Ti", "O", "O"],
+        [[0, 0, 0.3553], [0, 0, 0], [0, 0.5, 0], [0, 0, 0.1598]],
+        14,
+    ),
+    "Sr3Ti2O7": (
+        "I4/mmm",
+        Lattice.tetragonal(3.9001, 20.340),
+        ["Sr", "Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0.5], [0, 0, 0.3177], [0, 0, 0.0975], [0, 0, 0], [0, 0, 0.1934], [0, 0.5, 0.0964]],
+        24,
+    ),
+    "Ti2O3": (
+        "R-3c",
+        Lattice.hexagonal(5.157, 13.610),
+        ["Ti", "O"],
+        [[0, 0, 0.34445], [0.3123, 0, 0.25]],
+        30,
+    ),
+    "TiO": ("Fm-3m", Lattice.cubic(4.177), ["Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
+    "Ti": (
+        "P6_3/mmc",
+        Lattice.hexagonal(2.9508, 4.6855),
+        ["Ti"],
+        [[1 / 3, 2 / 3, 0.25]],
+        2,
+    ),
+    "Sr": ("Fm-3m", Lattice.cubic(6.0849), ["Sr"], [[0, 0, 0]], 4),
+}
+
+#: The tiny test system: SrTiO3 with the binary oxides and metals that bound it.
+TINY = ("SrTiO3", "SrO", "TiO2-rutile", "Ti", "Sr")
+
+#: Shortest distance any two atoms of these ionic and metallic crystals may have, Å.
+MIN_DISTANCE = 1.8
+
+
+def build(phase_id: str) -> Structure:
+    """The conventional cell of one phase, checked."""
+    group, lattice, species, coords, n_atoms = PHASES[phase_id]
+    structure = Structure.from_spacegroup(group, lattice, species, coords)
+    if len(structure) != n_atoms:
+        raise ValueError(f"{phase_id}: {len(structure)} atoms, expected {n_atoms}")
+    distances = structure.distance_matrix[~np.eye(len(structure), dtype=bool)]
+    if len(structure) > 1 and distances.min() < MIN_DISTANCE:
+        raise ValueError(f"{phase_id}: atoms {distances.min():.2f} Å apart")
+    return structure
+
+
+def main() -> None:
+    for folder, ids in (("Sr-Ti-O", tuple(PHASES)), ("Sr-Ti-O-tiny", TINY)):
+        out = ROOT / folder
+        out.mkdir(parents=True, exist_ok=True)
+        for phase_id in ids:
+            structure = build(phase_id)
+            CifWriter(structure, symprec=1e-3).write_file(out / f"{phase_id}.cif")
+            print(f"{folder}/{phase_id}.cif: {structure.composition.reduced_formula}, "
+                  f"{len(structure)} atoms, {structure.get_space_group_info()[0]}")
+
+
+if __name__ == "__main__":
+    main()
