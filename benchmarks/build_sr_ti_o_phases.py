@@ -78,6 +78,35 @@ PHASES: dict[str, tuple] = {
         2,
     ),
     "Sr": ("Fm-3m", Lattice.cubic(6.0849), ["Sr"], [[0, 0, 0]], 4),
+    # Ca-Ti-O and Ba-Ti-O, for the large campaign (benchmarks/chemsys_campaign.py)
+    "CaTiO3": (
+        # Pbnm setting of the paper, (x, y, z)_Pnma = (y, z, x)_Pbnm
+        "Pnma",
+        Lattice.orthorhombic(5.4423, 7.6401, 5.3796),
+        ["Ca", "Ti", "O", "O"],
+        [[0.0349, 0.25, 0.9934], [0.5, 0, 0], [0.4838, 0.25, 0.0710], [0.2888, 0.0371, 0.7108]],
+        20,
+    ),
+    "CaO": ("Fm-3m", Lattice.cubic(4.811), ["Ca", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
+    "Ca": ("Fm-3m", Lattice.cubic(5.588), ["Ca"], [[0, 0, 0]], 4),
+    "BaTiO3": (
+        "Pm-3m",
+        Lattice.cubic(4.00),
+        ["Ba", "Ti", "O"],
+        [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0]],
+        5,
+    ),
+    "BaO": ("Fm-3m", Lattice.cubic(5.523), ["Ba", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
+    "Ba": ("Im-3m", Lattice.cubic(5.028), ["Ba"], [[0, 0, 0]], 2),
+}
+
+TI_O = ("TiO2-rutile", "TiO2-anatase", "Ti2O3", "TiO", "Ti")
+#: Folder -> phases. The Ti-O phases are the same files in every system, so their slabs are
+#: computed once (the same input hash) however many systems a campaign covers.
+SYSTEMS = {
+    "Sr-Ti-O": ("SrTiO3", "SrO", "Sr2TiO4", "Sr3Ti2O7", "Sr", *TI_O),
+    "Ca-Ti-O": ("CaTiO3", "CaO", "Ca", *TI_O),
+    "Ba-Ti-O": ("BaTiO3", "BaO", "Ba", *TI_O),
 }
 
 #: The tiny test system: SrTiO3 with the binary oxides and metals that bound it.
@@ -100,7 +129,7 @@ def build(phase_id: str) -> Structure:
 
 
 def main() -> None:
-    for folder, ids in (("Sr-Ti-O", tuple(PHASES)), ("Sr-Ti-O-tiny", TINY)):
+    for folder, ids in (*SYSTEMS.items(), ("Sr-Ti-O-tiny", TINY)):
         out = ROOT / folder
         out.mkdir(parents=True, exist_ok=True)
         for phase_id in ids:

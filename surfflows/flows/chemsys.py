@@ -30,30 +30,47 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jobflow import Flow, Job, JobStore, run_locally
+from monty.json import MontyDecoder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Structure
+from rich.progress import Progress
 
+from surfflows.core.chempot import MAX_ELEMENTS
 from surfflows.core.slabs import SlabSettings
 from surfflows.engine.models import check_model
 from surfflows.flows.campaign import (
+    INPUT_HASH_KEY,
     CampaignConfig,
     MaterialConfig,
     RelaxSettings,
+    completed_hashes,
     validation_summary,
 )
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
+from surfflows.io.registry import checkpoint_reference, resolve_model
+from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
+from surfflows.jobs.surface import SurfaceEnergyMaker
+from surfflows.jobs.thermo import stored_reference
+from surfflows.reports.query import surface_energies
+from surfflows.schemas.chemsys import ChemicalSystemThermoDoc
 from surfflows.schemas.models import ModelSpec
+from surfflows.schemas.relax import BulkRelaxDoc
+from surfflows.schemas.surface import SurfaceEnergyDoc
+from surfflows.schemas.thermo import ElementReferenceDoc
 
-#: Largest number of elements of a chemical system (the phase diagram's dimension).
-MAX_ELEMENTS = 4
 #: File suffixes read as structures in a folder of phases (POSCAR/CONTCAR names too).
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".xyz", ".extxyz")
 #: Job metadata key holding a bulk relaxation's hash (structure, relaxation settings, model).
 BULK_HASH_KEY = "surfflows_bulk_hash"
+#: Job metadata key holding a thermo document's hash (:func:`thermo_hash`).
+THERMO_HASH_KEY = "surfflows_thermo_hash"
 
 
 class ChemicalSystemConfig(BaseModel):
@@ -126,6 +143,11 @@ class ChemicalSystemConfig(BaseModel):
         config.model = None
         config.check_phases(path)
         return config
+
+    def with_models(self, models: Sequence[str], path: Path) -> ChemicalSystemConfig:
+        """A copy run with ``models`` instead (``surfflows run --model``), each checked."""
+        checked = [check_model_name(m, path.parent, "--model") for m in models]
+        return self.model_copy(update={"models": checked, "model": None})
 
     @property
     def model_list(self) -> list[str | dict[str, Any]]:
@@ -289,3 +311,263 @@ def _tagged(flow_or_job: Flow | Job, key: str, value: str) -> Flow:
     flow.update_metadata({key: value})
     return flow
 
+
+
+class ModelRun(BaseModel):
+    """What one model's pass over a chemical-system campaign did."""
+
+    model_id: str = Field(description="Model id.")
+    targets: list[str] = Field(default_factory=list, description="Targets of this model.")
+    computed: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Stage (bulks, references, slabs, thermo) -> what was computed.",
+    )
+    reused: dict[str, list[str]] = Field(
+        default_factory=dict, description="Stage -> what was already stored and reused."
+    )
+    errors: dict[str, str] = Field(
+        default_factory=dict, description="'<stage> <id>' -> error of a job that raised."
+    )
+    seconds: dict[str, float] = Field(
+        default_factory=dict, description="Stage -> wall time of this run, s."
+    )
+    thermo: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Target -> its ChemicalSystemThermoDoc (as stored, JSON).",
+    )
+    slab_hashes: dict[str, str] = Field(
+        default_factory=dict, description="Target -> input hash of its slabs (plain campaign)."
+    )
+
+
+class ChemicalSystemRun(BaseModel):
+    """One run of a chemical-system campaign: per model, and the models compared."""
+
+    runs: list[ModelRun] = Field(default_factory=list, description="One per model, in order.")
+    comparisons: list[dict] = Field(
+        default_factory=list, description="TerminationMapComparisonDoc (JSON) per target and "
+        "pair (first model, other model).",
+    )
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Every error, prefixed with its model."""
+        return {f"{r.model_id}: {k}": v for r in self.runs for k, v in r.errors.items()}
+
+
+def _decode(doc: dict | None):
+    return None if doc is None else MontyDecoder().process_decoded(doc["output"])
+
+
+def stored_bulk(store: JobStore, bulk_hash: str, slab_hash: str | None) -> BulkRelaxDoc | None:
+    """The newest bulk relaxation with this bulk hash, or of a plain campaign with this slab
+    input hash."""
+    queries = [{f"metadata.{BULK_HASH_KEY}": bulk_hash}]
+    if slab_hash:
+        queries.append({f"metadata.{INPUT_HASH_KEY}": slab_hash})
+    with store:
+        for query in queries:
+            doc = store.query_one(
+                {"output.@class": "BulkRelaxDoc", **query}, sort={"completed_at": -1}, load=True
+            )
+            if doc is not None:
+                return _decode(doc)
+    return None
+
+
+def stored_thermo(store: JobStore, key: str) -> ChemicalSystemThermoDoc | None:
+    """The newest chemical-system thermo document with this :func:`thermo_hash`, or None."""
+    with store:
+        doc = store.query_one(
+            {"output.@class": "ChemicalSystemThermoDoc", f"metadata.{THERMO_HASH_KEY}": key},
+            sort={"completed_at": -1},
+            load=True,
+        )
+    return _decode(doc)
+
+
+def _run(flow: Flow, store: JobStore) -> dict:
+    """Run ``flow`` locally into ``store``; its jobs' outputs by uuid."""
+    responses = run_locally(
+        flow, store=store, log=False, raise_immediately=True, allow_external_references=True
+    )
+    return {uuid: next(iter(r.values())).output for uuid, r in responses.items()}
+
+
+def run_chemical_system(
+    config: ChemicalSystemConfig, store: JobStore, progress: bool = True
+) -> ChemicalSystemRun:
+    """Run the campaign locally into ``store``, model after model, reusing what is stored.
+
+    Stages per model: bulks (every phase, then the elemental references), the hull (which
+    picks the targets when none are given), slabs per target (skipped when a chemical-system
+    or plain campaign stored them with the same input hash), and one thermo document per
+    target (skipped when stored with the same inputs). A job that raises stops its item
+    only; its error is returned. Several models: each target's termination maps are then
+    compared, first model against each other one.
+    """
+    from surfflows.analysis.chemsys import compare_termination_maps
+
+    structures = config.load_phases()
+    specs = [resolve_model(m, store) for m in config.model_list]  # bad names fail here
+    result = ChemicalSystemRun()
+    with Progress(disable=not progress, transient=False) as bar:
+        for model, spec in zip(config.model_list, specs, strict=True):
+            result.runs.append(_run_model(config, model, spec, structures, store, bar, progress))
+    docs = [{t: ChemicalSystemThermoDoc.model_validate(d) for t, d in r.thermo.items()} for r in
+            result.runs]
+    for other in docs[1:]:
+        for target, doc in docs[0].items():
+            if target in other:
+                comparison = compare_termination_maps(doc, other[target])
+                result.comparisons.append(comparison.model_dump(mode="json"))
+    return result
+
+
+def _say(bar: Progress, progress: bool, text: str) -> None:
+    if progress:  # one line per item, also in a log file
+        bar.console.print(text, highlight=False, soft_wrap=True)
+
+
+def thermo_hash(
+    slab_hash: str, bulk_hashes: Mapping[str, str], references: Sequence[ElementReferenceDoc]
+) -> str:
+    """sha256 of what a target's thermo document depends on: its slabs' input hash, every
+    phase's bulk hash, and the elemental references' energies."""
+    content = {
+        "slabs": slab_hash,
+        "bulks": dict(sorted(bulk_hashes.items())),
+        "references": sorted((r.element, r.energy) for r in references),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _run_model(
+    config: ChemicalSystemConfig,
+    model: str | dict[str, Any],
+    spec: ModelSpec,
+    structures: dict[str, Structure],
+    store: JobStore,
+    bar: Progress,
+    progress: bool,
+) -> ModelRun:
+    """One model's pass: bulks -> hull -> slabs -> thermo, each item skipped when stored."""
+    run = ModelRun(model_id=spec.model_id)
+    checkpoint = checkpoint_reference(spec, store)
+    slab_hashes = config.phase_campaign(model).input_hashes(spec, structures)
+    bulk_hashes = config.bulk_hashes(spec, structures)
+    plot_dir = config.plot_dir or Path.cwd() / "chemsys-plots" / config.name
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    maker = ChemicalSystemMaker(
+        surface_maker=SurfaceEnergyMaker.for_model(
+            spec,
+            config.relax.fmax,
+            config.relax.max_steps,
+            config.relax.optimizer,
+            slab_settings=config.slabs,
+            chunk_size=config.relax.chunk_size,
+        ),
+        chemical_system=config.chemical_system,
+        plot_dir=str(plot_dir),
+    )
+
+    def stage(name: str, item: str, outcome: str, computed: bool) -> None:
+        (run.computed if computed else run.reused).setdefault(name, []).append(item)
+        _say(bar, progress, f"{spec.model_id} {name} {item}: {outcome}")
+
+    def attempt(name: str, item: str, flow: Flow) -> dict | None:
+        start = time.perf_counter()
+        try:
+            outputs = _run(flow, store)
+        except Exception as exc:  # one item's crash does not stop the others
+            run.errors[f"{name} {item}"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            _say(bar, progress, f"{spec.model_id} {name} {item}: error: {run.errors[f'{name} {item}']}")
+            return None
+        stage(name, item, f"computed in {time.perf_counter() - start:.0f} s", True)
+        return outputs
+
+    # 1. bulks: every phase, then the elemental references
+    start = time.perf_counter()
+    task = bar.add_task(
+        f"{spec.model_id}: bulks", total=len(structures) + len(config.chemical_system)
+    )
+    bulks: dict[str, BulkRelaxDoc] = {}
+    for phase_id, structure in structures.items():
+        doc = stored_bulk(store, bulk_hashes[phase_id], slab_hashes[phase_id])
+        if doc is not None:
+            stage("bulk", phase_id, "stored", False)
+        else:
+            job = maker.bulk_job(phase_id, structure, checkpoint)
+            outputs = attempt("bulk", phase_id, _tagged(job, BULK_HASH_KEY, bulk_hashes[phase_id]))
+            doc = None if outputs is None else outputs[job.uuid]
+        if doc is not None:
+            bulks[phase_id] = doc
+            if not doc.converged:
+                run.errors[f"bulk {phase_id}"] = f"not converged: {doc.error or 'step limit'}"
+        bar.advance(task)
+    references: list[ElementReferenceDoc] = []
+    for element in config.chemical_system:
+        doc = stored_reference(store, element, spec.model_id)
+        if doc is not None:
+            stage("reference", element, f"stored ({doc.prototype})", False)
+        else:
+            job = maker.reference_job(element, checkpoint)
+            outputs = attempt("reference", element, Flow([job]))
+            doc = None if outputs is None else outputs[job.uuid]
+        if doc is not None:
+            references.append(doc)
+        bar.advance(task)
+    run.seconds["bulks"] = time.perf_counter() - start
+    if len(references) < len(config.chemical_system):
+        return run  # no hull without every elemental reference: the errors say why
+
+    # 2. the model's hull picks the targets
+    start = time.perf_counter()
+    try:
+        targets = config.targets or hull_phases(bulks, references)
+    except ValueError as exc:
+        run.errors["hull"] = str(exc)
+        return run
+    run.targets = [t for t in targets if t in bulks and bulks[t].converged]
+    for target in sorted(set(targets) - set(run.targets)):
+        run.errors.setdefault(f"bulk {target}", "no converged bulk relaxation")
+    run.seconds["hull"] = time.perf_counter() - start
+    _say(bar, progress, f"{spec.model_id} targets: {', '.join(run.targets)}")
+
+    # 3. slabs of each target, in chunks
+    start = time.perf_counter()
+    run.slab_hashes = {t: slab_hashes[t] for t in run.targets}
+    done = completed_hashes(store, list(run.slab_hashes.values()))
+    task = bar.add_task(f"{spec.model_id}: slabs", total=len(run.targets))
+    surfaces: dict[str, list[SurfaceEnergyDoc]] = {}
+    for target in run.targets:
+        bar.update(task, description=f"{spec.model_id}: slabs {target}")
+        if slab_hashes[target] in done:
+            stage("slabs", target, "stored with the same inputs", False)
+        else:
+            slabs = maker.surface_maker.slabs(bulks[target], target, checkpoint)
+            if attempt("slabs", target, _tagged(slabs, INPUT_HASH_KEY, slab_hashes[target])) is None:
+                bar.advance(task)
+                continue
+        criteria = {f"metadata.{INPUT_HASH_KEY}": slab_hashes[target]}
+        surfaces[target] = [
+            SurfaceEnergyDoc.model_validate(d) for d in surface_energies(store, criteria=criteria)
+        ]
+        bar.advance(task)
+    run.seconds["slabs"] = time.perf_counter() - start
+
+    # 4. one thermo document per target
+    start = time.perf_counter()
+    for target, target_surfaces in surfaces.items():
+        key = thermo_hash(slab_hashes[target], bulk_hashes, references)
+        stored = stored_thermo(store, key)
+        if stored is not None:
+            stage("thermo", target, "stored with the same inputs", False)
+            run.thermo[target] = stored.model_dump(mode="json")
+            continue
+        job = maker.thermo_job(target, bulks, references, target_surfaces)
+        outputs = attempt("thermo", target, _tagged(job, THERMO_HASH_KEY, key))
+        if outputs is not None:
+            run.thermo[target] = outputs[job.uuid].model_dump(mode="json")
+    run.seconds["thermo"] = time.perf_counter() - start
+    return run
