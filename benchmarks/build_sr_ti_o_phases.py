@@ -78,7 +78,7 @@ PHASES: dict[str, tuple] = {
         2,
     ),
     "Sr": ("Fm-3m", Lattice.cubic(6.0849), ["Sr"], [[0, 0, 0]], 4),
-    # Ca-Ti-O and Ba-Ti-O, for the large campaign (benchmarks/chemsys_campaign.py)
+    # Ca-Ti-O, Ba-Ti-O and Mg-Ti-O, for the large campaign (benchmarks/chemsys_campaign.py)
     "CaTiO3": (
         # Pbnm setting of the paper, (x, y, z)_Pnma = (y, z, x)_Pbnm
         "Pnma",
@@ -98,6 +98,15 @@ PHASES: dict[str, tuple] = {
     ),
     "BaO": ("Fm-3m", Lattice.cubic(5.523), ["Ba", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
     "Ba": ("Im-3m", Lattice.cubic(5.028), ["Ba"], [[0, 0, 0]], 2),
+    "MgTiO3": (
+        "R-3",
+        Lattice.hexagonal(5.0548, 13.8992),
+        ["Mg", "Ti", "O"],
+        [[0, 0, 0.35570], [0, 0, 0.14510], [0.31591, 0.02146, 0.24657]],
+        30,
+    ),
+    "MgO": ("Fm-3m", Lattice.cubic(4.212), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
+    "Mg": ("P6_3/mmc", Lattice.hexagonal(3.2094, 5.2108), ["Mg"], [[1 / 3, 2 / 3, 0.25]], 2),
 }
 
 TI_O = ("TiO2-rutile", "TiO2-anatase", "Ti2O3", "TiO", "Ti")
@@ -107,6 +116,7 @@ SYSTEMS = {
     "Sr-Ti-O": ("SrTiO3", "SrO", "Sr2TiO4", "Sr3Ti2O7", "Sr", *TI_O),
     "Ca-Ti-O": ("CaTiO3", "CaO", "Ca", *TI_O),
     "Ba-Ti-O": ("BaTiO3", "BaO", "Ba", *TI_O),
+    "Mg-Ti-O": ("MgTiO3", "MgO", "Mg", *TI_O),
 }
 
 #: The tiny test system: SrTiO3 with the binary oxides and metals that bound it.

@@ -124,4 +124,4 @@ def submit(
 
     campaign = load_campaign(config)
     ids = submit_campaign(campaign, worker=worker, project=project, priority=priority)
-    console.print(f"submitted {len(ids)} jobs of {len(campaign.materials)} flows: {ids[:5]}...")
+    console.print(f"submitted {len(ids)} jobs: {ids[:5]}...")

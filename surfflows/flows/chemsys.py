@@ -162,7 +162,7 @@ class ChemicalSystemConfig(BaseModel):
             files = self.phases
         else:
             if not self.phases.is_dir():
-                raise FileNotFoundError(f"phases: folder {self.phases} does not exist")
+                raise FileNotFoundError(f"folder {self.phases} does not exist")
             files = sorted(
                 p
                 for p in self.phases.iterdir()
@@ -173,12 +173,12 @@ class ChemicalSystemConfig(BaseModel):
                 )
             )
             if not files:
-                raise ValueError(f"phases: no structure file in {self.phases}")
+                raise ValueError(f"no structure file in {self.phases}")
         ids: dict[str, Path] = {}
         for file in files:
             phase_id = file.stem if file.suffix else file.name
             if phase_id in ids:
-                raise ValueError(f"phases: {ids[phase_id]} and {file} have the same id {phase_id}")
+                raise ValueError(f"{ids[phase_id]} and {file} have the same id {phase_id}")
             ids[phase_id] = file
         return ids
 
@@ -207,8 +207,8 @@ class ChemicalSystemConfig(BaseModel):
         """Raise ValueError (naming ``path`` and the field) on a phase outside the system, an
         element in no phase, two phases of the same structure, or a target not a phase;
         slabs of the targets estimated over ``max_atoms`` fail as in a plain campaign."""
-        files = self.phase_files()
         try:
+            files = self.phase_files()
             structures = self.load_phases()
         except (ValueError, FileNotFoundError) as exc:
             raise type(exc)(f"{path}: phases: {exc}") from None
@@ -263,6 +263,45 @@ class ChemicalSystemConfig(BaseModel):
             text = json.dumps(content, sort_keys=True)
             hashes[phase_id] = hashlib.sha256(text.encode()).hexdigest()
         return hashes
+
+
+    def flows(self, store: JobStore, structures: dict[str, Structure] | None = None) -> list[Flow]:
+        """One :class:`ChemicalSystemMaker` Flow per model (for jobflow-remote; ``surfflows
+        run`` runs the same jobs stage by stage). Bulk and slab jobs carry the hashes a local
+        run gives them, so either reuses the other's results; ``store`` holds a fine-tuned
+        checkpoint."""
+        structures = structures or self.load_phases()
+        flows = []
+        for model in self.model_list:
+            spec = resolve_model(model, store)
+            bulk_hashes = self.bulk_hashes(spec, structures)
+            slab_hashes = self.phase_campaign(model).input_hashes(spec, structures)
+            flow = self.maker(spec, self.plot_dir).make(
+                structures, self.targets, checkpoint_reference(spec, store)
+            )
+            for job in flow.jobs:
+                phase_id = job.name.partition(" ")[2].removeprefix("relax ")
+                if job.name.startswith("bulk relax "):
+                    job.update_metadata({BULK_HASH_KEY: bulk_hashes[phase_id]})
+                elif job.name.startswith("slabs "):
+                    job.update_metadata({INPUT_HASH_KEY: slab_hashes[phase_id]})
+            flows.append(flow)
+        return flows
+
+    def maker(self, model: ModelSpec, plot_dir: Path | None) -> ChemicalSystemMaker:
+        """The campaign's Maker for one model."""
+        return ChemicalSystemMaker(
+            surface_maker=SurfaceEnergyMaker.for_model(
+                model,
+                self.relax.fmax,
+                self.relax.max_steps,
+                self.relax.optimizer,
+                slab_settings=self.slabs,
+                chunk_size=self.relax.chunk_size,
+            ),
+            chemical_system=self.chemical_system,
+            plot_dir=None if plot_dir is None else str(plot_dir),
+        )
 
 
 def duplicate_structures(structures: dict[str, Structure]) -> list[tuple[str, str]]:
@@ -458,18 +497,7 @@ def _run_model(
     bulk_hashes = config.bulk_hashes(spec, structures)
     plot_dir = config.plot_dir or Path.cwd() / "chemsys-plots" / config.name
     plot_dir.mkdir(parents=True, exist_ok=True)
-    maker = ChemicalSystemMaker(
-        surface_maker=SurfaceEnergyMaker.for_model(
-            spec,
-            config.relax.fmax,
-            config.relax.max_steps,
-            config.relax.optimizer,
-            slab_settings=config.slabs,
-            chunk_size=config.relax.chunk_size,
-        ),
-        chemical_system=config.chemical_system,
-        plot_dir=str(plot_dir),
-    )
+    maker = config.maker(spec, plot_dir)
 
     def stage(name: str, item: str, outcome: str, computed: bool) -> None:
         (run.computed if computed else run.reused).setdefault(name, []).append(item)
