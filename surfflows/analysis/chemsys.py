@@ -188,6 +188,11 @@ def stability_region(
     diagram = ChemicalPotentialDiagram([*subsystem, shifted], formal_chempots=True)
     axes = [[str(el) for el in diagram.elements].index(el) for el in independent]
     domains = {name: np.unique(points, axis=0) for name, points in diagram.domains.items()}
+    if formula not in domains:
+        raise ValueError(
+            f"target {target} ({formula}): the stability region degenerates to a point or line "
+            "(the target only touches the hull)"
+        )
     full = domains[formula]
     ordered, size, centroid = _ordered_region(full[:, axes], f"target {target} ({formula})")
     vertices = full[[_nearest(full[:, axes], p) for p in ordered]]
@@ -284,13 +289,15 @@ def inside_region(region: StabilityRegion, points: np.ndarray, tol: float = 1e-9
     return np.all(points @ halfspaces[:, :-1].T + halfspaces[:, -1] <= tol, axis=1)
 
 
-def _cell_size(halfspaces: np.ndarray) -> float:
-    """Area (2D) or length (1D) of the convex cell ``A x + b <= 0``; 0 if empty or flat."""
+def _cell(halfspaces: np.ndarray) -> np.ndarray | None:
+    """Vertices of the convex cell ``A x + b <= 0`` (in order); None if empty or flat."""
     a, b = halfspaces[:, :-1], -halfspaces[:, -1]
     if a.shape[1] == 1:
         lo = linprog([1.0], A_ub=a, b_ub=b, bounds=[(None, None)])
         hi = linprog([-1.0], A_ub=a, b_ub=b, bounds=[(None, None)])
-        return max(hi.x[0] - lo.x[0], 0.0) if lo.success and hi.success else 0.0
+        if not (lo.success and hi.success) or hi.x[0] - lo.x[0] < MIN_REGION_SIZE:
+            return None
+        return np.array([lo.x, hi.x])
     # Chebyshev centre: the interior point HalfspaceIntersection needs.
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     c = np.zeros(a.shape[1] + 1)
@@ -302,30 +309,36 @@ def _cell_size(halfspaces: np.ndarray) -> float:
         bounds=[(None, None)] * a.shape[1] + [(0, None)],
     )
     if not centre.success or centre.x[-1] < 1e-9:
+        return None
+    corners = HalfspaceIntersection(halfspaces, centre.x[:-1]).intersections
+    return corners[ConvexHull(corners).vertices]
+
+
+def _size(cell: np.ndarray | None) -> float:
+    if cell is None:
         return 0.0
-    cell = HalfspaceIntersection(halfspaces, centre.x[:-1])
-    return float(ConvexHull(cell.intersections).volume)
+    return float(np.ptp(cell)) if cell.shape[1] == 1 else float(ConvexHull(cell).volume)
 
 
-def stable_area_fractions(
+def stable_cells(
     region: StabilityRegion, gamma_0: np.ndarray, slopes: np.ndarray
-) -> np.ndarray:
-    """Exact fraction of the region where each plane is the lowest.
+) -> list[np.ndarray | None]:
+    """Exact part of the region where each plane is the lowest (scipy halfspace intersection).
 
     The cell of plane k is the region cut by ``gamma_k <= gamma_j`` for every j (strictly
-    below for j < k, so ties go to the first plane); its area (interval length) over the
-    region's is the fraction. The fractions sum to 1.
+    below for j < k, so ties go to the first plane): a convex polygon (interval) given by its
+    vertices in order, None where plane k is nowhere the lowest. The cells tile the region.
     """
     base = region_halfspaces(region)
-    fractions = np.zeros(len(gamma_0))
+    cells = []
     for k in range(len(gamma_0)):
         rows = [
             np.append(slopes[k] - slopes[j], gamma_0[k] - gamma_0[j] + (1e-12 if j < k else 0.0))
             for j in range(len(gamma_0))
             if j != k
         ]
-        fractions[k] = _cell_size(np.vstack([base, *rows]) if rows else base) / region.area
-    return fractions
+        cells.append(_cell(np.vstack([base, *rows]) if rows else base))
+    return cells
 
 
 def termination_planes(
@@ -448,7 +461,7 @@ def termination_maps(
         gamma = evaluate_planes(gamma_0, slopes, points)
         stable = np.where(inside, gamma.argmin(axis=1), -1)
         lowest = np.where(inside, gamma.min(axis=1), np.nan)
-        fractions = stable_area_fractions(region, gamma_0, slopes)
+        cells = stable_cells(region, gamma_0, slopes)
         maps.append(
             TerminationMap(
                 miller_index=hkl,
@@ -459,7 +472,13 @@ def termination_maps(
                     for row in np.reshape(lowest, (-1, n_grid))
                 ],
                 area_fractions={
-                    p.entry_id: float(f) for p, f in zip(facet, fractions, strict=True)
+                    p.entry_id: _size(cell) / region.area
+                    for p, cell in zip(facet, cells, strict=True)
+                },
+                cells={
+                    p.entry_id: cell.tolist()
+                    for p, cell in zip(facet, cells, strict=True)
+                    if cell is not None
                 },
             )
         )

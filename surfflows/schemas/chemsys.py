@@ -160,8 +160,8 @@ class TerminationMap(BaseModel):
 
     ``stable`` and ``gamma`` are sampled on the document's grid (rows along the second
     independent element, columns along the first); points outside the region hold -1 / None.
-    ``area_fractions`` are exact: the area of the sub-polygon where each termination has the
-    lowest gamma, over the region's area.
+    ``cells`` and ``area_fractions`` are exact: the sub-polygon (sub-interval) where each
+    termination has the lowest gamma, and its area over the region's.
     """
 
     miller_index: MillerIndex = Field(description="Facet.")
@@ -172,6 +172,11 @@ class TerminationMap(BaseModel):
     gamma: list[list[float | None]] = Field(description="Lowest gamma per grid point, J/m².")
     area_fractions: dict[str, float] = Field(
         description="entry_id -> fraction of the region where it is the stable termination."
+    )
+    cells: dict[str, list[list[float]]] = Field(
+        default_factory=dict,
+        description="entry_id -> vertices (in order) of the part of the region where it is "
+        "stable, eV (terminations stable nowhere are absent).",
     )
 
 
