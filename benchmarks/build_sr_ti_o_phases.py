@@ -145,8 +145,10 @@ def main() -> None:
         for phase_id in ids:
             structure = build(phase_id)
             CifWriter(structure, symprec=1e-3).write_file(out / f"{phase_id}.cif")
-            print(f"{folder}/{phase_id}.cif: {structure.composition.reduced_formula}, "
-                  f"{len(structure)} atoms, {structure.get_space_group_info()[0]}")
+            print(
+                f"{folder}/{phase_id}.cif: {structure.composition.reduced_formula}, "
+                f"{len(structure)} atoms, {structure.get_space_group_info()[0]}"
+            )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from rich.table import Table
 
 from surfflows.cli.common import console
 from surfflows.core.text import miller_text
-from surfflows.flows.chemsys import ChemicalSystemConfig, ChemicalSystemRun, ModelRun
-from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, TerminationMapComparisonDoc
+from surfflows.flows.chemsys import ChemicalSystemConfig, ModelRun
+from surfflows.schemas.chemsys import TerminationMapComparisonDoc
 
 
 def run_chemical_system_campaign(campaign: ChemicalSystemConfig) -> None:
@@ -24,7 +24,7 @@ def run_chemical_system_campaign(campaign: ChemicalSystemConfig) -> None:
     for run in result.runs:
         print_model_run(run)
     for comparison in result.comparisons:
-        print_comparison(TerminationMapComparisonDoc.model_validate(comparison))
+        print_comparison(comparison)
     computed = sum(len(v) for r in result.runs for v in r.computed.values())
     reused = sum(len(v) for r in result.runs for v in r.reused.values())
     console.print(
@@ -44,8 +44,7 @@ def _mu(values: list[float], axes: list[str]) -> str:
 
 def print_model_run(run: ModelRun) -> None:
     """The hull, each target's polygon and its stable terminations at the centroid."""
-    for target, data in run.thermo.items():
-        doc = ChemicalSystemThermoDoc.model_validate(data)
+    for target, doc in run.thermo.items():
         region = doc.region
         title = (
             f"{target} ({doc.model_id}): E above hull {region.e_above_hull * 1000:.0f} meV/atom"
@@ -64,7 +63,9 @@ def print_model_run(run: ModelRun) -> None:
         console.print(table)
         centroid = doc.centroid
         by_id = {p.entry_id: p for p in doc.planes}
-        table = Table(title=f"stable termination per facet at the centroid ({_mu(region.centroid, region.independent)})")
+        table = Table(
+            title=f"stable termination per facet at the centroid ({_mu(region.centroid, region.independent)})"
+        )
         for column in ("facet", "termination", "slab", "γ (J/m²)", "share of region"):
             table.add_column(column, overflow="fold")
         fractions = {tuple(m.miller_index): m.area_fractions for m in doc.maps}
@@ -88,8 +89,13 @@ def print_comparison(doc: TerminationMapComparisonDoc) -> None:
         title=f"{doc.material_id}: {doc.model_b} against {doc.model_a} "
         f"(regions overlap {doc.region_overlap:.0%})"
     )
-    for column in ("facet", "agreement (common region)", "agreement (region A)",
-                   "A at centroid", "B at centroid"):
+    for column in (
+        "facet",
+        "agreement (common region)",
+        "agreement (region A)",
+        "A at centroid",
+        "B at centroid",
+    ):
         table.add_column(column, overflow="fold")
     for facet in doc.facets:
         common = "-" if facet.agreement is None else f"{facet.agreement:.0%}"

@@ -59,7 +59,7 @@ from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import stored_reference
 from surfflows.reports.query import surface_energies
-from surfflows.schemas.chemsys import ChemicalSystemThermoDoc
+from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, TerminationMapComparisonDoc
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
@@ -264,7 +264,6 @@ class ChemicalSystemConfig(BaseModel):
             hashes[phase_id] = hashlib.sha256(text.encode()).hexdigest()
         return hashes
 
-
     def flows(self, store: JobStore, structures: dict[str, Structure] | None = None) -> list[Flow]:
         """One :class:`ChemicalSystemMaker` Flow per model (for jobflow-remote; ``surfflows
         run`` runs the same jobs stage by stage). Bulk and slab jobs carry the hashes a local
@@ -351,7 +350,6 @@ def _tagged(flow_or_job: Flow | Job, key: str, value: str) -> Flow:
     return flow
 
 
-
 class ModelRun(BaseModel):
     """What one model's pass over a chemical-system campaign did."""
 
@@ -370,9 +368,8 @@ class ModelRun(BaseModel):
     seconds: dict[str, float] = Field(
         default_factory=dict, description="Stage -> wall time of this run, s."
     )
-    thermo: dict[str, dict] = Field(
-        default_factory=dict,
-        description="Target -> its ChemicalSystemThermoDoc (as stored, JSON).",
+    thermo: dict[str, ChemicalSystemThermoDoc] = Field(
+        default_factory=dict, description="Target -> its document (computed or stored)."
     )
     slab_hashes: dict[str, str] = Field(
         default_factory=dict, description="Target -> input hash of its slabs (plain campaign)."
@@ -383,9 +380,9 @@ class ChemicalSystemRun(BaseModel):
     """One run of a chemical-system campaign: per model, and the models compared."""
 
     runs: list[ModelRun] = Field(default_factory=list, description="One per model, in order.")
-    comparisons: list[dict] = Field(
-        default_factory=list, description="TerminationMapComparisonDoc (JSON) per target and "
-        "pair (first model, other model).",
+    comparisons: list[TerminationMapComparisonDoc] = Field(
+        default_factory=list,
+        description="Per target and pair (first model, each other model).",
     )
 
     @property
@@ -453,13 +450,11 @@ def run_chemical_system(
     with Progress(disable=not progress, transient=False) as bar:
         for model, spec in zip(config.model_list, specs, strict=True):
             result.runs.append(_run_model(config, model, spec, structures, store, bar, progress))
-    docs = [{t: ChemicalSystemThermoDoc.model_validate(d) for t, d in r.thermo.items()} for r in
-            result.runs]
-    for other in docs[1:]:
-        for target, doc in docs[0].items():
-            if target in other:
-                comparison = compare_termination_maps(doc, other[target])
-                result.comparisons.append(comparison.model_dump(mode="json"))
+    first, *others = result.runs
+    for other in others:
+        for target, doc in first.thermo.items():
+            if target in other.thermo:
+                result.comparisons.append(compare_termination_maps(doc, other.thermo[target]))
     return result
 
 
@@ -509,7 +504,11 @@ def _run_model(
             outputs = _run(flow, store)
         except Exception as exc:  # one item's crash does not stop the others
             run.errors[f"{name} {item}"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            _say(bar, progress, f"{spec.model_id} {name} {item}: error: {run.errors[f'{name} {item}']}")
+            _say(
+                bar,
+                progress,
+                f"{spec.model_id} {name} {item}: error: {run.errors[f'{name} {item}']}",
+            )
             return None
         stage(name, item, f"computed in {time.perf_counter() - start:.0f} s", True)
         return outputs
@@ -574,7 +573,10 @@ def _run_model(
             stage("slabs", target, "stored with the same inputs", False)
         else:
             slabs = maker.surface_maker.slabs(bulks[target], target, checkpoint)
-            if attempt("slabs", target, _tagged(slabs, INPUT_HASH_KEY, slab_hashes[target])) is None:
+            if (
+                attempt("slabs", target, _tagged(slabs, INPUT_HASH_KEY, slab_hashes[target]))
+                is None
+            ):
                 bar.advance(task)
                 continue
         criteria = {f"metadata.{INPUT_HASH_KEY}": slab_hashes[target]}
@@ -591,11 +593,11 @@ def _run_model(
         stored = stored_thermo(store, key)
         if stored is not None:
             stage("thermo", target, "stored with the same inputs", False)
-            run.thermo[target] = stored.model_dump(mode="json")
+            run.thermo[target] = stored
             continue
         job = maker.thermo_job(target, bulks, references, target_surfaces)
         outputs = attempt("thermo", target, _tagged(job, THERMO_HASH_KEY, key))
         if outputs is not None:
-            run.thermo[target] = outputs[job.uuid].model_dump(mode="json")
+            run.thermo[target] = outputs[job.uuid]
     run.seconds["thermo"] = time.perf_counter() - start
     return run

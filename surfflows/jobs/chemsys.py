@@ -29,12 +29,12 @@ from surfflows.analysis.chemsys import (
 from surfflows.core.slabs import SlabSettings
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import elemental_reference
+from surfflows.reports.chemsys_plots import region_wulff_plot, termination_map_plot
 from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, PhaseEnergy
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
 from surfflows.schemas.thermo import ElementReferenceDoc
-
 
 
 def hull_energies(
@@ -87,8 +87,6 @@ def chemical_system_thermo(
     maps, Wulff shapes at the vertices and centroid) go to ``plot_dir`` (default: the job's
     working directory); their paths are on the document.
     """
-    from surfflows.reports.chemsys_plots import region_wulff_plot, termination_map_plot
-
     phases, potentials, _ = hull_energies(bulks, references)
     doc = thermo_document(bulks[target], surfaces, phases, potentials)
     doc.chemical_system = list(chemical_system)
@@ -140,16 +138,12 @@ class ChemicalSystemMaker(Maker):
     ) -> Job:
         """Relaxation of one phase (free cell), named ``bulk relax <phase_id>``."""
         maker = self.surface_maker.bulk_relax_maker
-        return replace(maker, name=f"{maker.name} {phase_id}").make(
-            structure, phase_id, checkpoint
-        )
+        return replace(maker, name=f"{maker.name} {phase_id}").make(structure, phase_id, checkpoint)
 
     def reference_job(self, element: str, checkpoint: str | OutputReference | None) -> Job:
         """The model's elemental reference of ``element`` (O2 in a box, a metal's prototypes)."""
         bulk = self.surface_maker.bulk_relax_maker
-        reference = elemental_reference(
-            element, self.model, bulk.fmax, bulk.max_steps, checkpoint
-        )
+        reference = elemental_reference(element, self.model, bulk.fmax, bulk.max_steps, checkpoint)
         reference.name = f"{element} reference {self.model.model_id}"
         return reference
 
