@@ -126,11 +126,13 @@ def plot(slabs: list[dict], split: dict[str, float] | None, title: str, path: Pa
 def run(configs: list[Path]) -> dict:
     """Run every campaign file in turn, then the builders; the figures as a dict."""
     from surfflows.builders import configured_builders, run_builders
+    from surfflows.cli.common import quiet_library_warnings
     from surfflows.flows.campaign import CampaignConfig
     from surfflows.flows.chemsys import run_chemical_system
     from surfflows.settings import get_settings
     from surfflows.stores import get_job_store, writer_lock
 
+    quiet_library_warnings()
     settings = get_settings()
     if settings.torch_threads:
         import torch
