@@ -23,8 +23,9 @@ def run_chemical_system_campaign(campaign: ChemicalSystemConfig) -> None:
     elapsed = time.perf_counter() - start
     for run in result.runs:
         print_model_run(run)
+    labels = {r.model_id: r.label for r in result.runs}
     for comparison in result.comparisons:
-        print_comparison(comparison)
+        print_comparison(comparison, labels)
     computed = sum(len(v) for r in result.runs for v in r.computed.values())
     reused = sum(len(v) for r in result.runs for v in r.reused.values())
     console.print(
@@ -47,10 +48,12 @@ def print_model_run(run: ModelRun) -> None:
     for target, doc in run.thermo.items():
         region = doc.region
         title = (
-            f"{target} ({doc.model_id}): E above hull {region.e_above_hull * 1000:.0f} meV/atom"
+            f"{target} ({run.label}): E above hull {region.e_above_hull * 1000:.0f} meV/atom"
             f"{'' if region.stable else ' (above the hull: ' + (region.reason or '') + ')'}"
         )
-        table = Table(title=f"{title}\nstability region in ({', '.join(region.independent)}), eV")
+        console.print(f"\n[bold]{title}[/]", highlight=False)
+        console.print(f"stability region in Δμ of {', '.join(region.independent)} (eV):")
+        table = Table()
         for column in ("vertex", "Δμ", "coexisting phases", "edge to next: competing phase"):
             table.add_column(column, overflow="fold")
         for i, vertex in enumerate(region.vertices):
@@ -63,9 +66,9 @@ def print_model_run(run: ModelRun) -> None:
         console.print(table)
         centroid = doc.centroid
         by_id = {p.entry_id: p for p in doc.planes}
-        table = Table(
-            title=f"stable termination per facet at the centroid ({_mu(region.centroid, region.independent)})"
-        )
+        where = _mu(region.centroid, region.independent)
+        console.print(f"stable termination per facet at the centroid ({where}):")
+        table = Table()
         for column in ("facet", "termination", "slab", "γ (J/m²)", "share of region"):
             table.add_column(column, overflow="fold")
         fractions = {tuple(m.miller_index): m.area_fractions for m in doc.maps}
@@ -83,12 +86,16 @@ def print_model_run(run: ModelRun) -> None:
         console.print(f"PNGs: {doc.map_png}\n      {doc.wulff_png}", highlight=False)
 
 
-def print_comparison(doc: TerminationMapComparisonDoc) -> None:
-    """Agreement of two models' termination maps per facet, and their centroid Wulff shapes."""
-    table = Table(
-        title=f"{doc.material_id}: {doc.model_b} against {doc.model_a} "
-        f"(regions overlap {doc.region_overlap:.0%})"
+def print_comparison(doc: TerminationMapComparisonDoc, labels: dict[str, str]) -> None:
+    """Agreement of two models' termination maps per facet, and their centroid Wulff shapes
+    (``labels``: model id -> what to print)."""
+    a, b = labels.get(doc.model_a, doc.model_a), labels.get(doc.model_b, doc.model_b)
+    console.print(
+        f"\n[bold]{doc.material_id}: {b} (B) against {a} (A)[/], stable terminations; the "
+        f"regions overlap {doc.region_overlap:.0%} (intersection over union)",
+        highlight=False,
     )
+    table = Table()
     for column in (
         "facet",
         "agreement (common region)",
@@ -111,8 +118,8 @@ def print_comparison(doc: TerminationMapComparisonDoc) -> None:
     if wulff is not None:
         console.print(
             f"Wulff at the centroid: Kendall tau {wulff.kendall_tau}, lowest facet "
-            f"{miller_text(wulff.lowest_facet_reference)} ({doc.model_a}) vs "
-            f"{miller_text(wulff.lowest_facet_model)} ({doc.model_b}), mean |Δ area fraction| "
+            f"{miller_text(wulff.lowest_facet_reference)} (A) vs "
+            f"{miller_text(wulff.lowest_facet_model)} (B), mean |Δ area fraction| "
             f"{wulff.mean_abs_area_fraction_difference}",
             highlight=False,
         )

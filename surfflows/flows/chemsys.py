@@ -354,6 +354,7 @@ class ModelRun(BaseModel):
     """What one model's pass over a chemical-system campaign did."""
 
     model_id: str = Field(description="Model id.")
+    label: str = Field(description="What people read (a packaged model's name, its id).")
     targets: list[str] = Field(default_factory=list, description="Targets of this model.")
     computed: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -388,7 +389,7 @@ class ChemicalSystemRun(BaseModel):
     @property
     def errors(self) -> dict[str, str]:
         """Every error, prefixed with its model."""
-        return {f"{r.model_id}: {k}": v for r in self.runs for k, v in r.errors.items()}
+        return {f"{r.label}: {k}": v for r in self.runs for k, v in r.errors.items()}
 
 
 def _decode(doc: dict | None):
@@ -486,7 +487,7 @@ def _run_model(
     progress: bool,
 ) -> ModelRun:
     """One model's pass: bulks -> hull -> slabs -> thermo, each item skipped when stored."""
-    run = ModelRun(model_id=spec.model_id)
+    run = ModelRun(model_id=spec.model_id, label=spec.label)
     checkpoint = checkpoint_reference(spec, store)
     slab_hashes = config.phase_campaign(model).input_hashes(spec, structures)
     bulk_hashes = config.bulk_hashes(spec, structures)
@@ -496,7 +497,7 @@ def _run_model(
 
     def stage(name: str, item: str, outcome: str, computed: bool) -> None:
         (run.computed if computed else run.reused).setdefault(name, []).append(item)
-        _say(bar, progress, f"{spec.model_id} {name} {item}: {outcome}")
+        _say(bar, progress, f"{spec.label} {name} {item}: {outcome}")
 
     def attempt(name: str, item: str, flow: Flow) -> dict | None:
         start = time.perf_counter()
@@ -507,7 +508,7 @@ def _run_model(
             _say(
                 bar,
                 progress,
-                f"{spec.model_id} {name} {item}: error: {run.errors[f'{name} {item}']}",
+                f"{spec.label} {name} {item}: error: {run.errors[f'{name} {item}']}",
             )
             return None
         stage(name, item, f"computed in {time.perf_counter() - start:.0f} s", True)
@@ -515,9 +516,7 @@ def _run_model(
 
     # 1. bulks: every phase, then the elemental references
     start = time.perf_counter()
-    task = bar.add_task(
-        f"{spec.model_id}: bulks", total=len(structures) + len(config.chemical_system)
-    )
+    task = bar.add_task(f"{spec.label}: bulks", total=len(structures) + len(config.chemical_system))
     bulks: dict[str, BulkRelaxDoc] = {}
     for phase_id, structure in structures.items():
         doc = stored_bulk(store, bulk_hashes[phase_id], slab_hashes[phase_id])
@@ -559,16 +558,16 @@ def _run_model(
     for target in sorted(set(targets) - set(run.targets)):
         run.errors.setdefault(f"bulk {target}", "no converged bulk relaxation")
     run.seconds["hull"] = time.perf_counter() - start
-    _say(bar, progress, f"{spec.model_id} targets: {', '.join(run.targets)}")
+    _say(bar, progress, f"{spec.label} targets: {', '.join(run.targets)}")
 
     # 3. slabs of each target, in chunks
     start = time.perf_counter()
     run.slab_hashes = {t: slab_hashes[t] for t in run.targets}
     done = completed_hashes(store, list(run.slab_hashes.values()))
-    task = bar.add_task(f"{spec.model_id}: slabs", total=len(run.targets))
+    task = bar.add_task(f"{spec.label}: slabs", total=len(run.targets))
     surfaces: dict[str, list[SurfaceEnergyDoc]] = {}
     for target in run.targets:
-        bar.update(task, description=f"{spec.model_id}: slabs {target}")
+        bar.update(task, description=f"{spec.label}: slabs {target}")
         if slab_hashes[target] in done:
             stage("slabs", target, "stored with the same inputs", False)
         else:
