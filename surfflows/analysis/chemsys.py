@@ -554,6 +554,7 @@ def chemical_system_thermo(
     independent: Sequence[str] | None = None,
     n_grid: int = 61,
     margin: float = DEFAULT_MARGIN,
+    target: str | None = None,
 ) -> ChemicalSystemThermoDoc:
     """The surface phase diagram of one target under one model.
 
@@ -576,6 +577,8 @@ def chemical_system_thermo(
         Grid points per axis of the termination maps.
     margin
         For a target above the hull, see :func:`stability_region`.
+    target
+        Name of the target among ``phases`` (default: the bulk's ``material_id``).
 
     Raises
     ------
@@ -590,7 +593,7 @@ def chemical_system_thermo(
         if models - {bulk.model_id}:
             raise ValueError(f"bulk is from {bulk.model_id}, references from {sorted(models)}")
         elemental_refs = elemental_potentials(elemental_refs)
-    target = PhaseEnergy.from_bulk(bulk)
+    target = PhaseEnergy.from_bulk(bulk, name=target)
     others = []
     for phase in phases:
         if phase.name != target.name:
@@ -609,7 +612,7 @@ def chemical_system_thermo(
         raise ValueError(f"{bulk.material_id}: no usable slab ({len(excluded)} excluded)")
     grid_axes, maps = termination_maps(region, planes, n_grid)
     return ChemicalSystemThermoDoc(
-        material_id=bulk.material_id,
+        material_id=target.name,
         formula=region.formula,
         model_id=bulk.model_id,
         chemical_system=sorted(
@@ -634,7 +637,7 @@ def compare_termination_maps(
     """Where two models agree on the stable termination, and their centroid Wulff shapes.
 
     Both models' planes are evaluated on one grid over the union of the two regions;
-    terminations match by facet and termination label. Per facet: the fraction of grid points
+    terminations match by facet, termination label and slab formula. Per facet: the fraction of grid points
     in both regions where the stable labels agree (None if the regions do not overlap), and
     the same fraction over region A. The Wulff shapes at each model's own centroid are
     compared with :func:`surfflows.analysis.wulff.compare_wulff` (Kendall tau, area fractions),
@@ -662,7 +665,9 @@ def compare_termination_maps(
         for facet in (facets_a[hkl], facets_b[hkl]):
             gamma_0, slopes = _plane_arrays(facet, ra.independent)
             lowest = evaluate_planes(gamma_0, slopes, points).argmin(axis=1)
-            labels.append(np.array([facet[i].termination for i in lowest]))
+            labels.append(
+                np.array([f"{facet[i].termination} {facet[i].slab_formula}" for i in lowest])
+            )
         agree = labels[0] == labels[1]
         centroid = doc_a.centroid.delta_mu
         rows.append(
