@@ -637,11 +637,11 @@ def compare_termination_maps(
     """Where two models agree on the stable termination, and their centroid Wulff shapes.
 
     Both models' planes are evaluated on one grid over the union of the two regions;
-    terminations match by facet, termination label and slab formula. Per facet: the fraction of grid points
-    in both regions where the stable labels agree (None if the regions do not overlap), and
-    the same fraction over region A. The Wulff shapes at each model's own centroid are
-    compared with :func:`surfflows.analysis.wulff.compare_wulff` (Kendall tau, area fractions),
-    A as the reference.
+    terminations match by facet, termination label and slab formula. Per facet: the fraction
+    of grid points in both regions where the stable terminations agree (None if the regions
+    do not overlap), and the same fraction over region A. The Wulff shapes at each model's
+    own centroid are compared with :func:`surfflows.analysis.wulff.compare_wulff` (Kendall
+    tau, area fractions), A as the reference.
 
     Raises
     ------

@@ -246,8 +246,9 @@ class TerminationMapComparisonDoc(OutputDoc):
     """Two models' termination maps and centroid Wulff shapes for one target.
 
     Terminations match by facet, termination label and slab formula (the slabs are cut the
-    same way from each model's relaxed bulk). Regions differ between models (each has its own hull): the
-    agreement is measured on a grid over their intersection, and again over region A alone.
+    same way from each model's relaxed bulk). Regions differ between models (each has its own
+    hull): the agreement is measured on a grid over their intersection, and again over region A
+    alone.
     """
 
     material_id: str = Field(description="Target.")
