@@ -31,6 +31,7 @@ from surfflows.core.chempot import (
     surface_energy_plane,
 )
 from surfflows.core.slabs import SlabSettings, generate_slabs
+from surfflows.core.text import miller_text
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
 from surfflows.engine.relax import RelaxResult
 from surfflows.reports.chemsys_plots import region_wulff_plot, termination_map_plot
@@ -315,7 +316,7 @@ def test_points_and_wulff_shapes(doc):
     assert doc.n_facets == 3 and doc.n_slabs == 6 and not doc.excluded
     for point in doc.points:
         for facet, entry in point.stable.items():
-            same_facet = [p for p in doc.planes if p.entry_id.split("|")[1] == facet]
+            same_facet = [p for p in doc.planes if miller_text(p.miller_index) == facet]
             assert point.gamma[entry] == min(point.gamma[p.entry_id] for p in same_facet)
         assert point.wulff.weighted_surface_energy is not None
         mu = point.mu

@@ -62,6 +62,9 @@ MIN_REGION_SIZE = 1e-6
 #: Points of chemical-potential space closer than this (eV) are the same point.
 POINT_TOLERANCE = 1e-6
 
+#: Fields that name a slab termination on every document.
+SLAB_KEYS = {"miller_index", "shift", "termination"}
+
 
 def elemental_potentials(references: Sequence[ElementReferenceDoc]) -> dict[str, float]:
     """Element -> the model's reference energy per atom (``E(O2) / 2`` for oxygen).
@@ -372,20 +375,13 @@ def termination_planes(
             except ValueError as exc:
                 reason = str(exc)
         if reason is not None:
-            excluded.append(
-                ExcludedSlab(
-                    miller_index=doc.miller_index,
-                    shift=doc.shift,
-                    termination=doc.termination,
-                    reason=reason,
-                )
-            )
+            excluded.append(ExcludedSlab(**doc.model_dump(include=SLAB_KEYS), reason=reason))
             continue
         seen.add(key)
+        hkl = miller_text(doc.miller_index, compact=True)
         planes.append(
             TerminationPlane(
-                entry_id=f"{bulk.material_id}|{miller_text(doc.miller_index)}|{doc.shift}|"
-                f"{doc.termination}",
+                entry_id=f"{bulk.material_id}|({hkl})|{doc.shift}|{doc.termination}",
                 miller_index=doc.miller_index,
                 shift=doc.shift,
                 termination=doc.termination,
