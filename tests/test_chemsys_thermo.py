@@ -348,11 +348,16 @@ def test_compare_termination_maps():
     assert comparison.region_overlap == pytest.approx(1.0)
     by_facet = {tuple(f.miller_index): f for f in comparison.facets}
     assert by_facet[(1, 1, 0)].agreement == pytest.approx(1.0)
-    # The (100) crossing moved from Δμ_Sr + Δμ_O = -7.0 to -6.7: they disagree in between.
-    assert 0.0 < by_facet[(1, 0, 0)].agreement < 1.0
+    # The (100) crossing moved from Δμ_Sr + Δμ_O = -7.0 to -6.7: they disagree on the strip
+    # between the two lines, cut from the pentagon at (-6.7, 0), (-7, 0), vertex (-2.6, -4.4)
+    # and (-2.0, -4.7) on the TiO edge.
+    strip = shoelace([(-6.7, 0.0), (-7.0, 0.0), (-2.6, -4.4), (-2.0, -4.7)])
+    expected = 1 - strip / same.region.area
+    assert by_facet[(1, 0, 0)].agreement == pytest.approx(expected, abs=1e-9)
+    assert by_facet[(1, 0, 0)].agreement_on_a == pytest.approx(expected, abs=1e-9)
     assert comparison.wulff_at_centroid.n_facets == 3
     identical = compare_termination_maps(same, same)
-    assert all(f.agreement == 1.0 for f in identical.facets)
+    assert all(f.agreement == pytest.approx(1.0) for f in identical.facets)
     assert identical.wulff_at_centroid.kendall_tau == pytest.approx(1.0)
 
 
@@ -379,6 +384,12 @@ def test_binary_target_maps_an_interval(tmp_path):
     assert centroid.delta_mu == pytest.approx({"O": -2.0})
     assert mu_sum(centroid.mu, rutile) == pytest.approx(bulk.energy)
     assert termination_map_plot(doc, tmp_path / "map.png").stat().st_size > 5_000
+
+
+def shoelace(vertices: list[tuple[float, float]]) -> float:
+    """Area of a polygon from its vertices in order."""
+    x, y = np.array(vertices).T
+    return abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) / 2
 
 
 def mu_sum(mu: dict[str, float], structure: Structure) -> float:
