@@ -31,6 +31,7 @@ from surfflows.core.chempot import (
     surface_energy_plane,
 )
 from surfflows.core.slabs import SlabSettings, generate_slabs
+from surfflows.core.text import miller_text
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
 from surfflows.engine.relax import RelaxResult
 from surfflows.reports.chemsys_plots import region_wulff_plot, termination_map_plot
@@ -217,44 +218,64 @@ def _result(structure: Structure, energy: float) -> RelaxResult:
 CROSSING, GAMMA_AT_CROSSING = -7.0, 0.07
 
 
+def slab_documents(
+    bulk: BulkRelaxDoc, settings: SlabSettings, independent: list[str], gamma_0_of
+) -> list[SurfaceEnergyDoc]:
+    """Surface-energy documents of real slabs of ``bulk`` with energies built backwards.
+
+    ``gamma_0_of(candidate, slopes, index)`` gives each slab's gamma at Δμ = 0 (eV/Å²); the
+    slab energy follows from the plane's definition (see surfflows.core.chempot).
+    """
+    surfaces = []
+    for index, candidate in enumerate(generate_slabs(bulk.structure, settings)):
+        _, slopes, n_units, excess = surface_energy_plane(
+            0.0,
+            candidate.structure.composition,
+            bulk.energy,
+            bulk.structure.composition,
+            candidate.area,
+            MU0,
+            independent,
+        )
+        gamma_0 = gamma_0_of(candidate, slopes, index)
+        energy = (
+            2 * candidate.area * gamma_0
+            + n_units * bulk.energy
+            + sum(e * MU0[el] for el, e in excess.items())
+        )
+        slab = SlabRelaxDoc.from_result(
+            _result(candidate.structure, energy), bulk.model, 0.05, bulk.material_id, candidate
+        )
+        slab.model_id = bulk.model_id
+        surfaces.append(SurfaceEnergyDoc.from_relaxations(slab, bulk))
+    return surfaces
+
+
+def bulk_document(structure: Structure, name: str, model: str) -> BulkRelaxDoc:
+    """A converged bulk relaxation of ``structure`` with the hand-made hull's energy."""
+    spec = ModelSpec(kind="calculator", force_field_name="ase.calculators.emt.EMT")
+    n_fu = structure.composition.get_reduced_composition_and_factor()[1]
+    energy = phase(structure.composition.reduced_formula, FORMATION[name]).energy * n_fu
+    bulk = BulkRelaxDoc.from_result(_result(structure, energy), spec, 0.05, name)
+    bulk.model_id = model
+    return bulk
+
+
 def campaign(
     model: str = MODEL, crossing: float = CROSSING
 ) -> tuple[BulkRelaxDoc, list[SurfaceEnergyDoc]]:
     """SrTiO3 bulk and slab documents whose gamma planes are chosen (see CROSSING)."""
-    spec = ModelSpec(kind="calculator", force_field_name="ase.calculators.emt.EMT")
-    bulk_structure = srtio3()
-    e_bulk = FORMATION["SrTiO3"] + sum(MU0.values()) + 2 * MU0["O"]
-    bulk = BulkRelaxDoc.from_result(_result(bulk_structure, e_bulk), spec, 0.05, "SrTiO3")
-    bulk.model_id = model
-    surfaces = []
-    for candidate in generate_slabs(bulk_structure, SETTINGS):
-        _, slopes, n_units, excess = surface_energy_plane(
-            0.0,
-            candidate.structure.composition,
-            e_bulk,
-            bulk.structure.composition,
-            candidate.area,
-            MU0,
-            ["Sr", "O"],
-        )
+    bulk = bulk_document(srtio3(), "SrTiO3", model)
+
+    def gamma_0_of(candidate, slopes: dict[str, float], index: int) -> float:
         if tuple(candidate.miller_index) == (1, 0, 0):
             # gamma = GAMMA_AT_CROSSING - slope_sum * (crossing - (Δμ_Sr + Δμ_O)).
-            gamma_0 = GAMMA_AT_CROSSING - slopes["Sr"] * crossing
-        else:
-            # Other facets: gamma at least 0.05 eV/Å² over the whole region, distinct per slab.
-            lowest = min(slopes["Sr"] * x + slopes["O"] * y for x, y in ANALYTIC_VERTICES.values())
-            gamma_0 = 0.05 + 0.01 * len(surfaces) - lowest
-        energy = (
-            2 * candidate.area * gamma_0
-            + n_units * e_bulk
-            + sum(e * MU0[el] for el, e in excess.items())
-        )
-        slab = SlabRelaxDoc.from_result(
-            _result(candidate.structure, energy), spec, 0.05, "SrTiO3", candidate
-        )
-        slab.model_id = model
-        surfaces.append(SurfaceEnergyDoc.from_relaxations(slab, bulk))
-    return bulk, surfaces
+            return GAMMA_AT_CROSSING - slopes["Sr"] * crossing
+        # Other facets: gamma at least 0.05 eV/Å² over the whole region, distinct per slab.
+        lowest = min(slopes["Sr"] * x + slopes["O"] * y for x, y in ANALYTIC_VERTICES.values())
+        return 0.05 + 0.01 * index - lowest
+
+    return bulk, slab_documents(bulk, SETTINGS, ["Sr", "O"], gamma_0_of)
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +316,7 @@ def test_points_and_wulff_shapes(doc):
     assert doc.n_facets == 3 and doc.n_slabs == 6 and not doc.excluded
     for point in doc.points:
         for facet, entry in point.stable.items():
-            same_facet = [p for p in doc.planes if p.entry_id.split("|")[1] == facet]
+            same_facet = [p for p in doc.planes if miller_text(p.miller_index) == facet]
             assert point.gamma[entry] == min(point.gamma[p.entry_id] for p in same_facet)
         assert point.wulff.weighted_surface_energy is not None
         mu = point.mu
@@ -327,11 +348,16 @@ def test_compare_termination_maps():
     assert comparison.region_overlap == pytest.approx(1.0)
     by_facet = {tuple(f.miller_index): f for f in comparison.facets}
     assert by_facet[(1, 1, 0)].agreement == pytest.approx(1.0)
-    # The (100) crossing moved from Δμ_Sr + Δμ_O = -7.0 to -6.7: they disagree in between.
-    assert 0.0 < by_facet[(1, 0, 0)].agreement < 1.0
+    # The (100) crossing moved from Δμ_Sr + Δμ_O = -7.0 to -6.7: they disagree on the strip
+    # between the two lines, cut from the pentagon at (-6.7, 0), (-7, 0), vertex (-2.6, -4.4)
+    # and (-2.0, -4.7) on the TiO edge.
+    strip = shoelace([(-6.7, 0.0), (-7.0, 0.0), (-2.6, -4.4), (-2.0, -4.7)])
+    expected = 1 - strip / same.region.area
+    assert by_facet[(1, 0, 0)].agreement == pytest.approx(expected, abs=1e-9)
+    assert by_facet[(1, 0, 0)].agreement_on_a == pytest.approx(expected, abs=1e-9)
     assert comparison.wulff_at_centroid.n_facets == 3
     identical = compare_termination_maps(same, same)
-    assert all(f.agreement == 1.0 for f in identical.facets)
+    assert all(f.agreement == pytest.approx(1.0) for f in identical.facets)
     assert identical.wulff_at_centroid.kendall_tau == pytest.approx(1.0)
 
 
@@ -339,3 +365,33 @@ def test_target_energy_must_match_its_bulk():
     bulk, surfaces = campaign()
     with pytest.raises(ValueError, match=r"phase SrTiO3: energy .* differs"):
         chemical_system_thermo(bulk, surfaces, phases(SrTiO3=-16.0), MU0)
+
+
+def test_binary_target_maps_an_interval(tmp_path):
+    rutile = Structure.from_spacegroup(
+        "P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"], [[0, 0, 0], [0.3048, 0.3048, 0]]
+    )
+    bulk = bulk_document(rutile, "TiO2", MODEL)
+    settings = SlabSettings(miller_indices=[(1, 1, 0), (0, 0, 1)], min_slab_size=5.0)
+    # gamma = 0.06 eV/Å² at Δμ_O = -2 (the middle of TiO2's interval [-4, 0]) for every slab.
+    surfaces = slab_documents(bulk, settings, ["O"], lambda c, s, i: 0.06 + 2 * s["O"] + 0.001 * i)
+    doc = chemical_system_thermo(bulk, surfaces, phases(), MU0, n_grid=41)
+    assert doc.region.independent == ["O"] and doc.grid_axes[0][0] == pytest.approx(-4.0)
+    for facet in doc.maps:
+        assert sum(facet.area_fractions.values()) == pytest.approx(1.0)
+        assert all(len(cell) == 2 for cell in facet.cells.values())
+    centroid = doc.centroid
+    assert centroid.delta_mu == pytest.approx({"O": -2.0})
+    assert mu_sum(centroid.mu, rutile) == pytest.approx(bulk.energy)
+    assert termination_map_plot(doc, tmp_path / "map.png").stat().st_size > 5_000
+
+
+def shoelace(vertices: list[tuple[float, float]]) -> float:
+    """Area of a polygon from its vertices in order."""
+    x, y = np.array(vertices).T
+    return abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) / 2
+
+
+def mu_sum(mu: dict[str, float], structure: Structure) -> float:
+    """sum_X n_X mu_X over the atoms of ``structure``."""
+    return sum(mu[el] * n for el, n in structure.composition.get_el_amt_dict().items())

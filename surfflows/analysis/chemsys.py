@@ -62,6 +62,9 @@ MIN_REGION_SIZE = 1e-6
 #: Points of chemical-potential space closer than this (eV) are the same point.
 POINT_TOLERANCE = 1e-6
 
+#: Fields that name a slab termination on every document.
+SLAB_KEYS = {"miller_index", "shift", "termination"}
+
 
 def elemental_potentials(references: Sequence[ElementReferenceDoc]) -> dict[str, float]:
     """Element -> the model's reference energy per atom (``E(O2) / 2`` for oxygen).
@@ -274,13 +277,23 @@ def _ordered_region(points: np.ndarray, what: str) -> tuple[np.ndarray, float, n
     return ordered, float(hull.volume), centroid
 
 
-def region_halfspaces(region: StabilityRegion) -> np.ndarray:
-    """The region as halfspaces ``A x + b <= 0``, rows ``[A, b]`` (scipy's convention)."""
-    vertices = np.asarray(region.vertices)
+def halfspaces(vertices: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """A convex polygon (interval) as halfspaces ``A x + b <= 0``, rows ``[A, b]`` (scipy)."""
+    vertices = np.asarray(vertices, dtype=float)
     if vertices.shape[1] == 1:
         lo, hi = vertices.min(), vertices.max()
         return np.array([[-1.0, lo], [1.0, -hi]])
     return ConvexHull(vertices).equations
+
+
+def region_halfspaces(region: StabilityRegion) -> np.ndarray:
+    """The region as halfspaces ``A x + b <= 0`` (see :func:`halfspaces`)."""
+    return halfspaces(region.vertices)
+
+
+def intersection_size(*cells: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """Area (length) of the intersection of convex polygons (intervals) given by vertices."""
+    return _size(_cell(np.vstack([halfspaces(c) for c in cells])))
 
 
 def inside_region(region: StabilityRegion, points: np.ndarray, tol: float = 1e-9) -> np.ndarray:
@@ -372,20 +385,13 @@ def termination_planes(
             except ValueError as exc:
                 reason = str(exc)
         if reason is not None:
-            excluded.append(
-                ExcludedSlab(
-                    miller_index=doc.miller_index,
-                    shift=doc.shift,
-                    termination=doc.termination,
-                    reason=reason,
-                )
-            )
+            excluded.append(ExcludedSlab(**doc.model_dump(include=SLAB_KEYS), reason=reason))
             continue
         seen.add(key)
+        hkl = miller_text(doc.miller_index, compact=True)
         planes.append(
             TerminationPlane(
-                entry_id=f"{bulk.material_id}|{miller_text(doc.miller_index)}|{doc.shift}|"
-                f"{doc.termination}",
+                entry_id=f"{bulk.material_id}|({hkl})|{doc.shift}|{doc.termination}",
                 miller_index=doc.miller_index,
                 shift=doc.shift,
                 termination=doc.termination,
@@ -554,6 +560,7 @@ def chemical_system_thermo(
     independent: Sequence[str] | None = None,
     n_grid: int = 61,
     margin: float = DEFAULT_MARGIN,
+    target: str | None = None,
 ) -> ChemicalSystemThermoDoc:
     """The surface phase diagram of one target under one model.
 
@@ -576,6 +583,8 @@ def chemical_system_thermo(
         Grid points per axis of the termination maps.
     margin
         For a target above the hull, see :func:`stability_region`.
+    target
+        Name of the target among ``phases`` (default: the bulk's ``material_id``).
 
     Raises
     ------
@@ -590,7 +599,7 @@ def chemical_system_thermo(
         if models - {bulk.model_id}:
             raise ValueError(f"bulk is from {bulk.model_id}, references from {sorted(models)}")
         elemental_refs = elemental_potentials(elemental_refs)
-    target = PhaseEnergy.from_bulk(bulk)
+    target = PhaseEnergy.from_bulk(bulk, name=target)
     others = []
     for phase in phases:
         if phase.name != target.name:
@@ -609,7 +618,7 @@ def chemical_system_thermo(
         raise ValueError(f"{bulk.material_id}: no usable slab ({len(excluded)} excluded)")
     grid_axes, maps = termination_maps(region, planes, n_grid)
     return ChemicalSystemThermoDoc(
-        material_id=bulk.material_id,
+        material_id=target.name,
         formula=region.formula,
         model_id=bulk.model_id,
         chemical_system=sorted(
@@ -629,16 +638,17 @@ def chemical_system_thermo(
 
 
 def compare_termination_maps(
-    doc_a: ChemicalSystemThermoDoc, doc_b: ChemicalSystemThermoDoc, n_grid: int = 81
+    doc_a: ChemicalSystemThermoDoc, doc_b: ChemicalSystemThermoDoc
 ) -> TerminationMapComparisonDoc:
     """Where two models agree on the stable termination, and their centroid Wulff shapes.
 
-    Both models' planes are evaluated on one grid over the union of the two regions;
-    terminations match by facet and termination label. Per facet: the fraction of grid points
-    in both regions where the stable labels agree (None if the regions do not overlap), and
-    the same fraction over region A. The Wulff shapes at each model's own centroid are
-    compared with :func:`surfflows.analysis.wulff.compare_wulff` (Kendall tau, area fractions),
-    A as the reference.
+    Exact geometry (scipy halfspace intersections of the stored cells): per facet, the
+    fraction of the intersection of the two regions where the stable terminations agree (None
+    if the regions do not overlap), and the same fraction over region A with B's planes
+    evaluated there; terminations match by facet, termination label and slab formula. The
+    region overlap is intersection over union. The Wulff shapes at each model's
+    own centroid are compared with :func:`surfflows.analysis.wulff.compare_wulff` (Kendall
+    tau, area fractions), A as the reference.
 
     Raises
     ------
@@ -651,31 +661,46 @@ def compare_termination_maps(
             f"cannot compare {doc_a.formula} over {ra.independent} with {doc_b.formula} "
             f"over {rb.independent}"
         )
-    _, points = region_grid([ra, rb], n_grid)
-    in_a, in_b = inside_region(ra, points), inside_region(rb, points)
-    both = in_a & in_b
-    union = int((in_a | in_b).sum())
+    common = intersection_size(ra.vertices, rb.vertices)
     facets_a, facets_b = _facets(doc_a.planes), _facets(doc_b.planes)
+    maps_a = {tuple(m.miller_index): m for m in doc_a.maps}
+    maps_b = {tuple(m.miller_index): m for m in doc_b.maps}
+    centroid = doc_a.centroid.delta_mu
     rows = []
     for hkl in sorted(set(facets_a) & set(facets_b)):
-        labels = []
-        for facet in (facets_a[hkl], facets_b[hkl]):
-            gamma_0, slopes = _plane_arrays(facet, ra.independent)
-            lowest = evaluate_planes(gamma_0, slopes, points).argmin(axis=1)
-            labels.append(np.array([facet[i].termination for i in lowest]))
-        agree = labels[0] == labels[1]
-        centroid = doc_a.centroid.delta_mu
+        planes_a, planes_b = facets_a[hkl], facets_b[hkl]
+        cells_a = maps_a[hkl].cells
+        cells_b = maps_b[hkl].cells
+        # B's terminations over region A (B's planes evaluated outside B's own region too).
+        gamma_0, slopes = _plane_arrays(planes_b, ra.independent)
+        cells_b_on_a = {
+            p.entry_id: cell
+            for p, cell in zip(planes_b, stable_cells(ra, gamma_0, slopes), strict=True)
+            if cell is not None
+        }
+        same = [
+            (a.entry_id, b.entry_id)
+            for a in planes_a
+            for b in planes_b
+            if (a.termination, a.slab_formula) == (b.termination, b.slab_formula)
+        ]
+        agree = sum(
+            intersection_size(cells_a[a], cells_b[b])
+            for a, b in same
+            if a in cells_a and b in cells_b
+        )
+        agree_on_a = sum(
+            intersection_size(cells_a[a], cells_b_on_a[b])
+            for a, b in same
+            if a in cells_a and b in cells_b_on_a
+        )
         rows.append(
             FacetMapAgreement(
                 miller_index=hkl,
-                agreement=float(agree[both].mean()) if both.any() else None,
-                agreement_on_a=float(agree[in_a].mean()),
-                stable_at_centroid_a=min(
-                    facets_a[hkl], key=lambda p: p.gamma(centroid)
-                ).termination,
-                stable_at_centroid_b=min(
-                    facets_b[hkl], key=lambda p: p.gamma(centroid)
-                ).termination,
+                agreement=agree / common if common > 0 else None,
+                agreement_on_a=agree_on_a / ra.area,
+                stable_at_centroid_a=min(planes_a, key=lambda p: p.gamma(centroid)).termination,
+                stable_at_centroid_b=min(planes_b, key=lambda p: p.gamma(centroid)).termination,
             )
         )
     note = None
@@ -692,7 +717,7 @@ def compare_termination_maps(
         material_id=doc_a.material_id,
         model_a=doc_a.model_id,
         model_b=doc_b.model_id,
-        region_overlap=float(both.sum() / union) if union else 0.0,
+        region_overlap=common / (ra.area + rb.area - common),
         facets=rows,
         missing_in_b=sorted(set(facets_a) - set(facets_b)),
         missing_in_a=sorted(set(facets_b) - set(facets_a)),

@@ -245,9 +245,10 @@ class FacetMapAgreement(BaseModel):
 class TerminationMapComparisonDoc(OutputDoc):
     """Two models' termination maps and centroid Wulff shapes for one target.
 
-    Terminations match by facet and termination label (the slabs are cut the same way from
-    each model's relaxed bulk). Regions differ between models (each has its own hull): the
-    agreement is measured on a grid over their intersection, and again over region A alone.
+    Terminations match by facet, termination label and slab formula (the slabs are cut the
+    same way from each model's relaxed bulk). Regions differ between models (each has its own
+    hull): the agreement is measured exactly over their intersection, and again over region A
+    alone (model B's planes evaluated there).
     """
 
     material_id: str = Field(description="Target.")
