@@ -61,7 +61,7 @@ from surfflows.jobs.thermo import stored_reference
 from surfflows.reports.query import surface_energies
 from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, TerminationMapComparisonDoc
 from surfflows.schemas.models import ModelSpec
-from surfflows.schemas.relax import BulkRelaxDoc
+from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
 from surfflows.schemas.thermo import ElementReferenceDoc
 
@@ -412,6 +412,19 @@ def stored_bulk(store: JobStore, bulk_hash: str, slab_hash: str | None) -> BulkR
     return None
 
 
+def stored_slab_relaxations(store: JobStore, slab_hash: str) -> list[SlabRelaxDoc]:
+    """Slab relaxations stored under this slab input hash (the chunks an interrupted run
+    finished)."""
+    with store:
+        docs = store.query({f"metadata.{INPUT_HASH_KEY}": slab_hash}, properties=["name", "uuid"])
+        uuids = [d["uuid"] for d in docs if d["name"].startswith("slab relax ")]
+    relaxed = []
+    for uuid in uuids:
+        with store:
+            relaxed.extend(_decode(store.query_one({"uuid": uuid}, load=True)))
+    return relaxed
+
+
 def stored_thermo(store: JobStore, key: str) -> ChemicalSystemThermoDoc | None:
     """The newest chemical-system thermo document with this :func:`thermo_hash`, or None."""
     with store:
@@ -571,7 +584,8 @@ def _run_model(
         if slab_hashes[target] in done:
             stage("slabs", target, "stored with the same inputs", False)
         else:
-            slabs = maker.surface_maker.slabs(bulks[target], target, checkpoint)
+            relaxed = stored_slab_relaxations(store, slab_hashes[target])
+            slabs = maker.surface_maker.slabs(bulks[target], target, checkpoint, relaxed)
             if (
                 attempt("slabs", target, _tagged(slabs, INPUT_HASH_KEY, slab_hashes[target]))
                 is None

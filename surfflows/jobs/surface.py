@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from jobflow import Flow, Job, Maker, OutputReference, Response, job
 from pymatgen.core import Structure
 
-from surfflows.core.slabs import SlabSettings, generate_slabs
+from surfflows.core.slabs import SlabCandidate, SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import check_model
@@ -28,6 +28,18 @@ def surface_energy(slab: SlabRelaxDoc, bulk: BulkRelaxDoc) -> SurfaceEnergyDoc:
     return SurfaceEnergyDoc.from_relaxations(slab, bulk)
 
 
+def _slab_key(slab: SlabCandidate | SlabRelaxDoc) -> tuple:
+    """What identifies one cut slab: facet, shift, termination, composition and area."""
+    formula = slab.structure.composition.formula
+    return (
+        tuple(slab.miller_index),
+        round(slab.shift, 6),
+        slab.termination,
+        formula,
+        round(slab.area, 6),
+    )
+
+
 @job
 def slab_relaxations(
     bulk: BulkRelaxDoc,
@@ -35,30 +47,39 @@ def slab_relaxations(
     slab_relax_maker: SlabRelaxMaker,
     chunk_size: int,
     checkpoint: str | None = None,
+    relaxed: list[SlabRelaxDoc] | None = None,
 ) -> Response:
     """Cut slabs from the relaxed bulk and replace this job by their relaxations.
 
     The replacement flow relaxes the slabs in chunks of ``chunk_size`` and ends with one
     :func:`surface_energy` job per slab; its output (this job's output) is the list of
-    surface-energy documents.
+    surface-energy documents. ``relaxed``: relaxations of slabs of this bulk done already
+    (by an interrupted run of the same inputs): a slab with the same facet, shift,
+    termination, composition and area is not relaxed again.
     """
     if bulk.error is not None:
         # Nothing sensible can be cut from a bulk whose relaxation raised; the bulk
         # document records why.
         return Response(output=[])
     candidates = generate_slabs(bulk.structure, slab_settings)
-    jobs, outputs = [], []
-    for start in range(0, len(candidates), chunk_size):
-        chunk = candidates[start : start + chunk_size]
+    done = {_slab_key(d): d for d in relaxed or []}
+    keys = [_slab_key(c) for c in candidates]
+    todo = [c for c, key in zip(candidates, keys, strict=True) if key not in done]
+    jobs, slabs = [], dict(done)
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
         relax = slab_relax_maker.make(chunk, bulk.material_id, checkpoint)
         relax.name = f"{slab_relax_maker.name} {bulk.material_id} {start // chunk_size}"
         jobs.append(relax)
         for i, candidate in enumerate(chunk):
-            energy = surface_energy(relax.output[i], bulk)
-            hkl = miller_text(candidate.miller_index, compact=True)
-            energy.name = f"surface energy {bulk.material_id} {hkl} {candidate.termination}"
-            jobs.append(energy)
-            outputs.append(energy.output)
+            slabs[_slab_key(candidate)] = relax.output[i]
+    outputs = []
+    for candidate, key in zip(candidates, keys, strict=True):
+        energy = surface_energy(slabs[key], bulk)
+        hkl = miller_text(candidate.miller_index, compact=True)
+        energy.name = f"surface energy {bulk.material_id} {hkl} {candidate.termination}"
+        jobs.append(energy)
+        outputs.append(energy.output)
     return Response(replace=Flow(jobs, output=outputs, name=f"slabs {bulk.material_id}"))
 
 
@@ -153,8 +174,11 @@ class SurfaceEnergyMaker(Maker):
         bulk: BulkRelaxDoc | OutputReference,
         material_id: str,
         checkpoint: str | OutputReference | None = None,
+        relaxed: list[SlabRelaxDoc] | None = None,
     ) -> Job:
         """The slab part of :meth:`make` for a bulk relaxed already (by this maker's model).
+
+        ``relaxed``: slabs of this bulk relaxed already (see :func:`slab_relaxations`).
 
         Returns
         -------
@@ -163,7 +187,7 @@ class SurfaceEnergyMaker(Maker):
             its output is the list of :class:`SurfaceEnergyDoc`.
         """
         slabs = slab_relaxations(
-            bulk, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint
+            bulk, self.slab_settings, self.slab_relax_maker, self.chunk_size, checkpoint, relaxed
         )
         slabs.name = f"slabs {material_id}"
         return slabs
