@@ -78,7 +78,7 @@ PHASES: dict[str, tuple] = {
         2,
     ),
     "Sr": ("Fm-3m", Lattice.cubic(6.0849), ["Sr"], [[0, 0, 0]], 4),
-    # Ca-Ti-O, Ba-Ti-O and Mg-Ti-O, for the large campaign (benchmarks/chemsys_campaign.py)
+    # Ca-Ti-O, Ba-Ti-O, Mg-Ti-O and Mg-Al-O, for the large campaign (benchmarks/chemsys_campaign.py)
     "CaTiO3": (
         # Pbnm setting of the paper, (x, y, z)_Pnma = (y, z, x)_Pbnm
         "Pnma",
@@ -107,6 +107,23 @@ PHASES: dict[str, tuple] = {
     ),
     "MgO": ("Fm-3m", Lattice.cubic(4.212), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], 8),
     "Mg": ("P6_3/mmc", Lattice.hexagonal(3.2094, 5.2108), ["Mg"], [[1 / 3, 2 / 3, 0.25]], 2),
+    "MgAl2O4": (
+        # origin choice 1 of Fd-3m (pymatgen's setting): Mg 8a (0 0 0), Al 16d (5/8 5/8 5/8),
+        # O 32e (u u u), u = 0.2624 + 1/8 (the paper's origin choice 2 value shifted)
+        "Fd-3m",
+        Lattice.cubic(8.0832),
+        ["Mg", "Al", "O"],
+        [[0, 0, 0], [0.625, 0.625, 0.625], [0.3874, 0.3874, 0.3874]],
+        56,
+    ),
+    "Al2O3": (
+        "R-3c",
+        Lattice.hexagonal(4.7589, 12.991),
+        ["Al", "O"],
+        [[0, 0, 0.35216], [0.30624, 0, 0.25]],
+        30,
+    ),
+    "Al": ("Fm-3m", Lattice.cubic(4.0495), ["Al"], [[0, 0, 0]], 4),
 }
 
 TI_O = ("TiO2-rutile", "TiO2-anatase", "Ti2O3", "TiO", "Ti")
@@ -117,6 +134,7 @@ SYSTEMS = {
     "Ca-Ti-O": ("CaTiO3", "CaO", "Ca", *TI_O),
     "Ba-Ti-O": ("BaTiO3", "BaO", "Ba", *TI_O),
     "Mg-Ti-O": ("MgTiO3", "MgO", "Mg", *TI_O),
+    "Mg-Al-O": ("MgAl2O4", "Al2O3", "MgO", "Mg", "Al"),
 }
 
 #: The tiny test system: SrTiO3 with the binary oxides and metals that bound it.
