@@ -110,7 +110,8 @@ class CampaignConfig(BaseModel):
     def from_yaml(cls, path: str | Path) -> CampaignConfig | ChemicalSystemConfig:
         """Read and validate a campaign file; paths become absolute, structures are checked.
 
-        A file naming ``chemical_system`` is a :class:`~surfflows.flows.chemsys.ChemicalSystemConfig`.
+        A file naming ``chemical_system`` is a
+        :class:`~surfflows.flows.chemsys.ChemicalSystemConfig`.
         """
         path = Path(path)
         if not path.is_file():

@@ -117,7 +117,8 @@ class ChemicalSystemMaker(Maker):
     Examples
     --------
     >>> maker = ChemicalSystemMaker(  # doctest: +SKIP
-    ...     surface_maker=SurfaceEnergyMaker.for_model(ModelSpec()), chemical_system=["Sr", "Ti", "O"]
+    ...     surface_maker=SurfaceEnergyMaker.for_model(ModelSpec()),
+    ...     chemical_system=["Sr", "Ti", "O"],
     ... )
     >>> flow = maker.make(phases, targets=["SrTiO3"])  # doctest: +SKIP
     >>> run_locally(flow, store=get_job_store())  # doctest: +SKIP
