@@ -46,6 +46,15 @@ def write_campaign(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+def write_plain_campaign(tmp_path: Path) -> Path:
+    """A plain campaign of the tiny SrTiO3 file with the chemical-system test's settings."""
+    path = tmp_path / "plain.yaml"
+    materials = [{"id": "SrTiO3", "structure": str(TINY / "SrTiO3.cif")}]
+    config = {"name": "plain", "model": "chgnet-0.3.0", "slabs": TINY_SLABS}
+    path.write_text(yaml.safe_dump(config | {"relax": TINY_RELAX, "materials": materials}))
+    return path
+
+
 def memory_store() -> JobStore:
     return JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
 
@@ -112,18 +121,7 @@ def test_a_list_of_phase_files_and_the_plain_campaign_hash(tmp_path):
     config = CampaignConfig.from_yaml(write_campaign(tmp_path, phases=files))
     assert list(config.phase_files()) == ["SrTiO3", "SrO", "TiO2-rutile", "Sr", "Ti"]
     # a target's slabs carry the input hash of a plain campaign of the same file and settings
-    plain = tmp_path / "plain.yaml"
-    plain.write_text(
-        yaml.safe_dump(
-            {
-                "name": "plain",
-                "model": "chgnet-0.3.0",
-                "slabs": TINY_SLABS,
-                "relax": TINY_RELAX,
-                "materials": [{"id": "SrTiO3", "structure": files[0]}],
-            }
-        )
-    )
+    plain = write_plain_campaign(tmp_path)
     structures = config.load_phases()
     ours = config.phase_campaign("chgnet-0.3.0").input_hashes(ModelSpec(), structures)
     theirs = CampaignConfig.from_yaml(plain).input_hashes(ModelSpec())
@@ -187,18 +185,7 @@ def test_tiny_campaign_end_to_end_and_resume(tmp_path, monkeypatch):
     assert sum(n.startswith("surface energy") for n in names) == 2
 
     # a plain campaign of the same bulk file, settings and model reuses the stored slabs
-    plain = tmp_path / "plain.yaml"
-    plain.write_text(
-        yaml.safe_dump(
-            {
-                "name": "plain",
-                "model": "chgnet-0.3.0",
-                "slabs": TINY_SLABS,
-                "relax": TINY_RELAX,
-                "materials": [{"id": "SrTiO3", "structure": str(TINY / "SrTiO3.cif")}],
-            }
-        )
-    )
+    plain = write_plain_campaign(tmp_path)
     result = CliRunner().invoke(app, ["run", str(plain)])
     assert "SrTiO3: skipped" in result.output, result.output
 
