@@ -11,6 +11,7 @@ resolves from the JobStore.
 from __future__ import annotations
 
 import os
+import shutil
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker
 from surfflows.jobs.thermo import elemental_reference
 from surfflows.reports.query import surface_energies
+from surfflows.schemas.chemsys import ChemicalSystemThermoDoc
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.references import ReferenceInputs
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.slow
 PROJECT = "surfflows_test"
 CONFIGS = Path(__file__).parents[1] / "configs"
 PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_metal_surfaces"
+TINY_PHASES = Path(__file__).parents[1] / "surfflows" / "data" / "phases" / "Sr-Ti-O-tiny"
 #: Material -> split part of the tiny fine-tuning set.
 PARTS = {"Cu": "train", "Ni": "train", "Pt": "val", "Rh": "test"}
 
@@ -102,6 +105,43 @@ def test_surface_campaign_submitted_and_run_by_the_runner(project, tmp_path, mon
     # provenance recorded where the job ran
     assert doc["provenance"]["chgnet"] == version("chgnet")
     assert doc["provenance"]["torch"] == version("torch")
+
+
+def test_chemical_system_campaign_submitted_and_run_by_the_runner(project, tmp_path, monkeypatch):
+    """Sr-O: both phases and both references relaxed on the worker, then SrO(001)'s slabs,
+    then the thermo document with the model's hull and SrO's interval in delta mu_O."""
+    phases = tmp_path / "phases"
+    phases.mkdir()
+    for name in ("SrO", "Sr"):
+        shutil.copy(TINY_PHASES / f"{name}.cif", phases / f"{name}.cif")
+    path = tmp_path / "sr-o.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sr-o-remote",
+                "chemical_system": ["Sr", "O"],
+                "phases": str(phases),
+                "targets": ["SrO"],
+                "model": "chgnet-0.3.0",
+                "slabs": {"miller_indices": [[1, 0, 0]], "min_slab_size": 5.0},
+                "relax": {"fmax": 0.1, "max_steps": 60},
+            }
+        )
+    )
+    ids = submit_campaign(CampaignConfig.from_yaml(path), worker="local", project=PROJECT)
+    assert len(ids) == 6  # 2 bulks, 2 references, slab cutting, thermo
+    run_on_worker(project, monkeypatch, max_seconds=900)
+
+    with project_jobstore() as store:
+        doc = store.query_one({"output.@class": "ChemicalSystemThermoDoc"}, load=True)
+    thermo = ChemicalSystemThermoDoc.model_validate(doc["output"])
+    assert thermo.material_id == "SrO" and thermo.region.independent == ["O"]
+    assert thermo.region.stable and len(thermo.region.vertices) == 2
+    assert {p.name for p in thermo.phases} >= {"SrO", "Sr"}
+    assert thermo.maps and thermo.map_png.endswith("termination_map.png")
+    # the slabs carry the input hash a local run of the same file would look for
+    slab_job = store.query_one({"name": "slabs SrO"}, properties=["metadata"])
+    assert slab_job["metadata"]["surfflows_input_hash"]
 
 
 def _tiny_set(tmp_path) -> ReferenceInputs:

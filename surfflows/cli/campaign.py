@@ -15,16 +15,29 @@ from surfflows.cli.common import app, console, fail, load_campaign, parse_miller
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Campaign YAML (see configs/demo.yaml).")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Chemical-system campaigns: run with this model instead (repeatable)."),
+    ] = None,
 ) -> None:
     """Run a surface-energy campaign locally into the configured store.
 
     Materials already computed with the same structure, settings and model are skipped
-    (rerun an interrupted campaign to resume it). Exits 1 if anything failed.
+    (rerun an interrupted campaign to resume it). Exits 1 if anything failed. A campaign
+    over a chemical system (configs/sr-ti-o.yaml) relaxes its phases, builds the model's
+    hull and maps the stable terminations of its targets.
     """
+    from surfflows.cli.chemsys import run_chemical_system_campaign
     from surfflows.flows.campaign import campaign_results, run_campaign
+    from surfflows.flows.chemsys import ChemicalSystemConfig
     from surfflows.stores import get_job_store
 
     campaign = load_campaign(config)
+    if isinstance(campaign, ChemicalSystemConfig):
+        run_chemical_system_campaign(campaign.with_models(model, config) if model else campaign)
+        return
+    if model:
+        fail("--model is for chemical-system campaigns; set model: in the campaign file")
     store = get_job_store()
     start = time.perf_counter()
     run = run_campaign(campaign, store)
@@ -123,4 +136,4 @@ def submit(
 
     campaign = load_campaign(config)
     ids = submit_campaign(campaign, worker=worker, project=project, priority=priority)
-    console.print(f"submitted {len(ids)} jobs of {len(campaign.materials)} flows: {ids[:5]}...")
+    console.print(f"submitted {len(ids)} jobs: {ids[:5]}...")

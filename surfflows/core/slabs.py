@@ -128,7 +128,7 @@ def estimated_slab_atoms(bulk: Structure, hkl: MillerIndex, settings: SlabSettin
     from fractions import Fraction
 
     conv = conventional_cell(bulk)
-    prim = SpacegroupAnalyzer(bulk).find_primitive() or bulk
+    prim = conv.get_primitive_structure()  # in the conventional cell's Cartesian frame
     normal = conv.lattice.reciprocal_lattice_crystallographic.get_cartesian_coords(hkl)
     frac = prim.lattice.reciprocal_lattice_crystallographic.get_fractional_coords(normal)
     ratios = [Fraction(float(x)).limit_denominator(48) for x in frac]

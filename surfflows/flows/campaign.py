@@ -31,7 +31,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobflow import Flow, JobStore, OutputReference, run_locally
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -50,6 +50,9 @@ from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.schemas.models import ModelSpec, names_a_file
+
+if TYPE_CHECKING:
+    from surfflows.flows.chemsys import ChemicalSystemConfig
 
 #: Job metadata key holding a material's input hash.
 INPUT_HASH_KEY = "surfflows_input_hash"
@@ -115,13 +118,23 @@ class CampaignConfig(BaseModel):
         return materials
 
     @classmethod
-    def from_yaml(cls, path: str | Path, progress: bool = False) -> CampaignConfig:
+    def from_yaml(
+        cls, path: str | Path, progress: bool = False
+    ) -> CampaignConfig | ChemicalSystemConfig:
         """Read and validate a campaign file; paths become absolute, structures are checked
-        (``progress``: a bar while structure files are read and slab sizes estimated)."""
+        (``progress``: a bar while structure files are read and slab sizes estimated).
+
+        A file naming ``chemical_system`` is a
+        :class:`~surfflows.flows.chemsys.ChemicalSystemConfig`.
+        """
         path = Path(path)
         raw = load_yaml(path, "campaign file")
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a campaign file is a mapping (name, model, materials...)")
+        if "chemical_system" in raw:  # the phases of a chemical system (flows/chemsys.py)
+            from surfflows.flows.chemsys import ChemicalSystemConfig
+
+            return ChemicalSystemConfig.from_mapping(raw, path)
         try:
             config = cls.model_validate(raw)
         except ValidationError as exc:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from jobflow import Flow, Maker, OutputReference, Response, job
+from jobflow import Flow, Job, Maker, OutputReference, Response, job
 from pymatgen.core import Structure
 
-from surfflows.core.slabs import SlabSettings, generate_slabs
+from surfflows.core.slabs import SlabCandidate, SlabSettings, generate_slabs
 from surfflows.core.text import job_name, miller_text
 from surfflows.core.validation import check_bulk
 from surfflows.engine.models import check_model
@@ -28,6 +28,18 @@ def surface_energy(slab: SlabRelaxDoc, bulk: BulkRelaxDoc) -> SurfaceEnergyDoc:
     return SurfaceEnergyDoc.from_relaxations(slab, bulk)
 
 
+def _slab_key(slab: SlabCandidate | SlabRelaxDoc) -> tuple:
+    """What identifies one cut slab: facet, shift, termination, composition and area."""
+    formula = slab.structure.composition.formula
+    return (
+        tuple(slab.miller_index),
+        round(slab.shift, 6),
+        slab.termination,
+        formula,
+        round(slab.area, 6),
+    )
+
+
 @job
 def slab_relaxations(
     bulk: BulkRelaxDoc,
@@ -35,30 +47,39 @@ def slab_relaxations(
     slab_relax_maker: SlabRelaxMaker,
     chunk_size: int,
     checkpoint: str | None = None,
+    relaxed: list[SlabRelaxDoc] | None = None,
 ) -> Response:
     """Cut slabs from the relaxed bulk and replace this job by their relaxations.
 
     The replacement flow relaxes the slabs in chunks of ``chunk_size`` and ends with one
     :func:`surface_energy` job per slab; its output (this job's output) is the list of
-    surface-energy documents.
+    surface-energy documents. ``relaxed``: relaxations of slabs of this bulk done already
+    (by an interrupted run of the same inputs): a slab with the same facet, shift,
+    termination, composition and area is not relaxed again.
     """
     if bulk.error is not None:
         # Nothing sensible can be cut from a bulk whose relaxation raised; the bulk
         # document records why.
         return Response(output=[])
     candidates = generate_slabs(bulk.structure, slab_settings)
-    jobs, outputs = [], []
-    for start in range(0, len(candidates), chunk_size):
-        chunk = candidates[start : start + chunk_size]
+    done = {_slab_key(d): d for d in relaxed or []}
+    keys = [_slab_key(c) for c in candidates]
+    todo = [c for c, key in zip(candidates, keys, strict=True) if key not in done]
+    jobs, slabs = [], dict(done)
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
         relax = slab_relax_maker.make(chunk, bulk.material_id, checkpoint)
         relax.name = job_name(slab_relax_maker.name, bulk.material_id, start // chunk_size)
         jobs.append(relax)
         for i, candidate in enumerate(chunk):
-            energy = surface_energy(relax.output[i], bulk)
-            hkl = miller_text(candidate.miller_index, compact=True)
-            energy.name = job_name("surface energy", bulk.material_id, hkl, candidate.termination)
-            jobs.append(energy)
-            outputs.append(energy.output)
+            slabs[_slab_key(candidate)] = relax.output[i]
+    outputs = []
+    for candidate, key in zip(candidates, keys, strict=True):
+        energy = surface_energy(slabs[key], bulk)
+        hkl = miller_text(candidate.miller_index, compact=True)
+        energy.name = job_name("surface energy", bulk.material_id, hkl, candidate.termination)
+        jobs.append(energy)
+        outputs.append(energy.output)
     return Response(replace=Flow(jobs, output=outputs, name=job_name("slabs", bulk.material_id)))
 
 
@@ -144,15 +165,36 @@ class SurfaceEnergyMaker(Maker):
             self.bulk_relax_maker, name=job_name(self.bulk_relax_maker.name, material_id)
         )
         bulk = bulk_maker.make(structure, material_id, checkpoint)
+        slabs = self.slabs(bulk.output, material_id, checkpoint)
+        output = {"bulk": bulk.output, "surfaces": slabs.output}
+        return Flow([bulk, slabs], output=output, name=job_name(self.name, material_id))
+
+    def slabs(
+        self,
+        bulk: BulkRelaxDoc | OutputReference,
+        material_id: str,
+        checkpoint: str | OutputReference | None = None,
+        relaxed: list[SlabRelaxDoc] | None = None,
+    ) -> Job:
+        """The slab part of :meth:`make` for a bulk relaxed already (by this maker's model).
+
+        ``relaxed``: slabs of this bulk relaxed already (see :func:`slab_relaxations`).
+
+        Returns
+        -------
+        Job
+            ``slabs <material_id>``: cuts the slabs and is replaced by their relaxations;
+            its output is the list of :class:`SurfaceEnergyDoc`.
+        """
         # By keyword: jobflow looks up a method of a first positional argument, which for a
         # reference with an output schema builds its JSON schema (50 ms per material).
         slabs = slab_relaxations(
-            bulk=bulk.output,
+            bulk=bulk,
             slab_settings=self.slab_settings,
             slab_relax_maker=self.slab_relax_maker,
             chunk_size=self.chunk_size,
             checkpoint=checkpoint,
+            relaxed=relaxed,
         )
         slabs.name = job_name("slabs", material_id)
-        output = {"bulk": bulk.output, "surfaces": slabs.output}
-        return Flow([bulk, slabs], output=output, name=job_name(self.name, material_id))
+        return slabs
