@@ -17,6 +17,9 @@ splits
     the train / validation / test assignment of each material of a reference set.
 surface_errors, benchmarks
     builder targets.
+builder_state
+    what each builder built each group from (one small document per group): a rerun
+    reads it instead of every error document (see :mod:`surfflows.builders.errors`).
 features, selections
     CHGNet structure features of candidate training structures, and training-set
     selections (DIRECT or random) made with ``surfflows select``.
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +46,8 @@ from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
 from monty.json import jsanitize
+from montydb.collection import MontyCollection
+from montydb.cursor import MontyCursor
 
 from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
 
@@ -53,6 +58,7 @@ STORE_NAMES = (
     "splits",
     "surface_errors",
     "benchmarks",
+    "builder_state",
     "features",
     "selections",
 )
@@ -140,6 +146,39 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
         store.update(docs, key=key)
         return
     collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs])  # as update does
+
+
+def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
+    """Remove the documents whose ``key`` is one of ``values``, in one pass.
+
+    montydb matches ``$in`` by comparing every listed value with every document (removing
+    300 of 30,000 documents took 72 s, measured on 2 shared cores), so on a MontyStore the
+    keys are matched here on one read of the collection and the documents removed by
+    ``_id`` through montydb's storage layer, the step its own ``delete_many`` ends with;
+    other stores get ``remove_docs`` with ``$in``.
+
+    Parameters
+    ----------
+    store
+        Connected store.
+    key
+        A field holding one string per document (the store's key).
+    values
+        Values of ``key`` to remove.
+    """
+    wanted = set(values)
+    if not wanted:
+        return
+    collection = getattr(store, "_collection", None)
+    if not isinstance(collection, MontyCollection):
+        store.remove_docs({key: {"$in": sorted(wanted)}})
+        return
+    storage = collection._storage
+    ids = [
+        doc["_id"] for doc in storage.query(MontyCursor(collection), 0) if doc.get(key) in wanted
+    ]
+    if ids:
+        storage.delete_many(collection, ids)
 
 
 @contextmanager
