@@ -35,11 +35,13 @@ refused with a message naming the first). MongoDB takes several writers.
 
 from __future__ import annotations
 
+import configparser
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 from jobflow import JobStore
@@ -88,9 +90,41 @@ def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
         )
     # MontyDB needs the directory before the first write.
     settings.db_dir.mkdir(parents=True, exist_ok=True)
+    storage = embedded_storage(settings.db_dir) or settings.db_storage
     return MontyStore(
-        collection_name=name, database_path=str(settings.db_dir), database_name=settings.database
+        collection_name=name,
+        database_path=str(settings.db_dir),
+        database_name=settings.database,
+        storage=storage,
+        storage_kwargs=MONTY_STORAGE_OPTIONS | STORAGE_OPTIONS.get(storage, {}),
     )
+
+
+#: montydb options of every embedded database: pymongo's BSON, MongoDB 4.0 semantics
+#: (maggma's MontyStore defaults).
+MONTY_STORAGE_OPTIONS = {"use_bson": True, "mongo_version": "4.0"}
+
+#: Per storage engine: LMDB maps the file up to ``map_size`` bytes (montydb's default, 10 MiB,
+#: holds about 5,000 error documents; the map is sparse, the file only as large as its data).
+STORAGE_OPTIONS = {"lightning": {"map_size": 2**40}}
+
+#: The file montydb writes into a database folder, naming its storage engine.
+STORAGE_CONFIG = "monty.storage.cfg"
+
+
+def embedded_storage(db_dir: Path) -> str | None:
+    """The montydb storage engine of the database in ``db_dir``; None if there is none yet.
+
+    montydb records it in ``monty.storage.cfg`` (one section named after the engine); an
+    existing database is opened with its own engine whatever ``db_storage`` says.
+    """
+    config = Path(db_dir) / STORAGE_CONFIG
+    if not config.is_file():
+        return None
+    parser = configparser.ConfigParser()
+    parser.read(config)
+    sections = parser.sections()
+    return sections[0] if sections else None
 
 
 def get_job_store(settings: SurfflowsSettings | None = None) -> JobStore:
@@ -146,6 +180,89 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
         store.update(docs, key=key)
         return
     collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs])  # as update does
+
+
+def read_documents(
+    store: Store, criteria: dict[str, Any], properties: list[str] | None = None
+) -> Iterator[dict]:
+    """``store.query(criteria, properties)``, read in one pass that montydb makes 3x faster.
+
+    montydb matches criteria and projections with its field walker, about 100 µs per
+    document (a projected read of 30,000 error documents took 3 s, a plain read of them
+    1 s): on a MontyStore, criteria of equalities and ``$in`` on scalar (possibly dotted)
+    fields are matched here on the decoded documents, and the projection made here. Other
+    criteria and other stores go to ``store.query``.
+
+    Parameters
+    ----------
+    store
+        Connected store.
+    criteria
+        ``{field: value}`` or ``{field: {"$in": [values]}}`` on fields holding scalars.
+    properties
+        Fields to return (dotted: nested), or None for whole documents.
+    """
+    collection = getattr(store, "_collection", None)
+    tests = _scalar_tests(criteria)
+    if not isinstance(collection, MontyCollection) or tests is None:
+        yield from store.query(criteria, properties=properties)
+        return
+    for doc in collection._storage.query(MontyCursor(collection), 0):
+        if all(test(_field(doc, path)) for path, test in tests):
+            yield doc if properties is None else _projected(doc, properties)
+
+
+def _scalar_tests(criteria: dict[str, Any]) -> list | None:
+    """(path, test) per criterion, or None where one is not an equality or ``$in``."""
+    tests = []
+    for path, condition in criteria.items():
+        if path.startswith("$"):
+            return None
+        if isinstance(condition, dict):
+            if set(condition) != {"$in"}:
+                return None
+            values = set(condition["$in"])
+            tests.append((path.split("."), values.__contains__))
+        elif isinstance(condition, list):
+            return None
+        else:
+            tests.append((path.split("."), lambda value, wanted=condition: value == wanted))
+    return tests
+
+
+_MISSING = object()
+
+
+def _field(doc: dict, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict) or part not in doc:
+            return _MISSING
+        doc = doc[part]
+    return doc
+
+
+def _projected(doc: dict, properties: list[str]) -> dict:
+    out: dict[str, Any] = {"_id": doc.get("_id")}
+    for prop in properties:
+        path = prop.split(".")
+        value = _field(doc, path)
+        if value is _MISSING:
+            continue
+        target = out
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return out
+
+
+def replace_documents(store: Store, docs: list[dict], key: str) -> None:
+    """Replace (or insert) documents by their unique ``key``: one removal, one bulk insert.
+
+    Not ``store.update``: on a MontyStore it reads the collection once per document. A
+    crash between removal and insert leaves the documents missing, never doubled.
+    """
+    remove_by_key(store, key, [doc[key] for doc in docs])
+    insert_new_documents(store, docs, key=key)
 
 
 def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:

@@ -16,7 +16,7 @@ from maggma.core import Builder, Store
 from surfflows.builders.errors import STATE_TARGET
 from surfflows.core.benchmark import bulk_summary, reason_category, summarize
 from surfflows.schemas.benchmark import BenchmarkDoc
-from surfflows.stores import ensure_indexes
+from surfflows.stores import ensure_indexes, read_documents, replace_documents
 
 SPLIT_PARTS = ("train", "val", "test", "all")
 
@@ -73,7 +73,8 @@ class BenchmarkBuilder(Builder):
         """model -> the model it was fine-tuned from (its FineTuneDoc), in one query."""
         return {
             doc["output"]["model_id"]: doc["output"]["parent_model_id"]
-            for doc in self.outputs.query(
+            for doc in read_documents(
+                self.outputs,
                 {"output.@class": "FineTuneDoc"},
                 properties=["output.model_id", "output.parent_model_id"],
             )
@@ -85,15 +86,18 @@ class BenchmarkBuilder(Builder):
         written since its benchmark, and the parents of the models (see :meth:`_parents`)."""
         written = {
             (d["model_id"], d["set_name"], d["mode"]): d["written_at"]
-            for d in self.state.query(
+            for d in read_documents(
+                self.state,
                 {"target": STATE_TARGET, "complete": True},
                 properties=["model_id", "set_name", "mode", "written_at"],
             )
         }
         built = {
             (d["model_id"], d["set_name"], d["mode"]): d["source_updated"]
-            for d in self.benchmarks.query(
-                {"split": "all"}, properties=["model_id", "set_name", "mode", "source_updated"]
+            for d in read_documents(
+                self.benchmarks,
+                {"split": "all"},
+                properties=["model_id", "set_name", "mode", "source_updated"],
             )
         }
         stale = {g for g, stamp in written.items() if built.get(g, "") < stamp}
@@ -119,7 +123,9 @@ class BenchmarkBuilder(Builder):
             parents = {g[0]: parent_of.get(g[0]) for g in groups}
             models = {g[0] for g in groups} | {p for p in parents.values() if p}
             errors: dict[tuple[str, str], list[dict]] = defaultdict(list)
-            for doc in self.surface_errors.query({"set_name": set_name}, properties=ERROR_FIELDS):
+            for doc in read_documents(
+                self.surface_errors, {"set_name": set_name}, properties=ERROR_FIELDS
+            ):
                 if doc["model_id"] in models:
                     errors[(doc["model_id"], doc["mode"])].append(doc)
             for model_id, _, mode, updated in groups:
@@ -201,7 +207,7 @@ class BenchmarkBuilder(Builder):
         return docs
 
     def update_targets(self, items: list[list[dict[str, Any]]]) -> None:
-        """Upsert benchmark rows by benchmark_id."""
-        docs = [doc for group in items for doc in group]
-        if docs:
-            self.benchmarks.update(docs, key="benchmark_id")
+        """Replace benchmark rows by benchmark_id, in one bulk write."""
+        replace_documents(
+            self.benchmarks, [doc for group in items for doc in group], "benchmark_id"
+        )

@@ -29,7 +29,7 @@ from surfflows.core.benchmark import (
 from surfflows.core.timestamps import now_iso
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
-from surfflows.stores import ensure_indexes, insert_new_documents, remove_by_key
+from surfflows.stores import ensure_indexes, insert_new_documents, read_documents, remove_by_key
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
 
@@ -107,8 +107,8 @@ class SurfaceEnergyErrorBuilder(Builder):
 
     def connect(self) -> None:
         super().connect()
-        ensure_indexes(self.surface_errors, ("error_id",), unique=True)
-        ensure_indexes(self.surface_errors, ("model_id", "set_name", "mode"))
+        # not unique: mongomock checks a unique index by reading every document per insert
+        ensure_indexes(self.surface_errors, ("error_id", "model_id", "set_name", "mode"))
         ensure_indexes(self.references, ("key", "set_name"))
         ensure_indexes(self.outputs, ("output.@class", "output.set_name"))
         ensure_indexes(self.state, ("state_id",), unique=True)
@@ -119,7 +119,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         """(completed_at, uuid, index) of every evaluation, per group."""
         fields = ["uuid", "index", "completed_at", "output.model_id", "output.set_name"]
         groups: dict[Group, list[tuple[str, str, int]]] = defaultdict(list)
-        for doc in self.outputs.query(EVALUATION_CLASS, properties=[*fields, "output.mode"]):
+        for doc in read_documents(self.outputs, EVALUATION_CLASS, [*fields, "output.mode"]):
             out = doc["output"]
             key = (out["model_id"], out["set_name"], out["mode"])
             groups[key].append((doc["completed_at"], doc["uuid"], doc.get("index", 1)))
@@ -130,14 +130,14 @@ class SurfaceEnergyErrorBuilder(Builder):
         fields = ["key", "set_name", "doc_type", "material_id", "bulk_key", "ingested_at"]
         stamps: dict[str, dict[str, dict]] = defaultdict(dict)
         criteria = {"set_name": {"$in": set_names}, "doc_type": {"$in": ["slab", "bulk"]}}
-        for doc in self.references.query(criteria, properties=fields):
+        for doc in read_documents(self.references, criteria, fields):
             stamps[doc["set_name"]][doc["key"]] = doc
         return stamps
 
     def _stored_state(self) -> dict[Group, dict]:
         return {
             (d["model_id"], d["set_name"], d["mode"]): d
-            for d in self.state.query({"target": STATE_TARGET})
+            for d in read_documents(self.state, {"target": STATE_TARGET})
         }
 
     def _plans(
@@ -201,8 +201,8 @@ class SurfaceEnergyErrorBuilder(Builder):
         and the keys of the evaluations in ``new`` of its plan; one query for the sets."""
         docs: dict[Group, list] = defaultdict(list)
         criteria = EVALUATION_CLASS | {"output.set_name": {"$in": set_names}}
-        for doc in self.outputs.query(
-            criteria, properties=["uuid", "index", "completed_at", "output"]
+        for doc in read_documents(
+            self.outputs, criteria, properties=["uuid", "index", "completed_at", "output"]
         ):
             out = doc["output"]
             group = (out["model_id"], out["set_name"], out["mode"])
@@ -240,7 +240,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         if needs_elements:
             elemental_energies = self._energies([elemental], needs_elements)
             elemental_docs = list(
-                self.references.query({"set_name": elemental, "doc_type": "bulk"})
+                read_documents(self.references, {"set_name": elemental, "doc_type": "bulk"})
             )
         by_set: dict[str, list[_Plan]] = defaultdict(list)
         for plan in plans:
@@ -255,8 +255,8 @@ class SurfaceEnergyErrorBuilder(Builder):
             needed = set().union(*(w["keys"] for w in work))
             references = {
                 doc["key"]: doc
-                for doc in self.references.query(
-                    {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
+                for doc in read_documents(
+                    self.references, {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
                 )
                 if doc["key"] in needed
             }

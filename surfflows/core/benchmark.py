@@ -172,18 +172,16 @@ def fit_element_offsets(
 ) -> dict[str, float]:
     """Per-element offsets ``mu_el`` minimising ``sum (r_i - sum_el x_i,el mu_el)^2``.
 
-    ``x`` are atom fractions, ``r`` residuals per atom; sklearn's least squares without
-    intercept (minimum-norm where the elements are not all determined).
+    ``x`` are atom fractions, ``r`` residuals per atom; numpy's least squares without
+    intercept (minimum-norm where the elements are not all determined; what sklearn's
+    ``LinearRegression(fit_intercept=False)`` solves, without its seconds of import).
     """
-    from sklearn.linear_model import LinearRegression  # seconds to import: only when fitting
-
     elements = sorted({el for comp in compositions for el in comp})
     if not elements:
         return {}
-    fit = LinearRegression(fit_intercept=False).fit(
-        _fractions(compositions, elements), np.asarray(residuals, dtype=float)
-    )
-    return dict(zip(elements, fit.coef_.tolist(), strict=True))
+    x = _fractions(compositions, elements)
+    coefficients = np.linalg.lstsq(x, np.asarray(residuals, dtype=float), rcond=None)[0]
+    return dict(zip(elements, coefficients.tolist(), strict=True))
 
 
 def offset_of(composition: dict[str, float], offsets: dict[str, float]) -> float | None:
