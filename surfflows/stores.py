@@ -66,6 +66,20 @@ STORE_NAMES = (
 )
 
 
+#: The field(s) that identify a document of each store (what ``surfflows import`` upserts by).
+STORE_KEYS: dict[str, tuple[str, ...]] = {
+    "outputs": ("uuid", "index"),
+    "outputs_data": ("blob_uuid",),
+    "references": ("key",),
+    "splits": ("split_id",),
+    "surface_errors": ("error_id",),
+    "benchmarks": ("benchmark_id",),
+    "builder_state": ("state_id",),
+    "features": ("feature_id",),
+    "selections": ("selection_id",),
+}
+
+
 def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
     """Return the (unconnected) maggma store for one named collection.
 
@@ -110,6 +124,17 @@ STORAGE_OPTIONS = {"lightning": {"map_size": 2**40}}
 
 #: The file montydb writes into a database folder, naming its storage engine.
 STORAGE_CONFIG = "monty.storage.cfg"
+
+
+#: File name ending of a collection, per montydb storage engine.
+COLLECTION_FILE_SUFFIX = {"sqlite": ".collection", "lightning": ".mdb", "flatfile": ".json"}
+
+
+def collection_file(name: str, settings: SurfflowsSettings | None = None) -> Path:
+    """The file of one collection of the embedded database."""
+    settings = settings or get_settings()
+    storage = embedded_storage(settings.db_dir) or settings.db_storage
+    return settings.db_dir / settings.database / (name + COLLECTION_FILE_SUFFIX[storage])
 
 
 def embedded_storage(db_dir: Path) -> str | None:
@@ -179,7 +204,11 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
     if collection is None:
         store.update(docs, key=key)
         return
-    collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs])  # as update does
+    # Sanitised as update does. Unordered: montydb passes ``ordered`` on to its storage as
+    # ``check_keys``, and keys holding a "." (reasons such as "flagged: ... (2.5%)" counted
+    # per reason) are refused by its checked insert though written by its replace_one
+    # (maggma's update), as MongoDB 5+ writes them.
+    collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs], ordered=False)
 
 
 def read_documents(
@@ -265,6 +294,26 @@ def replace_documents(store: Store, docs: list[dict], key: str) -> None:
     insert_new_documents(store, docs, key=key)
 
 
+def import_documents(store: Store, docs: list[dict], keys: tuple[str, ...]) -> int:
+    """Write documents, replacing stored ones with the same ``keys``: an idempotent import.
+
+    One read of the stored keys, one removal of the documents replaced, one bulk insert (each
+    document keeps its ``_id``). Returns the number of stored documents replaced.
+    """
+    wanted = {tuple(doc[k] for k in keys) for doc in docs}
+    incoming_ids = {doc["_id"] for doc in docs if "_id" in doc}
+    replaced, remove = 0, set()
+    for doc in read_documents(store, {}, list(keys)):
+        if tuple(_field(doc, k.split(".")) for k in keys) in wanted:
+            replaced += 1
+            remove.add(doc["_id"])
+        elif doc["_id"] in incoming_ids:  # another document under the same _id
+            remove.add(doc["_id"])
+    remove_by_key(store, "_id", remove)
+    insert_new_documents(store, docs, key="_id")
+    return replaced
+
+
 def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     """Remove the documents whose ``key`` is one of ``values``, in one pass.
 
@@ -325,6 +374,87 @@ class DatabaseBusyError(RuntimeError):
     """Another process holds the embedded database's writer lock."""
 
 
+class DatabaseCorruptError(RuntimeError):
+    """A file of the embedded database cannot be read."""
+
+
+#: Written into the database folder by a failed ``surfflows db check``; while it is there,
+#: no command writes into the database (removed by a check that passes).
+CHECK_FAILED_FILE = "CHECK_FAILED"
+
+
+def salvage_advice(db_dir: Path) -> str:
+    """How to get the data out of a damaged embedded database (for error messages)."""
+    return (
+        f"salvage: `surfflows export DIR` writes every document that can still be read, then "
+        f"restore {db_dir} from a backup (or move it away and `surfflows import DIR`), "
+        "and run `surfflows db check`"
+    )
+
+
+def check_store(name: str, settings: SurfflowsSettings | None = None) -> int:
+    """Read every document of one store; the number read.
+
+    Raises
+    ------
+    DatabaseCorruptError
+        A document or the store's file cannot be read; the message names the store, its
+        file (embedded database), the documents read before and how to salvage.
+    """
+    settings = settings or get_settings()
+    n = 0
+    try:
+        with get_store(name, settings) as store:
+            for _ in read_documents(store, {}):
+                n += 1
+    except Exception as exc:  # sqlite3, lmdb, bson and json errors alike
+        if settings.mongodb_uri:
+            raise
+        raise DatabaseCorruptError(
+            f"the embedded database {settings.db_dir} cannot be read: collection {name!r} "
+            f"(file {collection_file(name, settings)}) fails after {n} documents "
+            f"({type(exc).__name__}: {exc}); {salvage_advice(settings.db_dir)}"
+        ) from exc
+    return n
+
+
+def damaged_collections(settings: SurfflowsSettings | None = None) -> list[Path]:
+    """The embedded database's sqlite collection files whose pages fail sqlite's
+    ``quick_check`` (what a ``database disk image is malformed`` error is about)."""
+    import sqlite3
+
+    settings = settings or get_settings()
+    folder = settings.db_dir / settings.database
+    damaged = []
+    for path in sorted(folder.glob("*" + COLLECTION_FILE_SUFFIX["sqlite"])):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                ok = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        except sqlite3.DatabaseError:
+            ok = False
+        if not ok:
+            damaged.append(path)
+    return damaged
+
+
+def explain_storage_error(exc: BaseException) -> str | None:
+    """A message naming the damaged file and how to salvage, for an sqlite error of the
+    embedded database; None for any other exception."""
+    import sqlite3
+
+    settings = get_settings()
+    if settings.mongodb_uri or not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    files = damaged_collections(settings)
+    where = ", ".join(str(f) for f in files) if files else f"a file under {settings.db_dir}"
+    if files:  # the writer lock refuses to write until `surfflows db check` passes
+        (settings.db_dir / CHECK_FAILED_FILE).write_text(f"damaged: {where}\n")
+    return (
+        f"the embedded database {settings.db_dir} is damaged ({exc}): {where}; nothing more is "
+        f"written into it until `surfflows db check` passes; {salvage_advice(settings.db_dir)}"
+    )
+
+
 class DatabaseUnreachableError(ConnectionError):
     """The configured MongoDB server did not answer in time."""
 
@@ -381,6 +511,13 @@ def writer_lock(settings: SurfflowsSettings | None = None) -> Iterator[None]:
         yield
         return
     settings.db_dir.mkdir(parents=True, exist_ok=True)
+    failed = settings.db_dir / CHECK_FAILED_FILE
+    if failed.is_file():
+        raise DatabaseCorruptError(
+            f"the embedded database {settings.db_dir} failed `surfflows db check` "
+            f"({failed.read_text().strip()}): nothing is written into it; "
+            f"{salvage_advice(settings.db_dir)}"
+        )
     lock = FileLock(settings.db_dir / "writer.lock")
     holder = settings.db_dir / "writer.pid"
     try:
