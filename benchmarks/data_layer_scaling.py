@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -219,7 +220,10 @@ def measured(argv: list[str], env: dict) -> dict:
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     lines = [line for line in out.splitlines() if line.strip()]
+    # `surfflows build` prints each builder's own seconds ("... processed in 0.42 s")
+    builder_s = [float(m) for m in re.findall(r"processed in ([0-9.]+) s", out)]
     return {
+        "builders_s": round(sum(builder_s), 3) if builder_s else None,
         "wall_s": round(time.perf_counter() - start, 3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),

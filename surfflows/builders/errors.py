@@ -99,6 +99,9 @@ class SurfaceEnergyErrorBuilder(Builder):
         self.surface_errors = surface_errors
         self.splits = splits
         self.state = state
+        # maggma's runners hold a chunk of items (a group's energies and references) and
+        # their documents in memory at once: a few groups, not a whole campaign
+        kwargs.setdefault("chunk_size", 8)
         super().__init__(
             sources=[self.outputs, self.references],
             targets=[self.surface_errors, self.splits, self.state],

@@ -9,6 +9,7 @@ progress bars).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from maggma.cli.serial import serial
@@ -73,7 +74,9 @@ def configured_builders() -> list[Builder]:
     return campaign_builders({name: get_store(name) for name in BUILDER_STORES})
 
 
-def run_builders(builders: Sequence[Builder], progress: bool = False) -> dict[str, int]:
+def run_builders(
+    builders: Sequence[Builder], progress: bool = False, seconds: dict[str, float] | None = None
+) -> dict[str, int]:
     """Run each builder with maggma's serial runner, in order.
 
     Parameters
@@ -82,6 +85,8 @@ def run_builders(builders: Sequence[Builder], progress: bool = False) -> dict[st
         Builders, e.g. from :func:`campaign_builders`.
     progress
         Show maggma's progress bars.
+    seconds
+        Filled with the wall seconds of each builder, if given.
 
     Returns
     -------
@@ -90,7 +95,10 @@ def run_builders(builders: Sequence[Builder], progress: bool = False) -> dict[st
         new).
     """
     counts: dict[str, int] = {}
+    seconds = {} if seconds is None else seconds
     for builder in builders:
+        start = time.perf_counter()
         serial(builder, no_bars=not progress)
         counts[type(builder).__name__] = builder.total
+        seconds[type(builder).__name__] = time.perf_counter() - start
     return counts

@@ -91,8 +91,10 @@ def build(
     from surfflows.stores import get_store
 
     stores = {name: get_store(name) for name in BUILDER_STORES}
-    for name, n_items in run_builders(campaign_builders(stores), progress=progress).items():
-        console.print(f"{name}: {n_items} groups processed")
+    seconds: dict[str, float] = {}
+    counts = run_builders(campaign_builders(stores), progress=progress, seconds=seconds)
+    for name, n_items in counts.items():
+        console.print(f"{name}: {n_items} groups processed in {seconds[name]:.2f} s")
 
 
 BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
