@@ -438,17 +438,26 @@ def damaged_collections(settings: SurfflowsSettings | None = None) -> list[Path]
 
 
 def explain_storage_error(exc: BaseException) -> str | None:
-    """A message naming the damaged file and how to salvage, for an sqlite error of the
-    embedded database; None for any other exception."""
+    """A message for an sqlite error of the embedded database: a full disk, or a damaged
+    file (named, with how to salvage; writes are then refused until a check passes).
+    None for any other exception."""
     import sqlite3
 
     settings = get_settings()
     if settings.mongodb_uri or not isinstance(exc, sqlite3.DatabaseError):
         return None
+    if "full" in str(exc):  # SQLITE_FULL: the write was rolled back
+        return (
+            f"the disk holding the embedded database {settings.db_dir} is full ({exc}): the "
+            "write in progress was rolled back and what was stored before stays; free some "
+            "space and run the command again"
+        )
     files = damaged_collections(settings)
-    where = ", ".join(str(f) for f in files) if files else f"a file under {settings.db_dir}"
-    if files:  # the writer lock refuses to write until `surfflows db check` passes
-        (settings.db_dir / CHECK_FAILED_FILE).write_text(f"damaged: {where}\n")
+    if not files:
+        return None
+    where = ", ".join(str(f) for f in files)
+    # the writer lock refuses to write until `surfflows db check` passes
+    (settings.db_dir / CHECK_FAILED_FILE).write_text(f"damaged: {where}\n")
     return (
         f"the embedded database {settings.db_dir} is damaged ({exc}): {where}; nothing more is "
         f"written into it until `surfflows db check` passes; {salvage_advice(settings.db_dir)}"

@@ -27,9 +27,9 @@ from typer.core import TyperGroup
 if TYPE_CHECKING:
     from surfflows.flows.campaign import CampaignConfig
 
-#: Commands that only read the database (no writer lock), and those that need none
-#: (``info`` shows the settings first and pings the server itself).
-READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit"})
+#: Commands that only read the database (no writer lock; ``db migrate`` takes it itself), and
+#: those that need none (``info`` shows the settings first and pings the server itself).
+READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit", "export", "db"})
 NO_DATABASE_COMMANDS = frozenset({"download", "info"})
 
 #: Library warnings that are not the user's business (module regex, category, message regex).

@@ -10,11 +10,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from surfflows.cli.common import app, console, fail
+
+if TYPE_CHECKING:
+    from surfflows.settings import SurfflowsSettings
 
 db_app = typer.Typer(help="Check the database, or move the embedded one to another engine.")
 app.add_typer(db_app, name="db")
@@ -145,14 +148,7 @@ def migrate(
     """Copy the embedded database into another montydb engine; the old folder is kept
     beside it as ``<db_dir>.<old engine>-backup``."""
     from surfflows.settings import get_settings
-    from surfflows.stores import (
-        COLLECTION_FILE_SUFFIX,
-        STORE_NAMES,
-        embedded_storage,
-        get_store,
-        insert_new_documents,
-        read_documents,
-    )
+    from surfflows.stores import COLLECTION_FILE_SUFFIX, embedded_storage, writer_lock
 
     settings = get_settings()
     if settings.mongodb_uri:
@@ -171,6 +167,16 @@ def migrate(
     backup = settings.db_dir.with_name(settings.db_dir.name + f".{old}-backup")
     if backup.exists():
         fail(f"{backup} exists (an earlier migration's backup): move it away first")
+    with writer_lock(settings):
+        _copy_database(settings, new_dir, storage, old, backup)
+
+
+def _copy_database(
+    settings: SurfflowsSettings, new_dir: Path, storage: str, old: str, backup: Path
+) -> None:
+    """Copy every store into ``new_dir`` (engine ``storage``), check the counts, swap."""
+    from surfflows.stores import STORE_NAMES, get_store, insert_new_documents, read_documents
+
     shutil.rmtree(new_dir, ignore_errors=True)
     target_settings = settings.model_copy(update={"db_dir": new_dir, "db_storage": storage})
     for name in STORE_NAMES:
