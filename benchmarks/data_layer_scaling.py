@@ -23,7 +23,8 @@ Steps timed, each a fresh process (wall and CPU seconds, peak RSS):
 
 on each embedded montydb storage engine (sqlite, lightning = LMDB, flatfile), and the
 build steps on maggma MemoryStores (mongomock, in process) to separate the builders' own
-cost from the storage's. Results go to ``benchmarks/results/data_layer_scaling.json``
+cost from the storage's. A step still running after ``STEP_TIMEOUT_S`` is stopped with
+SIGTERM and recorded so (rc 143). Results go to ``benchmarks/results/data_layer_scaling.json``
 (resumable: finished (backend, N) runs are kept) and a log-log PNG.
 
 Usage::
@@ -42,8 +43,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -58,7 +61,8 @@ MODELS = ("chgnet-0.3.0", "model-b", "model-c")
 MODES = ("single_point", "relaxed")
 CHUNK = 128  # structures per EvaluationDoc, as `surfflows evaluate` makes them
 BACKENDS = ("sqlite", "lightning", "flatfile", "memory")
-CLI_STEPS = ("full", "noop", "plus1", "report_one", "report", "results")
+#: Wall seconds after which a step is stopped (and recorded as stopped).
+STEP_TIMEOUT_S = 1200
 
 
 def now() -> str:
@@ -216,8 +220,11 @@ def measured(argv: list[str], env: dict) -> dict:
     process = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
     )
+    timer = threading.Timer(STEP_TIMEOUT_S, process.terminate)  # SIGTERM: the CLI stops cleanly
+    timer.start()
     out = process.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
+    timer.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)
     lines = [line for line in out.splitlines() if line.strip()]
     # `surfflows build` prints each builder's own seconds ("... processed in 0.42 s")
@@ -277,6 +284,10 @@ def run_memory(n: int, work: Path) -> dict:
         def close(self) -> None:
             pass
 
+    def stop(signum, frame):
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, stop)
     seed = make_seed(work)
     stores = {name: KeptMemoryStore(name) for name in BUILDER_STORES}
     for store in stores.values():
@@ -285,7 +296,13 @@ def run_memory(n: int, work: Path) -> dict:
 
     def timed(name, fn):
         wall, cpu = time.perf_counter(), time.process_time()
-        value = fn()
+        signal.alarm(STEP_TIMEOUT_S)  # mongomock matches $in by comparing every pair
+        try:
+            value = fn()
+        except TimeoutError:
+            value = f"stopped after {STEP_TIMEOUT_S} s"
+        finally:
+            signal.alarm(0)
         steps[name] = {
             "wall_s": round(time.perf_counter() - wall, 3),
             "cpu_s": round(time.process_time() - cpu, 3),
