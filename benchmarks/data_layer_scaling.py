@@ -373,6 +373,47 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+TABLE_STEPS = ("insert", "full", "noop", "plus1", "report_one", "report", "results")
+
+
+def markdown_table(results: dict) -> str:
+    """CPU seconds (wall) per step, builders' own seconds, peak RSS and disk, per run."""
+    head = "| backend | N | " + " | ".join(TABLE_STEPS) + " | build RSS MB | disk MB |"
+    lines = [head, "|" + "---|" * (len(TABLE_STEPS) + 4)]
+    order = {b: i for i, b in enumerate(BACKENDS)}
+    for key in sorted(
+        results["runs"], key=lambda k: (int(k.split("|")[1]), order[k.split("|")[0]])
+    ):
+        backend, n = key.split("|")
+        run = results["runs"][key]
+        cells = []
+        for step in TABLE_STEPS:
+            m = run["steps"].get(step)
+            if m is None:
+                cells.append("-")
+                continue
+            text = f"{m['cpu_s']:.1f} ({m['wall_s']:.0f})"
+            if m.get("builders_s") is not None:
+                text += f" [{m['builders_s']:.1f}]"
+            if m.get("rc") == 143 or str(m.get("value", "")).startswith("stopped"):
+                text = f"stopped after {m['wall_s']:.0f} s wall"
+            cells.append(text)
+        rss = max(
+            (
+                run["steps"][s].get("peak_rss_mb") or 0
+                for s in ("full", "plus1")
+                if s in run["steps"]
+            ),
+            default=0,
+        ) or run.get("peak_rss_mb_process")
+        lines.append(
+            f"| {backend} | {int(n):,} | "
+            + " | ".join(cells)
+            + f" | {rss or '-'} | {run.get('disk_mb', '-')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -384,6 +425,9 @@ def main() -> None:
     parser.add_argument("--plus", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-run", type=int, help=argparse.SUPPRESS)  # worker
     parser.add_argument("--make-seed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--table", action="store_true", help="Only print the figures of --out (Markdown), replot."
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.memory_run:
@@ -401,6 +445,14 @@ def main() -> None:
         return
     if args.make_seed:
         make_seed(args.work)
+        return
+    if args.table:
+        results = json.loads(args.out.read_text())
+        results["exponents"] = exponents(results)
+        args.out.write_text(json.dumps(results, indent=1))
+        plot(results, args.out.with_suffix(".png"))
+        print(markdown_table(results))
+        print(json.dumps(results["exponents"], indent=1))
         return
     # once, before any timing, in its own process: a child forked from a process holding
     # CHGNet would report CHGNet's memory as its own peak RSS
