@@ -397,6 +397,8 @@ def markdown_table(results: dict) -> str:
                 text += f" [{m['builders_s']:.1f}]"
             if m.get("rc") == 143 or str(m.get("value", "")).startswith("stopped"):
                 text = f"stopped after {m['wall_s']:.0f} s wall"
+            if m.get("unfinished"):  # sampled from /proc while it ran
+                text = f"> {m['cpu_s']:.0f} ({m['wall_s']:.0f}), unfinished"
             cells.append(text)
         rss = max(
             (
