@@ -357,7 +357,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, step in zip(axes, steps, strict=True):
         for backend in BACKENDS:
             runs = sorted(
-                (int(key.split("|")[1]), r["steps"][step]["wall_s"])
+                (int(key.split("|")[1]), r["steps"][step]["cpu_s"])
                 for key, r in results["runs"].items()
                 if key.split("|")[0] == backend and step in r["steps"]
             )
@@ -366,7 +366,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(step)
         ax.set_xlabel("slab results N")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("wall seconds (2 shared CPU cores)")
+    axes[0].set_ylabel("CPU seconds (2 shared cores; 100k +1 %: unfinished)")
     axes[0].legend()
     fig.suptitle("surfflows data layer: time per step vs slab results (log-log)")
     fig.tight_layout()
