@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,12 @@ class SurfflowsSettings(BaseSettings):
         "is a maggma MongoURIStore in `database` instead of the embedded MontyStore.",
     )
     database: str = Field(default="surfflows", description="Database name (MongoDB and MontyDB).")
+    db_storage: Literal["sqlite", "lightning", "flatfile"] = Field(
+        default="sqlite",
+        description="montydb storage engine of a new embedded database (sqlite, lightning = "
+        "LMDB, flatfile = JSON files). An existing database keeps the engine it was made with; "
+        "`surfflows db migrate --storage` copies it into another.",
+    )
     torch_threads: int | None = Field(
         default=None,
         ge=1,

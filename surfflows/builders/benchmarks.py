@@ -7,31 +7,44 @@ parent is read from its FineTuneDoc in the JobStore outputs) and the relative ch
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from maggma.core import Builder, Store
 
+from surfflows.builders.errors import STATE_TARGET
 from surfflows.core.benchmark import against_parent, bulk_summary, reason_category, summarize
 from surfflows.io.packaged import registered_parent
 from surfflows.schemas.benchmark import BenchmarkDoc
+from surfflows.stores import ensure_indexes, read_documents, replace_documents
 
 SPLIT_PARTS = ("train", "val", "test", "all")
+
+#: The fields of an error document the statistics read.
+ERROR_FIELDS = [
+    "model_id", "mode", "kind", "split", "status", "reason", "gamma_error", "gamma_only",
+    "facet_family", "chemistry_class", "energy_error_per_atom", "aligned_energy_error_per_atom",
+    "formation_energy_error_per_atom", "force_mae", "n_atoms",
+]  # fmt: skip
 
 
 class BenchmarkBuilder(Builder):
     """N, MAE, RMSE, mean signed and max error per (model, set, mode, split part, quantity).
 
     Gamma rows are broken down by facet family and chemistry class; excluded records are
-    counted per reason. A group is rebuilt only when one of its errors is newer than its
-    benchmark.
+    counted per reason. A group is rebuilt only when the error builder wrote to it (its
+    ``builder_state`` document) after its benchmark, or its parent's group was.
+
+    Changes are found from ``builder_state``, not from the errors' ``last_updated``: on
+    MontyDB (no indexes) that query reads every error document, the state one per group.
 
     Parameters
     ----------
-    surface_errors, benchmarks, outputs
+    surface_errors, benchmarks, outputs, state
         Stores, opened by the caller (``outputs``, the JobStore's docs store, holds the
-        FineTuneDoc that names each fine-tuned model's parent).
+        FineTuneDoc that names each fine-tuned model's parent; ``state`` is
+        ``builder_state``, written by the error builder).
     """
 
     def __init__(
@@ -39,67 +52,102 @@ class BenchmarkBuilder(Builder):
         surface_errors: Store,
         benchmarks: Store,
         outputs: Store,
+        state: Store,
         **kwargs,
     ):
         self.surface_errors = surface_errors
         self.benchmarks = benchmarks
         self.outputs = outputs
+        self.state = state
         super().__init__(
-            sources=[self.surface_errors, self.outputs], targets=[self.benchmarks], **kwargs
+            sources=[self.surface_errors, self.outputs, self.state],
+            targets=[self.benchmarks],
+            **kwargs,
         )
 
-    def _parent(self, model_id: str) -> str | None:
-        """The model ``model_id`` was fine-tuned from (its FineTuneDoc, or its registration's
-        parent: :func:`~surfflows.io.packaged.registered_parent`), None if none."""
-        doc = self.outputs.query_one(
-            {"output.@class": {"$in": ["FineTuneDoc", "CheckpointDoc"]}}
-            | {"output.model_id": model_id},
-            properties=["output.parent_model_id", "output.metadata", "output.sha256"],
-        )
-        return None if doc is None else registered_parent(doc["output"])
+    def connect(self) -> None:
+        super().connect()
+        ensure_indexes(self.benchmarks, ("benchmark_id",), unique=True)
+        ensure_indexes(self.benchmarks, ("model_id", "set_name", "mode", "split"))
 
-    def _stale_groups(self) -> list[tuple[str, str, str, str]]:
-        """(model, set, mode, newest error) of every group whose errors changed since its
-        benchmark."""
-        newest: dict[tuple[str, str, str], str] = {}
-        for doc in self.surface_errors.query(
-            {}, properties=["model_id", "set_name", "mode", "last_updated"]
+    def _parents(self) -> dict[str, str]:
+        """model -> the model it was fine-tuned from (its FineTuneDoc, or its registration's
+        parent: :func:`~surfflows.io.packaged.registered_parent`), in one query."""
+        parents = {}
+        for doc in read_documents(
+            self.outputs,
+            {"output.@class": {"$in": ["FineTuneDoc", "CheckpointDoc"]}},
+            properties=[
+                "output.@class",
+                "output.model_id",
+                "output.parent_model_id",
+                "output.metadata",
+                "output.sha256",
+            ],
         ):
-            key = (doc["model_id"], doc["set_name"], doc["mode"])
-            newest[key] = max(newest.get(key, ""), doc["last_updated"])
-        stale = []
-        for (model_id, set_name, mode), updated in sorted(newest.items()):
-            built = self.benchmarks.query_one(
-                {"model_id": model_id, "set_name": set_name, "mode": mode, "split": "all"},
-                properties=["source_updated"],
+            parent = registered_parent(doc["output"])
+            if parent and doc["output"].get("model_id"):
+                parents.setdefault(doc["output"]["model_id"], parent)
+        return parents
+
+    def _stale_groups(self) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+        """(model, set, mode, when its errors were written) of every group whose errors were
+        written since its benchmark, and the parents of the models (see :meth:`_parents`)."""
+        written = {
+            (d["model_id"], d["set_name"], d["mode"]): d["written_at"]
+            for d in read_documents(
+                self.state,
+                {"target": STATE_TARGET, "complete": True},
+                properties=["model_id", "set_name", "mode", "written_at"],
             )
-            if not built or built["source_updated"] < updated:
-                stale.append((model_id, set_name, mode, updated))
-        return stale
+        }
+        built = {
+            (d["model_id"], d["set_name"], d["mode"]): d["source_updated"]
+            for d in read_documents(
+                self.benchmarks,
+                {"split": "all"},
+                properties=["model_id", "set_name", "mode", "source_updated"],
+            )
+        }
+        stale = {g for g, stamp in written.items() if built.get(g, "") < stamp}
+        if not stale:
+            return [], {}
+        parents = self._parents()
+        # a fine-tuned model's rows carry its parent's MAE: rebuilt when the parent's are
+        stale |= {g for g in written if (parents.get(g[0]), g[1], g[2]) in stale}
+        return [(*g, written[g]) for g in sorted(stale)], parents
 
     def get_items(self) -> Iterator[dict[str, Any]]:
-        """Groups (model, set, mode) whose errors changed since their benchmark.
+        """Groups (model, set, mode) whose errors changed since their benchmark, with their
+        errors and their parent's, read in one query per reference set.
 
         ``total`` (read by maggma's runners) is set to their number first.
         """
-        stale = self._stale_groups()
+        stale, parent_of = self._stale_groups()
         self.total = len(stale)
-        for model_id, set_name, mode, updated in stale:
-            criteria = {"model_id": model_id, "set_name": set_name, "mode": mode}
-            parent = self._parent(model_id)
-            yield {
-                "model_id": model_id,
-                "set_name": set_name,
-                "mode": mode,
-                "source_updated": updated,
-                "errors": list(self.surface_errors.query(criteria)),
-                "parent_model_id": parent,
-                "parent_errors": (
-                    list(self.surface_errors.query({**criteria, "model_id": parent}))
-                    if parent
-                    else []
-                ),
-            }
+        by_set: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
+        for group in stale:
+            by_set[group[1]].append(group)
+        for set_name, groups in by_set.items():
+            parents = {g[0]: parent_of.get(g[0]) for g in groups}
+            models = {g[0] for g in groups} | {p for p in parents.values() if p}
+            errors: dict[tuple[str, str], list[dict]] = defaultdict(list)
+            for doc in read_documents(
+                self.surface_errors, {"set_name": set_name}, properties=ERROR_FIELDS
+            ):
+                if doc["model_id"] in models:
+                    errors[(doc["model_id"], doc["mode"])].append(doc)
+            for model_id, _, mode, updated in groups:
+                parent = parents[model_id]
+                yield {
+                    "model_id": model_id,
+                    "set_name": set_name,
+                    "mode": mode,
+                    "source_updated": updated,
+                    "errors": errors[(model_id, mode)],
+                    "parent_model_id": parent,
+                    "parent_errors": errors[(parent, mode)] if parent else [],
+                }
 
     def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """One BenchmarkDoc per split part (and ``all``) and quantity present."""
@@ -164,7 +212,7 @@ class BenchmarkBuilder(Builder):
         return docs
 
     def update_targets(self, items: list[list[dict[str, Any]]]) -> None:
-        """Upsert benchmark rows by benchmark_id."""
-        docs = [doc for group in items for doc in group]
-        if docs:
-            self.benchmarks.update(docs, key="benchmark_id")
+        """Replace benchmark rows by benchmark_id, in one bulk write."""
+        replace_documents(
+            self.benchmarks, [doc for group in items for doc in group], "benchmark_id"
+        )

@@ -2,11 +2,19 @@
 
 One error document per reference slab (gamma) and per reference bulk (aligned energy per
 atom, forces where labelled) of every evaluated (model, set, mode).
+
+Incremental by what changed: one projected query of each source (evaluation and reference
+keys and time stamps) is compared with the small ``builder_state`` document of each
+group; only new evaluations and new references are processed, and only their error
+documents are written (a group's bulk errors are refitted together, since the alignment
+of each bulk is fitted on the others).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from maggma.core import Builder, Store
@@ -18,27 +26,57 @@ from surfflows.core.benchmark import (
     facet_family,
     slab_surface_error,
 )
+from surfflows.core.timestamps import now_iso
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.benchmark import SurfaceErrorDoc
-from surfflows.stores import ensure_indexes, insert_new_documents
+from surfflows.stores import ensure_indexes, insert_new_documents, read_documents, remove_by_key
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
+
+#: ``target`` of this builder's documents in the ``builder_state`` store.
+STATE_TARGET = "surface_errors"
+
+Group = tuple[str, str, str]  # (model_id, set_name, mode)
+
+
+def state_id(target: str, group: Group) -> str:
+    """Key of a group's document in ``builder_state``."""
+    return "|".join((target, *group))
+
+
+@dataclass
+class _Plan:
+    """What a stale group needs: everything (``full``) or the evaluations and references
+    newer than its state."""
+
+    group: Group
+    completed: str
+    refs_updated: str
+    elemental_stamps: tuple[str, str] | None
+    full: bool
+    state: dict | None
+    new_evaluations: set[tuple[str, int]] = field(default_factory=set)
 
 
 class SurfaceEnergyErrorBuilder(Builder):
     """Surface-energy error per reference slab, model and mode.
 
     Sources are the JobStore's ``outputs`` (EvaluationDoc outputs of the evaluation
-    flows) and ``references``; the target is ``surface_errors``. Work is grouped by
-    (model, reference set, mode); a group is processed only if its newest evaluation or
-    the set's newest reference ingest is newer than what the target was built from.
+    flows) and ``references``; the targets are ``surface_errors`` and, per (model,
+    reference set, mode) group, a ``builder_state`` document recording the newest
+    evaluation and reference ingest it was built from.
+
+    maggma's ``GroupBuilder`` does not fit: it rebuilds a whole group when one source
+    document of it changes and finds changes by reading the target's time stamps, which on
+    MontyDB (no indexes) reads every error document; here a rerun reads the small state
+    store, and a group with new evaluations gets only their documents.
 
     Parameters
     ----------
-    outputs, references, surface_errors, splits
+    outputs, references, surface_errors, splits, state
         Stores, opened by the caller (:func:`surfflows.builders.run.campaign_builders`):
-        the JobStore's docs store, the reference documents, the target, and the stored
-        splits (a set's split is created or extended there).
+        the JobStore's docs store, the reference documents, the target, the stored
+        splits (a set's split is created or extended there) and ``builder_state``.
     elemental_set
         Reference set of elemental ground states (DFT energies per element). Where a model
         evaluated it in a mode, bulk errors of other sets in that mode also get the model -
@@ -51,6 +89,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         references: Store,
         surface_errors: Store,
         splits: Store,
+        state: Store,
         elemental_set: str = "mp_elemental_refs",
         **kwargs,
     ):
@@ -59,121 +98,237 @@ class SurfaceEnergyErrorBuilder(Builder):
         self.references = references
         self.surface_errors = surface_errors
         self.splits = splits
+        self.state = state
+        # maggma's runners hold a chunk of items (a group's energies and references) and
+        # their documents in memory at once: a few groups, not a whole campaign
+        kwargs.setdefault("chunk_size", 8)
         super().__init__(
             sources=[self.outputs, self.references],
-            targets=[self.surface_errors, self.splits],
+            targets=[self.surface_errors, self.splits, self.state],
             **kwargs,
         )
 
     def connect(self) -> None:
         super().connect()
-        ensure_indexes(self.surface_errors, ("error_id", "model_id", "set_name"))
+        # not unique: mongomock checks a unique index by reading every document per insert
+        ensure_indexes(self.surface_errors, ("error_id", "model_id", "set_name", "mode"))
+        ensure_indexes(self.references, ("key", "set_name"))
+        ensure_indexes(self.outputs, ("output.@class", "output.set_name"))
+        ensure_indexes(self.state, ("state_id",), unique=True)
 
-    def _energies(self, model_id: str, set_name: str, mode: str) -> dict[str, dict]:
-        """reference key -> the model's energy document (newest evaluation wins)."""
-        criteria = EVALUATION_CLASS | {
-            "output.model_id": model_id,
-            "output.set_name": set_name,
-            "output.mode": mode,
-        }
-        energies: dict[str, dict] = {}
-        for doc in sorted(self.outputs.query(criteria), key=lambda d: d["completed_at"]):
-            for result in doc["output"]["results"]:
-                energies[result["reference_key"]] = result
-        return energies
+    # -- what changed: one projected query per source, and the state -------------------------
 
-    def _groups(self) -> dict[tuple[str, str, str], str]:
-        newest: dict[tuple[str, str, str], str] = {}
-        fields = ["output.model_id", "output.set_name", "output.mode", "completed_at"]
-        for doc in self.outputs.query(EVALUATION_CLASS, properties=fields):
+    def _evaluations(self) -> dict[Group, list[tuple[str, str, int]]]:
+        """(completed_at, uuid, index) of every evaluation, per group."""
+        fields = ["uuid", "index", "completed_at", "output.model_id", "output.set_name"]
+        groups: dict[Group, list[tuple[str, str, int]]] = defaultdict(list)
+        for doc in read_documents(self.outputs, EVALUATION_CLASS, [*fields, "output.mode"]):
             out = doc["output"]
             key = (out["model_id"], out["set_name"], out["mode"])
-            newest[key] = max(newest.get(key, ""), doc["completed_at"])
-        return newest
+            groups[key].append((doc["completed_at"], doc["uuid"], doc.get("index", 1)))
+        return groups
 
-    def _references_updated(self, set_name: str) -> str:
-        stamps = [
-            d["ingested_at"]
-            for d in self.references.query({"set_name": set_name}, properties=["ingested_at"])
-        ]
-        return max(stamps, default="")
+    def _reference_stamps(self, set_names: list[str]) -> dict[str, dict[str, dict]]:
+        """set -> key -> (doc_type, material_id, bulk_key, ingested_at) of its references."""
+        fields = ["key", "set_name", "doc_type", "material_id", "bulk_key", "ingested_at"]
+        stamps: dict[str, dict[str, dict]] = defaultdict(dict)
+        criteria = {"set_name": {"$in": set_names}, "doc_type": {"$in": ["slab", "bulk"]}}
+        for doc in read_documents(self.references, criteria, fields):
+            stamps[doc["set_name"]][doc["key"]] = doc
+        return stamps
 
-    def _stale_groups(self) -> list[tuple[str, str, str, str, str, bool]]:
-        """(model, set, mode, newest evaluation, newest reference, uses the elemental set)
-        of every group with evaluations or references newer than its surface errors."""
-        updated: dict[str, str] = {}
-        groups = self._groups()
+    def _stored_state(self) -> dict[Group, dict]:
+        return {
+            (d["model_id"], d["set_name"], d["mode"]): d
+            for d in read_documents(self.state, {"target": STATE_TARGET})
+        }
+
+    def _plans(
+        self, evaluations: dict[Group, list], refs: dict[str, dict[str, dict]]
+    ) -> list[_Plan]:
+        """The stale groups, sorted, and what each needs."""
+        state = self._stored_state()
+        # A database written before builder_state existed has errors but no state: its
+        # groups are rebuilt whole (their old documents removed first).
+        legacy = not state and self.surface_errors.query_one({}, properties=["error_id"])
         elemental = self.elemental_set
-        stale = []
-        for (model_id, set_name, mode), completed in sorted(groups.items()):
+        newest_ref = {
+            s: max((r["ingested_at"] for r in keys.values()), default="")
+            for s, keys in refs.items()
+        }
+        plans = []
+        for group in sorted(evaluations):
+            model_id, set_name, mode = group
+            completed = max(e[0] for e in evaluations[group])
+            refs_updated = newest_ref.get(set_name, "")
+            elemental_group = (model_id, elemental, mode)
             # formation energies use the same model's evaluation of the elemental set
-            uses_elements = set_name != elemental and (model_id, elemental, mode) in groups
-            if uses_elements:
-                completed = max(completed, groups[(model_id, elemental, mode)])
-            for name in (set_name, elemental):
-                if name not in updated:
-                    updated[name] = self._references_updated(name)
-            refs_updated = updated[set_name]
-            if uses_elements:
-                refs_updated = max(refs_updated, updated[elemental])
-            built = self.surface_errors.query_one(
-                {"model_id": model_id, "set_name": set_name, "mode": mode},
-                properties=["source_completed_at", "references_updated_at"],
-                sort={"source_completed_at": -1},
+            elemental_stamps = None
+            if set_name != elemental and elemental_group in evaluations:
+                elemental_stamps = (
+                    max(e[0] for e in evaluations[elemental_group]),
+                    newest_ref.get(elemental, ""),
+                )
+            stored = state.get(group)
+            if stored is None or not stored.get("complete"):
+                plans.append(
+                    _Plan(group, completed, refs_updated, elemental_stamps, True,
+                          stored or ({} if legacy else None))
+                )  # fmt: skip
+                continue
+            stored_elemental = stored.get("elemental_stamps")
+            if (
+                stored["evaluations_completed_at"] >= completed
+                and stored["references_updated_at"] >= refs_updated
+                and (stored_elemental and tuple(stored_elemental)) == elemental_stamps
+            ):
+                continue
+            old_refs = sum(
+                r["ingested_at"] <= stored["references_updated_at"]
+                for r in refs.get(set_name, {}).values()
             )
-            if built and built["source_completed_at"] >= completed:
-                if built["references_updated_at"] >= refs_updated:
-                    continue
-            stale.append((model_id, set_name, mode, completed, refs_updated, uses_elements))
-        return stale
+            # A reference re-ingested with new content, or removed: the group is rebuilt.
+            full = old_refs != stored["n_references"]
+            new = {
+                (uuid, index)
+                for stamp, uuid, index in evaluations[group]
+                if stamp > stored["evaluations_completed_at"]
+            }
+            plans.append(_Plan(group, completed, refs_updated, elemental_stamps, full, stored, new))
+        return plans
+
+    # -- the work --------------------------------------------------------------------------
+
+    def _energies(self, set_names: list[str], groups: set[Group]) -> dict[Group, tuple]:
+        """Per group: reference key -> the model's energy document (newest evaluation wins),
+        and the keys of the evaluations in ``new`` of its plan; one query for the sets."""
+        docs: dict[Group, list] = defaultdict(list)
+        criteria = EVALUATION_CLASS | {"output.set_name": {"$in": set_names}}
+        for doc in read_documents(
+            self.outputs, criteria, properties=["uuid", "index", "completed_at", "output"]
+        ):
+            out = doc["output"]
+            group = (out["model_id"], out["set_name"], out["mode"])
+            if group in groups:
+                stamp = (doc["completed_at"], doc["uuid"], doc.get("index", 1))
+                docs[group].append((stamp, out["results"]))
+        energies = {}
+        for group, chunks in docs.items():
+            by_key: dict[str, dict] = {}
+            keys_of: dict[tuple[str, int], list[str]] = {}
+            for (_, uuid, index), results in sorted(chunks, key=lambda c: c[0]):
+                for result in results:
+                    by_key[result["reference_key"]] = result
+                keys_of[(uuid, index)] = [r["reference_key"] for r in results]
+            energies[group] = (by_key, keys_of)
+        return energies
 
     def get_items(self) -> Iterator[dict[str, Any]]:
-        """Groups with evaluations or references newer than their surface errors.
+        """Stale groups with the documents their new work needs, one reference set at a time.
 
         ``total`` (read by maggma's runners) is set to their number first. A reference set
-        and its split are read once, however many models and modes evaluated it; the
-        groups of one set share them.
+        and its split are read once, however many models and modes evaluated it.
         """
-        stale = self._stale_groups()
-        self.total = len(stale)
+        evaluations = self._evaluations()
+        sets = sorted({set_name for _, set_name, _ in evaluations} | {self.elemental_set})
+        refs = self._reference_stamps(sets)
+        plans = self._plans(evaluations, refs)
+        self.total = len(plans)
+        if not plans:
+            return
         elemental = self.elemental_set
-        loaded: dict[str, tuple[list[dict], dict[str, str]]] = {}
-        elemental_docs: list[dict] | None = None
-        for model_id, set_name, mode, completed, refs_updated, uses_elements in stale:
-            energies = self._energies(model_id, set_name, mode)
-            formation_offsets = None
-            if uses_elements:
-                if elemental_docs is None:
-                    elemental_docs = list(
-                        self.references.query({"set_name": elemental, "doc_type": "bulk"})
-                    )
-                formation_offsets = elemental_offsets(
-                    elemental_docs, self._energies(model_id, elemental, mode)
+        needs_elements = {(p.group[0], elemental, p.group[2]) for p in plans if p.elemental_stamps}
+        elemental_energies = {}
+        elemental_docs: list[dict] = []
+        if needs_elements:
+            elemental_energies = self._energies([elemental], needs_elements)
+            elemental_docs = list(
+                read_documents(self.references, {"set_name": elemental, "doc_type": "bulk"})
+            )
+        by_set: dict[str, list[_Plan]] = defaultdict(list)
+        for plan in plans:
+            by_set[plan.group[1]].append(plan)
+        for set_name, set_plans in by_set.items():
+            energies = self._energies([set_name], {p.group for p in set_plans})
+            split = get_or_create_split(set_name, store=self.splits, references=self.references)
+            work = [
+                self._work(p, refs.get(set_name, {}), *energies.get(p.group, ({}, {})))
+                for p in set_plans
+            ]
+            needed = set().union(*(w["keys"] for w in work))
+            references = {
+                doc["key"]: doc
+                for doc in read_documents(
+                    self.references, {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
                 )
-            if set_name not in loaded:
-                split = get_or_create_split(set_name, store=self.splits, references=self.references)
-                references = list(
-                    self.references.query(
-                        {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
-                    )
-                )
-                loaded[set_name] = (references, split.assignments)
-            references, assignments = loaded[set_name]
-            self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
-            yield {
-                "model_id": model_id,
-                "set_name": set_name,
-                "mode": mode,
-                "source_completed_at": completed,
-                "references_updated_at": refs_updated,
-                "energies": energies,
-                "formation_offsets": formation_offsets,
-                "references": references,
-                "assignments": assignments,
+                if doc["key"] in needed
             }
+            for plan, item in zip(set_plans, work, strict=True):
+                model_id, _, mode = plan.group
+                formation_offsets = None
+                if plan.elemental_stamps:
+                    elemental_group = (model_id, elemental, mode)
+                    formation_offsets = elemental_offsets(
+                        elemental_docs, elemental_energies.get(elemental_group, ({}, {}))[0]
+                    )
+                self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
+                yield item | {
+                    "references": [
+                        references[k] for k in sorted(item.pop("keys")) if k in references
+                    ],
+                    "assignments": split.assignments,
+                    "formation_offsets": formation_offsets,
+                }
 
-    def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """One SurfaceErrorDoc per reference slab and per evaluated reference bulk."""
+    def _work(
+        self,
+        plan: _Plan,
+        refs: dict[str, dict],
+        energies: dict[str, dict],
+        keys_of: dict[tuple[str, int], list[str]],
+    ) -> dict[str, Any]:
+        """The references (keys) a stale group's new work reads, and what it replaces."""
+        model_id, set_name, mode = plan.group
+        slabs = [k for k, r in refs.items() if r["doc_type"] == "slab"]
+        bulks = [k for k, r in refs.items() if r["doc_type"] == "bulk"]
+        item: dict[str, Any] = {
+            "model_id": model_id,
+            "set_name": set_name,
+            "mode": mode,
+            "source_completed_at": plan.completed,
+            "references_updated_at": plan.refs_updated,
+            "elemental_stamps": plan.elemental_stamps,
+            "n_references": len(refs),
+            "previous_state": plan.state,
+            "full": plan.full,
+        }
+        if plan.full:
+            return item | {"keys": set(refs), "energies": energies, "bulks": True, "replaced": []}
+        stamp = plan.state["references_updated_at"]
+        new_refs = {k for k, r in refs.items() if r["ingested_at"] > stamp}
+        evaluated = {k for uuid_index in plan.new_evaluations for k in keys_of.get(uuid_index, ())}
+        changed = new_refs | evaluated
+        slab_keys = {k for k in slabs if k in changed or refs[k].get("bulk_key") in changed}
+        redo_bulks = bool(changed & set(bulks)) or plan.elemental_stamps != (
+            plan.state.get("elemental_stamps") and tuple(plan.state["elemental_stamps"])
+        )
+        keys = slab_keys | {refs[k]["bulk_key"] for k in slab_keys if refs[k].get("bulk_key")}
+        if redo_bulks:
+            keys |= set(bulks)
+        # documents written by an earlier build that are replaced now: re-evaluated slabs,
+        # and every bulk where the bulks are refitted
+        replaced = [k for k in slab_keys if k not in new_refs] + (bulks if redo_bulks else [])
+        return item | {
+            "keys": keys,
+            "energies": {k: energies[k] for k in keys if k in energies},
+            "bulks": redo_bulks,
+            "slab_keys": slab_keys,
+            "replaced": sorted(f"{model_id}|{mode}|{k}" for k in replaced),
+        }
+
+    def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        """SurfaceErrorDocs of the group's new work: one per reference slab it changed and,
+        where bulks changed, one per evaluated reference bulk."""
         refs = {doc["key"]: doc for doc in item["references"]}
         energies = item["energies"]
         common = {
@@ -196,9 +351,10 @@ class SurfaceEnergyErrorBuilder(Builder):
                 **fields,
             ).model_dump()
 
+        slab_keys = item.get("slab_keys")
         docs = []
         for ref in refs.values():
-            if ref["doc_type"] != "slab":
+            if ref["doc_type"] != "slab" or (slab_keys is not None and ref["key"] not in slab_keys):
                 continue
             bulk_key = ref.get("bulk_key")
             fields = slab_surface_error(
@@ -217,34 +373,59 @@ class SurfaceEnergyErrorBuilder(Builder):
                     **fields,
                 )
             )
-        # Bulks the evaluation covered (a slab set's bulks and a bulk-only set's alike).
-        bulks = [r for r in refs.values() if r["doc_type"] == "bulk" and r["key"] in energies]
-        bulk_errors = bulk_energy_errors(
-            bulks, energies, item["assignments"], item.get("formation_offsets")
-        )
-        for ref in bulks:
-            docs.append(
-                doc(
-                    ref,
-                    kind="bulk",
-                    miller_index=None,
-                    facet_family="bulk",
-                    **bulk_errors[ref["key"]],
-                )
+        if item["bulks"]:
+            # Bulks the evaluation covered (a slab set's bulks and a bulk-only set's alike).
+            bulks = [r for r in refs.values() if r["doc_type"] == "bulk" and r["key"] in energies]
+            bulk_errors = bulk_energy_errors(
+                bulks, energies, item["assignments"], item.get("formation_offsets")
             )
-        return docs
+            for ref in bulks:
+                docs.append(
+                    doc(
+                        ref,
+                        kind="bulk",
+                        miller_index=None,
+                        facet_family="bulk",
+                        **bulk_errors[ref["key"]],
+                    )
+                )
+        group = {"model_id": item["model_id"], "set_name": item["set_name"], "mode": item["mode"]}
+        state = group | {
+            "state_id": state_id(STATE_TARGET, (item["model_id"], item["set_name"], item["mode"])),
+            "target": STATE_TARGET,
+            "evaluations_completed_at": item["source_completed_at"],
+            "references_updated_at": item["references_updated_at"],
+            "elemental_stamps": item["elemental_stamps"],
+            "n_references": item["n_references"],
+        }
+        return {
+            "docs": docs,
+            "state": state,
+            "remove_group": group if item["full"] and item["previous_state"] is not None else None,
+            "replaced": item["replaced"],
+        }
 
-    def update_targets(self, items: list[list[dict[str, Any]]]) -> None:
-        """Replace each rebuilt group's error documents, in two bulk writes per group.
+    def update_targets(self, items: list[dict[str, Any]]) -> None:
+        """Write the new error documents of all groups of a chunk in bulk, state last.
 
-        Not ``store.update``: on a MontyStore it scans the whole collection for each
-        document (see :func:`~surfflows.stores.insert_new_documents`), which grows with
-        the square of the models evaluated. A crash between removal and insert leaves
-        the group without errors, so the next build rebuilds it.
+        Each group's state is first marked incomplete: a build stopped (or failing, e.g.
+        on a full disk) before its state is marked complete again leaves the group to be
+        rebuilt whole by the next build, whatever it had written.
         """
-        for docs in items:
-            if docs:
-                group = {k: docs[0][k] for k in ("model_id", "set_name", "mode")}
-                if self.surface_errors.count(group):  # montydb: no delete before a write
-                    self.surface_errors.remove_docs(group)
-                insert_new_documents(self.surface_errors, docs, key="error_id")
+        if not items:
+            return
+        self.state.update([{**item["state"], "complete": False} for item in items], key="state_id")
+        for item in items:
+            if item["remove_group"]:  # rare: an interrupted build, changed references
+                self.surface_errors.remove_docs(item["remove_group"])
+        remove_by_key(
+            self.surface_errors, "error_id", [i for item in items for i in item["replaced"]]
+        )
+        insert_new_documents(
+            self.surface_errors, [d for item in items for d in item["docs"]], key="error_id"
+        )
+        written = now_iso()
+        self.state.update(
+            [{**item["state"], "complete": True, "written_at": written} for item in items],
+            key="state_id",
+        )

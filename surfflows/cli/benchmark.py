@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
@@ -85,9 +86,17 @@ def build(
     from surfflows.stores import get_store
 
     stores = {name: get_store(name) for name in BUILDER_STORES}
-    for name, n_items in run_builders(campaign_builders(stores), progress=progress).items():
-        console.print(f"{name}: {n_items} groups processed")
+    seconds: dict[str, float] = {}
+    counts = run_builders(campaign_builders(stores), progress=progress, seconds=seconds)
+    for name, n_items in counts.items():
+        console.print(f"{name}: {n_items} groups processed in {seconds[name]:.2f} s")
 
+
+#: The fields of an error document a parity plot reads.
+PARITY_FIELDS = [
+    "model_id", "set_name", "mode", "kind", "status", "gamma_ref", "gamma_model", "gamma_error",
+    "chemistry_class",
+]  # fmt: skip
 
 BENCHMARK_COLUMNS = ("set", "model", "mode", "split", "N", "MAE", "RMSE", "mean signed", "max")
 
@@ -195,9 +204,9 @@ def report(
     (static, offline) adds model cards, thermodynamics plots and benchmark figures.
     """
     from surfflows.jobs.finetune import finetune_report_plots
-    from surfflows.reports.leaderboard import leaderboard, model_labels
+    from surfflows.reports.leaderboard import leaderboard, model_label, model_labels
     from surfflows.reports.plots import leaderboard_plot, parity_plot
-    from surfflows.stores import get_job_store, get_store
+    from surfflows.stores import get_job_store, get_store, read_documents
 
     criteria = {k: v for k, v in (("model_id", model), ("set_name", reference)) if v}
     benchmarks = get_store("benchmarks")
@@ -232,15 +241,25 @@ def report(
             console.print(f"wrote {path}")
         if bulk_rows:
             console.print(_bulk_table(bulk_rows, labels))
-        for r in (r for r in gamma_rows if r["split"] == "all"):
-            group = {"model_id": r["model_id"], "set_name": r["set_name"], "mode": r["mode"]}
-            ref = refs.query_one({"set_name": r["set_name"]}, properties=["source", "citation"])
-            source = (ref or {}).get("citation") or (ref or {}).get("source")
-            slabs = [e for e in errors.query(group) if e.get("kind", "slab") == "slab"]
+        parity_rows = [r for r in gamma_rows if r["split"] == "all"]
+        # one read of each store (montydb reads a whole collection for any query)
+        slabs = defaultdict(list)
+        for e in read_documents(errors, criteria, PARITY_FIELDS):
+            if e.get("kind", "slab") == "slab":
+                slabs[(e["model_id"], e["set_name"], e["mode"])].append(e)
+        sources: dict[str, str | None] = {}
+        for ref in read_documents(
+            refs,
+            {"set_name": {"$in": sorted({r["set_name"] for r in parity_rows})}},
+            ["set_name", "source", "citation"],
+        ):
+            sources.setdefault(ref["set_name"], ref.get("citation") or ref.get("source"))
+        for r in parity_rows:
+            source = sources.get(r["set_name"])
             path = parity_plot(
-                slabs,
+                slabs[(r["model_id"], r["set_name"], r["mode"])],
                 out / f"parity_{r['set_name']}_{r['model_id']}_{r['mode']}.png",
-                title=f"{r['model_id']} on {r['set_name']} ({r['mode']})",
+                title=f"{model_label(r['model_id'], labels)} on {r['set_name']} ({r['mode']})",
                 attribution=f"Reference data: {source}" if source else "",
             )
             console.print(f"wrote {path}")

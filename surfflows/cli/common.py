@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -25,9 +27,9 @@ from typer.core import TyperGroup
 if TYPE_CHECKING:
     from surfflows.flows.campaign import CampaignConfig
 
-#: Commands that only read the database (no writer lock), and those that need none
-#: (``info`` shows the settings first and pings the server itself).
-READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit"})
+#: Commands that only read the database (no writer lock; ``db migrate`` takes it itself), and
+#: those that need none (``info`` shows the settings first and pings the server itself).
+READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit", "export", "db"})
 NO_DATABASE_COMMANDS = frozenset({"download", "info"})
 
 #: Library warnings that are not the user's business (module regex, category, message regex).
@@ -75,24 +77,45 @@ def error_line(exc: BaseException) -> str:
     """What the user sees of an exception: its message (its type when it is not an input
     error), MongoDB passwords redacted."""
     from surfflows.settings import redact_uri
+    from surfflows.stores import explain_storage_error
 
+    explained = explain_storage_error(exc)
+    if explained:
+        return explained
     message = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, ValueError | OSError | LookupError | RuntimeError):
         message = f"{type(exc).__name__}: {message}"
     return redact_uri(message)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers send at walltime), raised where the command is, like Ctrl-C:
+    jobs and builders stop between writes, and what was stored stays."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+#: Exit status of a command stopped by SIGTERM (128 + 15, what shells report).
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
 class _Group(TyperGroup):
-    """A command group that turns exceptions into one-line errors (``--debug``: traceback)."""
+    """A command group that turns exceptions into one-line errors (``--debug``: traceback),
+    and SIGTERM into the interruption Ctrl-C makes (exit status 143)."""
 
     def invoke(self, ctx: click.Context):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             return super().invoke(ctx)
         except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/]: what was stored stays; run again to resume")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            console.print(f"[bold red]{what}[/]: what was stored stays; run again to resume")
+            raise typer.Exit(code=SIGTERM_EXIT if isinstance(exc, Terminated) else 130) from None
         except Exception as exc:
             if debug_enabled():
                 from surfflows.settings import redact_uri
@@ -102,6 +125,9 @@ class _Group(TyperGroup):
             if not debug_enabled():
                 console.print("(run with --debug or SURFFLOWS_DEBUG=1 for the traceback)")
             raise typer.Exit(code=2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(

@@ -15,7 +15,6 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymatgen.core import Structure
-from pymatgen.core.interface import label_termination
 from pymatgen.core.surface import (
     Slab,
     SlabGenerator,
@@ -206,6 +205,8 @@ def generate_slabs(bulk: Structure, settings: SlabSettings | None = None) -> lis
     millers = settings.miller_indices or get_symmetrically_distinct_miller_indices(
         conv, settings.max_index
     )
+    from pymatgen.core.interface import label_termination  # 5 s to import: only when cutting
+
     candidates = []
     for hkl in millers:
         generator = SlabGenerator(

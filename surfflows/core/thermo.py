@@ -17,13 +17,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pymatgen.analysis.surface_analysis import SlabEntry, SurfaceEnergyPlotter
 from pymatgen.core import Composition, Element, Lattice, Structure
-from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
-from scipy.stats import kendalltau, spearmanr
-from sympy import Symbol
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.surface_analysis import SlabEntry, SurfaceEnergyPlotter
+    from sympy import Symbol
+
+# pymatgen's surface analysis, its entries, scipy.stats and sympy load in seconds: they are
+# imported by the functions that use them, so importing the gamma helpers stays fast.
 
 #: eV/Å² -> J/m² (1 eV = 1.602176634e-19 J, 1 Å² = 1e-20 m²).
 EV_PER_A2_TO_J_PER_M2 = 16.02176634
@@ -157,8 +161,15 @@ def to_j_per_m2(gamma_ev_per_a2: float) -> float:
 # pymatgen's SlabEntry / SurfaceEnergyPlotter name the same variable ``delu_O``.
 # ---------------------------------------------------------------------------------------------
 
-#: The sympy symbol of delta mu_O in pymatgen's surface analysis (``delu_<element>``).
-DELU_O = Symbol("delu_O")
+
+def __getattr__(name: str) -> Symbol:
+    """``DELU_O``: the sympy symbol of delta mu_O in pymatgen's surface analysis
+    (``delu_<element>``), made on first use."""
+    if name == "DELU_O":
+        from sympy import Symbol
+
+        return Symbol("delu_O")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def oxygen_molecule(
@@ -344,6 +355,9 @@ def surface_energy_plotter(
         O reference makes ``gamma`` a function of ``delu_O`` (the other elements follow
         from the bulk).
     """
+    from pymatgen.analysis.surface_analysis import SurfaceEnergyPlotter
+    from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
     has_oxygen = "O" in bulk.composition.get_el_amt_dict()
     if has_oxygen and o2_energy is None:
         raise ValueError(f"{bulk.composition.reduced_formula} contains O: give the O2 energy")
@@ -366,11 +380,12 @@ def stable_terminations(
     list[tuple[SlabEntry, float, float]]
         ``(entry, delta mu_O from, delta mu_O to)`` sorted by facet and range.
     """
+    delu_o = __getattr__("DELU_O")
     lo, hi = sorted(window)
-    if DELU_O in plotter.list_of_chempots:
+    if delu_o in plotter.list_of_chempots:
         with warnings.catch_warnings():  # parallel lines: "No solution"
             warnings.simplefilter("ignore")
-            ranges = plotter.stable_u_range_dict([lo, hi], DELU_O, no_doped=True)
+            ranges = plotter.stable_u_range_dict([lo, hi], delu_o, no_doped=True)
         rows = [(entry, float(min(u)), float(max(u))) for entry, u in ranges.items() if u]
     else:
         rows = [
@@ -391,6 +406,8 @@ def ranking_agreement(
         ``n_facets``, ``kendall_tau``, ``kendall_p``, ``spearman_rho``, ``spearman_p``
         (scipy.stats; None where undefined, e.g. fewer than two facets or constant energies).
     """
+    from scipy.stats import kendalltau, spearmanr
+
     common = sorted(set(reference) & set(model))
     out: dict[str, float | int | None] = {"n_facets": len(common)}
     if len(common) < 2:

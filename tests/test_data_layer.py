@@ -1,0 +1,312 @@
+"""The data layer: incremental builds (documents counted), export / import, db check on a
+damaged database, SIGTERM, a full disk and a killed writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from jobflow import run_locally
+from test_evaluate_builders import tiny_set  # noqa: F401 (fixture)
+from typer.testing import CliRunner
+
+from surfflows.builders import configured_builders, run_builders
+from surfflows.cli import app
+from surfflows.io.ingest import ingest_path
+from surfflows.io.inputs import reference_inputs, reference_items
+from surfflows.jobs.evaluate import EvaluateMaker
+from surfflows.schemas.models import ModelSpec
+from surfflows.settings import get_settings
+from surfflows.stores import (
+    CHECK_FAILED_FILE,
+    collection_file,
+    get_job_store,
+    get_store,
+    insert_new_documents,
+    writer_lock,
+)
+
+ROOT = Path(__file__).parents[1]
+runner = CliRunner()
+
+#: Fields a rebuild rewrites whatever the inputs (when and with what it was written).
+STAMPS = ("_id", "last_updated", "source_completed_at", "references_updated_at", "provenance")
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def evaluate_keys(keys: set[str] | None = None) -> None:
+    """CHGNet single points of the tiny set's structures (those of ``keys`` only)."""
+    with get_store("references") as references, get_store("splits") as splits:
+        items = reference_items(reference_inputs("tiny_metals", references, splits))
+    items = [item for item in items if keys is None or item[0] in keys]
+    flow = EvaluateMaker(model=ModelSpec(), modes=("single_point",)).make("tiny_metals", items)
+    run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
+
+
+def errors_by_id() -> dict[str, dict]:
+    with get_store("surface_errors") as errors:
+        docs = list(errors.query({}))
+    by_id = {d["error_id"]: d for d in docs}
+    assert len(by_id) == len(docs), "an error document is stored twice"
+    return by_id
+
+
+def content(docs: dict[str, dict]) -> dict[str, dict]:
+    return {k: {f: v for f, v in d.items() if f not in STAMPS} for k, d in docs.items()}
+
+
+@pytest.mark.slow
+def test_incremental_build_processes_only_the_new_evaluations(tiny_set):  # noqa: F811
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = {d["key"]: d for d in references.query({"set_name": "tiny_metals"})}
+    first_material = sorted({d["material_id"] for d in refs.values()})[0]
+    first = {k for k, d in refs.items() if d["material_id"] == first_material}
+    evaluate_keys(first)
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 1,
+        "BenchmarkBuilder": 1,
+    }
+    before = errors_by_id()
+    slabs = {k for k, d in refs.items() if d["doc_type"] == "slab"}
+    # every slab has a document ("not evaluated" where no energy yet); one bulk evaluated
+    assert len(before) == len(slabs) + 1
+
+    # nothing new: nothing read into the builders, nothing written
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 0,
+        "BenchmarkBuilder": 0,
+    }
+    assert errors_by_id() == before
+
+    # the other materials' evaluation: only their slabs and the (refitted) bulks rewritten
+    evaluate_keys(set(refs) - first)
+    assert run_builders(configured_builders()) == {
+        "SurfaceEnergyErrorBuilder": 1,
+        "BenchmarkBuilder": 1,
+    }
+    after = errors_by_id()
+    rewritten = {k for k in after if k not in before or after[k]["_id"] != before[k]["_id"]}
+    new_slabs = {f"chgnet-0.3.0|single_point|{k}" for k in slabs - first}
+    bulks = {f"chgnet-0.3.0|single_point|{k}" for k, d in refs.items() if d["doc_type"] == "bulk"}
+    assert rewritten == new_slabs | bulks
+    kept = set(after) - rewritten
+    assert kept and all(after[k] == before[k] for k in kept)
+
+    # the same documents as one build of everything from nothing
+    with get_store("surface_errors") as errors, get_store("builder_state") as state:
+        errors.remove_docs({})
+        state.remove_docs({})
+    run_builders(configured_builders())
+    assert content(errors_by_id()) == content(after)
+
+
+def small_docs(n: int) -> list[dict]:
+    return [
+        {
+            "error_id": f"m|single_point|s:{i}",
+            "gamma_error": 0.001 * i,
+            "excluded_reasons": {"flagged: mismatch (2.5%)": 1},  # a key holding a "."
+            "miller_index": [1, 1, i % 3],
+        }
+        for i in range(n)
+    ]
+
+
+def test_export_import_round_trip(tmp_path, monkeypatch):
+    with get_store("surface_errors") as errors, get_store("references") as references:
+        insert_new_documents(errors, small_docs(50), key="error_id")
+        references.update([{"key": "s:1", "set_name": "s", "structure": {"a": 1}}], key="key")
+    out = cli("export", tmp_path / "export")
+    assert out.exit_code == 0, out.output
+    assert "surface_errors: 50 documents" in out.output
+    lines = (tmp_path / "export" / "surface_errors.jsonl").read_text().splitlines()
+    assert len(lines) == 50 and '"$oid"' in lines[0]  # extended JSON, what mongoimport reads
+
+    monkeypatch.setenv("SURFFLOWS_DB_DIR", str(tmp_path / "restored"))
+    for attempt in range(2):  # idempotent: the second import replaces, adds nothing
+        result = cli("import", tmp_path / "export")
+        assert result.exit_code == 0, result.output
+        assert f"surface_errors: 50 documents from {tmp_path / 'export'}" in result.output
+        assert f"({50 * attempt} replaced)" in result.output
+    with get_store("surface_errors") as errors, get_store("references") as references:
+        restored = sorted(errors.query({}), key=lambda d: d["error_id"])
+        assert references.count() == 1
+    original = sorted(small_docs(50), key=lambda d: d["error_id"])
+    assert [{k: v for k, v in d.items() if k != "_id"} for d in restored] == original
+
+
+def corrupt(path: Path) -> None:
+    """Overwrite pages in the middle of an sqlite file (what a failing disk leaves)."""
+    with path.open("r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xde\xad\xbe\xef" * 2048)
+
+
+def test_db_check_names_the_damaged_file_and_writes_are_refused(tmp_path):
+    with get_store("surface_errors") as errors, get_store("references") as references:
+        insert_new_documents(errors, small_docs(3000), key="error_id")
+        references.update([{"key": "s:1", "set_name": "s"}], key="key")
+    damaged = collection_file("surface_errors")
+    corrupt(damaged)
+    check = cli("db", "check")
+    assert check.exit_code == 2, check.output
+    error = [line for line in check.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in check.output
+    db_dir = get_settings().db_dir
+    for fragment in (str(damaged), str(db_dir), "surface_errors", "export", "backup"):
+        assert fragment in error[0], check.output
+    assert (db_dir / CHECK_FAILED_FILE).is_file()
+
+    # a writing command is refused before it writes anything
+    stamp = {p: p.stat().st_mtime_ns for p in (db_dir / "surfflows").iterdir()}
+    ingest = cli("ingest", str(ROOT / "surfflows/data/references/pbe_metal_surfaces"))
+    assert ingest.exit_code == 2 and "failed `surfflows db check`" in ingest.output
+    assert {p: p.stat().st_mtime_ns for p in (db_dir / "surfflows").iterdir()} == stamp
+
+    # what can be read is exported; the damaged store is named and the command exits 1
+    export = cli("export", tmp_path / "salvage")
+    assert export.exit_code == 1 and "references: 1 documents" in export.output
+    assert "surface_errors" in export.output.splitlines()[-1]
+
+    # the damaged folder moved away and the export imported: a database that passes
+    db_dir.rename(tmp_path / "damaged_db")
+    assert cli("import", tmp_path / "salvage").exit_code == 0
+    check = cli("db", "check")
+    assert check.exit_code == 0 and "references: 1 documents read" in check.output
+
+
+def test_db_migrate_keeps_every_document(tmp_path):
+    with get_store("surface_errors") as errors:
+        insert_new_documents(errors, small_docs(20), key="error_id")
+    result = cli("db", "migrate", "--storage", "lightning")
+    assert result.exit_code == 0, result.output
+    db_dir = get_settings().db_dir
+    assert (db_dir / "surfflows" / "surface_errors.mdb").is_file()
+    assert (db_dir.parent / f"{db_dir.name}.sqlite-backup").is_dir()
+    with get_store("surface_errors") as errors:  # the new engine, found from the folder
+        assert sorted(d["error_id"] for d in errors.query({})) == sorted(
+            d["error_id"] for d in small_docs(20)
+        )
+
+
+def cli_process(*args: str, env: dict | None = None) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)} | (env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "surfflows.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path):
+    """Real CHGNet: SIGTERM after the first material; what it stored is kept and reused."""
+    cu = str(ROOT / "configs" / "structures" / "Cu.cif")
+    config = {
+        "name": "c",
+        "slabs": {"miller_indices": [[1, 1, 1]], "min_slab_size": 5.0, "min_vacuum_size": 8.0},
+        "relax": {"fmax": 0.2, "max_steps": 50},
+        "materials": [{"id": "Cu", "structure": cu}, {"id": "Cu-b", "structure": cu}],
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = cli_process("run", str(path))
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("Cu: computed"):
+            break
+    time.sleep(1)  # into the second material's relaxation
+    process.send_signal(signal.SIGTERM)
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=120) == 143, "".join(lines)
+    output = "".join(lines)
+    assert output.count("terminated (SIGTERM): what was stored stays") == 1, output
+    assert "Traceback" not in output
+    rerun = cli("run", str(path))
+    assert rerun.exit_code == 0 and "1 materials computed, 1 skipped" in rerun.output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (root only, else skipped): a disk that fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk is full; returns it."""
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_full_disk_during_ingest_and_build_loses_nothing(small_disk, monkeypatch, tiny_set):  # noqa: F811
+    monkeypatch.setenv("SURFFLOWS_DB_DIR", str(small_disk / "db"))
+    ingest_path(tiny_set)
+    evaluate_keys()
+    filler = fill(small_disk)
+    for args in (
+        ("ingest", str(ROOT / "surfflows/data/references/pbe_metal_surfaces")),
+        ("build",),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        error = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and "Traceback" not in result.output, result.output
+        assert "full" in error[0] or "No space left" in error[0], result.output
+    filler.unlink()
+    assert cli("db", "check").exit_code == 0  # still readable
+    with get_store("references") as references:
+        assert references.count({"set_name": "pbe_metal_surfaces"}) == 0  # nothing half-written
+    assert run_builders(configured_builders())["SurfaceEnergyErrorBuilder"] == 1
+    assert len(errors_by_id()) == 8  # 5 slabs and 3 bulks, none doubled
+
+
+def test_a_killed_writer_leaves_a_lock_the_next_command_takes():
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from surfflows.stores import writer_lock\n"
+            "with writer_lock():\n    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    busy = cli("ingest", str(ROOT / "surfflows/data/references/pbe_metal_surfaces"))
+    assert busy.exit_code == 2 and f"pid {holder.pid}" in busy.output
+    holder.kill()  # kill -9: no cleanup; the pid file stays, the kernel drops the lock
+    holder.wait()
+    assert (get_settings().db_dir / "writer.pid").is_file()
+    with writer_lock():
+        pid = (get_settings().db_dir / "writer.pid").read_text()
+    assert pid.startswith(f"pid {os.getpid()}")
