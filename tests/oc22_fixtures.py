@@ -127,9 +127,18 @@ def s2ef_fields(
 
 @contextmanager
 def fake_torch_geometric() -> Iterator[tuple[type, type]]:
-    """Register throwaway ``torch_geometric`` modules; yield ``Data`` and ``GlobalStorage``."""
-    if any(name in sys.modules for name in _PYG_MODULES):
-        raise RuntimeError("a torch_geometric module is already imported")
+    """Register throwaway ``torch_geometric`` modules; yield ``Data`` and ``GlobalStorage``.
+
+    A real torch_geometric imported already (sevenn imports it) is set aside meanwhile and
+    put back after.
+    """
+    real = {
+        name: module
+        for name, module in sys.modules.items()
+        if name == "torch_geometric" or name.startswith("torch_geometric.")
+    }
+    for name in real:
+        del sys.modules[name]
     modules = {name: types.ModuleType(name) for name in _PYG_MODULES}
     data_cls = type("Data", (), {"__module__": "torch_geometric.data.data"})
     storage_cls = type("GlobalStorage", (), {"__module__": "torch_geometric.data.storage"})
@@ -141,6 +150,7 @@ def fake_torch_geometric() -> Iterator[tuple[type, type]]:
     finally:
         for name in _PYG_MODULES:
             del sys.modules[name]
+        sys.modules.update(real)
 
 
 def pyg1_pickle(fields: Mapping[str, Any]) -> bytes:

@@ -221,7 +221,7 @@ class ChemicalSystemMaker(Maker):
             hull = surfaces_on_hull(self, bulk_outputs, reference_outputs, checkpoint)
             hull.name = job_name("hull", "-".join(self.chemical_system), self.model.model_id)
             jobs.append(hull)
-            return Flow(jobs, output={"thermo": hull.output}, name=self.name)
+            return Flow(jobs, output={"thermo": hull.output}, name=job_name(self.name))
         thermo = {}
         for target in targets:
             target_surfaces = (surfaces or {}).get(target)
@@ -232,7 +232,7 @@ class ChemicalSystemMaker(Maker):
             job = self.thermo_job(target, bulk_outputs, reference_outputs, target_surfaces)
             jobs.append(job)
             thermo[target] = job.output
-        return Flow(jobs, output={"thermo": thermo}, name=self.name)
+        return Flow(jobs, output={"thermo": thermo}, name=job_name(self.name))
 
 
 @job

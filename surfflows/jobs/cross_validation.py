@@ -34,7 +34,7 @@ from surfflows.core.folds import (
 )
 from surfflows.core.text import job_name
 from surfflows.io.inputs import reference_items
-from surfflows.jobs.evaluate import EvaluateMaker
+from surfflows.jobs.evaluate import EvaluateMaker, chunk_outputs
 from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
 from surfflows.schemas.cross_validation import (
     CrossValidationDoc,
@@ -317,13 +317,13 @@ class CrossValidationMaker(Maker):
                     for name in ("model_id", "best_epoch", "history", "n_train", "wall_seconds")
                 }
             )
-            evaluations.append([j.output for j in evaluate.jobs])
+            evaluations.append(chunk_outputs(evaluate))
         if parent_evaluations is None:
             evaluate = replace(self.evaluate_maker, model=parent).make(
                 references.set_name, reference_items(references), parent_checkpoint
             )
             jobs.append(evaluate)
-            parent_evaluations = [j.output for j in evaluate.jobs]
+            parent_evaluations = chunk_outputs(evaluate)
         summary = cross_validation_summary(
             references,
             self.k,

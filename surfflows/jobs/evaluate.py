@@ -126,6 +126,12 @@ def evaluation_summary(chunks: list[EvaluationDoc]) -> EvaluationSummaryDoc:
     )
 
 
+def chunk_outputs(flow: Flow) -> list[OutputReference]:
+    """The outputs (:class:`EvaluationDoc`) of the chunks of a flow made by
+    :meth:`EvaluateMaker.make`: every job but the closing :func:`evaluation_summary`."""
+    return [j.output for j in flow.jobs[:-1]]
+
+
 @dataclass
 class EvaluateMaker(Maker):
     """Evaluate a model on the slabs and bulks of a reference set.
