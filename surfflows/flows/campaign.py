@@ -142,27 +142,7 @@ class CampaignConfig(BaseModel):
         for material in config.materials:
             if not material.structure.is_absolute():
                 material.structure = (path.parent / material.structure).resolve()
-        if isinstance(config.model, str) and names_a_file(path.parent / config.model):
-            config.model = str((path.parent / config.model).resolve())  # a checkpoint next to it
-        registered = isinstance(config.model, str) and config.model.startswith(
-            ("chgnet-ft-", "sha256:")
-        )
-        packaged = isinstance(config.model, str) and config.model.partition("@")[0] in (
-            packaged_names()
-        )
-        if packaged:  # a corrupted packaged file fails here, before anything is registered
-            try:
-                packaged_checkpoint(config.model.partition("@")[0])
-            except ValueError as exc:
-                raise ValueError(f"{path}: model: {exc}") from exc
-        elif not registered:  # unknown models and calculators that do not import fail here
-            try:
-                spec = ModelSpec.parse(config.model)
-                check_model(spec)
-            except ValueError as exc:
-                raise ValueError(f"{path}: model: {exc}") from exc
-            if spec.checkpoint:  # refused before it is registered anywhere
-                check_checkpoint(spec.checkpoint)
+        config.model = check_model_name(config.model, path.parent, f"{path}: model")
         config.check_slab_sizes(config.load_structures(progress), progress)
         return config
 
@@ -444,3 +424,25 @@ def campaign_results(store: JobStore, run: CampaignRun) -> tuple[list[dict], dic
             where = f"{doc['material_id']} {miller_text(doc['miller_index'])} {doc['termination']}"
             failures[where] = doc["reason"]
     return docs, failures
+
+
+def check_model_name(model: str | dict[str, Any], folder: Path, where: str) -> str | dict:
+    """A campaign's model entry, checked before anything runs or is registered: a checkpoint
+    file next to the YAML becomes its absolute path; packaged models, pretrained versions and
+    calculators are checked; registered names (``chgnet-ft-``, ``sha256:``) are resolved
+    when the campaign runs."""
+    if isinstance(model, str) and names_a_file(folder / model):
+        model = str((folder / model).resolve())  # a checkpoint next to the YAML
+    if isinstance(model, str) and model.startswith(("chgnet-ft-", "sha256:")):
+        return model
+    try:
+        if isinstance(model, str) and model.partition("@")[0] in packaged_names():
+            packaged_checkpoint(model.partition("@")[0])
+            return model
+        spec = ModelSpec.parse(model)
+        check_model(spec)
+        if spec.checkpoint:
+            check_checkpoint(spec.checkpoint)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return model

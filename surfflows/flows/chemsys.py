@@ -44,16 +44,15 @@ from rich.progress import Progress
 
 from surfflows.core.chempot import MAX_ELEMENTS
 from surfflows.core.slabs import SlabSettings
-from surfflows.engine.models import check_model
 from surfflows.flows.campaign import (
     INPUT_HASH_KEY,
     CampaignConfig,
     MaterialConfig,
     RelaxSettings,
+    check_model_name,
     completed_hashes,
     validation_summary,
 )
-from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
 from surfflows.jobs.surface import SurfaceEnergyMaker
@@ -317,30 +316,6 @@ def duplicate_structures(structures: dict[str, Structure]) -> list[tuple[str, st
             if matcher.fit(a, b):
                 pairs.append((first, second))
     return pairs
-
-
-def check_model_name(model: str | dict[str, Any], folder: Path, where: str) -> str | dict:
-    """A campaign's model entry checked as a plain campaign checks ``model:``: a checkpoint
-    file next to the YAML becomes its absolute path; packaged models, pretrained versions and
-    calculators are checked; registered names (``chgnet-ft-``, ``sha256:``) are resolved
-    when the campaign runs."""
-    from surfflows.io.checkpoints import check_checkpoint
-
-    if isinstance(model, str) and (folder / model).is_file():
-        model = str((folder / model).resolve())
-    if isinstance(model, str) and model.startswith(("chgnet-ft-", "sha256:")):
-        return model
-    try:
-        if isinstance(model, str) and model.partition("@")[0] in packaged_names():
-            packaged_checkpoint(model.partition("@")[0])
-            return model
-        spec = ModelSpec.parse(model)
-        check_model(spec)
-        if spec.checkpoint:
-            check_checkpoint(spec.checkpoint)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-    return model
 
 
 def _tagged(flow_or_job: Flow | Job, key: str, value: str) -> Flow:
