@@ -5,7 +5,17 @@ Settings are read and stores opened here; the orchestration lives in :mod:`surff
 
 from __future__ import annotations
 
-from surfflows.cli import benchmark, campaign, db, finetune, info, references, thermo
+from surfflows.cli import benchmark, campaign, db, finetune, info, phases, references, thermo
 from surfflows.cli.common import app
 
-__all__ = ["app", "benchmark", "campaign", "db", "finetune", "info", "references", "thermo"]
+__all__ = [
+    "app",
+    "benchmark",
+    "campaign",
+    "db",
+    "finetune",
+    "info",
+    "phases",
+    "references",
+    "thermo",
+]

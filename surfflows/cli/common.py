@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from surfflows.flows.campaign import CampaignConfig
 
 #: Commands that only read the database (no writer lock; ``db migrate`` takes it itself), and
-#: those that need none (``info`` shows the settings first and pings the server itself).
+#: those that need none (``info`` shows the settings first and pings the server itself;
+#: ``phases`` writes files).
 READ_ONLY_COMMANDS = frozenset({"results", "info", "report", "submit", "export", "db"})
-NO_DATABASE_COMMANDS = frozenset({"download", "info"})
+NO_DATABASE_COMMANDS = frozenset({"download", "info", "phases"})
 
 #: Library warnings that are not the user's business (module regex, category, message regex).
 QUIET_WARNINGS = (

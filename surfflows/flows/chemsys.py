@@ -38,7 +38,6 @@ from typing import Any
 from jobflow import Flow, Job, JobStore, run_locally
 from monty.json import MontyDecoder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Structure
 from rich.progress import Progress
 
@@ -53,6 +52,7 @@ from surfflows.flows.campaign import (
     completed_hashes,
     validation_summary,
 )
+from surfflows.io.phases import duplicate_structures
 from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
 from surfflows.jobs.surface import SurfaceEnergyMaker
@@ -300,22 +300,6 @@ class ChemicalSystemConfig(BaseModel):
             chemical_system=self.chemical_system,
             plot_dir=None if plot_dir is None else str(plot_dir),
         )
-
-
-def duplicate_structures(structures: dict[str, Structure]) -> list[tuple[str, str]]:
-    """Pairs of ids whose structures pymatgen's StructureMatcher finds the same (same
-    composition, lattice and sites up to its default tolerances)."""
-    matcher = StructureMatcher()
-    ids = list(structures)
-    pairs = []
-    for i, first in enumerate(ids):
-        for second in ids[i + 1 :]:
-            a, b = structures[first], structures[second]
-            if a.composition.reduced_composition != b.composition.reduced_composition:
-                continue
-            if matcher.fit(a, b):
-                pairs.append((first, second))
-    return pairs
 
 
 def _tagged(flow_or_job: Flow | Job, key: str, value: str) -> Flow:
