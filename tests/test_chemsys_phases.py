@@ -36,14 +36,16 @@ SHIPPED_ENTRIES = {
     "Sr2TiO4": ("mp-5532-GGA+U", -3.35),
     "TiO2-rutile": ("mp-2657-GGA+U", -3.2),
     "TiO2-anatase": ("mp-390-GGA+U", -3.19),
-    "TiO": ("mp-999001-GGA+U", -2.0),
+    "TiO": ("test-TiO", -2.0),  # no MP id: the rock-salt stand-in
 }
 
 
 def entry(structure: Structure, entry_id: str, formation: float) -> ComputedStructureEntry:
+    """An entry as MP serves them (``mp-<n>-<run type>``); other ids name a test material."""
     composition = structure.composition
     energy = sum(MU[el.symbol] * n for el, n in composition.items()) + formation * len(structure)
-    return ComputedStructureEntry(structure, energy, entry_id=entry_id)
+    data = {} if entry_id.startswith("mp-") else {"material_id": entry_id}
+    return ComputedStructureEntry(structure, energy, entry_id=entry_id, data=data)
 
 
 def o2_in_a_box() -> Structure:
@@ -60,7 +62,7 @@ def test_entries_become_a_folder_the_campaign_reads(tmp_path):
     entries.append(entry(srtio3, "mp-5229-r2SCAN", -3.4))  # a second entry of mp-5229
     shifted = srtio3.copy()
     shifted.translate_sites(range(len(shifted)), [0.5, 0.5, 0.5])
-    entries.append(entry(shifted, "mp-999002-GGA+U", -3.499))  # SrTiO3 again, 1 meV higher
+    entries.append(entry(shifted, "test-SrTiO3-shifted", -3.499))  # SrTiO3 again, 1 meV higher
 
     folder = tmp_path / "Sr-Ti-O"
     when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -78,7 +80,7 @@ def test_entries_become_a_folder_the_campaign_reads(tmp_path):
     assert set(selection.left_out) == {
         "mp-5229-r2SCAN (SrTiO3)",
         "mp-12957 (O2)",
-        "mp-999002 (SrTiO3)",
+        "test-SrTiO3-shifted (SrTiO3)",
     }
 
     # the campaign's own loader reads it: ids, structures, every check of phases: and targets:
@@ -99,7 +101,7 @@ def test_entries_become_a_folder_the_campaign_reads(tmp_path):
     readme = (folder / "README.md").read_text()
     assert "CC BY 4.0" in readme and "2026-12-07 12:00 UTC" in readme and "test entries" in readme
     assert "| `Sr2TiO4.cif` | Sr2TiO4 | I4/mmm | mp-5532 | mp-5532-GGA+U | 0.007 | 14 |" in readme
-    assert "mp-999002 (SrTiO3): the same structure as mp-5229" in readme
+    assert "test-SrTiO3-shifted (SrTiO3): the same structure as mp-5229" in readme
 
     with pytest.raises(ValueError, match="not an empty folder"):
         write_phase_folder(entries, folder, ["Sr", "Ti", "O"], 0.05)

@@ -33,8 +33,8 @@ def fetch(
 ) -> None:
     """Write every Materials Project phase of SYSTEM and its subsystems within --e-above-hull
     of MP's hull to --out: one CIF per phase and a README.md with MP ids, energies above the
-    hull, the date and the licence (CC BY 4.0). Needs MP_API_KEY; the folder is what a
-    campaign's ``phases:`` reads."""
+    hull, the date and the licence (CC BY 4.0). Needs MP_API_KEY; a campaign file's
+    phases: reads the folder."""
     from surfflows.io.phases import (
         check_new_folder,
         fetch_entries,

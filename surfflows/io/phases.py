@@ -62,7 +62,6 @@ class Phase:
     material_id: str
     entry_id: str
     e_above_hull: float
-    energy_per_atom: float
     structure: Structure = field(repr=False)
 
     @property
@@ -187,7 +186,6 @@ def select_phases(
             material_id=mp_id,
             entry_id=str(by_id[mp_id].entry_id),
             e_above_hull=above[mp_id],
-            energy_per_atom=float(by_id[mp_id].energy_per_atom),
             structure=structures[mp_id],
         )
         for mp_id in kept_ids
@@ -263,8 +261,9 @@ def write_phase_folder(
     date: datetime | None = None,
 ) -> PhaseSelection:
     """Select the phases of ``entries`` (:func:`select_phases`) and write them to ``folder``:
-    ``<phase id>.cif`` each (the entry's structure as it is, P1, site labels made unique) and ``README.md`` (source,
-    date, licence, per file its MP id, space group and energy above hull, what was left out).
+    ``<phase id>.cif`` each (the entry's structure as it is, P1, site labels made unique) and
+    ``README.md`` (source, date, licence, per file its MP id, space group and energy above
+    hull, what was left out).
 
     ``source`` says where the entries came from (the README's first sentence); ``date``
     defaults to now (UTC). Raises ValueError for bad entries (:func:`select_phases`) or a
@@ -300,7 +299,7 @@ def provenance_text(
         f"{max_e_above_hull:g} eV/atom of the hull, one CIF per phase (the entry's structure, "
         "P1). Energies above the hull are pymatgen `PhaseDiagram` distances over all the "
         "entries fetched; a campaign relaxes every phase with its own model and builds its "
-        "own hull, these energies only chose the phases.",
+        "own hull, these energies only choose the phases.",
         "",
         f"Licence of the data: {MP_LICENCE}. Cite the Materials Project: {MP_CITATION}.",
         "",
@@ -314,11 +313,11 @@ def provenance_text(
         )
     lines += [
         "",
-        f"{selection.n_above_cutoff} entries more than {max_e_above_hull:g} eV/atom above the "
-        "hull were not written.",
+        f"Not written: {selection.n_above_cutoff} entries more than {max_e_above_hull:g} "
+        "eV/atom above the hull.",
     ]
     if selection.left_out:
-        lines += ["", "Left out within the cut-off:", ""]
+        lines += ["", "Left out:", ""]
         lines += [f"- {entry}: {why}" for entry, why in sorted(selection.left_out.items())]
     return "\n".join(lines) + "\n"
 
