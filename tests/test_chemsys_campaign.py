@@ -157,11 +157,14 @@ def test_tiny_campaign_end_to_end_and_resume(tmp_path, monkeypatch):
 
     store = get_job_store()
     config = CampaignConfig.from_yaml(path)
+    for png in (tmp_path / "plots").glob("*.png"):
+        png.unlink()  # a rerun draws the PNGs of a stored document again where they are missing
     again = run_chemical_system(config, store, progress=False)
     (run,) = again.runs
     assert run.computed == {}, run.computed  # a second run computes nothing new
     assert set(run.reused) == {"bulk", "reference", "slabs", "thermo"}
     doc = run.thermo["SrTiO3"]
+    assert Path(doc.map_png).is_file() and Path(doc.wulff_png).is_file()
     assert doc.region.independent == ["Sr", "O"] and len(doc.region.vertices) >= 3
     (facet,) = doc.maps
     assert {p.termination.split("_")[0] for p in doc.planes} == {"SrO", "TiO2"}

@@ -57,6 +57,7 @@ from surfflows.io.registry import checkpoint_reference, resolve_model
 from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import stored_reference
+from surfflows.reports.chemsys_plots import write_pngs
 from surfflows.reports.query import surface_energies
 from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, TerminationMapComparisonDoc
 from surfflows.schemas.models import ModelSpec
@@ -564,6 +565,9 @@ def _run_model(
         key = thermo_hash(slab_hashes[target], bulk_hashes, references)
         stored = stored_thermo(store, key)
         if stored is not None:
+            pngs = [stored.map_png, stored.wulff_png]
+            if not all(png and Path(png).is_file() for png in pngs):  # another folder, deleted
+                write_pngs(stored, plot_dir)
             stage("thermo", target, "stored with the same inputs", False)
             run.thermo[target] = stored
             continue

@@ -30,7 +30,7 @@ from surfflows.core.slabs import SlabSettings
 from surfflows.core.text import job_name
 from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.jobs.thermo import elemental_reference
-from surfflows.reports.chemsys_plots import region_wulff_plot, termination_map_plot
+from surfflows.reports.chemsys_plots import write_pngs
 from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, PhaseEnergy
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc
@@ -91,11 +91,7 @@ def chemical_system_thermo(
     phases, potentials, _ = hull_energies(bulks, references)
     doc = thermo_document(bulks[target], surfaces, phases, potentials)
     doc.chemical_system = list(chemical_system)
-    folder = Path(plot_dir) if plot_dir else Path.cwd()
-    stem = f"{'-'.join(chemical_system)}_{target}_{doc.model_id}"
-    doc.map_png = str(termination_map_plot(doc, folder / f"{stem}_termination_map.png"))
-    doc.wulff_png = str(region_wulff_plot(doc, folder / f"{stem}_wulff.png"))
-    return doc
+    return write_pngs(doc, plot_dir or Path.cwd())
 
 
 @dataclass

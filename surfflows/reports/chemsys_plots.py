@@ -148,3 +148,14 @@ def region_wulff_plot(doc: ChemicalSystemThermoDoc, path: str | Path) -> Path:
         panels.append((f"{point.label}\n{others}" if others else point.label, point.wulff))
     caption = f"{doc.formula} ({doc.material_id}), {doc.model_id}: Wulff shapes over the region"
     return wulff_comparison_plot(panels, path, caption=caption)
+
+
+def write_pngs(doc: ChemicalSystemThermoDoc, folder: str | Path) -> ChemicalSystemThermoDoc:
+    """Draw both PNGs of ``doc`` (termination maps, Wulff shapes) into ``folder`` as
+    ``<system>_<target>_<model id>_termination_map.png`` and ``…_wulff.png``; their paths go
+    on ``doc``, which is returned."""
+    folder = Path(folder)
+    stem = f"{'-'.join(doc.chemical_system)}_{doc.material_id}_{doc.model_id}"
+    doc.map_png = str(termination_map_plot(doc, folder / f"{stem}_termination_map.png"))
+    doc.wulff_png = str(region_wulff_plot(doc, folder / f"{stem}_wulff.png"))
+    return doc
