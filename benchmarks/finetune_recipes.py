@@ -2,7 +2,7 @@
 
 Every recipe of :data:`RECIPES` is trained for every seed through the package's own
 :class:`~surfflows.jobs.finetune.FineTuneMaker`. Each checkpoint and the parent (CHGNet
-0.3.0) are then evaluated by :class:`~surfflows.jobs.evaluate.EvaluateMaker` and the
+0.3.0) are then evaluated by :class:`~surfflows.flows.evaluate.EvaluateMaker` and the
 builders, all in one scratch embedded database:
 
 * gamma of the test part of ``jarvis_surfaces`` and ``mp_elemental_surfaces`` and of all of
@@ -46,7 +46,7 @@ Examples
     python benchmarks/finetune_recipes.py --cv-folds 5 --recipes pbe pbe+bulk_replay --epochs 6
 
 With ``--cv-folds K`` the recipes (one training set each) are compared by element-wise
-K-fold cross-validation instead (:class:`~surfflows.jobs.cross_validation.CrossValidationMaker`,
+K-fold cross-validation instead (:class:`~surfflows.flows.cross_validation.CrossValidationMaker`,
 the same as ``surfflows finetune --cv-folds K``): per fold the held-out gamma in both modes,
 the mean ± std over folds, per element, and the epoch count chosen from the folds, in
 ``results/finetune_recipes_cv.json`` (entries of recipes not in this run are kept, so
@@ -569,9 +569,9 @@ class Runner:
         """Every task for every model (single points first), missing structures only."""
         from jobflow import run_locally
 
+        from surfflows.flows.evaluate import EvaluateMaker
         from surfflows.io.inputs import reference_items
         from surfflows.io.registry import checkpoint_reference
-        from surfflows.jobs.evaluate import EvaluateMaker
 
         tasks = [(t, m) for t in self.tasks() for m in models]
         for k, ((name, mode, parts, keys), model) in enumerate(tasks, 1):
@@ -967,8 +967,8 @@ def cross_validate(
     """
     from jobflow import run_locally
 
+    from surfflows.flows.cross_validation import CrossValidationMaker
     from surfflows.io.inputs import reference_inputs, stored_evaluations
-    from surfflows.jobs.cross_validation import CrossValidationMaker
     from surfflows.jobs.finetune import FineTuneMaker
     from surfflows.reports.plots import cross_validation_plot
     from surfflows.schemas.models import ModelSpec

@@ -39,10 +39,10 @@ from surfflows.engine.finetune import (
     with_replay,
 )
 from surfflows.engine.models import load_model
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
 from surfflows.schemas.models import ModelSpec

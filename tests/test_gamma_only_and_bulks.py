@@ -19,10 +19,10 @@ from surfflows.cli import app
 from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
 from surfflows.engine.finetune import Objective, build_batch, reference_data
 from surfflows.engine.models import load_model
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store

@@ -191,14 +191,11 @@ def finetune(
     from jobflow import run_locally
     from pydantic import ValidationError
 
+    from surfflows.flows.finetune import FineTuneSweepMaker
     from surfflows.io.registry import checkpoint_reference, resolve_model
     from surfflows.jobs.cross_validation import aligned_replay, every_material
-    from surfflows.jobs.finetune import (
-        FineTuneMaker,
-        FineTuneSweepMaker,
-        default_work_dir,
-        sweep_summary,
-    )
+    from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
+    from surfflows.reports.finetune import sweep_summary
     from surfflows.schemas.finetune import FineTuneSettings
     from surfflows.stores import get_job_store, get_store
 
@@ -289,8 +286,8 @@ def _cross_validate(
     """``finetune --cv-folds K``: run the cross-validation flow and print its figures."""
     from jobflow import run_locally
 
+    from surfflows.flows.cross_validation import CrossValidationMaker
     from surfflows.io.inputs import reference_inputs, stored_evaluations
-    from surfflows.jobs.cross_validation import CrossValidationMaker
     from surfflows.stores import get_store
 
     if len(reference) != 1:
@@ -391,8 +388,9 @@ def sweep(
     from jobflow import run_locally
     from pydantic import ValidationError
 
+    from surfflows.flows.finetune import SweepConfig
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.finetune import SweepConfig, sweep_summary
+    from surfflows.reports.finetune import sweep_summary
     from surfflows.stores import get_job_store, get_store
 
     store = get_job_store()
@@ -442,16 +440,12 @@ def learning_curve(
     from jobflow import run_locally
 
     from surfflows.core.yaml_files import load_yaml
-    from surfflows.engine.sampling import training_pool
+    from surfflows.engine.sampling import coverage, training_pool
+    from surfflows.flows.learning_curve import LearningCurveConfig
     from surfflows.io.inputs import reference_inputs
     from surfflows.io.registry import checkpoint_reference, resolve_model
     from surfflows.io.selections import stored_features
-    from surfflows.jobs.learning_curve import (
-        LearningCurveConfig,
-        coverage,
-        learning_curve_rows,
-        summarize_curve,
-    )
+    from surfflows.reports.finetune import learning_curve_rows, summarize_curve
     from surfflows.reports.plots import coverage_plot, learning_curve_plot
     from surfflows.stores import get_job_store, get_store
 

@@ -15,7 +15,7 @@ it in the ``selections`` store (:mod:`surfflows.io.selections`), a flow as a job
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -183,3 +183,26 @@ def select_from_pool(
         n_components=info.get("n_components"),
         explained_variance=info.get("explained_variance"),
     )
+
+
+def coverage(
+    pool_keys: list[str], features: np.ndarray, selections: list[dict[str, Any]]
+) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Weighted PC coordinates of a training pool and the pool rows of some selections.
+
+    Parameters
+    ----------
+    pool_keys
+        Reference keys of the pool, in the order of the rows of ``features``.
+    features
+        The pool's features, as DIRECT used them.
+    selections
+        Selection documents to mark (labelled by their method and budget).
+    """
+    _, info = direct_select(features, budget=1)
+    row = {key: i for i, key in enumerate(pool_keys)}
+    marked = {
+        f"{doc['method']} ({len(doc['reference_keys'])})": [row[k] for k in doc["reference_keys"]]
+        for doc in selections
+    }
+    return info["pca_features"], marked

@@ -6,13 +6,19 @@ Jobs get these as inputs and never open a store themselves, so the same flow run
 
 from __future__ import annotations
 
+from collections import Counter
+
 from jobflow import JobStore
 from maggma.core import Store
 from pymatgen.core import Structure
 
-from surfflows.io.canonical import PACKAGED_SETS
+from surfflows.analysis.wulff import surface_properties
+from surfflows.core.slabs import conventional_cell
+from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
+from surfflows.io.canonical import PACKAGED_SETS, read_reference_set
 from surfflows.io.splits import get_or_create_split
 from surfflows.schemas.references import ReferenceInputs
+from surfflows.schemas.thermo import ReferenceWulffDoc, SurfaceEntryDoc
 
 
 def require_ingested(set_names: list[str] | tuple[str, ...], references: Store) -> None:
@@ -135,3 +141,61 @@ def stored_evaluations(
                 covered[mode] |= new
                 found.append(doc["output"])
     return found if all(keys <= c for c in covered.values()) else None
+
+
+def reference_wulff(set_name: str, material: str) -> ReferenceWulffDoc:
+    """Wulff document of a DFT reference set's surface energies for one material.
+
+    The lowest reference gamma per facet (``gamma_ref``, else ``gamma_ref_recomputed``) on the
+    conventional cell of the set's bulk of that material. Flagged slabs are left out; where
+    the material's slabs were cut from several bulk polymorphs (``mp_elemental_surfaces``),
+    only those of the polymorph with the most slabs are used, so facets of different
+    crystals are never mixed.
+
+    Returns
+    -------
+    ReferenceWulffDoc
+        The Wulff document (``model_id`` = ``"<set> (<level of theory>)"``) with the set's
+        level of theory and citation: the input of
+        :func:`surfflows.jobs.thermo.wulff_comparison`.
+    """
+    refset = read_reference_set(set_name)
+    slabs = [
+        s for s in refset.slabs if s.material_id == material and s.miller_index and not s.flags
+    ]
+    polymorphs = Counter(s.bulk_key for s in slabs if s.bulk_key)
+    if len(polymorphs) > 1:
+        main = polymorphs.most_common(1)[0][0]
+        slabs = [s for s in slabs if s.bulk_key == main]
+    gammas: dict[tuple[int, ...], float] = {}
+    for slab in slabs:
+        gamma = slab.gamma_ref if slab.gamma_ref is not None else slab.gamma_ref_recomputed
+        if gamma is not None:
+            hkl = tuple(slab.miller_index)
+            gammas[hkl] = min(gamma, gammas.get(hkl, gamma))
+    if not gammas:
+        known = sorted({s.material_id for s in refset.slabs})
+        raise ValueError(f"{set_name} has no surface energies of {material!r}; it has {known}")
+    bulk_keys = {s.bulk_key for s in slabs if s.bulk_key}
+    bulk = next(b for b in refset.bulks if b.key in bulk_keys)
+    info = refset.info
+    wulff = surface_properties(
+        conventional_cell(bulk.structure),
+        [
+            SurfaceEntryDoc(
+                miller_index=list(hkl),
+                surface_energy=gamma,
+                surface_energy_EV_PER_ANG2=gamma / EV_PER_A2_TO_J_PER_M2,
+            )
+            for hkl, gamma in sorted(gammas.items())
+        ],
+        material_id=material,
+        pretty_formula=bulk.formula,
+        model_id=f"{info.name} ({info.level_of_theory})",
+    )
+    return ReferenceWulffDoc(
+        reference_set=set_name,
+        level_of_theory=info.level_of_theory,
+        citation=info.citation,
+        wulff=wulff,
+    )
