@@ -58,24 +58,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
 
-from surfflows.core.folds import mean_std  # noqa: E402
+from surfflows.core.benchmark import (  # noqa: E402
+    aggregate,
+    correlation,
+    gamma_stats,
+    paired_gap,
+    relative_change,
+    step_stats,
+)
 from surfflows.core.heads import head_for  # noqa: E402
+from surfflows.io.inputs import slab_keys  # noqa: E402
 from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -213,147 +219,6 @@ def validate_recipes(recipes: dict[str, Any]) -> dict[str, Recipe]:
     return out
 
 
-# ----------------------------------------------------------------------- pure helpers
-
-
-def pick_slabs(
-    docs: Sequence[dict[str, Any]],
-    assignments: dict[str, str],
-    parts: tuple[str, ...] | None,
-    max_slabs: int | None,
-    seed: int = 0,
-) -> list[str]:
-    """Keys of the unflagged slabs of some split parts, at most ``max_slabs`` of them.
-
-    The subset is drawn with a fixed generator from the sorted keys, so every model gets
-    the same slabs.
-    """
-    keys = sorted(
-        d["key"]
-        for d in docs
-        if d["doc_type"] == "slab"
-        and not d.get("flags")
-        and (parts is None or assignments.get(d["material_id"]) in parts)
-    )
-    if max_slabs is None or len(keys) <= max_slabs:
-        return keys
-    picked = np.random.default_rng(seed).choice(len(keys), size=max_slabs, replace=False)
-    return sorted(keys[i] for i in picked)
-
-
-def restrict_items(items: list[tuple], docs: Sequence[dict[str, Any]], slab_keys: Iterable[str]):
-    """The items of these slabs and of the bulks they name (reference mode needs both)."""
-    slab_keys = set(slab_keys)
-    bulk_keys = {d["bulk_key"] for d in docs if d["key"] in slab_keys and d.get("bulk_key")}
-    return [i for i in items if i[0] in (slab_keys if i[1] == "slab" else bulk_keys)]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts under dotted keys (bools and strings left out)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{path}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[path] = value
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`."""
-    out: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return out
-
-
-def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds of every numeric leaf of the rows (nested as the rows are).
-
-    Each leaf becomes ``{"mean", "std", "n"}``; a leaf missing from some rows counts the
-    rows that have it.
-    """
-    flat = [flatten(r) for r in rows]
-    paths = sorted({p for f in flat for p in f})
-    return unflatten({p: mean_std(f.get(p) for f in flat) for p in paths})
-
-
-def correlation(x: Sequence[float | None], y: Sequence[float | None]) -> dict[str, Any]:
-    """Pearson and Spearman correlation (with p-values) of the pairs where both are finite."""
-    from scipy.stats import pearsonr, spearmanr
-
-    pairs = [
-        (a, b)
-        for a, b in zip(x, y, strict=True)
-        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
-    ]
-    out: dict[str, Any] = {"n": len(pairs), "pearson": None, "pearson_p": None}
-    out |= {"spearman": None, "spearman_p": None}
-    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-        return out
-    xs, ys = zip(*pairs, strict=True)
-    pearson, spearman = pearsonr(xs, ys), spearmanr(xs, ys)
-    return out | {
-        "pearson": float(pearson.statistic),
-        "pearson_p": float(pearson.pvalue),
-        "spearman": float(spearman.statistic),
-        "spearman_p": float(spearman.pvalue),
-    }
-
-
-def gamma_stats(errors: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
-    """Gamma statistics (J/m²) of the ``ok`` slab errors of ``keys``, one model and mode.
-
-    :func:`~surfflows.core.benchmark.summarize` plus ``relative_mae`` (mean of |error| /
-    gamma_ref) and ``n_planned`` (slabs asked for; the rest failed or are excluded).
-    """
-    from surfflows.core.benchmark import summarize
-
-    keys = set(keys)
-    ok = [e for e in errors if e["reference_key"] in keys and e["status"] == "ok"]
-    relative = [abs(e["gamma_error"]) / e["gamma_ref"] for e in ok if e.get("gamma_ref")]
-    return {
-        **summarize(e["gamma_error"] for e in ok),
-        "relative_mae": float(np.mean(relative)) if relative else None,
-        "n_planned": len(keys),
-    }
-
-
-def paired_gap(
-    single_point: Sequence[dict[str, Any]], relaxed: Sequence[dict[str, Any]], keys: Iterable[str]
-) -> dict[str, Any]:
-    """Relaxed minus single-point gamma MAE (J/m²) on the slabs ``ok`` in both modes."""
-    from surfflows.core.benchmark import summarize
-
-    ok = [
-        {e["reference_key"]: e["gamma_error"] for e in errors if e["status"] == "ok"}
-        for errors in (single_point, relaxed)
-    ]
-    common = sorted(set(keys) & ok[0].keys() & ok[1].keys())
-    sp, rx = (summarize(o[k] for k in common)["mae"] for o in ok)
-    return {"n": len(common), "gap": None if sp is None else rx - sp}
-
-
-def step_stats(steps: Iterable[int | None]) -> dict[str, Any]:
-    """Median and mean of the relaxation steps that were recorded (None: not relaxed)."""
-    values = [n for n in steps if n is not None]
-    if not values:
-        return {"n": 0, "median": None, "mean": None}
-    return {"n": len(values), "median": float(np.median(values)), "mean": float(np.mean(values))}
-
-
-def relative(value: float | None, reference: float | None) -> float | None:
-    """value / reference - 1 (None when either is missing or the reference is 0)."""
-    if value is None or not reference:
-        return None
-    return value / reference - 1
-
-
 # ---------------------------------------------------------------------- orchestration
 
 
@@ -440,7 +305,7 @@ class Runner:
                 self.replay_inputs[name] = reference_inputs(name, references, splits, ("bulk",))
             for name in plan.forgetting_sets:
                 self.inputs[name] = reference_inputs(name, references, None, ("bulk",))
-        self.levels = {n: i.docs[0]["level_of_theory"] for n, i in self.inputs.items()}
+        self.levels = {n: i.docs[0].level_of_theory for n, i in self.inputs.items()}
 
     def spec_for(self, model: Model, set_name: str) -> Any:
         """The spec a set is evaluated with (:func:`evaluation_spec`)."""
@@ -463,12 +328,7 @@ class Runner:
         return [
             key
             for name in recipe.sets
-            for key in pick_slabs(
-                self.inputs[name].docs,
-                self.inputs[name].assignments,
-                ("train",),
-                self.plan.max_train_slabs,
-            )
+            for key in slab_keys(self.inputs[name], ("train",), self.plan.max_train_slabs)
         ]
 
     def stored_finetune(self, name: str, settings: FineTuneSettings) -> dict | None:
@@ -544,10 +404,7 @@ class Runner:
             for name, parts in sets:
                 keys = None
                 if mode == "relaxed":
-                    inputs = self.inputs[name]
-                    keys = pick_slabs(
-                        inputs.docs, inputs.assignments, parts, self.plan.max_relaxed_slabs
-                    )
+                    keys = slab_keys(self.inputs[name], parts, self.plan.max_relaxed_slabs)
                 out.append((name, mode, parts, keys))
             if mode == "single_point" and self.plan.wbm_set:
                 out.append((self.plan.wbm_set, mode, None, None))
@@ -577,10 +434,7 @@ class Runner:
         for k, ((name, mode, parts, keys), model) in enumerate(tasks, 1):
             spec = self.spec_for(model, name)
             label = model.label + (f" @{spec.head}" if model.heads else "")
-            inputs = self.inputs[name]
-            items = reference_items(inputs, parts)
-            if keys is not None:
-                items = restrict_items(items, inputs.docs, keys)
+            items = reference_items(self.inputs[name], parts, keys)
             done = self.evaluated(spec.model_id, name, mode)
             items = [i for i in items if i[0] not in done]
             head = (
@@ -688,10 +542,8 @@ class Runner:
         for name, mode, parts, keys in self.tasks():
             if name == self.plan.wbm_set:
                 continue
-            inputs = self.inputs[name]
             group = "val" if parts == ("val",) else "test"
-            planned = pick_slabs(inputs.docs, inputs.assignments, parts, None)
-            planned = planned if keys is None else keys
+            planned = slab_keys(self.inputs[name], parts) if keys is None else keys
             stats = gamma_stats(errors.get((name, mode), []), planned)
             row[group].setdefault(name, {})[mode] = stats
             if mode != "relaxed":
@@ -743,7 +595,7 @@ class Runner:
                     "n": mine["n"],
                     "mae": mine["mae"],
                     "parent_mae": parent.get("mae"),
-                    "relative_change": relative(mine["mae"], parent.get("mae")),
+                    "relative_change": relative_change(mine["mae"], parent.get("mae")),
                 }
         doc = None if model_id == self.parent.model_id else self.forgetting_doc(model_id)
         for s in doc["sets"] if doc else []:
@@ -754,50 +606,15 @@ class Runner:
                 "relative_change": s["relative_change"],
                 "force_mae": s["force_mae"],
                 "parent_force_mae": s["parent_force_mae"],
-                "force_relative_change": relative(s["force_mae"], s["parent_force_mae"]),
+                "force_relative_change": relative_change(s["force_mae"], s["parent_force_mae"]),
             }
         return out
-
-
-def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Single-point val gamma as a proxy of relaxed-mode val gamma, over one fine-tune's epochs.
-
-    For a fine-tune that relaxed its selection slabs every epoch (``selection`` relaxed):
-    the epoch each criterion keeps (:func:`~surfflows.engine.finetune.selection_key`),
-    whether they agree, the relaxed val gamma lost by keeping the single-point epoch
-    (``regret``, J/m²), and the Spearman correlation over the trained epochs (epoch 0, the
-    parent, left out: it is far worse on both) of the relaxed value with the single-point
-    value of every val slab and of the same slabs. None without relaxed values.
-    """
-    from surfflows.engine.finetune import selection_key
-    from surfflows.schemas.finetune import EpochRecord
-
-    records = [EpochRecord.model_validate(r) for r in history]
-    if not any(r.val_relaxed_gamma_mae is not None for r in records):
-        return None
-    by_sp = min(records, key=lambda r: selection_key(r, "single_point"))
-    by_rx = min(records, key=lambda r: selection_key(r, "relaxed"))
-    trained = [r for r in records if r.epoch > 0 and r.val_relaxed_gamma_mae is not None]
-
-    def rho(values: list[float | None]) -> float | None:
-        return correlation(values, [r.val_relaxed_gamma_mae for r in trained])["spearman"]
-
-    regret = selection_key(by_sp, "relaxed") - selection_key(by_rx, "relaxed")
-    return {
-        "n_epochs": len(trained),
-        "single_point_epoch": by_sp.epoch,
-        "relaxed_epoch": by_rx.epoch,
-        "same_epoch": int(by_sp.epoch == by_rx.epoch),
-        "regret": regret if math.isfinite(regret) else None,
-        "spearman_all_val_slabs": rho([r.val_gamma_mae for r in trained]),
-        "spearman_same_slabs": rho([r.val_relaxed_single_point_gamma_mae for r in trained]),
-    }
 
 
 def steps_vs_parent(row: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
     """Relative change of the median and mean test relaxation steps against the parent's."""
     mine, theirs = row["steps"]["test_all"], parent["steps"]["test_all"]
-    return {k: relative(mine[k], theirs[k]) for k in ("median", "mean")}
+    return {k: relative_change(mine[k], theirs[k]) for k in ("median", "mean")}
 
 
 def proxy_points(rows: Sequence[dict[str, Any]], training_set: str) -> list[dict[str, Any]]:
@@ -965,10 +782,8 @@ def cross_validate(
     ``parent_db_dir``: a database holding the parent's evaluations of the set (both modes,
     every slab), read for the parent's figures of unfinished cross-validations.
     """
-    from jobflow import run_locally
-
-    from surfflows.flows.cross_validation import CrossValidationMaker
-    from surfflows.io.inputs import reference_inputs, stored_evaluations
+    from surfflows.flows.cross_validation import CrossValidationMaker, run_cross_validation
+    from surfflows.io.inputs import reference_inputs
     from surfflows.jobs.finetune import FineTuneMaker
     from surfflows.reports.plots import cross_validation_plot
     from surfflows.schemas.models import ModelSpec
@@ -995,19 +810,12 @@ def cross_validate(
                 replay = [
                     reference_inputs(n, references, splits, ("bulk",)) for n in settings.replay_sets
                 ]
-            keys = {d["key"] for d in inputs.docs}
             maker = CrossValidationMaker(
                 finetune_maker=FineTuneMaker(parent=parent, settings=settings),
                 k=k,
                 work_dir=str(runs_dir / "cv" / name),
             )
-            stored = stored_evaluations(store, parent.model_id, set_name, keys)
-            flow = maker.make(inputs, None, replay, stored)
-            for part in flow.jobs:
-                run_locally(
-                    part, store=store, log=False, ensure_success=True,
-                    allow_external_references=True,
-                )  # fmt: skip
+            run_cross_validation(maker, inputs, store, replay_sets=replay)
         doc = cv_document(store, set_name, settings, k, parent_store)
         if doc is None:
             print(f"{name}: no finished fold in this database")
@@ -1122,6 +930,7 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
     from rich.console import Console
 
     from surfflows.cli.benchmark import build
+    from surfflows.engine.finetune.selection import selection_agreement
     from surfflows.reports.plots import recipes_plot, recipes_proxy_plot
     from surfflows.schemas.models import ModelSpec
 

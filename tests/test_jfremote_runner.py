@@ -222,7 +222,7 @@ def _references_store(inputs: ReferenceInputs):
 
     references = MemoryStore("references")
     with references:
-        references.update(inputs.docs, key="key")
+        references.update([d.model_dump(mode="json") for d in inputs.docs], key="key")
     return references
 
 

@@ -121,11 +121,9 @@ def random_select(n_pool: int, budget: int, seed: int) -> list[int]:
 def training_pool(references: ReferenceInputs) -> list[tuple[str, Structure]]:
     """(key, structure) of the unflagged train-split slabs of a set that have a bulk."""
     pool = [
-        (d["key"], Structure.from_dict(d["structure"]))
+        (d.key, d.structure.copy())
         for d in references.of_type("slab")
-        if references.assignments.get(d["material_id"]) == "train"
-        and not d.get("flags")
-        and d.get("bulk_key")
+        if references.assignments.get(d.material_id) == "train" and not d.flags and d.bulk_key
     ]
     return sorted(pool, key=lambda item: item[0])
 

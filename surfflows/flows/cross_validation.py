@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobflow import Flow, Job, Maker, OutputReference
+from jobflow import Flow, Job, JobStore, Maker, OutputReference, run_locally
 
 from surfflows.core.folds import kfold_assignments
 from surfflows.core.text import job_name
 from surfflows.flows.evaluate import EvaluateMaker, chunk_outputs
-from surfflows.io.inputs import reference_items
+from surfflows.io.inputs import reference_items, stored_evaluations
 from surfflows.jobs.cross_validation import (
     MODES,
     aligned_replay,
@@ -84,7 +84,8 @@ class CrossValidationMaker(Maker):
             parent's evaluation and the summary, in that order, so they can be run one
             after the other and an interrupted run keeps its finished folds.
         """
-        kfold_assignments(references.docs, self.k, self.fold_seed)  # refuse too few groups now
+        # refuse too few groups now, before any job
+        kfold_assignments(references.materials(), self.k, self.fold_seed)
         parent = self.finetune_maker.parent
         settings = self.finetune_maker.settings
         base = Path(self.work_dir) if self.work_dir else Path.cwd() / "finetune"
@@ -132,3 +133,34 @@ class CrossValidationMaker(Maker):
         summary.name = job_name("cross-validation summary", references.set_name)
         jobs.append(Flow([summary], name="summary"))
         return Flow(jobs, output=summary.output, name=job_name(self.name, references.set_name))
+
+
+def run_cross_validation(
+    maker: CrossValidationMaker,
+    inputs: ReferenceInputs,
+    store: JobStore,
+    parent_checkpoint: str | OutputReference | None = None,
+    replay_sets: list[ReferenceInputs] | None = None,
+) -> Flow:
+    """Run :meth:`CrossValidationMaker.make` locally into ``store``, fold after fold.
+
+    The parent's evaluations of the set already in ``store`` (both modes, every slab:
+    :func:`surfflows.io.inputs.stored_evaluations`) are reused; each fold runs to its
+    held-out evaluation before the next starts, so an interrupted run keeps its finished
+    folds.
+
+    Returns
+    -------
+    Flow
+        The flow run; its output (in ``store``) is the
+        :class:`~surfflows.schemas.cross_validation.CrossValidationDoc`.
+    """
+    keys = {d.key for d in inputs.docs}
+    parent = maker.finetune_maker.parent.model_id
+    stored = stored_evaluations(store, parent, inputs.set_name, keys)
+    flow = maker.make(inputs, parent_checkpoint, replay_sets, stored)
+    for part in flow.jobs:
+        run_locally(
+            part, store=store, log=False, ensure_success=True, allow_external_references=True
+        )
+    return flow

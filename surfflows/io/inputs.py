@@ -7,17 +7,21 @@ Jobs get these as inputs and never open a store themselves, so the same flow run
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 
+import numpy as np
 from jobflow import JobStore
 from maggma.core import Store
+from pydantic import ValidationError
 from pymatgen.core import Structure
 
 from surfflows.analysis.wulff import surface_properties
 from surfflows.core.slabs import conventional_cell
+from surfflows.core.text import validation_summary
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
 from surfflows.io.canonical import PACKAGED_SETS, read_reference_set
 from surfflows.io.splits import get_or_create_split
-from surfflows.schemas.references import ReferenceInputs
+from surfflows.schemas.references import ReferenceDoc, ReferenceInputs
 from surfflows.schemas.thermo import ReferenceWulffDoc, SurfaceEntryDoc
 
 
@@ -60,8 +64,9 @@ def reference_inputs(
     Raises
     ------
     ValueError
-        If the set is not ingested (:func:`require_ingested`) or has no documents of these
-        types.
+        If the set is not ingested (:func:`require_ingested`), has no documents of these
+        types, or holds documents that are not valid reference documents (the typed
+        documents jobs read: :class:`~surfflows.schemas.references.ReferenceInputs`).
     """
     require_ingested([set_name], references)
     split = None
@@ -72,13 +77,14 @@ def reference_inputs(
         raise ValueError(
             f"the references store has no {list(doc_types)} documents of set {set_name!r}"
         )
-    for doc in docs:
-        doc.pop("_id", None)
-    if split is None:
-        return ReferenceInputs(set_name=set_name, docs=docs)
-    return ReferenceInputs(
-        set_name=set_name, split_id=split.split_id, assignments=split.assignments, docs=docs
-    )
+    split_fields = {} if split is None else split.model_dump(include={"split_id", "assignments"})
+    try:
+        return ReferenceInputs(set_name=set_name, docs=docs, **split_fields)
+    except ValidationError as exc:
+        raise ValueError(
+            f"reference set {set_name!r}: stored documents are not valid reference documents "
+            f"({validation_summary(exc)}); ingest the set again"
+        ) from None
 
 
 def training_inputs(
@@ -96,30 +102,61 @@ def training_inputs(
 
 
 def reference_items(
-    inputs: ReferenceInputs, parts: tuple[str, ...] | None = None
+    inputs: ReferenceInputs,
+    parts: tuple[str, ...] | None = None,
+    slab_keys: Collection[str] | None = None,
 ) -> list[tuple[str, str, Structure, bool]]:
     """(key, doc type, structure, has DFT forces) of a set's slabs and bulks.
 
-    Optionally of some split parts only. The bulks are those of the selected materials and
-    those the selected slabs name, so a bulk-only set (``wbm_bulks``) gives its bulks and a
-    slab set its slabs with their bulks. Reference structures carry the DFT fixed atoms as
-    ``selective_dynamics`` (e.g. OC22), which the relaxed mode of the evaluation respects;
-    single points of structures with DFT forces also give the model's forces.
+    Optionally of some split parts only, and of some slabs only (``slab_keys``, e.g.
+    :func:`slab_keys`). The bulks are those of the selected materials and those the
+    selected slabs name (with ``slab_keys``: only those the slabs name), so a bulk-only set
+    (``wbm_bulks``) gives its bulks and a slab set its slabs with their bulks. Reference
+    structures carry the DFT fixed atoms as ``selective_dynamics`` (e.g. OC22), which the
+    relaxed mode of the evaluation respects; single points of structures with DFT forces
+    also give the model's forces.
     """
 
-    def selected(doc: dict) -> bool:
-        return parts is None or inputs.assignments.get(doc["material_id"]) in parts
+    def selected(doc: ReferenceDoc) -> bool:
+        return parts is None or inputs.assignments.get(doc.material_id) in parts
 
     slabs = [d for d in inputs.of_type("slab") if selected(d)]
-    bulk_keys = {d["bulk_key"] for d in slabs if d.get("bulk_key")}
+    if slab_keys is not None:
+        slabs = [d for d in slabs if d.key in slab_keys]
+    bulk_keys = {d.bulk_key for d in slabs if d.bulk_key}
     bulks = sorted(
-        (d for d in inputs.of_type("bulk") if d["key"] in bulk_keys or selected(d)),
-        key=lambda d: d["key"],
+        (
+            d
+            for d in inputs.of_type("bulk")
+            if d.key in bulk_keys or (slab_keys is None and selected(d))
+        ),
+        key=lambda d: d.key,
     )
-    return [(d["key"], "slab", Structure.from_dict(d["structure"]), False) for d in slabs] + [
-        (d["key"], "bulk", Structure.from_dict(d["structure"]), d.get("ref_forces") is not None)
-        for d in bulks
+    return [(d.key, "slab", d.structure.copy(), False) for d in slabs] + [
+        (d.key, "bulk", d.structure.copy(), d.ref_forces is not None) for d in bulks
     ]
+
+
+def slab_keys(
+    inputs: ReferenceInputs,
+    parts: tuple[str, ...] | None = None,
+    max_slabs: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Keys of the unflagged slabs of some split parts, at most ``max_slabs`` of them.
+
+    The subset is drawn with a fixed generator (``seed``) from the sorted keys, so every
+    model gets the same slabs.
+    """
+    keys = sorted(
+        d.key
+        for d in inputs.of_type("slab")
+        if not d.flags and (parts is None or inputs.assignments.get(d.material_id) in parts)
+    )
+    if max_slabs is None or len(keys) <= max_slabs:
+        return keys
+    picked = np.random.default_rng(seed).choice(len(keys), size=max_slabs, replace=False)
+    return sorted(keys[i] for i in picked)
 
 
 def stored_evaluations(

@@ -45,7 +45,7 @@ MODES = ("single_point", "relaxed")
 def fold_inputs(references: ReferenceInputs, k: int, fold: int, seed: int) -> ReferenceInputs:
     """The set's documents with fold ``fold``'s split (held out: ``test``, selection:
     ``val``), named ``<set>:cv<k>seed<seed>:fold<fold>``."""
-    folds = kfold_assignments(references.docs, k, seed)
+    folds = kfold_assignments(references.materials(), k, seed)
     return references.model_copy(
         update={
             "assignments": fold_parts(folds, fold, k),
@@ -59,7 +59,7 @@ def every_material(references: ReferenceInputs) -> ReferenceInputs:
     cross-validation trains on all folds, for the epoch count the folds chose."""
     return references.model_copy(
         update={
-            "assignments": {d["material_id"]: "train" for d in references.docs},
+            "assignments": {d.material_id: "train" for d in references.docs},
             "split_id": f"{references.set_name}:all",
         }
     )
@@ -77,7 +77,7 @@ def aligned_replay(
         r.model_copy(
             update={
                 "assignments": aligned_assignments(
-                    r.docs, r.assignments, references.docs, references.assignments
+                    r.materials(), r.assignments, references.materials(), references.assignments
                 ),
                 "split_id": f"{r.split_id}~{references.split_id}",
             }
@@ -139,14 +139,16 @@ def cross_validation_summary(
     parent_evaluations
         The parent's evaluation documents covering the set's slabs (empty: no parent rows).
     """
-    folds = kfold_assignments(references.docs, k, seed)
-    groups = fold_groups(references.docs)
+    folds = kfold_assignments(references.materials(), k, seed)
+    groups = fold_groups(references.materials())
     docs = []
     all_rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     parent_figures: list[dict[str, GammaFigures]] = []
     for i, (tuned, evaluation) in enumerate(zip(finetunes, evaluations, strict=True)):
         parts = fold_parts(folds, i, k)
-        held = [d for d in references.docs if parts.get(d["material_id"]) == "test"]
+        held = [  # as stored: the builders' gamma errors (core.benchmark) read stored JSON
+            d.model_dump(mode="json") for d in references.docs if parts.get(d.material_id) == "test"
+        ]
         in_part = {
             p: sorted({groups[m] for m, q in parts.items() if q == p}) for p in parts.values()
         }

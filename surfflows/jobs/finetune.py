@@ -47,7 +47,7 @@ from surfflows.schemas.finetune import (
     HeadDoc,
 )
 from surfflows.schemas.models import ModelSpec, file_sha256
-from surfflows.schemas.references import ReferenceInputs
+from surfflows.schemas.references import ReferenceBulkDoc, ReferenceInputs
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def training_sets_name(references: ReferenceInputs | list[ReferenceInputs]) -> s
 
 def _heads(sets: list[ReferenceInputs], mode: str) -> list[Head]:
     """One head per level of theory (in the sets' order), or one for all sets."""
-    levels = {r.set_name: r.docs[0]["level_of_theory"] for r in sets}
+    levels = {r.set_name: r.docs[0].level_of_theory for r in sets}
     if mode == "single":
         names = [head_name(level) for level in dict.fromkeys(levels.values())]
         return [
@@ -105,15 +105,17 @@ def _replay_bulks(
     (counted in ``dropped`` as ``held_out:<set>:<part>``)."""
     bulks = []
     for inputs in replay_sets:
-        docs = [d for d in inputs.of_type("bulk") if not d.get("flags")]
-        leaking = leaking_materials(inputs.set_name, docs, held_out)
+        docs = [d for d in inputs.of_type("bulk") if not d.flags]
+        leaking = leaking_materials(
+            inputs.set_name, [(d.material_id, d.formula) for d in docs], held_out
+        )
         for doc in docs:
-            if inputs.assignments.get(doc["material_id"]) != "train":
+            if inputs.assignments.get(doc.material_id) != "train":
                 continue
-            if doc["material_id"] in leaking:
-                dropped.setdefault(f"held_out:{leaking[doc['material_id']]}", []).append(doc["key"])
+            if doc.material_id in leaking:
+                dropped.setdefault(f"held_out:{leaking[doc.material_id]}", []).append(doc.key)
             else:
-                bulks.append(Structure.from_dict(doc["structure"]))
+                bulks.append(doc.structure.copy())
     return bulks
 
 
@@ -166,11 +168,11 @@ def finetune_checkpoint(
     set_name = training_sets_name(sets)
     parent_model = load_model(parent, decode_checkpoint(parent_checkpoint))
     held_out = held_out_identities(
-        (r.set_name, r.docs, r.assignments) for r in [*sets, *replay_sets]
+        (r.set_name, r.materials(), r.assignments) for r in [*sets, *replay_sets]
     )
     per_set: dict[str, dict[str, ReferenceData]] = {}
     for inputs in sets:
-        leaking = leaking_materials(inputs.set_name, inputs.docs, held_out)
+        leaking = leaking_materials(inputs.set_name, inputs.materials(), held_out)
         per_set[inputs.set_name] = {
             part: reference_data(
                 inputs.docs,
@@ -244,7 +246,7 @@ def finetune_checkpoint(
         parent=parent.installed(),
         set_name=set_name,
         set_names=[r.set_name for r in sets],
-        level_of_theory=" + ".join(dict.fromkeys(r.docs[0]["level_of_theory"] for r in sets)),
+        level_of_theory=" + ".join(dict.fromkeys(r.docs[0].level_of_theory for r in sets)),
         split_id="+".join(str(r.split_id) for r in sets),
         heads={
             h.name: HeadDoc(
@@ -366,16 +368,16 @@ _BULK_PREDICTIONS: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, np.ndarra
 
 
 def _bulk_predictions(
-    spec: ModelSpec, docs: list[dict[str, Any]]
+    spec: ModelSpec, docs: list[ReferenceBulkDoc]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Energies per atom and, if every cell has reference forces, forces of some bulks.
 
     Cached per model and process. The model must be loaded (:func:`load_model`) already.
     """
-    cache_key = (spec.model_id, tuple(d["key"] for d in docs))
+    cache_key = (spec.model_id, tuple(d.key for d in docs))
     if cache_key not in _BULK_PREDICTIONS:
-        structures = [Structure.from_dict(d["structure"]) for d in docs]
-        with_forces = all(d.get("ref_forces") is not None for d in docs)
+        structures = [d.structure.copy() for d in docs]
+        with_forces = all(d.ref_forces is not None for d in docs)
         predictions = load_model(spec).predict_structure(
             structures, task="ef" if with_forces else "e", batch_size=16
         )
@@ -389,8 +391,8 @@ def _bulk_predictions(
 
 def bulk_set_errors(
     name: str,
-    eval_docs: list[dict[str, Any]],
-    fit_docs: list[dict[str, Any]],
+    eval_docs: list[ReferenceBulkDoc],
+    fit_docs: list[ReferenceBulkDoc],
     model: ModelSpec,
     parent: ModelSpec,
     alignment: str,
@@ -400,11 +402,11 @@ def bulk_set_errors(
     Per-element offsets are fitted for each model on ``fit_docs`` and the residual MAE per
     atom is taken over ``eval_docs`` (see :func:`~surfflows.core.benchmark.aligned_energy_mae`).
     """
-    same = [d["key"] for d in fit_docs] == [d["key"] for d in eval_docs]
-    ref = np.array([d["ref_energy"] / d["n_atoms"] for d in eval_docs])
-    fit_ref = np.array([d["ref_energy"] / d["n_atoms"] for d in fit_docs])
-    comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in eval_docs]
-    fit_comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in fit_docs]
+    same = [d.key for d in fit_docs] == [d.key for d in eval_docs]
+    ref = np.array([d.ref_energy / d.n_atoms for d in eval_docs])
+    fit_ref = np.array([d.ref_energy / d.n_atoms for d in fit_docs])
+    comps = [d.structure.composition.as_dict() for d in eval_docs]
+    fit_comps = [d.structure.composition.as_dict() for d in fit_docs]
     out: dict[str, Any] = {}
     for who, spec in (("model", model), ("parent", parent)):
         energies, forces = _bulk_predictions(spec, eval_docs)
@@ -414,11 +416,11 @@ def bulk_set_errors(
         )
         out[who] = mae
         if forces is not None:
-            ref_forces = np.concatenate([d["ref_forces"] for d in eval_docs])
+            ref_forces = np.concatenate([d.ref_forces for d in eval_docs])
             out[f"{who}_force"] = float(np.abs(forces - ref_forces).mean())
     return BulkSetErrors(
         name=name,
-        level_of_theory=eval_docs[0]["level_of_theory"],
+        level_of_theory=eval_docs[0].level_of_theory,
         alignment=alignment,
         n_structures=n_used,
         n_excluded=len(eval_docs) - n_used,
@@ -455,15 +457,15 @@ def bulk_forgetting(
     load_model(parent, decode_checkpoint(parent_checkpoint))
     sets = []
     for bulk_set in bulk_sets:
-        docs = [d for d in bulk_set.of_type("bulk") if not d.get("flags")]
+        docs = [d for d in bulk_set.of_type("bulk") if not d.flags]
         sets.append(
             bulk_set_errors(bulk_set.set_name, docs, docs, model, parent, bulk_set.set_name)
         )
     for training in [references] if isinstance(references, ReferenceInputs) else references:
         set_name = training.set_name
-        bulks = [d for d in training.of_type("bulk") if not d.get("flags")]
+        bulks = [d for d in training.of_type("bulk") if not d.flags]
         parts = {
-            part: [d for d in bulks if training.assignments.get(d["material_id"]) == part]
+            part: [d for d in bulks if training.assignments.get(d.material_id) == part]
             for part in ("train", "test")
         }
         sets.append(
