@@ -74,16 +74,16 @@ def test_thermo_campaign_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
     """``surfflows thermo`` and ``thermo-campaign`` build a material's surface flow as a plain
     campaign does: the campaign's optimizer (and settings) reach the slab relaxation Maker,
     command-line overrides on top, and a --model override keeps them."""
-    from surfflows.cli.thermo import thermo_flows
+    from surfflows.cli.thermo import resolved_models, thermo_flows
 
     config = CampaignConfig.from_yaml(
         write_campaign(tmp_path, relax={"fmax": 0.1, "max_steps": 100, "optimizer": "fire"})
     )
     store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
     plain = config.flows(store)[0].jobs[1].function_kwargs["slab_relax_maker"]
-    material, plans = thermo_flows(
-        "Cu", None, config, ["chgnet-0.3.0", "chgnet-0.2.0"], store, relax_overrides={"fmax": 0.08}
-    )
+    models = resolved_models(["chgnet-0.3.0", "chgnet-0.2.0"], config, store)
+    overrides = {"fmax": 0.08}
+    material, plans = thermo_flows("Cu", None, config, models, store, relax_overrides=overrides)
     assert material == "Cu"
     assert [spec.model_id for spec, _, _ in plans] == ["chgnet-0.3.0", "chgnet-0.2.0"]
     for spec, flow, reused in plans:

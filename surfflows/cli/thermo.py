@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from jobflow import Flow, JobStore
+    from jobflow import Flow, JobStore, OutputReference
 
     from surfflows.flows.campaign import CampaignConfig
     from surfflows.schemas.models import ModelSpec
@@ -28,11 +28,28 @@ from surfflows.cli.common import (
 )
 
 
+def resolved_models(
+    names: list[str] | None, campaign: CampaignConfig | None, store: JobStore
+) -> list[tuple[ModelSpec, OutputReference | None]]:
+    """The models named (default: the campaign's, else CHGNet 0.3.0), each resolved once
+    with its checkpoint (:func:`~surfflows.flows.campaign.resolved_model`); a calculator that
+    cannot be made fails here, before any work."""
+    from surfflows.engine.models import get_calculator
+    from surfflows.flows.campaign import CampaignConfig, resolved_model
+
+    default = campaign.model if campaign else CampaignConfig.model_fields["model"].default
+    models = [resolved_model(name, store) for name in names or [default]]
+    for spec, _ in models:
+        if not spec.is_chgnet:
+            get_calculator(spec)
+    return models
+
+
 def thermo_flows(
     material: str,
     structure: Path | None,
     campaign: CampaignConfig | None,
-    models: list[str] | None,
+    models: list[tuple[ModelSpec, OutputReference | None]],
     store: JobStore,
     slab_overrides: dict | None = None,
     relax_overrides: dict | None = None,
@@ -41,11 +58,11 @@ def thermo_flows(
     """The thermo flow of one material per model, and what each reuses from ``store``.
 
     ``material`` is a material id of ``campaign`` or a structure file (``structure`` names
-    the file explicitly). The material runs as a one-material campaign: the campaign's
-    model, slab and relaxation settings (its optimizer included) apply, then the
-    command-line overrides, and its SurfaceEnergyMaker is the one a plain campaign uses
-    (:meth:`CampaignConfig.surface_maker`). Each model is resolved once, with its checkpoint
-    (:meth:`CampaignConfig.model_spec`). ``thermo_options``: fields of
+    the file explicitly). The material runs as a one-material campaign: the campaign's slab
+    and relaxation settings (its optimizer included) apply, then the command-line
+    overrides, and its SurfaceEnergyMaker is the one a plain campaign uses
+    (:meth:`CampaignConfig.surface_maker`). ``models``: each model with its checkpoint,
+    resolved once for the run (:func:`resolved_models`). ``thermo_options``: fields of
     :class:`~surfflows.flows.thermo.ThermoMaker`.
 
     Returns
@@ -56,10 +73,9 @@ def thermo_flows(
     Raises
     ------
     ValueError, FileNotFoundError
-        Naming the material, file, model or setting that is wrong.
+        Naming the material, file or setting that is wrong.
     """
     from surfflows.core.slabs import SlabSettings
-    from surfflows.engine.models import get_calculator
     from surfflows.flows.campaign import CampaignConfig, MaterialConfig, RelaxSettings
     from surfflows.flows.thermo import ThermoMaker, thermo_flow
 
@@ -82,25 +98,33 @@ def thermo_flows(
         name=campaign.name if campaign else material,
         relax=RelaxSettings.model_validate(relax | (relax_overrides or {})),
         materials=[one],
-        **({"model": campaign.model} if campaign else {}),
     )
     bulk = config.load_structures()[material]
     plans = []
-    for name in models or [config.model]:
-        spec, checkpoint = config.model_copy(update={"model": name}).model_spec(store)
-        if not spec.is_chgnet:
-            get_calculator(spec)  # a calculator that cannot be made fails here, before any work
+    for spec, checkpoint in models:
         maker = ThermoMaker(surface_maker=config.surface_maker(one, spec), **thermo_options)
         flow, reused = thermo_flow(maker, bulk, material, store, checkpoint)
         plans.append((spec, flow, reused))
     return material, plans
 
 
+def _models(
+    names: list[str] | None, campaign: CampaignConfig | None
+) -> list[tuple[ModelSpec, OutputReference | None]]:
+    """:func:`resolved_models` in the configured store, or one ``error:`` line."""
+    from surfflows.stores import get_job_store
+
+    try:
+        return resolved_models(names, campaign, get_job_store())
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 def _thermo_runs(
     material: str,
     structure: Path | None,
     campaign: CampaignConfig | None,
-    models: list[str] | None,
+    models: list[tuple[ModelSpec, OutputReference | None]],
     slab_overrides: dict,
     relax_overrides: dict,
     delta_mu_o: list[float] | None,
@@ -110,9 +134,10 @@ def _thermo_runs(
 ) -> list[dict]:
     """Run what is missing of the thermo flow of one material per model; print and save.
 
-    See :func:`thermo_flows`. ``reference``: a DFT reference set's Wulff shape of the
-    material to compare with. ``dft_elements`` names an ingested set of elemental ground
-    states whose DFT energies are recorded beside the model's metal references.
+    See :func:`thermo_flows` (``models`` from :func:`_models`). ``reference``: a DFT
+    reference set's Wulff shape of the material to compare with. ``dft_elements`` names an
+    ingested set of elemental ground states whose DFT energies are recorded beside the
+    model's metal references.
 
     Returns
     -------
@@ -320,7 +345,16 @@ def thermo(
     )
     campaign = load_campaign(config) if config.is_file() else None
     _thermo_runs(
-        material, structure, campaign, model, slabs, relax, delta_mu_o, out, None, dft_elements
+        material,
+        structure,
+        campaign,
+        _models(model, campaign),
+        slabs,
+        relax,
+        delta_mu_o,
+        out,
+        None,
+        dft_elements,
     )
 
 
@@ -334,11 +368,12 @@ def thermo_campaign(
     """Surface phase diagrams and Wulff shapes of every material of a campaign file."""
 
     campaign = load_campaign(config)
+    models = _models(model, campaign)  # resolved once for every material
     summary = Table(title=f"thermo campaign {campaign.name}")
     for column in ("material", "model", "Δμ_O bounds (eV)", "stable rows", "excluded", "s"):
         summary.add_column(column)
     for material in campaign.materials:
-        for run in _thermo_runs(material.id, None, campaign, model, {}, {}, delta_mu_o, out):
+        for run in _thermo_runs(material.id, None, campaign, models, {}, {}, delta_mu_o, out):
             doc = run["thermo"]
             summary.add_row(
                 material.id,
@@ -386,7 +421,8 @@ def wulff_compare(
     if max_index is None:
         slabs["miller_indices"] = [tuple(s.miller_index) for s in dft.wulff.surfaces]
     campaign = load_campaign(config) if config.is_file() else None
-    runs = _thermo_runs(material, structure, campaign, model, slabs, relax, None, out, dft)
+    models = _models(model, campaign)
+    runs = _thermo_runs(material, structure, campaign, models, slabs, relax, None, out, dft)
     comparisons = [run["comparison"] for run in runs]
     labels = [run["label"] for run in runs]
     first = comparisons[0]

@@ -75,6 +75,19 @@ class RelaxSettings(BaseModel):
         description="Slab optimizer: lbfgs (ASE's L-BFGS, fewer force evaluations) or fire.",
     )
 
+    def surface_maker(self, model: ModelSpec, slab_settings: SlabSettings) -> SurfaceEnergyMaker:
+        """The SurfaceEnergyMaker of these settings (force criterion, step limit, slab
+        optimizer, chunk size) for one model and slab settings: the one every campaign
+        kind (plain, chemical system, thermo) builds its surface flows with."""
+        return SurfaceEnergyMaker.for_model(
+            model,
+            self.fmax,
+            self.max_steps,
+            self.optimizer,
+            slab_settings=slab_settings,
+            chunk_size=self.chunk_size,
+        )
+
 
 class MaterialConfig(BaseModel):
     """One bulk of the campaign."""
@@ -147,13 +160,8 @@ class CampaignConfig(BaseModel):
         return config
 
     def model_spec(self, store: JobStore) -> tuple[ModelSpec, OutputReference | None]:
-        """The campaign's model and, if fine-tuned, a reference to its checkpoint in ``store``.
-
-        A checkpoint file is registered in ``store`` on the way (see
-        :func:`surfflows.io.registry.resolve_model`).
-        """
-        spec = resolve_model(self.model, store)
-        return spec, checkpoint_reference(spec, store)
+        """The campaign's model resolved (:func:`resolved_model`)."""
+        return resolved_model(self.model, store)
 
     def check_slab_sizes(self, structures: dict[str, Structure], progress: bool = False) -> None:
         """Raise ValueError naming each facet whose slabs are estimated over ``max_atoms``.
@@ -259,16 +267,23 @@ class CampaignConfig(BaseModel):
         return flow
 
     def surface_maker(self, material: MaterialConfig, model: ModelSpec) -> SurfaceEnergyMaker:
-        """The SurfaceEnergyMaker of one material: the campaign's relaxation settings (force
-        criterion, step limit, slab optimizer, chunk size) and the material's slab settings."""
-        return SurfaceEnergyMaker.for_model(
-            model,
-            self.relax.fmax,
-            self.relax.max_steps,
-            self.relax.optimizer,
-            slab_settings=material.slabs or self.slabs,
-            chunk_size=self.relax.chunk_size,
-        )
+        """The SurfaceEnergyMaker of one material: the campaign's relaxation settings
+        (:meth:`RelaxSettings.surface_maker`) and the material's slab settings."""
+        return self.relax.surface_maker(model, material.slabs or self.slabs)
+
+
+def resolved_model(
+    model: str | dict[str, Any], store: JobStore
+) -> tuple[ModelSpec, OutputReference | None]:
+    """A campaign's model entry resolved, once per run, and, if fine-tuned, a reference to
+    its checkpoint in ``store``.
+
+    A checkpoint file or a packaged model is registered in ``store`` on the way (see
+    :func:`surfflows.io.registry.resolve_model`); the pair is what every flow of the run
+    is given.
+    """
+    spec = resolve_model(model, store)
+    return spec, checkpoint_reference(spec, store)
 
 
 def _read_bulk(material: MaterialConfig) -> Structure:

@@ -435,14 +435,7 @@ class ChemicalSystemConfig(BaseModel):
     def maker(self, model: ModelSpec, plot_dir: Path | None) -> ChemicalSystemMaker:
         """The campaign's Maker for one model."""
         return ChemicalSystemMaker(
-            surface_maker=SurfaceEnergyMaker.for_model(
-                model,
-                self.relax.fmax,
-                self.relax.max_steps,
-                self.relax.optimizer,
-                slab_settings=self.slabs,
-                chunk_size=self.relax.chunk_size,
-            ),
+            surface_maker=self.relax.surface_maker(model, self.slabs),
             chemical_system=self.chemical_system,
             plot_dir=None if plot_dir is None else str(plot_dir),
         )
