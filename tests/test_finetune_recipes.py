@@ -24,6 +24,7 @@ from surfflows.core.benchmark import (
     unflatten,
 )
 from surfflows.core.folds import mean_std
+from surfflows.flows.recipes import Model, Plan, evaluation_spec, validate_recipes
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.inputs import reference_items, slab_keys
 from surfflows.schemas.finetune import FineTuneSettings
@@ -60,12 +61,12 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
     assert both.force_weight > 0 and both.replay_weight > 0 and both.force_fraction < 1
 
     with pytest.raises(ValueError, match=r"(?s)recipe 'typo'.*unknown FineTuneSettings fields"):
-        recipes.validate_recipes({"typo": {"settings": {"replay_wieght": 1}}})
+        validate_recipes({"typo": {"settings": {"replay_wieght": 1}}})
     with pytest.raises(ValueError, match=r"(?s)recipe 'neg'.*replay_weight"):
-        recipes.validate_recipes({"neg": {"settings": {"replay_weight": -1}}})
+        validate_recipes({"neg": {"settings": {"replay_weight": -1}}})
     with pytest.raises(ValueError, match="seed"):
-        recipes.validate_recipes({"s": {"settings": {"seed": 1}}})
-    two = recipes.validate_recipes(
+        validate_recipes({"s": {"settings": {"seed": 1}}})
+    two = validate_recipes(
         {
             "two": {
                 "sets": ["mp_elemental_surfaces", "jarvis_surfaces"],
@@ -77,11 +78,11 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
     assert two.finetune_settings(0).heads == "single"
     plan = {"seeds": [0], "epochs": None, "max_train_slabs": None, "max_relaxed_slabs": None}
     with pytest.raises(ValueError, match=r"forgetting sets \['bo2_bulk_eos'\] are trained on"):
-        recipes.Plan(recipes=recipes.validate_recipes({"x": {"sets": ["bo2_bulk_eos"]}}), **plan)
+        Plan(recipes=validate_recipes({"x": {"sets": ["bo2_bulk_eos"]}}), **plan)
     with pytest.raises(ValueError, match="are trained on"):
         replay = {"settings": {"replay_weight": 1, "replay_sets": ["bo2_bulk_eos"]}}
-        recipes.Plan(recipes=recipes.validate_recipes({"r": replay}), **plan)
-    table = recipes.validate_recipes({"lr": {"settings": {"learning_rate": 3e-3}}})
+        Plan(recipes=validate_recipes({"r": replay}), **plan)
+    table = validate_recipes({"lr": {"settings": {"learning_rate": 3e-3}}})
     assert table["lr"].sets == ("jarvis_surfaces",)
 
 
@@ -156,8 +157,8 @@ def test_tiny_end_to_end_run_is_resumable(recipes, tiny_set, tmp_path):  # noqa:
     from surfflows.stores import get_job_store
 
     tiny = {"depth": 1, "epochs": 1, "batch_size": 8}
-    plan = recipes.Plan(
-        recipes=recipes.validate_recipes(
+    plan = Plan(
+        recipes=validate_recipes(
             {
                 "default": {"sets": [tiny_set], "settings": tiny},
                 "replay": {
@@ -252,13 +253,13 @@ def test_each_set_is_evaluated_with_the_head_of_its_level_of_theory(recipes):
     assert head_for("VASP r2SCAN", ["pbe", "optb88vdw"], "pbe") == "pbe"  # no such head
 
     sha = "ab" * 32
-    two = recipes.Model("heads seed 0", ModelSpec(kind="checkpoint", sha256=sha, head="pbe"))
+    two = Model("heads seed 0", ModelSpec(kind="checkpoint", sha256=sha, head="pbe"))
     two = two._replace(heads=("pbe", "optb88vdw"))
-    jarvis = recipes.evaluation_spec(two, "VASP OptB88vdW")
+    jarvis = evaluation_spec(two, "VASP OptB88vdW")
     assert jarvis.model_id == f"chgnet-ft-{sha[:12]}@optb88vdw"
-    assert recipes.evaluation_spec(two, "VASP PBE").model_id == f"chgnet-ft-{sha[:12]}@pbe"
-    single = recipes.Model("pbe seed 0", ModelSpec(kind="checkpoint", sha256=sha))
-    assert recipes.evaluation_spec(single, "VASP OptB88vdW") is single.spec
+    assert evaluation_spec(two, "VASP PBE").model_id == f"chgnet-ft-{sha[:12]}@pbe"
+    single = Model("pbe seed 0", ModelSpec(kind="checkpoint", sha256=sha))
+    assert evaluation_spec(single, "VASP OptB88vdW") is single.spec
     assert recipes.RECIPES["heads"].finetune_settings(0).heads == "per_level_of_theory"
     assert len(recipes.RECIPES["heads"].sets) == 2
 

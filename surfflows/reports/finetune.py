@@ -1,4 +1,5 @@
-"""Summaries of fine-tuned models and their plots: sweep rows, learning-curve rows, PNGs.
+"""Summaries of fine-tuned models and their plots: sweep rows, learning-curve rows, PNGs,
+and the relaxed-mode proxy of a recipe comparison.
 
 They join the fine-tune and learning-curve documents of the JobStore's docs store with the
 ``benchmarks`` store (run the builders first).
@@ -6,11 +7,14 @@ They join the fine-tune and learning-curve documents of the JobStore's docs stor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from maggma.core import Store
+
+from surfflows.core.benchmark import correlation, relative_change
 
 
 def sweep_summary(
@@ -161,3 +165,40 @@ def summarize_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for (method, budget), values in sorted(groups.items())
     ]
+
+
+def steps_vs_parent(row: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    """Relative change of the median and mean test relaxation steps against the parent's."""
+    mine, theirs = row["steps"]["test_all"], parent["steps"]["test_all"]
+    return {k: relative_change(mine[k], theirs[k]) for k in ("median", "mean")}
+
+
+def proxy_points(rows: Sequence[dict[str, Any]], training_set: str) -> list[dict[str, Any]]:
+    """One point per model: val force norm at DFT minima and the relaxed - single point gaps."""
+    points = []
+    for r in rows:
+        force = r.get("val_force_norm")
+        points.append(
+            {
+                "model_id": r["model_id"],
+                "recipe": r["recipe"],
+                "seed": r["seed"],
+                "val_force_norm": force,
+                "val_gap": r["gap"].get("val", {}).get(training_set, {}).get("gap"),
+                "test_gap": r["gap"].get("test", {}).get(training_set, {}).get("gap"),
+                "val_relaxed_mae": r.get("val", {})
+                .get(training_set, {})
+                .get("relaxed", {})
+                .get("mae"),
+            }
+        )
+    return points
+
+
+def proxy_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Correlation of the val force norm with each relaxed-mode quantity over the points."""
+    force = [p["val_force_norm"] for p in points]
+    return {
+        target: correlation(force, [p[target] for p in points])
+        for target in ("val_gap", "test_gap", "val_relaxed_mae")
+    }
