@@ -196,7 +196,6 @@ class Runner:
         self.benchmarks = benchmarks
         self.inputs: dict[str, Any] = {}
         self.replay_inputs: dict[str, Any] = {}
-        self.trained_on: dict[str, tuple[str, ...]] = {}  # model id -> training sets
         training = {n for r in plan.recipes.values() for n in r.sets}
         replay = {n for r in plan.recipes.values() for n in r.settings.get("replay_sets", [])}
         evaluated = {*plan.test_sets, *training} | ({plan.wbm_set} if plan.wbm_set else set())

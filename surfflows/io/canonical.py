@@ -28,7 +28,7 @@ number on a slab without ``flags``, a missing required ``info`` key, a slab with
 malformed Miller index, a
 ``formula`` that is not the atoms', an initial geometry of other atoms) raise ``ValueError``
 naming file, frame and field. Records that are well formed but unusable are counted in
-:attr:`ReferenceSet.skipped` under a reason with their ids:
+:attr:`~surfflows.io.reference_set.ReferenceSet.skipped` under a reason with their ids:
 
 ``non_finite_energy``, ``non_finite_forces``, ``unsupported_element``
     the record is dropped (unsupported: an atomic number above 94, beyond CHGNet).
@@ -94,7 +94,6 @@ from surfflows.schemas.references import (
 __all__ = [
     "FRAME_FILES",
     "PACKAGED_SETS",
-    "ReferenceSet",
     "documents_from_frames",
     "read_frames",
     "read_reference_set",
