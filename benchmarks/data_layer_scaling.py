@@ -95,9 +95,9 @@ def make_seed(work: Path) -> dict:
     os.environ["SURFFLOWS_DB_DIR"] = str(work / "seed_db")
     from jobflow import run_locally
 
+    from surfflows.flows.evaluate import EvaluateMaker
     from surfflows.io.ingest import ingest_path
     from surfflows.io.inputs import reference_inputs, reference_items
-    from surfflows.jobs.evaluate import EvaluateMaker
     from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_job_store, get_store
 

@@ -1,9 +1,10 @@
 """Fine-tuning recipes compared: test gamma in both modes, forgetting, steps, epoch time.
 
-Every recipe of :data:`RECIPES` is trained for every seed through the package's own
-:class:`~surfflows.jobs.finetune.FineTuneMaker`. Each checkpoint and the parent (CHGNet
-0.3.0) are then evaluated by :class:`~surfflows.jobs.evaluate.EvaluateMaker` and the
-builders, all in one scratch embedded database:
+This script holds the recipe table (:data:`RECIPES`) and the figures; the runner is
+:class:`surfflows.flows.recipes.Runner`. Every recipe is trained for every seed through the
+package's own :class:`~surfflows.jobs.finetune.FineTuneMaker`. Each checkpoint and the
+parent (CHGNet 0.3.0) are then evaluated by :class:`~surfflows.flows.evaluate.EvaluateMaker`
+and the builders, all in one scratch embedded database:
 
 * gamma of the test part of ``jarvis_surfaces`` and ``mp_elemental_surfaces`` and of all of
   ``pbe_metal_surfaces`` (never trained on), single point and relaxed (ions relaxed by the
@@ -46,7 +47,7 @@ Examples
     python benchmarks/finetune_recipes.py --cv-folds 5 --recipes pbe pbe+bulk_replay --epochs 6
 
 With ``--cv-folds K`` the recipes (one training set each) are compared by element-wise
-K-fold cross-validation instead (:class:`~surfflows.jobs.cross_validation.CrossValidationMaker`,
+K-fold cross-validation instead (:class:`~surfflows.flows.cross_validation.CrossValidationMaker`,
 the same as ``surfflows finetune --cv-folds K``): per fold the held-out gamma in both modes,
 the mean ± std over folds, per element, and the epoch count chosen from the folds, in
 ``results/finetune_recipes_cv.json`` (entries of recipes not in this run are kept, so
@@ -58,47 +59,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's surfflows
 
-from surfflows.core.folds import mean_std  # noqa: E402
-from surfflows.core.heads import head_for  # noqa: E402
+from surfflows.core.benchmark import aggregate  # noqa: E402
+from surfflows.flows.recipes import (  # noqa: E402
+    BASE_SETTINGS,
+    FORGETTING_SETS,
+    MODES,
+    WBM_SET,
+    Model,
+    Plan,
+    Recipe,
+    Runner,
+)
+from surfflows.reports.finetune import proxy_points, proxy_summary, steps_vs_parent  # noqa: E402
 from surfflows.schemas.finetune import FineTuneSettings  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARENT = "chgnet-0.3.0"
-#: Test sets: name -> split parts evaluated (None: every part, a set never trained on).
-TEST_SETS: dict[str, tuple[str, ...] | None] = {
-    "jarvis_surfaces": ("test",),
-    "mp_elemental_surfaces": ("test",),
-    "pbe_metal_surfaces": None,
-}
-#: Bulk set evaluated at single points (every part), reported on its test part.
-WBM_SET = "wbm_bulks"
-#: Bulk sets of :func:`bulk_forgetting` (energies aligned on the set itself, forces).
-FORGETTING_SETS = ("bo2_bulk_eos",)
-MODES = ("single_point", "relaxed")
-#: FineTuneDoc fields read here (not the checkpoint bytes).
-FINETUNE_FIELDS = (
-    "model_id", "model", "set_name", "hyperparameters", "history", "best_epoch",
-    "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "n_train", "heads",
-)  # fmt: skip
-#: Settings every recipe shares. ``zero_force_labels`` makes every fine-tune record the val
-#: force norm at DFT minima; without a force weight it changes no gradient.
-BASE_SETTINGS: dict[str, Any] = {"depth": 4, "zero_force_labels": True}
+#: The stores the runner reads besides the JobStore.
+RUNNER_STORES = ("references", "splits", "surface_errors", "benchmarks")
 #: What ``--quick`` changes (stated in the JSON).
 QUICK = {"seeds": [0], "epochs": 2, "max_train_slabs": 60, "max_relaxed_slabs": 4}
 ATTRIBUTION = (
@@ -107,43 +97,6 @@ ATTRIBUTION = (
     "surfaces (pymatgen test files, MIT); WBM (H.-C. Wang et al., CC BY 4.0, via matcalc); "
     "BO2 EOS (Mehta et al. 2014, via FAIR Chemistry, MIT)"
 )
-
-
-class Recipe(BaseModel):
-    """One row of the recipe table: what is trained on and how.
-
-    ``settings`` are :class:`FineTuneSettings` overrides on top of :data:`BASE_SETTINGS`
-    (``heads``, ``replay_sets`` and the like are settings too); ``sets`` the reference sets
-    trained on (several: one head per level of theory, the default head evaluated), the
-    first one giving the val part of the proxy. A recipe whose settings give ``epochs``
-    runs at most that many, whatever the plan's epochs (the plan's when fewer).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sets: tuple[str, ...] = Field(default=("jarvis_surfaces",), min_length=1)
-    settings: dict[str, Any] = Field(default_factory=dict)
-    note: str = Field(default="", description="What the recipe is, for the JSON.")
-
-    @field_validator("settings")
-    @classmethod
-    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if "seed" in value:
-            raise ValueError("a recipe may not set 'seed': seeds come from --seeds")
-        unknown = sorted(set(value) - set(FineTuneSettings.model_fields))
-        if unknown:
-            raise ValueError(f"unknown FineTuneSettings fields {unknown}")
-        FineTuneSettings(**{**BASE_SETTINGS, **value})  # every value valid
-        return value
-
-    def finetune_settings(self, seed: int, **overrides: Any) -> FineTuneSettings:
-        """Base settings, the recipe's, ``overrides`` (e.g. ``epochs`` of ``--quick``), seed.
-
-        The recipe's own ``epochs`` cap the overriding ones.
-        """
-        if "epochs" in self.settings and "epochs" in overrides:
-            overrides = {**overrides, "epochs": min(overrides["epochs"], self.settings["epochs"])}
-        return FineTuneSettings(**{**BASE_SETTINGS, **self.settings, **overrides, "seed": seed})
 
 
 #: The recipes compared (name -> Recipe). A new one is one line.
@@ -200,635 +153,6 @@ RECIPES: dict[str, Recipe] = {
         "and backward pass with forces)",
     ),
 }
-
-
-def validate_recipes(recipes: dict[str, Any]) -> dict[str, Recipe]:
-    """A recipe table (name -> Recipe or its mapping), each validated, errors naming the recipe."""
-    out = {}
-    for name, recipe in recipes.items():
-        try:
-            out[name] = recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)
-        except ValueError as exc:
-            raise ValueError(f"recipe {name!r}: {exc}") from exc
-    return out
-
-
-# ----------------------------------------------------------------------- pure helpers
-
-
-def pick_slabs(
-    docs: Sequence[dict[str, Any]],
-    assignments: dict[str, str],
-    parts: tuple[str, ...] | None,
-    max_slabs: int | None,
-    seed: int = 0,
-) -> list[str]:
-    """Keys of the unflagged slabs of some split parts, at most ``max_slabs`` of them.
-
-    The subset is drawn with a fixed generator from the sorted keys, so every model gets
-    the same slabs.
-    """
-    keys = sorted(
-        d["key"]
-        for d in docs
-        if d["doc_type"] == "slab"
-        and not d.get("flags")
-        and (parts is None or assignments.get(d["material_id"]) in parts)
-    )
-    if max_slabs is None or len(keys) <= max_slabs:
-        return keys
-    picked = np.random.default_rng(seed).choice(len(keys), size=max_slabs, replace=False)
-    return sorted(keys[i] for i in picked)
-
-
-def restrict_items(items: list[tuple], docs: Sequence[dict[str, Any]], slab_keys: Iterable[str]):
-    """The items of these slabs and of the bulks they name (reference mode needs both)."""
-    slab_keys = set(slab_keys)
-    bulk_keys = {d["bulk_key"] for d in docs if d["key"] in slab_keys and d.get("bulk_key")}
-    return [i for i in items if i[0] in (slab_keys if i[1] == "slab" else bulk_keys)]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts under dotted keys (bools and strings left out)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{path}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[path] = value
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`."""
-    out: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return out
-
-
-def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds of every numeric leaf of the rows (nested as the rows are).
-
-    Each leaf becomes ``{"mean", "std", "n"}``; a leaf missing from some rows counts the
-    rows that have it.
-    """
-    flat = [flatten(r) for r in rows]
-    paths = sorted({p for f in flat for p in f})
-    return unflatten({p: mean_std(f.get(p) for f in flat) for p in paths})
-
-
-def correlation(x: Sequence[float | None], y: Sequence[float | None]) -> dict[str, Any]:
-    """Pearson and Spearman correlation (with p-values) of the pairs where both are finite."""
-    from scipy.stats import pearsonr, spearmanr
-
-    pairs = [
-        (a, b)
-        for a, b in zip(x, y, strict=True)
-        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
-    ]
-    out: dict[str, Any] = {"n": len(pairs), "pearson": None, "pearson_p": None}
-    out |= {"spearman": None, "spearman_p": None}
-    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
-        return out
-    xs, ys = zip(*pairs, strict=True)
-    pearson, spearman = pearsonr(xs, ys), spearmanr(xs, ys)
-    return out | {
-        "pearson": float(pearson.statistic),
-        "pearson_p": float(pearson.pvalue),
-        "spearman": float(spearman.statistic),
-        "spearman_p": float(spearman.pvalue),
-    }
-
-
-def gamma_stats(errors: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
-    """Gamma statistics (J/m²) of the ``ok`` slab errors of ``keys``, one model and mode.
-
-    :func:`~surfflows.core.benchmark.summarize` plus ``relative_mae`` (mean of |error| /
-    gamma_ref) and ``n_planned`` (slabs asked for; the rest failed or are excluded).
-    """
-    from surfflows.core.benchmark import summarize
-
-    keys = set(keys)
-    ok = [e for e in errors if e["reference_key"] in keys and e["status"] == "ok"]
-    relative = [abs(e["gamma_error"]) / e["gamma_ref"] for e in ok if e.get("gamma_ref")]
-    return {
-        **summarize(e["gamma_error"] for e in ok),
-        "relative_mae": float(np.mean(relative)) if relative else None,
-        "n_planned": len(keys),
-    }
-
-
-def paired_gap(
-    single_point: Sequence[dict[str, Any]], relaxed: Sequence[dict[str, Any]], keys: Iterable[str]
-) -> dict[str, Any]:
-    """Relaxed minus single-point gamma MAE (J/m²) on the slabs ``ok`` in both modes."""
-    from surfflows.core.benchmark import summarize
-
-    ok = [
-        {e["reference_key"]: e["gamma_error"] for e in errors if e["status"] == "ok"}
-        for errors in (single_point, relaxed)
-    ]
-    common = sorted(set(keys) & ok[0].keys() & ok[1].keys())
-    sp, rx = (summarize(o[k] for k in common)["mae"] for o in ok)
-    return {"n": len(common), "gap": None if sp is None else rx - sp}
-
-
-def step_stats(steps: Iterable[int | None]) -> dict[str, Any]:
-    """Median and mean of the relaxation steps that were recorded (None: not relaxed)."""
-    values = [n for n in steps if n is not None]
-    if not values:
-        return {"n": 0, "median": None, "mean": None}
-    return {"n": len(values), "median": float(np.median(values)), "mean": float(np.mean(values))}
-
-
-def relative(value: float | None, reference: float | None) -> float | None:
-    """value / reference - 1 (None when either is missing or the reference is 0)."""
-    if value is None or not reference:
-        return None
-    return value / reference - 1
-
-
-# ---------------------------------------------------------------------- orchestration
-
-
-class Plan(BaseModel):
-    """What one run trains and evaluates (stored in the JSON)."""
-
-    recipes: dict[str, Recipe]
-    seeds: list[int]
-    epochs: int | None = Field(description="Epochs of every fine-tune (None: the settings').")
-    max_train_slabs: int | None = Field(description="Training slabs per fine-tune (None: all).")
-    max_relaxed_slabs: int | None = Field(description="Relaxed slabs per set and part.")
-    test_sets: dict[str, tuple[str, ...] | None] = Field(default_factory=lambda: dict(TEST_SETS))
-    wbm_set: str | None = WBM_SET
-    forgetting_sets: tuple[str, ...] = FORGETTING_SETS
-    sweep: str = Field(default="finetune_recipes", description="Prefix of the sweep names.")
-
-    @model_validator(mode="after")
-    def _forgetting_sets_unseen(self) -> Plan:
-        trained = {n for r in self.recipes.values() for n in r.sets}
-        trained |= {n for r in self.recipes.values() for n in r.settings.get("replay_sets", [])}
-        seen = sorted(trained & set(self.forgetting_sets))
-        if seen:
-            raise ValueError(f"forgetting sets {seen} are trained on by a recipe")
-        return self
-
-    def overrides(self) -> dict[str, Any]:
-        return {} if self.epochs is None else {"epochs": self.epochs}
-
-    @property
-    def proxy_sets(self) -> list[str]:
-        """Training sets whose val part is evaluated for the proxy."""
-        return sorted({r.sets[0] for r in self.recipes.values()})
-
-
-class Model(NamedTuple):
-    """A model as evaluated here: a label, its ModelSpec (a multi-head checkpoint's default
-    head) and the heads of a multi-head checkpoint (else empty)."""
-
-    label: str
-    spec: Any
-    heads: tuple[str, ...] = ()
-
-
-def evaluation_spec(model: Model, level_of_theory: str) -> Any:
-    """The spec a set of this level of theory is evaluated with: a multi-head checkpoint's
-    head of it (:func:`~surfflows.core.heads.head_for`, else its default head); any other
-    model as it is."""
-    if not model.heads:
-        return model.spec
-    head = head_for(level_of_theory, model.heads, model.spec.head)
-    return model.spec.model_copy(update={"head": head})
-
-
-def _log(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-class Runner:
-    """Runs a :class:`Plan` in the configured database; every step skips what is stored."""
-
-    def __init__(self, plan: Plan, runs_dir: Path):
-        from surfflows.schemas.models import ModelSpec
-        from surfflows.stores import get_job_store, get_store
-
-        self.plan = plan
-        self.runs_dir = runs_dir
-        self.parent = ModelSpec.parse(PARENT)
-        self.store = get_job_store()
-        self.inputs: dict[str, Any] = {}
-        self.replay_inputs: dict[str, Any] = {}
-        self.trained_on: dict[str, tuple[str, ...]] = {}  # model id -> training sets
-        training = {n for r in plan.recipes.values() for n in r.sets}
-        replay = {n for r in plan.recipes.values() for n in r.settings.get("replay_sets", [])}
-        evaluated = {*plan.test_sets, *training} | ({plan.wbm_set} if plan.wbm_set else set())
-        names = evaluated | replay | set(plan.forgetting_sets)
-        from surfflows.io.inputs import reference_inputs, require_ingested
-
-        with get_store("references") as references, get_store("splits") as splits:
-            require_ingested(sorted(names), references)
-            for name in sorted(evaluated):
-                types = ("slab", "bulk", "frame") if name in training else ("slab", "bulk")
-                self.inputs[name] = reference_inputs(name, references, splits, types)
-            for name in sorted(replay):
-                self.replay_inputs[name] = reference_inputs(name, references, splits, ("bulk",))
-            for name in plan.forgetting_sets:
-                self.inputs[name] = reference_inputs(name, references, None, ("bulk",))
-        self.levels = {n: i.docs[0]["level_of_theory"] for n, i in self.inputs.items()}
-
-    def spec_for(self, model: Model, set_name: str) -> Any:
-        """The spec a set is evaluated with (:func:`evaluation_spec`)."""
-        return evaluation_spec(model, self.levels[set_name])
-
-    # -- fine-tunes
-
-    def sweep_name(self, recipe: str) -> str:
-        return f"{self.plan.sweep}/{recipe}"
-
-    def training_inputs(self, recipe: Recipe) -> Any:
-        """The recipe's training set inputs: one ReferenceInputs, or a list of several."""
-        inputs = [self.inputs[n] for n in recipe.sets]
-        return inputs[0] if len(inputs) == 1 else inputs
-
-    def train_slab_keys(self, recipe: Recipe) -> list[str] | None:
-        """At most ``max_train_slabs`` train slabs of each training set (None: all)."""
-        if self.plan.max_train_slabs is None:
-            return None
-        return [
-            key
-            for name in recipe.sets
-            for key in pick_slabs(
-                self.inputs[name].docs,
-                self.inputs[name].assignments,
-                ("train",),
-                self.plan.max_train_slabs,
-            )
-        ]
-
-    def stored_finetune(self, name: str, settings: FineTuneSettings) -> dict | None:
-        """The newest stored fine-tune document of this recipe with exactly these settings."""
-        criteria = {"output.@class": "FineTuneDoc", "output.sweep": self.sweep_name(name)}
-        properties = [f"output.{k}" for k in FINETUNE_FIELDS] + ["completed_at"]
-        with self.store:
-            docs = sorted(
-                self.store.docs_store.query(criteria, properties=properties),
-                key=lambda d: d["completed_at"],
-            )
-        for doc in reversed(docs):
-            if FineTuneSettings.model_validate(doc["output"]["hyperparameters"]) == settings:
-                return doc["output"]
-        return None
-
-    def train(self) -> list[dict]:
-        """Every (recipe, seed) fine-tune, trained where not stored; their documents."""
-        from jobflow import run_locally
-
-        from surfflows.jobs.finetune import FineTuneMaker, default_work_dir, training_sets_name
-
-        docs = []
-        jobs = [(n, r, s) for n, r in self.plan.recipes.items() for s in self.plan.seeds]
-        for k, (name, recipe, seed) in enumerate(jobs, 1):
-            settings = recipe.finetune_settings(seed, **self.plan.overrides())
-            doc = self.stored_finetune(name, settings)
-            if doc is None:
-                inputs = self.training_inputs(recipe)
-                keys = self.train_slab_keys(recipe)
-                name_of_sets = training_sets_name(inputs)
-                folder = default_work_dir(name_of_sets, self.parent, settings, keys).name
-                work_dir = self.runs_dir / f"{name.replace('+', '_')}_{folder}"
-                _log(f"[train {k}/{len(jobs)}] {name} seed {seed} in {work_dir}")
-                maker = FineTuneMaker(
-                    parent=self.parent,
-                    settings=settings,
-                    work_dir=str(work_dir),
-                    sweep=self.sweep_name(name),
-                )
-                replay = [self.replay_inputs[n] for n in settings.replay_sets]
-                run_locally(
-                    maker.make(inputs, slab_keys=keys, replay_sets=replay),
-                    store=self.store,
-                    log=False,
-                    ensure_success=True,
-                )
-                doc = self.stored_finetune(name, settings)
-            else:
-                _log(f"[train {k}/{len(jobs)}] {name} seed {seed}: stored {doc['model_id']}")
-            docs.append({"recipe": name, "seed": seed, **doc})
-        return docs
-
-    def stored_finetunes(self) -> list[dict]:
-        """The stored fine-tune documents of every (recipe, seed) of the plan (collect only)."""
-        docs = []
-        for name, recipe in self.plan.recipes.items():
-            for seed in self.plan.seeds:
-                settings = recipe.finetune_settings(seed, **self.plan.overrides())
-                doc = self.stored_finetune(name, settings)
-                if doc is not None:
-                    docs.append({"recipe": name, "seed": seed, **doc})
-        return docs
-
-    # -- evaluations
-
-    def tasks(self) -> list[tuple[str, str, tuple[str, ...] | None, list[str] | None]]:
-        """(set, mode, parts, slab keys or None for every structure of the parts)."""
-        out = []
-        for mode in MODES:
-            sets = [*((n, p) for n, p in self.plan.test_sets.items())]
-            sets += [(n, ("val",)) for n in self.plan.proxy_sets]
-            for name, parts in sets:
-                keys = None
-                if mode == "relaxed":
-                    inputs = self.inputs[name]
-                    keys = pick_slabs(
-                        inputs.docs, inputs.assignments, parts, self.plan.max_relaxed_slabs
-                    )
-                out.append((name, mode, parts, keys))
-            if mode == "single_point" and self.plan.wbm_set:
-                out.append((self.plan.wbm_set, mode, None, None))
-        return out
-
-    def evaluated(self, model_id: str, set_name: str, mode: str) -> set[str]:
-        """Reference keys with a stored result of this model and mode (failures included)."""
-        criteria = {
-            "output.@class": "EvaluationDoc",
-            "output.model_id": model_id,
-            "output.set_name": set_name,
-            "output.mode": mode,
-        }
-        with self.store:
-            docs = self.store.docs_store.query(criteria, properties=["output.results"])
-            return {r["reference_key"] for d in docs for r in d["output"]["results"]}
-
-    def evaluate(self, models: list[Model]) -> None:
-        """Every task for every model (single points first), missing structures only."""
-        from jobflow import run_locally
-
-        from surfflows.io.inputs import reference_items
-        from surfflows.io.registry import checkpoint_reference
-        from surfflows.jobs.evaluate import EvaluateMaker
-
-        tasks = [(t, m) for t in self.tasks() for m in models]
-        for k, ((name, mode, parts, keys), model) in enumerate(tasks, 1):
-            spec = self.spec_for(model, name)
-            label = model.label + (f" @{spec.head}" if model.heads else "")
-            inputs = self.inputs[name]
-            items = reference_items(inputs, parts)
-            if keys is not None:
-                items = restrict_items(items, inputs.docs, keys)
-            done = self.evaluated(spec.model_id, name, mode)
-            items = [i for i in items if i[0] not in done]
-            head = (
-                f"[evaluate {k}/{len(tasks)}] {label} {name} {'/'.join(parts or ('all',))} {mode}"
-            )
-            if not items:
-                _log(f"{head}: stored")
-                continue
-            _log(f"{head}: {len(items)} structures")
-            maker = EvaluateMaker(
-                model=spec, modes=(mode,), chunk_size=128 if mode == "single_point" else 24
-            )
-            flow = maker.make(name, items, checkpoint_reference(spec, self.store))
-            start = time.perf_counter()
-            run_locally(
-                flow,
-                store=self.store,
-                log=False,
-                ensure_success=True,
-                allow_external_references=True,
-            )
-            _log(f"{head}: done in {time.perf_counter() - start:.0f} s")
-
-    def forgetting(self, models: list[Model], recipes: dict[str, str]) -> None:
-        """:func:`bulk_forgetting` of every checkpoint (``recipes``: model id -> recipe) not
-        yet checked against the parent."""
-        from jobflow import run_locally
-
-        from surfflows.io.registry import checkpoint_reference
-        from surfflows.jobs.finetune import bulk_forgetting
-
-        bulk_sets = [self.inputs[n] for n in self.plan.forgetting_sets]
-        for k, (label, spec, _) in enumerate(models, 1):
-            if spec.model_id == self.parent.model_id or not bulk_sets:
-                continue
-            head = f"[forgetting {k}/{len(models)}] {label}"
-            if self.forgetting_doc(spec.model_id) is not None:
-                _log(f"{head}: stored")
-                continue
-            _log(head)
-            references = self.training_inputs(self.plan.recipes[recipes[spec.model_id]])
-            check = bulk_forgetting(
-                spec, self.parent, references, bulk_sets, checkpoint_reference(spec, self.store)
-            )
-            run_locally(
-                check,
-                store=self.store,
-                log=False,
-                ensure_success=True,
-                allow_external_references=True,
-            )
-
-    def forgetting_doc(self, model_id: str) -> dict | None:
-        with self.store:
-            doc = self.store.docs_store.query_one(
-                {
-                    "output.@class": "ForgettingDoc",
-                    "output.model_id": model_id,
-                    "output.parent_model_id": self.parent.model_id,
-                },
-                sort={"completed_at": -1},
-            )
-        if doc is None:
-            return None
-        names = {s["name"] for s in doc["output"]["sets"]}
-        return doc["output"] if set(self.plan.forgetting_sets) <= names else None
-
-    # -- collection
-
-    def model_row(self, model: Model, finetune: dict | None) -> dict[str, Any]:
-        """Every figure of one model (``finetune``: its FineTuneDoc; None for the parent),
-        each set's from the spec it is evaluated with (:meth:`spec_for`)."""
-        from surfflows.stores import get_store
-
-        model_id = model.spec.model_id
-        ids = {name: self.spec_for(model, name).model_id for name in self.inputs}
-        criteria = {"model_id": {"$in": sorted(set(ids.values()))}}
-        errors: dict[tuple[str, str], list[dict]] = {}
-        with get_store("surface_errors") as surface_errors:
-            for e in surface_errors.query(criteria):
-                if e.get("kind", "slab") == "slab" and e["model_id"] == ids.get(e["set_name"]):
-                    errors.setdefault((e["set_name"], e["mode"]), []).append(e)
-        # newest relaxed result per slab: steps and whether it converged
-        steps: dict[str, dict[str, int | None]] = {}
-        converged: dict[str, dict[str, bool]] = {}
-        criteria = {
-            "output.@class": "EvaluationDoc",
-            "output.model_id": {"$in": sorted(set(ids.values()))},
-            "output.mode": "relaxed",
-        }
-        properties = ["output.set_name", "output.model_id", "output.results", "completed_at"]
-        with self.store:
-            evaluations = list(self.store.docs_store.query(criteria, properties=properties))
-        for doc in sorted(evaluations, key=lambda d: d["completed_at"]):
-            name = doc["output"]["set_name"]
-            if doc["output"]["model_id"] != ids.get(name):
-                continue
-            for r in doc["output"]["results"]:
-                steps.setdefault(name, {})[r["reference_key"]] = r.get("n_steps")
-                converged.setdefault(name, {})[r["reference_key"]] = r["converged"]
-        row: dict[str, Any] = {"model_id": model_id}
-        for section in ("test", "val", "gap", "steps", "unconverged"):
-            row[section] = {} if section in ("test", "val") else {"test": {}, "val": {}}
-        test_steps: list[int | None] = []
-        for name, mode, parts, keys in self.tasks():
-            if name == self.plan.wbm_set:
-                continue
-            inputs = self.inputs[name]
-            group = "val" if parts == ("val",) else "test"
-            planned = pick_slabs(inputs.docs, inputs.assignments, parts, None)
-            planned = planned if keys is None else keys
-            stats = gamma_stats(errors.get((name, mode), []), planned)
-            row[group].setdefault(name, {})[mode] = stats
-            if mode != "relaxed":
-                continue
-            sp, rx = (errors.get((name, m), []) for m in MODES)
-            row["gap"][group][name] = paired_gap(sp, rx, keys)
-            slab_steps = [steps.get(name, {}).get(k) for k in keys]
-            row["steps"][group][name] = step_stats(slab_steps)
-            status = converged.get(name, {})
-            row["unconverged"][group][name] = sum(status.get(k) is False for k in keys)
-            test_steps += slab_steps if group == "test" else []
-        row["steps"]["test_all"] = step_stats(test_steps)
-        row["forgetting"] = self.forgetting_row(model_id, ids.get(self.plan.wbm_set))
-        if finetune is not None:
-            history = finetune["history"]
-            best = history[finetune["best_epoch"]]
-            row["training"] = {
-                "best_epoch": finetune["best_epoch"],
-                "epochs_run": len(history) - 1,
-                "epoch_s": finetune["mean_epoch_seconds"],
-                "wall_s": finetune["wall_seconds"],
-                "val_gamma_mae": best["val_gamma_mae"],
-                "val_force_mae": best["val_force_mae"],
-                "trainable_parameters": finetune["trainable_parameters"],
-            }
-        return row
-
-    def forgetting_row(self, model_id: str, wbm_model_id: str | None) -> dict[str, Any]:
-        """wbm test part (benchmark rows of ``wbm_model_id``, the spec wbm is evaluated with)
-        and the ForgettingDoc sets (checkpoints only: the parent's figures are on each
-        checkpoint's), eV/atom and eV/Å."""
-        from surfflows.stores import get_store
-
-        out: dict[str, Any] = {}
-        if self.plan.wbm_set:
-            criteria = {
-                "set_name": self.plan.wbm_set,
-                "mode": "single_point",
-                "split": "test",
-                "quantity": "bulk_energy",
-            }
-            with get_store("benchmarks") as benchmarks:
-                mine, parent = (
-                    benchmarks.query_one({**criteria, "model_id": m}) or {}
-                    for m in (wbm_model_id, self.parent.model_id)
-                )
-            if mine:
-                out[f"{self.plan.wbm_set}:test"] = {
-                    "n": mine["n"],
-                    "mae": mine["mae"],
-                    "parent_mae": parent.get("mae"),
-                    "relative_change": relative(mine["mae"], parent.get("mae")),
-                }
-        doc = None if model_id == self.parent.model_id else self.forgetting_doc(model_id)
-        for s in doc["sets"] if doc else []:
-            out[s["name"]] = {
-                "n": s["n_structures"],
-                "mae": s["mae_per_atom"],
-                "parent_mae": s["parent_mae_per_atom"],
-                "relative_change": s["relative_change"],
-                "force_mae": s["force_mae"],
-                "parent_force_mae": s["parent_force_mae"],
-                "force_relative_change": relative(s["force_mae"], s["parent_force_mae"]),
-            }
-        return out
-
-
-def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Single-point val gamma as a proxy of relaxed-mode val gamma, over one fine-tune's epochs.
-
-    For a fine-tune that relaxed its selection slabs every epoch (``selection`` relaxed):
-    the epoch each criterion keeps (:func:`~surfflows.engine.finetune.selection_key`),
-    whether they agree, the relaxed val gamma lost by keeping the single-point epoch
-    (``regret``, J/m²), and the Spearman correlation over the trained epochs (epoch 0, the
-    parent, left out: it is far worse on both) of the relaxed value with the single-point
-    value of every val slab and of the same slabs. None without relaxed values.
-    """
-    from surfflows.engine.finetune import selection_key
-    from surfflows.schemas.finetune import EpochRecord
-
-    records = [EpochRecord.model_validate(r) for r in history]
-    if not any(r.val_relaxed_gamma_mae is not None for r in records):
-        return None
-    by_sp = min(records, key=lambda r: selection_key(r, "single_point"))
-    by_rx = min(records, key=lambda r: selection_key(r, "relaxed"))
-    trained = [r for r in records if r.epoch > 0 and r.val_relaxed_gamma_mae is not None]
-
-    def rho(values: list[float | None]) -> float | None:
-        return correlation(values, [r.val_relaxed_gamma_mae for r in trained])["spearman"]
-
-    regret = selection_key(by_sp, "relaxed") - selection_key(by_rx, "relaxed")
-    return {
-        "n_epochs": len(trained),
-        "single_point_epoch": by_sp.epoch,
-        "relaxed_epoch": by_rx.epoch,
-        "same_epoch": int(by_sp.epoch == by_rx.epoch),
-        "regret": regret if math.isfinite(regret) else None,
-        "spearman_all_val_slabs": rho([r.val_gamma_mae for r in trained]),
-        "spearman_same_slabs": rho([r.val_relaxed_single_point_gamma_mae for r in trained]),
-    }
-
-
-def steps_vs_parent(row: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
-    """Relative change of the median and mean test relaxation steps against the parent's."""
-    mine, theirs = row["steps"]["test_all"], parent["steps"]["test_all"]
-    return {k: relative(mine[k], theirs[k]) for k in ("median", "mean")}
-
-
-def proxy_points(rows: Sequence[dict[str, Any]], training_set: str) -> list[dict[str, Any]]:
-    """One point per model: val force norm at DFT minima and the relaxed - single point gaps."""
-    points = []
-    for r in rows:
-        force = r.get("val_force_norm")
-        points.append(
-            {
-                "model_id": r["model_id"],
-                "recipe": r["recipe"],
-                "seed": r["seed"],
-                "val_force_norm": force,
-                "val_gap": r["gap"].get("val", {}).get(training_set, {}).get("gap"),
-                "test_gap": r["gap"].get("test", {}).get(training_set, {}).get("gap"),
-                "val_relaxed_mae": r.get("val", {})
-                .get(training_set, {})
-                .get("relaxed", {})
-                .get("mae"),
-            }
-        )
-    return points
-
-
-def proxy_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Correlation of the val force norm with each relaxed-mode quantity over the points."""
-    force = [p["val_force_norm"] for p in points]
-    return {
-        target: correlation(force, [p[target] for p in points])
-        for target in ("val_gap", "test_gap", "val_relaxed_mae")
-    }
 
 
 def table(summary: dict[str, Any], sets: Sequence[str], training_set: str):
@@ -965,10 +289,8 @@ def cross_validate(
     ``parent_db_dir``: a database holding the parent's evaluations of the set (both modes,
     every slab), read for the parent's figures of unfinished cross-validations.
     """
-    from jobflow import run_locally
-
-    from surfflows.io.inputs import reference_inputs, stored_evaluations
-    from surfflows.jobs.cross_validation import CrossValidationMaker
+    from surfflows.flows.cross_validation import CrossValidationMaker, run_cross_validation
+    from surfflows.io.inputs import reference_inputs
     from surfflows.jobs.finetune import FineTuneMaker
     from surfflows.reports.plots import cross_validation_plot
     from surfflows.schemas.models import ModelSpec
@@ -995,19 +317,12 @@ def cross_validate(
                 replay = [
                     reference_inputs(n, references, splits, ("bulk",)) for n in settings.replay_sets
                 ]
-            keys = {d["key"] for d in inputs.docs}
             maker = CrossValidationMaker(
                 finetune_maker=FineTuneMaker(parent=parent, settings=settings),
                 k=k,
                 work_dir=str(runs_dir / "cv" / name),
             )
-            stored = stored_evaluations(store, parent.model_id, set_name, keys)
-            flow = maker.make(inputs, None, replay, stored)
-            for part in flow.jobs:
-                run_locally(
-                    part, store=store, log=False, ensure_success=True,
-                    allow_external_references=True,
-                )  # fmt: skip
+            run_cross_validation(maker, inputs, store, replay_sets=replay)
         doc = cv_document(store, set_name, settings, k, parent_store)
         if doc is None:
             print(f"{name}: no finished fold in this database")
@@ -1122,11 +437,14 @@ def run(plan: Plan, runs_dir: Path, output: Path, threads: int, collect_only: bo
     from rich.console import Console
 
     from surfflows.cli.benchmark import build
+    from surfflows.engine.finetune.selection import selection_agreement
     from surfflows.reports.plots import recipes_plot, recipes_proxy_plot
     from surfflows.schemas.models import ModelSpec
+    from surfflows.stores import get_job_store, get_store
 
     start = time.perf_counter()
-    runner = Runner(plan, runs_dir)
+    stores = {name: get_store(name) for name in RUNNER_STORES}
+    runner = Runner(plan, runs_dir, ModelSpec.parse(PARENT), get_job_store(), **stores)
     parent_id = runner.parent.model_id
     finetunes = runner.stored_finetunes() if collect_only else runner.train()
     parent_model = Model("parent", runner.parent)

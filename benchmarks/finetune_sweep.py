@@ -85,9 +85,10 @@ def main() -> None:
     from jobflow import run_locally
 
     from surfflows.cli.benchmark import build
+    from surfflows.flows.finetune import SweepConfig
     from surfflows.io.ingest import ingest_path
     from surfflows.io.inputs import training_inputs
-    from surfflows.jobs.finetune import SweepConfig, sweep_summary
+    from surfflows.reports.finetune import sweep_summary
     from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
     from surfflows.schemas.models import ModelSpec
     from surfflows.stores import get_job_store, get_store

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from surfflows.cli import app
 from surfflows.core.slabs import SlabSettings
 from surfflows.flows.campaign import CampaignConfig, run_campaign
-from surfflows.jobs.surface import SurfaceEnergyMaker
+from surfflows.flows.surface import SurfaceEnergyMaker
 from surfflows.reports.query import surface_energies
 from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store
@@ -68,6 +68,32 @@ def test_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
     slabs = flow.jobs[1]  # after the bulk relaxation
     assert slabs.function_kwargs["slab_relax_maker"].optimizer == "fire"
     assert config.input_hashes(ModelSpec()) != default.input_hashes(ModelSpec())
+
+
+def test_thermo_campaign_relax_optimizer_reaches_the_slab_relaxations(tmp_path):
+    """``surfflows thermo`` and ``thermo-campaign`` build a material's surface flow as a plain
+    campaign does: the campaign's optimizer (and settings) reach the slab relaxation Maker,
+    command-line overrides on top, and a --model override keeps them."""
+    from surfflows.cli.thermo import resolved_models, thermo_flows
+
+    config = CampaignConfig.from_yaml(
+        write_campaign(tmp_path, relax={"fmax": 0.1, "max_steps": 100, "optimizer": "fire"})
+    )
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    plain = config.flows(store)[0].jobs[1].function_kwargs["slab_relax_maker"]
+    models = resolved_models(["chgnet-0.3.0", "chgnet-0.2.0"], config, store)
+    overrides = {"fmax": 0.08}
+    material, plans = thermo_flows("Cu", None, config, models, store, relax_overrides=overrides)
+    assert material == "Cu"
+    assert [spec.model_id for spec, _, _ in plans] == ["chgnet-0.3.0", "chgnet-0.2.0"]
+    for spec, flow, reused in plans:
+        surface = flow.jobs[0]  # bulk relax -> slabs, then the references and the analysis
+        slab_maker = surface.jobs[1].function_kwargs["slab_relax_maker"]
+        assert slab_maker.optimizer == "fire" == plain.optimizer
+        assert (slab_maker.fmax, slab_maker.max_steps) == (0.08, 100)
+        assert slab_maker.model == spec
+        assert surface.jobs[1].function_kwargs["slab_settings"] == config.slabs
+        assert reused == []
 
 
 def test_non_periodic_and_unsupported_structures(tmp_path):

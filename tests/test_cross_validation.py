@@ -23,16 +23,11 @@ PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_met
 MP = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "mp_elemental_surfaces"
 
 
-def _docs(pairs):
-    return [{"material_id": m, "formula": f} for m, f in pairs]
-
-
 def test_folds_keep_every_element_on_one_side():
     """Polymorphs of one element share a fold; compounds are folded by material."""
-    docs = _docs(
-        [("mp-30", "Cu4"), ("jvasp-1", "Cu"), ("mp-2", "CuO"), ("mp-3", "Fe2O3")]
-        + [(f"mp-{100 + i}", s) for i, s in enumerate("Ag Au Pt Pd Ni Rh Ir Zn Cd".split())]
-    )
+    docs = [("mp-30", "Cu4"), ("jvasp-1", "Cu"), ("mp-2", "CuO"), ("mp-3", "Fe2O3")] + [
+        (f"mp-{100 + i}", s) for i, s in enumerate("Ag Au Pt Pd Ni Rh Ir Zn Cd".split())
+    ]
     groups = fold_groups(docs)
     assert groups["mp-30"] == groups["jvasp-1"] == "element:Cu"
     assert groups["mp-2"] == "mp-2"  # material-wise for compounds
@@ -59,7 +54,7 @@ def test_folds_keep_every_element_on_one_side():
 def test_mp_elemental_folds_hold_every_element_out_once():
     """The 30 elements of mp_elemental_surfaces: 5 folds of 6, every element in one."""
     atoms = read(MP / "slabs.extxyz", ":")
-    docs = _docs([(a.info["material_id"], a.info["formula"]) for a in atoms])
+    docs = [(a.info["material_id"], a.info["formula"]) for a in atoms]
     folds = kfold_assignments(docs, 5)
     groups = fold_groups(docs)
     by_fold = [{groups[m] for m, f in folds.items() if f == i} for i in range(5)]

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.models import ModelSpec
 from surfflows.settings import get_settings
 from surfflows.stores import (

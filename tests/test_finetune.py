@@ -39,10 +39,10 @@ from surfflows.engine.finetune import (
     with_replay,
 )
 from surfflows.engine.models import load_model
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.io.registry import checkpoint_reference, decode_checkpoint, resolve_model
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker, bulk_forgetting
 from surfflows.schemas.finetune import FineTuneDoc, FineTuneSettings
 from surfflows.schemas.models import ModelSpec
@@ -187,7 +187,7 @@ def test_aligned_energy_mae():
 @pytest.mark.slow
 def test_reference_data_screens_and_splits(tiny_set, chgnet):
     with get_store("references") as refs:
-        docs = list(refs.query({"set_name": tiny_set}))
+        docs = reference_inputs(tiny_set, refs, None).docs
     train = reference_data(docs, PARTS, ("train",), chgnet.graph_converter)
     assert {s.material_id for s in train.samples} == {"Cu", "Ni"}
     assert train.dropped == {"flagged:gamma_outside_0-5": ["tiny_ft:flagged_copy"]}
@@ -199,9 +199,9 @@ def test_reference_data_screens_and_splits(tiny_set, chgnet):
     assert one.dropped["bulk_without_slab"] == ["tiny_ft:bulk:399"]
     # a bulk-only set (wbm_bulks, here six bo2 cells) trains its bulks' energies
     with get_store("references") as refs:
-        eos = list(refs.query({"set_name": "tiny_eos"}))
+        eos = reference_inputs("tiny_eos", refs, None, ("bulk",)).docs
     bulks = reference_data(
-        eos, {d["material_id"]: "train" for d in eos}, ("train",), chgnet.graph_converter
+        eos, {d.material_id: "train" for d in eos}, ("train",), chgnet.graph_converter
     )
     assert bulks.counts()["bulks"] == 6 and not bulks.pairs and not bulks.dropped
 
@@ -209,7 +209,7 @@ def test_reference_data_screens_and_splits(tiny_set, chgnet):
 @pytest.mark.slow
 def test_anchor_weight_keeps_weights_near_the_parent(tiny_set, chgnet, tmp_path):
     with get_store("references") as refs:
-        docs = list(refs.query({"set_name": tiny_set}))
+        docs = reference_inputs(tiny_set, refs, None).docs
     train = reference_data(docs, PARTS, ("train",), chgnet.graph_converter)
     val = reference_data(docs, PARTS, ("val",), chgnet.graph_converter)
     parent = dict(chgnet.named_parameters())
@@ -257,7 +257,7 @@ def test_replay_pool_and_its_spread_over_batches(cu_bulk, rutile_bulk):
 
 def _tiny_data(tiny_set, chgnet, zero_force_labels: bool = False):
     with get_store("references") as refs:
-        docs = list(refs.query({"set_name": tiny_set}))
+        docs = reference_inputs(tiny_set, refs, None).docs
     return [
         reference_data(
             docs, PARTS, (part,), chgnet.graph_converter, zero_force_labels=zero_force_labels
@@ -518,19 +518,9 @@ def test_head_names_and_cross_set_leakage():
     assert default_head(["optb88vdw", "pbe+u"]) == "optb88vdw"
     # mp_elemental_surfaces and mp_elemental_refs share Materials Project ids; JARVIS shares
     # elements: a held-out material of one set is held out in all, by id or by element
-    surfaces = [
-        {"material_id": "mp-30", "formula": "Cu4"},
-        {"material_id": "mp-2", "formula": "Pd"},
-    ]
-    refs = [
-        {"material_id": "mp-30", "formula": "Cu"},
-        {"material_id": "mp-13", "formula": "Fe2"},
-        {"material_id": "mp-19", "formula": "TiO2"},
-    ]
-    jarvis = [
-        {"material_id": "JVASP-816", "formula": "Pd4"},
-        {"material_id": "JVASP-1", "formula": "Fe"},
-    ]
+    surfaces = [("mp-30", "Cu4"), ("mp-2", "Pd")]
+    refs = [("mp-30", "Cu"), ("mp-13", "Fe2"), ("mp-19", "TiO2")]
+    jarvis = [("JVASP-816", "Pd4"), ("JVASP-1", "Fe")]
     held = held_out_identities(
         [
             ("surf", surfaces, {"mp-30": "test", "mp-2": "val"}),

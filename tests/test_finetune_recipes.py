@@ -13,7 +13,22 @@ import numpy as np
 import pytest
 from test_finetune import tiny_set  # noqa: F401  (fixture)
 
+from surfflows.core.benchmark import (
+    aggregate,
+    correlation,
+    flatten,
+    gamma_stats,
+    paired_gap,
+    relative_change,
+    step_stats,
+    unflatten,
+)
+from surfflows.core.folds import mean_std
+from surfflows.flows.recipes import Model, Plan, evaluation_spec, validate_recipes
+from surfflows.io.canonical import read_reference_set
+from surfflows.io.inputs import reference_items, slab_keys
 from surfflows.schemas.finetune import FineTuneSettings
+from surfflows.schemas.references import ReferenceInputs
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finetune_recipes.py"
 
@@ -46,12 +61,12 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
     assert both.force_weight > 0 and both.replay_weight > 0 and both.force_fraction < 1
 
     with pytest.raises(ValueError, match=r"(?s)recipe 'typo'.*unknown FineTuneSettings fields"):
-        recipes.validate_recipes({"typo": {"settings": {"replay_wieght": 1}}})
+        validate_recipes({"typo": {"settings": {"replay_wieght": 1}}})
     with pytest.raises(ValueError, match=r"(?s)recipe 'neg'.*replay_weight"):
-        recipes.validate_recipes({"neg": {"settings": {"replay_weight": -1}}})
+        validate_recipes({"neg": {"settings": {"replay_weight": -1}}})
     with pytest.raises(ValueError, match="seed"):
-        recipes.validate_recipes({"s": {"settings": {"seed": 1}}})
-    two = recipes.validate_recipes(
+        validate_recipes({"s": {"settings": {"seed": 1}}})
+    two = validate_recipes(
         {
             "two": {
                 "sets": ["mp_elemental_surfaces", "jarvis_surfaces"],
@@ -63,78 +78,78 @@ def test_recipe_table_is_valid_and_a_bad_row_names_itself(recipes):
     assert two.finetune_settings(0).heads == "single"
     plan = {"seeds": [0], "epochs": None, "max_train_slabs": None, "max_relaxed_slabs": None}
     with pytest.raises(ValueError, match=r"forgetting sets \['bo2_bulk_eos'\] are trained on"):
-        recipes.Plan(recipes=recipes.validate_recipes({"x": {"sets": ["bo2_bulk_eos"]}}), **plan)
+        Plan(recipes=validate_recipes({"x": {"sets": ["bo2_bulk_eos"]}}), **plan)
     with pytest.raises(ValueError, match="are trained on"):
         replay = {"settings": {"replay_weight": 1, "replay_sets": ["bo2_bulk_eos"]}}
-        recipes.Plan(recipes=recipes.validate_recipes({"r": replay}), **plan)
-    table = recipes.validate_recipes({"lr": {"settings": {"learning_rate": 3e-3}}})
+        Plan(recipes=validate_recipes({"r": replay}), **plan)
+    table = validate_recipes({"lr": {"settings": {"learning_rate": 3e-3}}})
     assert table["lr"].sets == ("jarvis_surfaces",)
 
 
-def test_slab_subsets_are_fixed_and_keep_their_bulks(recipes):
-    docs = [
-        {"key": f"s{i}", "doc_type": "slab", "material_id": f"m{i % 3}", "bulk_key": f"b{i % 3}"}
-        for i in range(9)
-    ]
-    docs[0]["flags"] = ["gamma_outside_0-5"]
-    docs += [{"key": f"b{j}", "doc_type": "bulk", "material_id": f"m{j}"} for j in range(3)]
-    parts = {"m0": "test", "m1": "test", "m2": "val"}
-    every = recipes.pick_slabs(docs, parts, ("test",), None)
-    assert every == ["s1", "s3", "s4", "s6", "s7"]  # unflagged test slabs, sorted
-    two = recipes.pick_slabs(docs, parts, ("test",), 2)
+def test_slab_subsets_are_fixed_and_keep_their_bulks():
+    """The slabs every model of the benchmark is evaluated on, and their bulks."""
+    docs = read_reference_set("pbe_metal_surfaces").documents
+    materials = sorted({d.material_id for d in docs})
+    parts = {m: "val" if i % 3 == 0 else "test" for i, m in enumerate(materials)}
+    inputs = ReferenceInputs(set_name="pbe_metal_surfaces", assignments=parts, docs=docs)
+    every = slab_keys(inputs, ("test",))
+    assert every == sorted(
+        d.key for d in inputs.of_type("slab") if not d.flags and parts[d.material_id] == "test"
+    )
+    two = slab_keys(inputs, ("test",), 2)
     assert len(two) == 2 and set(two) <= set(every)
-    assert recipes.pick_slabs(docs, parts, ("test",), 2) == two  # same for every model
-    assert len(recipes.pick_slabs(docs, parts, None, None)) == 8
-    items = [(d["key"], d["doc_type"]) for d in docs]
-    kept = recipes.restrict_items(items, docs, ["s1", "s4"])
-    assert kept == [("s1", "slab"), ("s4", "slab"), ("b1", "bulk")]
+    assert slab_keys(inputs, ("test",), 2) == two  # same for every model
+    assert len(slab_keys(inputs)) == sum(not d.flags for d in inputs.of_type("slab"))
+    items = reference_items(inputs, ("test",), two)
+    slabs = [d for d in inputs.of_type("slab") if d.key in two]
+    assert [(key, kind) for key, kind, _, _ in items] == [(d.key, "slab") for d in slabs] + [
+        (key, "bulk") for key in sorted({d.bulk_key for d in slabs})
+    ]
 
 
-def test_mean_std_aggregate_and_correlation(recipes):
-    assert recipes.mean_std([1.0, 2.0, None, float("nan"), 3.0]) == {
+def test_mean_std_aggregate_and_correlation():
+    assert mean_std([1.0, 2.0, None, float("nan"), 3.0]) == {
         "mean": 2.0,
         "std": 1.0,
         "n": 3,
     }
-    assert recipes.mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
-    assert recipes.mean_std([]) == {"mean": None, "std": None, "n": 0}
+    assert mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
 
     rows = [
         {"model_id": "a", "test": {"x": {"relaxed": {"mae": 0.2, "n": 10}}}, "ok": True},
         {"model_id": "b", "test": {"x": {"relaxed": {"mae": 0.4, "n": 10}}}, "extra": 1.0},
     ]
-    summary = recipes.aggregate(rows)
+    summary = aggregate(rows)
     mae = summary["test"]["x"]["relaxed"]["mae"]
     assert mae["mean"] == pytest.approx(0.3) and mae["std"] == pytest.approx(math.sqrt(0.02))
     assert summary["extra"] == {"mean": 1.0, "std": None, "n": 1}
     assert "model_id" not in summary and "ok" not in summary  # strings and bools left out
-    assert recipes.unflatten(recipes.flatten({"a": {"b": 1, "c": {"d": 2.0}}})) == {
-        "a": {"b": 1, "c": {"d": 2.0}}
-    }
+    assert unflatten(flatten({"a": {"b": 1, "c": {"d": 2.0}}})) == {"a": {"b": 1, "c": {"d": 2.0}}}
 
     x = [0.1, 0.2, 0.3, 0.4, None]
-    c = recipes.correlation(x, [1.0, 3.0, 2.0, 5.0, 9.0])
+    c = correlation(x, [1.0, 3.0, 2.0, 5.0, 9.0])
     assert c["n"] == 4 and c["spearman"] == pytest.approx(0.8)
     assert c["pearson"] == pytest.approx(np.corrcoef(x[:4], [1, 3, 2, 5])[0, 1])
-    assert recipes.correlation([0.1, 0.2], [1.0, 2.0])["pearson"] is None  # N < 3
-    assert recipes.correlation([0.1, 0.1, 0.1], [1.0, 2.0, 3.0])["spearman"] is None
+    assert correlation([0.1, 0.2], [1.0, 2.0])["pearson"] is None  # N < 3
+    assert correlation([0.1, 0.1, 0.1], [1.0, 2.0, 3.0])["spearman"] is None
 
 
-def test_gamma_statistics_gaps_and_steps(recipes):
+def test_gamma_statistics_gaps_and_steps():
     def error(key, value, status="ok"):
         return {"reference_key": key, "gamma_error": value, "gamma_ref": 1.0, "status": status}
 
     sp = [error("a", 0.1), error("b", -0.2), error("c", 0.3, "excluded")]
     rx = [error("a", 0.3), error("b", None, "excluded"), error("c", 0.3)]
-    stats = recipes.gamma_stats(sp, ["a", "b", "c"])
+    stats = gamma_stats(sp, ["a", "b", "c"])
     assert stats["n"] == 2 and stats["mae"] == pytest.approx(0.15)
     assert stats["mean_signed_error"] == pytest.approx(-0.05)
     assert stats["relative_mae"] == pytest.approx(0.15) and stats["n_planned"] == 3
-    gap = recipes.paired_gap(sp, rx, ["a", "b", "c"])
+    gap = paired_gap(sp, rx, ["a", "b", "c"])
     assert gap == {"n": 1, "gap": pytest.approx(0.2)}  # only "a" is ok in both modes
-    assert recipes.step_stats([10, None, 20, 60]) == {"n": 3, "median": 20.0, "mean": 30.0}
-    assert recipes.relative(12.0, 10.0) == pytest.approx(0.2)
-    assert recipes.relative(None, 10.0) is None and recipes.relative(1.0, 0.0) is None
+    assert step_stats([10, None, 20, 60]) == {"n": 3, "median": 20.0, "mean": 30.0}
+    assert relative_change(12.0, 10.0) == pytest.approx(0.2)
+    assert relative_change(None, 10.0) is None and relative_change(1.0, 0.0) is None
 
 
 @pytest.mark.slow
@@ -142,8 +157,8 @@ def test_tiny_end_to_end_run_is_resumable(recipes, tiny_set, tmp_path):  # noqa:
     from surfflows.stores import get_job_store
 
     tiny = {"depth": 1, "epochs": 1, "batch_size": 8}
-    plan = recipes.Plan(
-        recipes=recipes.validate_recipes(
+    plan = Plan(
+        recipes=validate_recipes(
             {
                 "default": {"sets": [tiny_set], "settings": tiny},
                 "replay": {
@@ -238,18 +253,20 @@ def test_each_set_is_evaluated_with_the_head_of_its_level_of_theory(recipes):
     assert head_for("VASP r2SCAN", ["pbe", "optb88vdw"], "pbe") == "pbe"  # no such head
 
     sha = "ab" * 32
-    two = recipes.Model("heads seed 0", ModelSpec(kind="checkpoint", sha256=sha, head="pbe"))
+    two = Model("heads seed 0", ModelSpec(kind="checkpoint", sha256=sha, head="pbe"))
     two = two._replace(heads=("pbe", "optb88vdw"))
-    jarvis = recipes.evaluation_spec(two, "VASP OptB88vdW")
+    jarvis = evaluation_spec(two, "VASP OptB88vdW")
     assert jarvis.model_id == f"chgnet-ft-{sha[:12]}@optb88vdw"
-    assert recipes.evaluation_spec(two, "VASP PBE").model_id == f"chgnet-ft-{sha[:12]}@pbe"
-    single = recipes.Model("pbe seed 0", ModelSpec(kind="checkpoint", sha256=sha))
-    assert recipes.evaluation_spec(single, "VASP OptB88vdW") is single.spec
+    assert evaluation_spec(two, "VASP PBE").model_id == f"chgnet-ft-{sha[:12]}@pbe"
+    single = Model("pbe seed 0", ModelSpec(kind="checkpoint", sha256=sha))
+    assert evaluation_spec(single, "VASP OptB88vdW") is single.spec
     assert recipes.RECIPES["heads"].finetune_settings(0).heads == "per_level_of_theory"
     assert len(recipes.RECIPES["heads"].sets) == 2
 
 
 def test_selection_agreement_over_epochs(recipes):
+    from surfflows.engine.finetune.selection import selection_agreement
+
     def epoch(k, sp, rx, rx_sp):
         return {
             "epoch": k, "train_loss": 0.0, "train_energy_mae": 0.0, "train_gamma_mae": None,
@@ -265,11 +282,11 @@ def test_selection_agreement_over_epochs(recipes):
         epoch(3, 0.12, 0.20, 0.16),  # kept on relaxed
         epoch(4, 0.15, 0.25, 0.18),
     ]
-    a = recipes.selection_agreement(history)
+    a = selection_agreement(history)
     assert (a["single_point_epoch"], a["relaxed_epoch"], a["same_epoch"]) == (2, 3, 0)
     assert a["regret"] == pytest.approx(0.02) and a["n_epochs"] == 4  # epoch 0 left out
     assert a["spearman_all_val_slabs"] == pytest.approx(0.8)
     assert a["spearman_same_slabs"] == pytest.approx(0.8)
     plain = [{**h, "val_relaxed_gamma_mae": None} for h in history]
-    assert recipes.selection_agreement(plain) is None
+    assert selection_agreement(plain) is None
     assert recipes.RECIPES["pbe+relaxed_selection"].finetune_settings(0).selection == "relaxed"

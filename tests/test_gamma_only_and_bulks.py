@@ -19,10 +19,10 @@ from surfflows.cli import app
 from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
 from surfflows.engine.finetune import Objective, build_batch, reference_data
 from surfflows.engine.models import load_model
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.canonical import read_reference_set
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store
@@ -133,8 +133,8 @@ def test_gamma_only_slabs_evaluate_build_and_report_in_both_modes(gamma_only_set
 
 def test_gamma_only_slabs_feed_only_the_gamma_term_of_finetuning(gamma_only_set):
     ingest_path(gamma_only_set)
-    docs = [d.model_dump(mode="json") for d in read_reference_set(gamma_only_set).documents]
-    parts = {d["material_id"]: "train" for d in docs}
+    docs = read_reference_set(gamma_only_set).documents
+    parts = {d.material_id: "train" for d in docs}
     model = load_model(ModelSpec())
     data = reference_data(docs, parts, ("train",), model.graph_converter)
     counts = data.counts()
@@ -143,9 +143,9 @@ def test_gamma_only_slabs_feed_only_the_gamma_term_of_finetuning(gamma_only_set)
         "flagged:inplane_mismatch_gt_1pct": ["tiny_gamma_only:379In101"],
         "bulk_without_slab": ["tiny_gamma_only:mpref:In:0"],
     }
-    by_key = {d["key"]: d for d in docs}
+    by_key = {d.key: d for d in docs}
     for pair in data.pairs:  # the published gamma is the target
-        assert pair.gamma_ref == by_key[data.samples[pair.slab].key]["gamma_ref"]
+        assert pair.gamma_ref == by_key[data.samples[pair.slab].key].gamma_ref
     batch = build_batch(model, data, list(range(len(data.samples))), None)
     assert int(batch.energy_mask.sum()) == counts["bulks"]  # bulks only carry energy labels
     energy = model(batch.graphs, task="e")["e"]

@@ -27,8 +27,8 @@ from surfflows.core.slabs import SlabSettings
 from surfflows.core.text import job_name
 from surfflows.core.yaml_files import load_yaml
 from surfflows.flows.campaign import CampaignConfig
-from surfflows.jobs.finetune import SweepConfig
-from surfflows.jobs.surface import SurfaceEnergyMaker
+from surfflows.flows.finetune import SweepConfig
+from surfflows.flows.surface import SurfaceEnergyMaker
 from surfflows.schemas.models import ModelSpec
 from surfflows.settings import get_settings
 from surfflows.stores import get_job_store

@@ -23,10 +23,10 @@ from jobflow import Flow
 
 from surfflows.builders import campaign_builders, run_builders
 from surfflows.flows.campaign import CampaignConfig
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.flows.remote import submit_campaign, submit_flows
 from surfflows.io.inputs import reference_items
 from surfflows.io.registry import checkpoint_reference, resolve_model
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.finetune import FineTuneMaker
 from surfflows.jobs.thermo import elemental_reference
 from surfflows.reports.query import surface_energies
@@ -222,7 +222,7 @@ def _references_store(inputs: ReferenceInputs):
 
     references = MemoryStore("references")
     with references:
-        references.update(inputs.docs, key="key")
+        references.update([d.model_dump(mode="json") for d in inputs.docs], key="key")
     return references
 
 

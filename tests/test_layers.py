@@ -4,7 +4,9 @@ Every module of the package is parsed (no import needed) and each ``surfflows`` 
 makes at run time is checked against the layer table below. Imports under
 ``if TYPE_CHECKING:`` load nothing at run time and are not checked. A second test imports the
 documents, builders and core in a fresh interpreter and checks that torch stays unloaded
-(``mrun`` and the builders must start without it).
+(``mrun`` and the builders must start without it). Job makers (``make`` returns a Job) live in
+``jobs``, Flow makers in ``flows``, and a job module imports nothing of ``io`` or ``reports``
+that reads a store or a reference set: jobs read only their inputs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ ALLOWED: dict[str, set[str]] = {
     "settings": {"core"},
     "stores": {"settings"},
     "__init__": set(),
+}
+
+
+#: All a job module may import of io and reports: checkpoint bytes in and out, and plots.
+JOB_IO_AND_REPORTS = {
+    "surfflows.io.registry",
+    "surfflows.reports.plots",
+    "surfflows.reports.chemsys_plots",
 }
 
 
@@ -111,6 +121,41 @@ def test_imports_go_one_way():
     assert not wrong, "imports going the wrong way:\n" + "\n".join(
         f"  {a} -> {b}" for a, b in sorted(wrong)
     )
+
+
+def test_jobs_read_only_their_inputs():
+    wrong = {
+        (module, target)
+        for module, imports in all_imports().items()
+        if layer(module) == "jobs"
+        for target in imports
+        if layer(target) in ("io", "reports") and target not in JOB_IO_AND_REPORTS
+    }
+    assert not wrong, "jobs importing store or file readers:\n" + "\n".join(
+        f"  {a} -> {b}" for a, b in sorted(wrong)
+    )
+
+
+def _make_returns(tree: ast.AST) -> dict[str, str]:
+    """Class name -> the return annotation of its ``make`` method, for every class with one."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "make" and item.returns:
+                    found[node.name] = ast.unparse(item.returns)
+    return found
+
+
+def test_job_makers_in_jobs_and_flow_makers_in_flows():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        for name, returns in _make_returns(ast.parse(path.read_text())).items():
+            expected = "flows" if returns == "Flow" else "jobs"
+            if layer(module) != expected:
+                wrong.append(f"{module}.{name} (make -> {returns}) belongs in {expected}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_jobs_never_reach_the_settings():

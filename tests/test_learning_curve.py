@@ -9,14 +9,11 @@ from ase.io import read, write
 from jobflow import run_locally
 from pydantic import ValidationError
 
+from surfflows.flows.learning_curve import LearningCurveConfig, LearningCurveMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs
 from surfflows.jobs.finetune import FineTuneMaker
-from surfflows.jobs.learning_curve import (
-    LearningCurveConfig,
-    LearningCurveMaker,
-    summarize_curve,
-)
+from surfflows.reports.finetune import summarize_curve
 from surfflows.schemas.finetune import FineTuneSettings
 from surfflows.stores import get_job_store, get_store
 

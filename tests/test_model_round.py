@@ -14,11 +14,11 @@ from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
 from surfflows.cli.benchmark import _bulk_table
 from surfflows.core.benchmark import against_parent
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
 from surfflows.io.packaged import model_card, registered_parent
 from surfflows.io.registry import checkpoint_reference, resolve_model
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.reports.leaderboard import leaderboard, model_labels
 from surfflows.schemas.models import ModelSpec
 from surfflows.stores import get_job_store, get_store

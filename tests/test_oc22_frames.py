@@ -21,10 +21,10 @@ from oc22_fixtures import (
 from typer.testing import CliRunner
 
 from surfflows.cli import app
-from surfflows.io.canonical import ReferenceFrameDoc
 from surfflows.io.ingest import ingest_reference_set
 from surfflows.io.oc22 import oc22_reference_set, oc22_s2ef_set
 from surfflows.io.splits import get_or_create_split
+from surfflows.schemas.references import ReferenceFrameDoc
 from surfflows.stores import get_store
 
 #: A second material for the split test: the excerpt's TiO2 slab 36509 relabelled as mp-2657.
@@ -176,7 +176,7 @@ def test_frames_are_energy_and_force_training_samples(oc22_files):
     from surfflows.schemas.models import ModelSpec
 
     s2ef, _, meta = oc22_files
-    docs = [d.model_dump(mode="json") for d in oc22_s2ef_set(s2ef, meta).documents]
+    docs = oc22_s2ef_set(s2ef, meta).documents
     parts = {"mp-554278": "train", OTHER_BULK: "test"}
     model = load_model(ModelSpec())
     train = reference_data(docs, parts, ("train",), model.graph_converter)

@@ -22,9 +22,9 @@ from surfflows.cli import app
 from surfflows.engine.calculators import relax_fixed_cell, single_points
 from surfflows.engine.models import check_model, get_calculator, load_model, preload
 from surfflows.flows.campaign import CampaignConfig
+from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.jobs.relax import BulkRelaxMaker
 from surfflows.reports.leaderboard import leaderboard
 from surfflows.schemas.models import ModelSpec

@@ -9,7 +9,7 @@ import warnings
 
 from pymatgen.core import Lattice, Structure
 
-from surfflows.jobs.evaluate import EvaluateMaker
+from surfflows.flows.evaluate import EvaluateMaker
 
 
 def test_evaluation_flow_is_one_connected_graph():

@@ -13,14 +13,10 @@ from pymatgen.entries.computed_entries import ComputedStructureEntry
 
 from surfflows.core.splits import make_split
 from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
-from surfflows.io.canonical import (
-    PACKAGED_SETS,
-    ReferenceSlabDoc,
-    documents_from_frames,
-    read_reference_set,
-)
+from surfflows.io.canonical import PACKAGED_SETS, documents_from_frames, read_reference_set
 from surfflows.io.ingest import ingest_path
 from surfflows.io.splits import get_or_create_split
+from surfflows.schemas.references import ReferenceSlabDoc
 from surfflows.stores import get_store
 
 PBE_DIR = "surfflows/data/references/pbe_metal_surfaces"

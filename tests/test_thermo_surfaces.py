@@ -31,10 +31,11 @@ from surfflows.core.thermo import (
     surface_energy_line,
     surface_energy_plotter,
 )
+from surfflows.flows.surface import SurfaceEnergyMaker
+from surfflows.flows.thermo import ThermoMaker, thermo_flow
 from surfflows.io.elements import dft_elemental_references
 from surfflows.io.ingest import ingest_path
-from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.jobs.thermo import ThermoMaker, reference_wulff, thermo_flow
+from surfflows.io.inputs import reference_wulff
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.thermo import SurfaceThermoDoc
 
@@ -238,22 +239,23 @@ def test_dft_metal_references_from_mp_elemental_refs(rutile_run):
 
 
 def test_gamma_only_wulff_of_one_polymorph():
-    dft, provenance = reference_wulff("mp_elemental_surfaces", "mp-30")  # Cu
-    lowest = min(dft.surfaces, key=lambda s: s.surface_energy)
+    reference = reference_wulff("mp_elemental_surfaces", "mp-30")  # Cu
+    lowest = min(reference.wulff.surfaces, key=lambda s: s.surface_energy)
     assert tuple(lowest.miller_index) == (1, 1, 1)
     assert lowest.surface_energy == pytest.approx(1.339, abs=1e-3)
-    assert provenance["level_of_theory"] == "VASP PBE"
+    assert reference.level_of_theory == "VASP PBE"
 
 
 def test_cu_dft_wulff_ranks_111_lowest():
-    dft, provenance = reference_wulff("pbe_metal_surfaces", "Cu")
+    reference = reference_wulff("pbe_metal_surfaces", "Cu")
+    dft = reference.wulff
     assert len(dft.surfaces) == 13
     lowest = min(dft.surfaces, key=lambda s: s.surface_energy)
     assert tuple(lowest.miller_index) == (1, 1, 1)
     assert max(dft.surfaces, key=lambda s: s.area_fraction) is lowest
     assert sum(s.area_fraction for s in dft.surfaces) == pytest.approx(1.0)
     assert 1.3188 <= dft.weighted_surface_energy <= 1.6361
-    assert provenance["level_of_theory"] == "VASP PBE"
+    assert reference.level_of_theory == "VASP PBE"
     # a model that swaps (100) and (110) keeps (111) first and loses rank agreement
     swapped = {
         tuple(s.miller_index): s.surface_energy for s in dft.surfaces if max(s.miller_index) == 1
@@ -273,7 +275,7 @@ def test_thermo_flow_json_round_trip():
     maker = ThermoMaker(
         surface_maker=SurfaceEnergyMaker(slab_settings=TINY),
         delta_mu_o=[-2.0, 0.0],
-        reference_set="x",
+        reference=reference_wulff("pbe_metal_surfaces", "Cu"),
     )
     flow = maker.make(_rutile(), MATERIAL)
     names = [job.name for job in flow.jobs]
@@ -281,7 +283,7 @@ def test_thermo_flow_json_round_trip():
         "O reference chgnet-0.3.0",
         "Ti reference chgnet-0.3.0",
         f"surface thermodynamics {MATERIAL}",
-        f"wulff comparison {MATERIAL} x",
+        f"wulff comparison {MATERIAL} pbe_metal_surfaces",
     ]
     restored = json.loads(
         json.dumps(jsanitize(flow, strict=True, enum_values=True)), cls=MontyDecoder

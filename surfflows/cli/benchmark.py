@@ -33,10 +33,10 @@ def evaluate(
     from jobflow import run_locally
 
     from surfflows.engine.models import get_calculator
+    from surfflows.flows.evaluate import EvaluateMaker
     from surfflows.io.ingest import ingest_path
     from surfflows.io.inputs import reference_inputs, reference_items
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.evaluate import EvaluateMaker
     from surfflows.stores import get_job_store, get_store
 
     if mode not in ("single_point", "relaxed", "both"):
@@ -203,7 +203,7 @@ def report(
     The leaderboard puts models side by side with their seconds per structure; the page
     (static, offline) adds model cards, thermodynamics plots and benchmark figures.
     """
-    from surfflows.jobs.finetune import finetune_report_plots
+    from surfflows.reports.finetune import finetune_report_plots
     from surfflows.reports.leaderboard import leaderboard, model_label, model_labels
     from surfflows.reports.plots import leaderboard_plot, parity_plot
     from surfflows.stores import get_job_store, get_store, read_documents

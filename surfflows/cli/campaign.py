@@ -43,8 +43,7 @@ def run(
     run = run_campaign(campaign, store)
     elapsed = time.perf_counter() - start
     docs, failures = campaign_results(store, run)
-    model_id = campaign.model_spec(store)[0].model_id
-    _print_surface_table(docs, title=f"campaign {campaign.name} ({model_id})")
+    _print_surface_table(docs, title=f"campaign {campaign.name} ({run.model.model_id})")
     statuses = [d["status"] for d in docs]
     counts = {s: statuses.count(s) for s in ("ok", "non_stoichiometric", "failed")}
     console.print(

@@ -191,14 +191,11 @@ def finetune(
     from jobflow import run_locally
     from pydantic import ValidationError
 
+    from surfflows.flows.finetune import FineTuneSweepMaker
     from surfflows.io.registry import checkpoint_reference, resolve_model
     from surfflows.jobs.cross_validation import aligned_replay, every_material
-    from surfflows.jobs.finetune import (
-        FineTuneMaker,
-        FineTuneSweepMaker,
-        default_work_dir,
-        sweep_summary,
-    )
+    from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
+    from surfflows.reports.finetune import sweep_summary
     from surfflows.schemas.finetune import FineTuneSettings
     from surfflows.stores import get_job_store, get_store
 
@@ -287,30 +284,22 @@ def _cross_validate(
     reference: list[str], k: int, finetune_maker, parent_checkpoint, replay_sets, work_dir, store
 ) -> None:
     """``finetune --cv-folds K``: run the cross-validation flow and print its figures."""
-    from jobflow import run_locally
-
-    from surfflows.io.inputs import reference_inputs, stored_evaluations
-    from surfflows.jobs.cross_validation import CrossValidationMaker
+    from surfflows.flows.cross_validation import CrossValidationMaker, run_cross_validation
+    from surfflows.io.inputs import reference_inputs
     from surfflows.stores import get_store
 
     if len(reference) != 1:
         fail(f"--cv-folds cross-validates one --reference set, got {len(reference)}")
     with get_store("references") as references, get_store("splits") as splits:
         inputs = reference_inputs(reference[0], references, splits)
-    parent = finetune_maker.parent.model_id
-    keys = {d["key"] for d in inputs.docs}
-    stored = stored_evaluations(store, parent, inputs.set_name, keys)
-    try:
-        flow = CrossValidationMaker(
-            finetune_maker=finetune_maker, k=k, work_dir=str(work_dir) if work_dir else None
-        ).make(inputs, parent_checkpoint, replay_sets, stored)
-    except ValueError as exc:
-        fail(str(exc))
+    maker = CrossValidationMaker(
+        finetune_maker=finetune_maker, k=k, work_dir=str(work_dir) if work_dir else None
+    )
     _show_finetune_progress()
-    for part in flow.jobs:  # each fold to its held-out evaluation, then the next
-        run_locally(
-            part, store=store, log=False, ensure_success=True, allow_external_references=True
-        )
+    try:
+        flow = run_cross_validation(maker, inputs, store, parent_checkpoint, replay_sets)
+    except ValueError as exc:  # too few elements for k folds, a bad split
+        fail(str(exc))
     with store:
         doc = flow.output.resolve(store)
     console.print(cross_validation_table(doc))
@@ -391,8 +380,9 @@ def sweep(
     from jobflow import run_locally
     from pydantic import ValidationError
 
+    from surfflows.flows.finetune import SweepConfig
     from surfflows.io.registry import checkpoint_reference, resolve_model
-    from surfflows.jobs.finetune import SweepConfig, sweep_summary
+    from surfflows.reports.finetune import sweep_summary
     from surfflows.stores import get_job_store, get_store
 
     store = get_job_store()
@@ -442,16 +432,12 @@ def learning_curve(
     from jobflow import run_locally
 
     from surfflows.core.yaml_files import load_yaml
-    from surfflows.engine.sampling import training_pool
+    from surfflows.engine.sampling import coverage, training_pool
+    from surfflows.flows.learning_curve import LearningCurveConfig
     from surfflows.io.inputs import reference_inputs
     from surfflows.io.registry import checkpoint_reference, resolve_model
     from surfflows.io.selections import stored_features
-    from surfflows.jobs.learning_curve import (
-        LearningCurveConfig,
-        coverage,
-        learning_curve_rows,
-        summarize_curve,
-    )
+    from surfflows.reports.finetune import learning_curve_rows, summarize_curve
     from surfflows.reports.plots import coverage_plot, learning_curve_plot
     from surfflows.stores import get_job_store, get_store
 

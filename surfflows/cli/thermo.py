@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from jobflow import Flow, JobStore, OutputReference
+
     from surfflows.flows.campaign import CampaignConfig
+    from surfflows.schemas.models import ModelSpec
+    from surfflows.schemas.thermo import ReferenceWulffDoc
 
 from surfflows.cli.common import (
     MODEL_HELP,
@@ -24,88 +28,154 @@ from surfflows.cli.common import (
 )
 
 
+def resolved_models(
+    names: list[str] | None, campaign: CampaignConfig | None, store: JobStore
+) -> list[tuple[ModelSpec, OutputReference | None]]:
+    """The models named (default: the campaign's, else CHGNet 0.3.0), each resolved once
+    with its checkpoint (:func:`~surfflows.flows.campaign.resolved_model`); a calculator that
+    cannot be made fails here, before any work."""
+    from surfflows.engine.models import get_calculator
+    from surfflows.flows.campaign import CampaignConfig, resolved_model
+
+    default = campaign.model if campaign else CampaignConfig.model_fields["model"].default
+    models = [resolved_model(name, store) for name in names or [default]]
+    for spec, _ in models:
+        if not spec.is_chgnet:
+            get_calculator(spec)
+    return models
+
+
+def thermo_flows(
+    material: str,
+    structure: Path | None,
+    campaign: CampaignConfig | None,
+    models: list[tuple[ModelSpec, OutputReference | None]],
+    store: JobStore,
+    slab_overrides: dict | None = None,
+    relax_overrides: dict | None = None,
+    **thermo_options: Any,
+) -> tuple[str, list[tuple[ModelSpec, Flow, list[str]]]]:
+    """The thermo flow of one material per model, and what each reuses from ``store``.
+
+    ``material`` is a material id of ``campaign`` or a structure file (``structure`` names
+    the file explicitly). The material runs as a one-material campaign: the campaign's slab
+    and relaxation settings (its optimizer included) apply, then the command-line
+    overrides, and its SurfaceEnergyMaker is the one a plain campaign uses
+    (:meth:`CampaignConfig.surface_maker`). ``models``: each model with its checkpoint,
+    resolved once for the run (:func:`resolved_models`). ``thermo_options``: fields of
+    :class:`~surfflows.flows.thermo.ThermoMaker`.
+
+    Returns
+    -------
+    tuple
+        The material id, and per model its spec, flow and what the flow reuses.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Naming the material, file or setting that is wrong.
+    """
+    from surfflows.core.slabs import SlabSettings
+    from surfflows.flows.campaign import CampaignConfig, MaterialConfig, RelaxSettings
+    from surfflows.flows.thermo import ThermoMaker, thermo_flow
+
+    entry = next((m for m in campaign.materials if m.id == material), None) if campaign else None
+    if structure is None and Path(material).is_file():
+        structure, material = Path(material), Path(material).stem
+    if structure is None and entry is None:
+        known = [m.id for m in campaign.materials] if campaign else []
+        raise ValueError(
+            f"{material!r} is neither a structure file nor a campaign material {known}"
+        )
+    slabs = (entry.slabs if entry else None) or (campaign.slabs if campaign else SlabSettings())
+    relax = (campaign.relax if campaign else RelaxSettings()).model_dump()
+    one = MaterialConfig(
+        id=material,
+        structure=structure or entry.structure,
+        slabs=SlabSettings.model_validate(slabs.model_dump() | (slab_overrides or {})),
+    )
+    config = CampaignConfig(
+        name=campaign.name if campaign else material,
+        relax=RelaxSettings.model_validate(relax | (relax_overrides or {})),
+        materials=[one],
+    )
+    bulk = config.load_structures()[material]
+    plans = []
+    for spec, checkpoint in models:
+        maker = ThermoMaker(surface_maker=config.surface_maker(one, spec), **thermo_options)
+        flow, reused = thermo_flow(maker, bulk, material, store, checkpoint)
+        plans.append((spec, flow, reused))
+    return material, plans
+
+
+def _models(
+    names: list[str] | None, campaign: CampaignConfig | None
+) -> list[tuple[ModelSpec, OutputReference | None]]:
+    """:func:`resolved_models` in the configured store, or one ``error:`` line."""
+    from surfflows.stores import get_job_store
+
+    try:
+        return resolved_models(names, campaign, get_job_store())
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 def _thermo_runs(
     material: str,
     structure: Path | None,
     campaign: CampaignConfig | None,
-    models: list[str] | None,
+    models: list[tuple[ModelSpec, OutputReference | None]],
     slab_overrides: dict,
     relax_overrides: dict,
     delta_mu_o: list[float] | None,
     out: Path,
-    reference_set: str | None = None,
+    reference: ReferenceWulffDoc | None = None,
     dft_elements: str | None = None,
 ) -> list[dict]:
     """Run what is missing of the thermo flow of one material per model; print and save.
 
-    MATERIAL is a material id of ``campaign`` or a structure file (``--structure`` names the
-    file explicitly); the campaign's settings apply, then the command-line ones.
-    ``dft_elements`` names an ingested set of elemental ground states whose DFT energies are
-    recorded beside the model's metal references.
+    See :func:`thermo_flows` (``models`` from :func:`_models`). ``reference``: a DFT
+    reference set's Wulff shape of the material to compare with. ``dft_elements`` names an
+    ingested set of elemental ground states whose DFT energies are recorded beside the
+    model's metal references.
 
     Returns
     -------
     list[dict]
         Per model: ``thermo`` (SurfaceThermoDoc as JSON), ``comparison`` (WulffComparisonDoc
-        as JSON when ``reference_set`` is given, else None), ``seconds`` (wall time) and
+        as JSON when ``reference`` is given, else None), ``seconds`` (wall time) and
         ``label`` (:attr:`ModelSpec.label`, what tables show).
     """
     from jobflow import run_locally
     from monty.json import jsanitize
-    from pymatgen.core import Structure
 
-    from surfflows.core.slabs import SlabSettings
-    from surfflows.engine.models import get_calculator
-    from surfflows.flows.campaign import RelaxSettings
-    from surfflows.io.registry import resolve_model
-    from surfflows.jobs.surface import SurfaceEnergyMaker
-    from surfflows.jobs.thermo import ThermoMaker, thermo_flow
     from surfflows.stores import get_job_store
 
+    store = get_job_store()
     try:
-        entry = (
-            next((m for m in campaign.materials if m.id == material), None) if campaign else None
-        )
-        if structure is None and Path(material).is_file():
-            structure, material = Path(material), Path(material).stem
-        if structure is None and entry is None:
-            known = [m.id for m in campaign.materials] if campaign else []
-            fail(f"{material!r} is neither a structure file nor a campaign material {known}")
-        bulk = Structure.from_file(structure or entry.structure)
-        slabs = (entry.slabs if entry else None) or (campaign.slabs if campaign else SlabSettings())
-        slabs = SlabSettings.model_validate(slabs.model_dump() | slab_overrides)
-        relax = (campaign.relax if campaign else RelaxSettings()).model_dump() | relax_overrides
-        relax = RelaxSettings.model_validate(relax)
-        store = get_job_store()
-        names = models or [campaign.model if campaign else "0.3.0"]
-        specs = [resolve_model(m, store) for m in names]
-        for spec in (s for s in specs if not s.is_chgnet):
-            get_calculator(spec)  # a calculator that cannot be made fails here, before any work
         dft_refs = None
         if dft_elements:
             from surfflows.io.elements import dft_elemental_references
 
             dft_refs = dft_elemental_references(dft_elements)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    runs = []
-    for spec in specs:
-        maker = ThermoMaker(
-            surface_maker=SurfaceEnergyMaker.for_model(
-                spec,
-                relax.fmax,
-                relax.max_steps,
-                slab_settings=slabs,
-                chunk_size=relax.chunk_size,
-            ),
+        material, plans = thermo_flows(
+            material,
+            structure,
+            campaign,
+            models,
+            store,
+            slab_overrides,
+            relax_overrides,
             delta_mu_o=delta_mu_o or None,
             plot_dir=str(out.resolve()),
-            reference_set=reference_set,
-            reference_material=material if reference_set else None,
+            reference=reference,
             dft_elemental_references=dft_refs,
             dft_elemental_set=dft_elements if dft_refs else None,
         )
-        flow, reused = thermo_flow(maker, bulk, material, store)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    runs = []
+    for spec, flow, reused in plans:
         console.print(f"[bold]{material}[/] {spec.label}: reusing {', '.join(reused) or 'nothing'}")
         start = time.perf_counter()
         try:
@@ -121,8 +191,8 @@ def _thermo_runs(
             fail(f"{material} ({spec.model_id}): {type(exc).__name__}: {exc}")
         run = {"seconds": time.perf_counter() - start, "label": spec.label}
         with store:
-            for key, reference in flow.output.items():
-                output = None if reference is None else reference.resolve(store)
+            for key, output_reference in flow.output.items():
+                output = None if output_reference is None else output_reference.resolve(store)
                 run[key] = None if output is None else jsanitize(output, strict=True)
         _print_thermo(run["thermo"], spec.label)
         path = out / f"{material}_{spec.model_id}_thermo.json"
@@ -275,7 +345,16 @@ def thermo(
     )
     campaign = load_campaign(config) if config.is_file() else None
     _thermo_runs(
-        material, structure, campaign, model, slabs, relax, delta_mu_o, out, None, dft_elements
+        material,
+        structure,
+        campaign,
+        _models(model, campaign),
+        slabs,
+        relax,
+        delta_mu_o,
+        out,
+        None,
+        dft_elements,
     )
 
 
@@ -289,11 +368,12 @@ def thermo_campaign(
     """Surface phase diagrams and Wulff shapes of every material of a campaign file."""
 
     campaign = load_campaign(config)
+    models = _models(model, campaign)  # resolved once for every material
     summary = Table(title=f"thermo campaign {campaign.name}")
     for column in ("material", "model", "Δμ_O bounds (eV)", "stable rows", "excluded", "s"):
         summary.add_column(column)
     for material in campaign.materials:
-        for run in _thermo_runs(material.id, None, campaign, model, {}, {}, delta_mu_o, out):
+        for run in _thermo_runs(material.id, None, campaign, models, {}, {}, delta_mu_o, out):
             doc = run["thermo"]
             summary.add_row(
                 material.id,
@@ -328,20 +408,21 @@ def wulff_compare(
     from monty.json import MontyDecoder
 
     from surfflows.core.text import miller_text
-    from surfflows.jobs.thermo import reference_wulff
+    from surfflows.io.inputs import reference_wulff
     from surfflows.reports.plots import wulff_comparison_plot
 
     try:
-        dft, provenance = reference_wulff(reference, material)
+        dft = reference_wulff(reference, material)
     except ValueError as exc:
         fail(str(exc))
     slabs, relax = _slab_relax_overrides(
         max_index, None, min_slab_size, min_vacuum_size, fmax, max_steps
     )
     if max_index is None:
-        slabs["miller_indices"] = [tuple(s.miller_index) for s in dft.surfaces]
+        slabs["miller_indices"] = [tuple(s.miller_index) for s in dft.wulff.surfaces]
     campaign = load_campaign(config) if config.is_file() else None
-    runs = _thermo_runs(material, structure, campaign, model, slabs, relax, None, out, reference)
+    models = _models(model, campaign)
+    runs = _thermo_runs(material, structure, campaign, models, slabs, relax, None, out, dft)
     comparisons = [run["comparison"] for run in runs]
     labels = [run["label"] for run in runs]
     first = comparisons[0]
@@ -391,6 +472,6 @@ def wulff_compare(
     png = wulff_comparison_plot(
         [(docs[0].reference.model_id, docs[0].reference), *((d.model_id, d.model) for d in docs)],
         stem.with_suffix(".png"),
-        caption=f"Reference data: {provenance['citation'] or reference}",
+        caption=f"Reference data: {dft.citation or reference}",
     )
     console.print(f"wrote {stem.with_suffix('.json')}, {png}")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
+from surfflows.core.folds import mean_std
 from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
 
 
@@ -374,21 +375,126 @@ def against_parent(stats: dict[str, Any], parent_stats: dict[str, Any]) -> dict[
 
     Examples
     --------
-    >>> against_parent({"mae": 0.11}, {"mae": 0.1})["relative_change"]  # doctest: +ELLIPSIS
-    0.1...
+    >>> round(against_parent({"mae": 0.11}, {"mae": 0.1})["relative_change"], 6)
+    0.1
     """
-
-    def change(value: float | None, reference: float | None) -> float | None:
-        return value / reference - 1 if value is not None and reference else None
-
     out = {
         "parent_mae": parent_stats.get("mae"),
-        "relative_change": change(stats.get("mae"), parent_stats.get("mae")),
+        "relative_change": relative_change(stats.get("mae"), parent_stats.get("mae")),
     }
     if "raw_energy_mae" in stats:
         raw = parent_stats.get("raw_energy_mae")
         out |= {
             "parent_raw_energy_mae": raw,
-            "raw_relative_change": change(stats["raw_energy_mae"], raw),
+            "raw_relative_change": relative_change(stats["raw_energy_mae"], raw),
         }
     return out
+
+
+def relative_change(value: float | None, reference: float | None) -> float | None:
+    """``value / reference - 1`` (None when either is missing or the reference is 0)."""
+    return value / reference - 1 if value is not None and reference else None
+
+
+def gamma_stats(errors: Sequence[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """Gamma statistics (J/m²) of the ``ok`` slab errors of ``keys``, one model and mode.
+
+    ``errors``: surface-error documents (``reference_key``, ``status``, ``gamma_error``,
+    ``gamma_ref``). :func:`summarize` plus ``relative_mae`` (mean of |error| / gamma_ref) and
+    ``n_planned`` (slabs asked for; the rest failed or are excluded).
+    """
+    keys = set(keys)
+    ok = [e for e in errors if e["reference_key"] in keys and e["status"] == "ok"]
+    relative = [abs(e["gamma_error"]) / e["gamma_ref"] for e in ok if e.get("gamma_ref")]
+    return {
+        **summarize(e["gamma_error"] for e in ok),
+        "relative_mae": float(np.mean(relative)) if relative else None,
+        "n_planned": len(keys),
+    }
+
+
+def paired_gap(
+    single_point: Sequence[dict[str, Any]], relaxed: Sequence[dict[str, Any]], keys: Iterable[str]
+) -> dict[str, Any]:
+    """Relaxed minus single-point gamma MAE (J/m²) on the slabs of ``keys`` ``ok`` in both
+    modes (surface-error documents of one model)."""
+    ok = [
+        {e["reference_key"]: e["gamma_error"] for e in errors if e["status"] == "ok"}
+        for errors in (single_point, relaxed)
+    ]
+    common = sorted(set(keys) & ok[0].keys() & ok[1].keys())
+    sp, rx = (summarize(o[k] for k in common)["mae"] for o in ok)
+    return {"n": len(common), "gap": None if sp is None else rx - sp}
+
+
+def step_stats(steps: Iterable[int | None]) -> dict[str, Any]:
+    """Median and mean of the relaxation steps that were recorded (None: not relaxed)."""
+    values = [n for n in steps if n is not None]
+    if not values:
+        return {"n": 0, "median": None, "mean": None}
+    return {"n": len(values), "median": float(np.median(values)), "mean": float(np.mean(values))}
+
+
+def correlation(x: Sequence[float | None], y: Sequence[float | None]) -> dict[str, Any]:
+    """Pearson and Spearman correlation (with p-values) of the pairs where both are finite;
+    None where fewer than three pairs or either side is constant."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [
+        (a, b)
+        for a, b in zip(x, y, strict=True)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
+    out: dict[str, Any] = {"n": len(pairs), "pearson": None, "pearson_p": None}
+    out |= {"spearman": None, "spearman_p": None}
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return out
+    xs, ys = zip(*pairs, strict=True)
+    pearson, spearman = pearsonr(xs, ys), spearmanr(xs, ys)
+    return out | {
+        "pearson": float(pearson.statistic),
+        "pearson_p": float(pearson.pvalue),
+        "spearman": float(spearman.statistic),
+        "spearman_p": float(spearman.pvalue),
+    }
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested dicts under dotted keys (bools and strings left out).
+
+    Examples
+    --------
+    >>> flatten({"test": {"mae": 0.1, "model": "x"}, "n": 3})
+    {'test.mae': 0.1, 'n': 3}
+    """
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[path] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of every numeric leaf of the rows (nested as the rows are).
+
+    Each leaf becomes ``{"mean", "std", "n"}`` (:func:`~surfflows.core.folds.mean_std`); a
+    leaf missing from some rows counts the rows that have it.
+    """
+    flat = [flatten(r) for r in rows]
+    paths = sorted({p for f in flat for p in f})
+    return unflatten({p: mean_std(f.get(p) for f in flat) for p in paths})

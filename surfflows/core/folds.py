@@ -25,25 +25,27 @@ import numpy as np
 from surfflows.core.splits import SplitPart, material_identities
 
 
-def fold_groups(docs: Iterable[dict]) -> dict[str, str]:
+def fold_groups(materials: Iterable[tuple[str, str]]) -> dict[str, str]:
     """material_id -> its fold group: ``element:<symbol>`` for an elemental material, else
-    the material id.
+    the material id; ``materials``: (material_id, formula) of each document.
 
     Examples
     --------
-    >>> fold_groups([{"material_id": "mp-30", "formula": "Cu4"},
-    ...              {"material_id": "mp-2", "formula": "CuO"}])
+    >>> fold_groups([("mp-30", "Cu4"), ("mp-2", "CuO")])
     {'mp-30': 'element:Cu', 'mp-2': 'mp-2'}
     """
     groups = {}
-    for material, identities in material_identities(docs).items():
+    for material, identities in material_identities(materials).items():
         elemental = sorted(i for i in identities if i.startswith("element:"))
         groups[material] = elemental[0] if elemental else material
     return groups
 
 
-def kfold_assignments(docs: Iterable[dict], k: int, seed: int = 0) -> dict[str, int]:
-    """material_id -> fold index in ``range(k)`` (see the module docstring).
+def kfold_assignments(
+    materials: Iterable[tuple[str, str]], k: int, seed: int = 0
+) -> dict[str, int]:
+    """material_id -> fold index in ``range(k)`` (see the module docstring); ``materials``:
+    (material_id, formula) of each document.
 
     Raises
     ------
@@ -51,7 +53,7 @@ def kfold_assignments(docs: Iterable[dict], k: int, seed: int = 0) -> dict[str, 
         If ``k`` < 3 (a fold needs a held-out, a validation and a training part) or the
         set has fewer groups than folds.
     """
-    groups = fold_groups(docs)
+    groups = fold_groups(materials)
     names = sorted(set(groups.values()))
     if k < 3:
         raise ValueError(f"cross-validation needs at least 3 folds, got {k}")
@@ -174,15 +176,17 @@ def gamma_errors(
 
 
 def aligned_assignments(
-    docs: Iterable[dict],
+    materials: Iterable[tuple[str, str]],
     assignments: Mapping[str, str],
-    reference_docs: Iterable[dict],
+    reference_materials: Iterable[tuple[str, str]],
     reference_assignments: Mapping[str, str],
 ) -> dict[str, str]:
     """A second set's split made to agree with a reference set's.
 
-    A material of ``docs`` that is also in the reference set (same material id, or the same
-    element for elemental materials, :func:`surfflows.core.splits.material_identities`)
+    ``materials``, ``reference_materials``: (material_id, formula) of each document of the
+    two sets. A material of the second set that is also in the reference set (same
+    material id, or the same element for elemental materials,
+    :func:`surfflows.core.splits.material_identities`)
     takes the reference material's part (the most held-out one if several match: test,
     then val); the others keep their own. Used for replay sets next to a fold or a
     final model, so a replay set's own split neither drops training materials nor lets a
@@ -190,15 +194,14 @@ def aligned_assignments(
 
     Examples
     --------
-    >>> aligned_assignments([{"material_id": "mp-30", "formula": "Cu"},
-    ...                      {"material_id": "mp-2", "formula": "CuO"}],
+    >>> aligned_assignments([("mp-30", "Cu"), ("mp-2", "CuO")],
     ...                     {"mp-30": "val", "mp-2": "test"},
-    ...                     [{"material_id": "mp-30", "formula": "Cu4"}], {"mp-30": "train"})
+    ...                     [("mp-30", "Cu4")], {"mp-30": "train"})
     {'mp-30': 'train', 'mp-2': 'test'}
     """
     rank = {"test": 0, "val": 1, "train": 2}
     part_of: dict[str, str] = {}
-    for material, identities in material_identities(reference_docs).items():
+    for material, identities in material_identities(reference_materials).items():
         part = reference_assignments.get(material)
         if part is None:
             continue
@@ -206,7 +209,7 @@ def aligned_assignments(
             if identity not in part_of or rank[part] < rank[part_of[identity]]:
                 part_of[identity] = part
     out = dict(assignments)
-    for material, identities in material_identities(docs).items():
+    for material, identities in material_identities(materials).items():
         matched = [part_of[i] for i in identities if i in part_of]
         if matched:
             out[material] = min(matched, key=rank.__getitem__)

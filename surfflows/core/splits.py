@@ -127,25 +127,27 @@ def make_split(
     ).with_materials(material_ids)
 
 
-def material_identities(docs: Iterable[dict]) -> dict[str, set[str]]:
+def material_identities(materials: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
     """What makes two materials of different sets the same: material_id -> identities.
 
-    Every material is its ``material_id`` (Materials Project ids are shared by
-    ``mp_elemental_surfaces`` and ``mp_elemental_refs``); an elemental material (every
-    document's ``formula`` has one element) is also ``element:<symbol>``, so that polymorphs
-    of one element count as one material across sets (``mp-30`` and JARVIS's Cu).
+    ``materials``: (material_id, formula) of each document of a set
+    (:meth:`surfflows.schemas.references.ReferenceInputs.materials`). Every material is its
+    ``material_id`` (Materials Project ids are shared by ``mp_elemental_surfaces`` and
+    ``mp_elemental_refs``); an elemental material (every document's formula has one
+    element) is also ``element:<symbol>``, so that polymorphs of one element count as one
+    material across sets (``mp-30`` and JARVIS's Cu).
 
     Examples
     --------
-    >>> material_identities([{"material_id": "mp-30", "formula": "Cu4"}])
+    >>> material_identities([("mp-30", "Cu4")])
     {'mp-30': {'mp-30', 'element:Cu'}}
     """
     from pymatgen.core import Composition
 
     elements: dict[str, set[str]] = {}
-    for doc in docs:
-        symbols = {e.symbol for e in Composition(doc["formula"]).elements}
-        elements.setdefault(doc["material_id"], set()).update(symbols)
+    for material_id, formula in materials:
+        symbols = {e.symbol for e in Composition(formula).elements}
+        elements.setdefault(material_id, set()).update(symbols)
     return {
         material: {material, *(f"element:{e}" for e in symbols if len(symbols) == 1)}
         for material, symbols in elements.items()
@@ -153,14 +155,15 @@ def material_identities(docs: Iterable[dict]) -> dict[str, set[str]]:
 
 
 def held_out_identities(
-    sets: Iterable[tuple[str, Iterable[dict], dict[str, str]]],
+    sets: Iterable[tuple[str, Iterable[tuple[str, str]], dict[str, str]]],
 ) -> dict[str, set[str]]:
     """Identities (:func:`material_identities`) of every val and test material, by set.
 
     Parameters
     ----------
     sets
-        (set name, its documents, its split's assignments) of each set.
+        (set name, (material_id, formula) of its documents, its split's assignments) of
+        each set.
 
     Returns
     -------
@@ -168,8 +171,8 @@ def held_out_identities(
         identity -> ``"<set>:<part>"`` of every set and part holding it out.
     """
     out: dict[str, set[str]] = {}
-    for set_name, docs, assignments in sets:
-        for material, identities in material_identities(docs).items():
+    for set_name, materials, assignments in sets:
+        for material, identities in material_identities(materials).items():
             part = assignments.get(material)
             if part in ("val", "test"):
                 for identity in identities:
@@ -178,12 +181,12 @@ def held_out_identities(
 
 
 def leaking_materials(
-    set_name: str, docs: Iterable[dict], held_out: dict[str, set[str]]
+    set_name: str, materials: Iterable[tuple[str, str]], held_out: dict[str, set[str]]
 ) -> dict[str, str]:
     """Materials of ``set_name`` held out in another set: material_id -> the first
     ``"<set>:<part>"`` holding it out (sorted), the reason it may not be trained on."""
     out = {}
-    for material, identities in material_identities(docs).items():
+    for material, identities in material_identities(materials).items():
         where = sorted(
             w for i in identities for w in held_out.get(i, ()) if not w.startswith(f"{set_name}:")
         )

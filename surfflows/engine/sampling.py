@@ -15,7 +15,7 @@ it in the ``selections`` store (:mod:`surfflows.io.selections`), a flow as a job
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -121,11 +121,9 @@ def random_select(n_pool: int, budget: int, seed: int) -> list[int]:
 def training_pool(references: ReferenceInputs) -> list[tuple[str, Structure]]:
     """(key, structure) of the unflagged train-split slabs of a set that have a bulk."""
     pool = [
-        (d["key"], Structure.from_dict(d["structure"]))
+        (d.key, d.structure.copy())
         for d in references.of_type("slab")
-        if references.assignments.get(d["material_id"]) == "train"
-        and not d.get("flags")
-        and d.get("bulk_key")
+        if references.assignments.get(d.material_id) == "train" and not d.flags and d.bulk_key
     ]
     return sorted(pool, key=lambda item: item[0])
 
@@ -183,3 +181,26 @@ def select_from_pool(
         n_components=info.get("n_components"),
         explained_variance=info.get("explained_variance"),
     )
+
+
+def coverage(
+    pool_keys: list[str], features: np.ndarray, selections: list[dict[str, Any]]
+) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Weighted PC coordinates of a training pool and the pool rows of some selections.
+
+    Parameters
+    ----------
+    pool_keys
+        Reference keys of the pool, in the order of the rows of ``features``.
+    features
+        The pool's features, as DIRECT used them.
+    selections
+        Selection documents to mark (labelled by their method and budget).
+    """
+    _, info = direct_select(features, budget=1)
+    row = {key: i for i, key in enumerate(pool_keys)}
+    marked = {
+        f"{doc['method']} ({len(doc['reference_keys'])})": [row[k] for k in doc["reference_keys"]]
+        for doc in selections
+    }
+    return info["pca_features"], marked

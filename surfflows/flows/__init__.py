@@ -1,1 +1,2 @@
-"""Campaigns composed of surfflows jobs, run locally or submitted to jobflow-remote."""
+"""Flow makers composing surfflows jobs, campaign files and their runners, and submission
+to jobflow-remote."""

@@ -45,10 +45,10 @@ from surfflows.core.validation import MaterialId, check_bulk
 from surfflows.core.yaml_files import load_yaml
 from surfflows.engine.models import check_model
 from surfflows.engine.relax import DEFAULT_OPTIMIZER, Optimizer, check_geometry
+from surfflows.flows.surface import SurfaceEnergyMaker
 from surfflows.io.checkpoints import check_checkpoint
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.io.registry import checkpoint_reference, resolve_model
-from surfflows.jobs.surface import SurfaceEnergyMaker
 from surfflows.schemas.models import ModelSpec, names_a_file
 
 if TYPE_CHECKING:
@@ -74,6 +74,19 @@ class RelaxSettings(BaseModel):
         default=DEFAULT_OPTIMIZER,
         description="Slab optimizer: lbfgs (ASE's L-BFGS, fewer force evaluations) or fire.",
     )
+
+    def surface_maker(self, model: ModelSpec, slab_settings: SlabSettings) -> SurfaceEnergyMaker:
+        """The SurfaceEnergyMaker of these settings (force criterion, step limit, slab
+        optimizer, chunk size) for one model and slab settings: the one every campaign
+        kind (plain, chemical system, thermo) builds its surface flows with."""
+        return SurfaceEnergyMaker.for_model(
+            model,
+            self.fmax,
+            self.max_steps,
+            self.optimizer,
+            slab_settings=slab_settings,
+            chunk_size=self.chunk_size,
+        )
 
 
 class MaterialConfig(BaseModel):
@@ -147,13 +160,8 @@ class CampaignConfig(BaseModel):
         return config
 
     def model_spec(self, store: JobStore) -> tuple[ModelSpec, OutputReference | None]:
-        """The campaign's model and, if fine-tuned, a reference to its checkpoint in ``store``.
-
-        A checkpoint file is registered in ``store`` on the way (see
-        :func:`surfflows.io.registry.resolve_model`).
-        """
-        spec = resolve_model(self.model, store)
-        return spec, checkpoint_reference(spec, store)
+        """The campaign's model resolved (:func:`resolved_model`)."""
+        return resolved_model(self.model, store)
 
     def check_slab_sizes(self, structures: dict[str, Structure], progress: bool = False) -> None:
         """Raise ValueError naming each facet whose slabs are estimated over ``max_atoms``.
@@ -254,16 +262,28 @@ class CampaignConfig(BaseModel):
         input_hash: str,
     ) -> Flow:
         """The SurfaceEnergyMaker flow of one material, its jobs tagged with ``input_hash``."""
-        flow = SurfaceEnergyMaker.for_model(
-            model,
-            self.relax.fmax,
-            self.relax.max_steps,
-            self.relax.optimizer,
-            slab_settings=material.slabs or self.slabs,
-            chunk_size=self.relax.chunk_size,
-        ).make(structure, material.id, checkpoint)
+        flow = self.surface_maker(material, model).make(structure, material.id, checkpoint)
         flow.update_metadata({INPUT_HASH_KEY: input_hash})
         return flow
+
+    def surface_maker(self, material: MaterialConfig, model: ModelSpec) -> SurfaceEnergyMaker:
+        """The SurfaceEnergyMaker of one material: the campaign's relaxation settings
+        (:meth:`RelaxSettings.surface_maker`) and the material's slab settings."""
+        return self.relax.surface_maker(model, material.slabs or self.slabs)
+
+
+def resolved_model(
+    model: str | dict[str, Any], store: JobStore
+) -> tuple[ModelSpec, OutputReference | None]:
+    """A campaign's model entry resolved, once per run, and, if fine-tuned, a reference to
+    its checkpoint in ``store``.
+
+    A checkpoint file or a packaged model is registered in ``store`` on the way (see
+    :func:`surfflows.io.registry.resolve_model`); the pair is what every flow of the run
+    is given.
+    """
+    spec = resolve_model(model, store)
+    return spec, checkpoint_reference(spec, store)
 
 
 def _read_bulk(material: MaterialConfig) -> Structure:
@@ -295,6 +315,7 @@ def _progress(items: list, show: bool, description: str):
 class CampaignRun(BaseModel):
     """What one run of a campaign did: per material, run, reused or failed."""
 
+    model: ModelSpec = Field(description="The campaign's model, resolved once for the run.")
     input_hashes: dict[str, str] = Field(description="Material id -> input hash.")
     ran: list[str] = Field(default_factory=list, description="Materials computed in this run.")
     skipped: list[str] = Field(
@@ -353,7 +374,7 @@ def run_campaign(config: CampaignConfig, store: JobStore, progress: bool = True)
     model, checkpoint = config.model_spec(store)
     hashes = config.input_hashes(model, structures)
     done = completed_hashes(store, list(hashes.values()))
-    run = CampaignRun(input_hashes=hashes)
+    run = CampaignRun(model=model, input_hashes=hashes)
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task(f"campaign {config.name}", total=len(config.materials))
         for material in config.materials:

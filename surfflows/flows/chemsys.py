@@ -1,5 +1,12 @@
 """Campaigns over a chemical system: the model's hull, then the surfaces of its phases.
 
+:class:`ChemicalSystemMaker` is the campaign of one model as one Flow: it relaxes every
+competing phase (free cell) and the model's elemental references, cuts and relaxes the
+slabs of the target phases in chunks (:meth:`SurfaceEnergyMaker.slabs`), and ends with one
+:class:`~surfflows.schemas.chemsys.ChemicalSystemThermoDoc` per target (the jobs are in
+:mod:`surfflows.jobs.chemsys`). :class:`ChemicalSystemConfig` reads the campaign file and
+:func:`run_chemical_system` runs it stage by stage, reusing what the store holds.
+
 A campaign file names the elements, every competing phase, and the phases whose surfaces
 are wanted::
 
@@ -32,10 +39,11 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobflow import Flow, Job, JobStore, run_locally
+from jobflow import Flow, Job, JobStore, Maker, OutputReference, run_locally
 from monty.json import MontyDecoder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymatgen.core import Element, Structure
@@ -43,6 +51,7 @@ from rich.progress import Progress
 
 from surfflows.core.chempot import MAX_ELEMENTS
 from surfflows.core.slabs import SlabSettings
+from surfflows.core.text import job_name
 from surfflows.flows.campaign import (
     INPUT_HASH_KEY,
     CampaignConfig,
@@ -52,13 +61,13 @@ from surfflows.flows.campaign import (
     completed_hashes,
     validation_summary,
 )
+from surfflows.flows.surface import SurfaceEnergyMaker
 from surfflows.io.phases import duplicate_structures
 from surfflows.io.registry import checkpoint_reference, resolve_model
-from surfflows.jobs.chemsys import ChemicalSystemMaker, hull_phases
-from surfflows.jobs.surface import SurfaceEnergyMaker
-from surfflows.jobs.thermo import stored_reference
+from surfflows.jobs.chemsys import chemical_system_thermo, hull_phases, surfaces_on_hull
+from surfflows.jobs.thermo import elemental_reference
 from surfflows.reports.chemsys_plots import write_pngs
-from surfflows.reports.query import surface_energies
+from surfflows.reports.query import stored_reference, surface_energies
 from surfflows.schemas.chemsys import ChemicalSystemThermoDoc, TerminationMapComparisonDoc
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.relax import BulkRelaxDoc, SlabRelaxDoc
@@ -71,6 +80,143 @@ STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".xyz", ".extxyz")
 BULK_HASH_KEY = "surfflows_bulk_hash"
 #: Job metadata key holding a thermo document's hash (:func:`thermo_hash`).
 THERMO_HASH_KEY = "surfflows_thermo_hash"
+
+
+@dataclass
+class ChemicalSystemMaker(Maker):
+    """Bulks -> the model's hull -> slabs of the targets in chunks -> thermodynamics.
+
+    Parameters
+    ----------
+    name
+        Flow name.
+    surface_maker
+        Relaxes the phases (its bulk relax maker: free cell) and the targets' slabs (its slab
+        relax maker, slab settings and chunk size); its model relaxes everything, the
+        elemental references included.
+    chemical_system
+        The campaign's elements.
+    plot_dir
+        Folder of the PNGs; default: each thermo job's working directory.
+
+    Examples
+    --------
+    >>> maker = ChemicalSystemMaker(  # doctest: +SKIP
+    ...     surface_maker=SurfaceEnergyMaker.for_model(ModelSpec()),
+    ...     chemical_system=["Sr", "Ti", "O"],
+    ... )
+    >>> flow = maker.make(phases, targets=["SrTiO3"])  # doctest: +SKIP
+    >>> run_locally(flow, store=get_job_store())  # doctest: +SKIP
+    """
+
+    name: str = "chemical system"
+    surface_maker: SurfaceEnergyMaker = field(default_factory=SurfaceEnergyMaker)
+    chemical_system: list[str] = field(default_factory=list)
+    plot_dir: str | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model of every relaxation."""
+        return self.surface_maker.model
+
+    def bulk_job(
+        self, phase_id: str, structure: Structure, checkpoint: str | OutputReference | None
+    ) -> Job:
+        """Relaxation of one phase (free cell), named ``bulk relax <phase_id>``."""
+        maker = self.surface_maker.bulk_relax_maker
+        return replace(maker, name=job_name(maker.name, phase_id)).make(
+            structure, phase_id, checkpoint
+        )
+
+    def reference_job(self, element: str, checkpoint: str | OutputReference | None) -> Job:
+        """The model's elemental reference of ``element`` (O2 in a box, a metal's prototypes)."""
+        bulk = self.surface_maker.bulk_relax_maker
+        reference = elemental_reference(element, self.model, bulk.fmax, bulk.max_steps, checkpoint)
+        reference.name = job_name(element, "reference", self.model.model_id)
+        return reference
+
+    def thermo_job(
+        self,
+        target: str,
+        bulks: Mapping[str, BulkRelaxDoc | OutputReference],
+        references: Sequence[ElementReferenceDoc | OutputReference],
+        surfaces: Sequence[SurfaceEnergyDoc] | OutputReference,
+    ) -> Job:
+        """The :class:`ChemicalSystemThermoDoc` of one target, with its PNGs."""
+        thermo = chemical_system_thermo(
+            target,
+            dict(bulks),
+            list(references),
+            surfaces,
+            self.surface_maker.slab_settings,
+            self.chemical_system,
+            self.plot_dir,
+        )
+        thermo.name = job_name("chemical-system thermo", target, self.model.model_id)
+        return thermo
+
+    def make(
+        self,
+        phases: Mapping[str, Structure],
+        targets: Sequence[str] | None = None,
+        checkpoint: str | OutputReference | None = None,
+        *,
+        bulks: Mapping[str, BulkRelaxDoc] | None = None,
+        references: Mapping[str, ElementReferenceDoc] | None = None,
+        surfaces: Mapping[str, Sequence[SurfaceEnergyDoc]] | None = None,
+    ) -> Flow:
+        """The whole campaign of one model as one Flow; results at hand are not recomputed.
+
+        Parameters
+        ----------
+        phases
+            Phase id -> structure of every competing phase.
+        targets
+            Phases whose surfaces are wanted; None: every phase on the model's hull (a job
+            finds them once the bulks are relaxed and adds their slabs and thermodynamics).
+        checkpoint
+            The model's checkpoint (base64, or a reference) if it is fine-tuned.
+        bulks, references, surfaces
+            Finished bulk relaxations (phase id ->), elemental references (element ->) and
+            surface-energy documents (target ->) of this model.
+
+        Returns
+        -------
+        Flow
+            Its output: ``thermo``, target -> :class:`ChemicalSystemThermoDoc` (with explicit
+            targets), or the hull job's output (target -> document) otherwise.
+        """
+        jobs: list[Job | Flow] = []
+        bulk_outputs: dict[str, BulkRelaxDoc | OutputReference] = dict(bulks or {})
+        for phase_id, structure in phases.items():
+            if phase_id not in bulk_outputs:
+                job = self.bulk_job(phase_id, structure, checkpoint)
+                jobs.append(job)
+                bulk_outputs[phase_id] = job.output
+        reference_outputs = []
+        for element in self.chemical_system:
+            if references and element in references:
+                reference_outputs.append(references[element])
+            else:
+                job = self.reference_job(element, checkpoint)
+                jobs.append(job)
+                reference_outputs.append(job.output)
+        if targets is None:
+            hull = surfaces_on_hull(self, bulk_outputs, reference_outputs, checkpoint)
+            hull.name = job_name("hull", "-".join(self.chemical_system), self.model.model_id)
+            jobs.append(hull)
+            return Flow(jobs, output={"thermo": hull.output}, name=job_name(self.name))
+        thermo = {}
+        for target in targets:
+            target_surfaces = (surfaces or {}).get(target)
+            if target_surfaces is None:
+                slabs = self.surface_maker.slabs(bulk_outputs[target], target, checkpoint)
+                jobs.append(slabs)
+                target_surfaces = slabs.output
+            job = self.thermo_job(target, bulk_outputs, reference_outputs, target_surfaces)
+            jobs.append(job)
+            thermo[target] = job.output
+        return Flow(jobs, output={"thermo": thermo}, name=job_name(self.name))
 
 
 class ChemicalSystemConfig(BaseModel):
@@ -290,14 +436,7 @@ class ChemicalSystemConfig(BaseModel):
     def maker(self, model: ModelSpec, plot_dir: Path | None) -> ChemicalSystemMaker:
         """The campaign's Maker for one model."""
         return ChemicalSystemMaker(
-            surface_maker=SurfaceEnergyMaker.for_model(
-                model,
-                self.relax.fmax,
-                self.relax.max_steps,
-                self.relax.optimizer,
-                slab_settings=self.slabs,
-                chunk_size=self.relax.chunk_size,
-            ),
+            surface_maker=self.relax.surface_maker(model, self.slabs),
             chemical_system=self.chemical_system,
             plot_dir=None if plot_dir is None else str(plot_dir),
         )

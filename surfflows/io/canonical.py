@@ -1,10 +1,12 @@
-"""Canonical DFT reference documents and the reader of reference-set folders.
+"""The reader of reference-set folders into canonical DFT reference documents.
 
 A *reference set* is a folder of extended-XYZ files in the format of
 ``surfflows/data/references/FORMAT.md`` (``slabs.extxyz``, ``slabs_initial.extxyz``,
 ``bulks.extxyz``, ``adslabs.extxyz``) plus a README naming source, licence and level of
-theory. :func:`read_reference_set` turns one into :class:`ReferenceSlabDoc`,
-:class:`ReferenceBulkDoc` and :class:`ReferenceAdslabDoc` documents that share the
+theory. :func:`read_reference_set` turns one into the
+:class:`~surfflows.schemas.references.ReferenceSlabDoc`,
+:class:`~surfflows.schemas.references.ReferenceBulkDoc` and
+:class:`~surfflows.schemas.references.ReferenceAdslabDoc` documents that share the
 ``references`` store (told apart by ``doc_type``, keyed by ``key = "<set>:<id>"``).
 
 Conventions
@@ -26,7 +28,7 @@ number on a slab without ``flags``, a missing required ``info`` key, a slab with
 malformed Miller index, a
 ``formula`` that is not the atoms', an initial geometry of other atoms) raise ``ValueError``
 naming file, frame and field. Records that are well formed but unusable are counted in
-:attr:`ReferenceSet.skipped` under a reason with their ids:
+:attr:`~surfflows.io.reference_set.ReferenceSet.skipped` under a reason with their ids:
 
 ``non_finite_energy``, ``non_finite_forces``, ``unsupported_element``
     the record is dropped (unsupported: an atomic number above 94, beyond CHGNet).
@@ -81,26 +83,17 @@ from surfflows.io.frames import (
     validated_rows,
 )
 from surfflows.io.packaged_sets import PACKAGED_SETS
-from surfflows.io.reference_docs import (
+from surfflows.io.reference_set import ReferenceSet, ReferenceSetInfo
+from surfflows.schemas.references import (
     ReferenceAdslabDoc,
     ReferenceBulkDoc,
-    ReferenceDoc,
     ReferenceFrameDoc,
-    ReferenceSet,
-    ReferenceSetInfo,
     ReferenceSlabDoc,
 )
 
 __all__ = [
     "FRAME_FILES",
     "PACKAGED_SETS",
-    "ReferenceAdslabDoc",
-    "ReferenceBulkDoc",
-    "ReferenceDoc",
-    "ReferenceFrameDoc",
-    "ReferenceSet",
-    "ReferenceSetInfo",
-    "ReferenceSlabDoc",
     "documents_from_frames",
     "read_frames",
     "read_reference_set",

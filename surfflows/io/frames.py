@@ -15,7 +15,8 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from surfflows.core.thermo import bulk_units_and_excess, slab_area, surface_energy, to_j_per_m2
 from surfflows.core.validation import check_elements
-from surfflows.io.reference_docs import ReferenceBulkDoc, ReferenceSetInfo
+from surfflows.io.reference_set import ReferenceSetInfo
+from surfflows.schemas.references import ReferenceBulkDoc
 
 #: Frame files of a reference set, by kind.
 FRAME_FILES = {

@@ -14,7 +14,8 @@ from pathlib import Path
 from maggma.core import Store
 from pydantic import BaseModel, Field
 
-from surfflows.io.canonical import ReferenceSet, read_reference_set
+from surfflows.io.canonical import read_reference_set
+from surfflows.io.reference_set import ReferenceSet
 from surfflows.stores import ensure_indexes, insert_new_documents, using_store
 
 #: Fields of a stored document that are not its content.

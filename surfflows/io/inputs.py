@@ -6,13 +6,23 @@ Jobs get these as inputs and never open a store themselves, so the same flow run
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
+
+import numpy as np
 from jobflow import JobStore
 from maggma.core import Store
+from pydantic import ValidationError
 from pymatgen.core import Structure
 
-from surfflows.io.canonical import PACKAGED_SETS
+from surfflows.analysis.wulff import surface_properties
+from surfflows.core.slabs import conventional_cell
+from surfflows.core.text import validation_summary
+from surfflows.core.thermo import EV_PER_A2_TO_J_PER_M2
+from surfflows.io.canonical import PACKAGED_SETS, read_reference_set
 from surfflows.io.splits import get_or_create_split
-from surfflows.schemas.references import ReferenceInputs
+from surfflows.schemas.references import ReferenceDoc, ReferenceInputs
+from surfflows.schemas.thermo import ReferenceWulffDoc, SurfaceEntryDoc
 
 
 def require_ingested(set_names: list[str] | tuple[str, ...], references: Store) -> None:
@@ -54,8 +64,9 @@ def reference_inputs(
     Raises
     ------
     ValueError
-        If the set is not ingested (:func:`require_ingested`) or has no documents of these
-        types.
+        If the set is not ingested (:func:`require_ingested`), has no documents of these
+        types, or holds documents that are not valid reference documents (the typed
+        documents jobs read: :class:`~surfflows.schemas.references.ReferenceInputs`).
     """
     require_ingested([set_name], references)
     split = None
@@ -66,13 +77,14 @@ def reference_inputs(
         raise ValueError(
             f"the references store has no {list(doc_types)} documents of set {set_name!r}"
         )
-    for doc in docs:
-        doc.pop("_id", None)
-    if split is None:
-        return ReferenceInputs(set_name=set_name, docs=docs)
-    return ReferenceInputs(
-        set_name=set_name, split_id=split.split_id, assignments=split.assignments, docs=docs
-    )
+    split_fields = {} if split is None else split.model_dump(include={"split_id", "assignments"})
+    try:
+        return ReferenceInputs(set_name=set_name, docs=docs, **split_fields)
+    except ValidationError as exc:
+        raise ValueError(
+            f"reference set {set_name!r}: stored documents are not valid reference documents "
+            f"({validation_summary(exc)}); ingest the set again"
+        ) from None
 
 
 def training_inputs(
@@ -90,30 +102,61 @@ def training_inputs(
 
 
 def reference_items(
-    inputs: ReferenceInputs, parts: tuple[str, ...] | None = None
+    inputs: ReferenceInputs,
+    parts: tuple[str, ...] | None = None,
+    slab_keys: Collection[str] | None = None,
 ) -> list[tuple[str, str, Structure, bool]]:
     """(key, doc type, structure, has DFT forces) of a set's slabs and bulks.
 
-    Optionally of some split parts only. The bulks are those of the selected materials and
-    those the selected slabs name, so a bulk-only set (``wbm_bulks``) gives its bulks and a
-    slab set its slabs with their bulks. Reference structures carry the DFT fixed atoms as
-    ``selective_dynamics`` (e.g. OC22), which the relaxed mode of the evaluation respects;
-    single points of structures with DFT forces also give the model's forces.
+    Optionally of some split parts only, and of some slabs only (``slab_keys``, e.g.
+    :func:`slab_keys`). The bulks are those of the selected materials and those the
+    selected slabs name (with ``slab_keys``: only those the slabs name), so a bulk-only set
+    (``wbm_bulks``) gives its bulks and a slab set its slabs with their bulks. Reference
+    structures carry the DFT fixed atoms as ``selective_dynamics`` (e.g. OC22), which the
+    relaxed mode of the evaluation respects; single points of structures with DFT forces
+    also give the model's forces.
     """
 
-    def selected(doc: dict) -> bool:
-        return parts is None or inputs.assignments.get(doc["material_id"]) in parts
+    def selected(doc: ReferenceDoc) -> bool:
+        return parts is None or inputs.assignments.get(doc.material_id) in parts
 
     slabs = [d for d in inputs.of_type("slab") if selected(d)]
-    bulk_keys = {d["bulk_key"] for d in slabs if d.get("bulk_key")}
+    if slab_keys is not None:
+        slabs = [d for d in slabs if d.key in slab_keys]
+    bulk_keys = {d.bulk_key for d in slabs if d.bulk_key}
     bulks = sorted(
-        (d for d in inputs.of_type("bulk") if d["key"] in bulk_keys or selected(d)),
-        key=lambda d: d["key"],
+        (
+            d
+            for d in inputs.of_type("bulk")
+            if d.key in bulk_keys or (slab_keys is None and selected(d))
+        ),
+        key=lambda d: d.key,
     )
-    return [(d["key"], "slab", Structure.from_dict(d["structure"]), False) for d in slabs] + [
-        (d["key"], "bulk", Structure.from_dict(d["structure"]), d.get("ref_forces") is not None)
-        for d in bulks
+    return [(d.key, "slab", d.structure.copy(), False) for d in slabs] + [
+        (d.key, "bulk", d.structure.copy(), d.ref_forces is not None) for d in bulks
     ]
+
+
+def slab_keys(
+    inputs: ReferenceInputs,
+    parts: tuple[str, ...] | None = None,
+    max_slabs: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Keys of the unflagged slabs of some split parts, at most ``max_slabs`` of them.
+
+    The subset is drawn with a fixed generator (``seed``) from the sorted keys, so every
+    model gets the same slabs.
+    """
+    keys = sorted(
+        d.key
+        for d in inputs.of_type("slab")
+        if not d.flags and (parts is None or inputs.assignments.get(d.material_id) in parts)
+    )
+    if max_slabs is None or len(keys) <= max_slabs:
+        return keys
+    picked = np.random.default_rng(seed).choice(len(keys), size=max_slabs, replace=False)
+    return sorted(keys[i] for i in picked)
 
 
 def stored_evaluations(
@@ -135,3 +178,61 @@ def stored_evaluations(
                 covered[mode] |= new
                 found.append(doc["output"])
     return found if all(keys <= c for c in covered.values()) else None
+
+
+def reference_wulff(set_name: str, material: str) -> ReferenceWulffDoc:
+    """Wulff document of a DFT reference set's surface energies for one material.
+
+    The lowest reference gamma per facet (``gamma_ref``, else ``gamma_ref_recomputed``) on the
+    conventional cell of the set's bulk of that material. Flagged slabs are left out; where
+    the material's slabs were cut from several bulk polymorphs (``mp_elemental_surfaces``),
+    only those of the polymorph with the most slabs are used, so facets of different
+    crystals are never mixed.
+
+    Returns
+    -------
+    ReferenceWulffDoc
+        The Wulff document (``model_id`` = ``"<set> (<level of theory>)"``) with the set's
+        level of theory and citation: the input of
+        :func:`surfflows.jobs.thermo.wulff_comparison`.
+    """
+    refset = read_reference_set(set_name)
+    slabs = [
+        s for s in refset.slabs if s.material_id == material and s.miller_index and not s.flags
+    ]
+    polymorphs = Counter(s.bulk_key for s in slabs if s.bulk_key)
+    if len(polymorphs) > 1:
+        main = polymorphs.most_common(1)[0][0]
+        slabs = [s for s in slabs if s.bulk_key == main]
+    gammas: dict[tuple[int, ...], float] = {}
+    for slab in slabs:
+        gamma = slab.gamma_ref if slab.gamma_ref is not None else slab.gamma_ref_recomputed
+        if gamma is not None:
+            hkl = tuple(slab.miller_index)
+            gammas[hkl] = min(gamma, gammas.get(hkl, gamma))
+    if not gammas:
+        known = sorted({s.material_id for s in refset.slabs})
+        raise ValueError(f"{set_name} has no surface energies of {material!r}; it has {known}")
+    bulk_keys = {s.bulk_key for s in slabs if s.bulk_key}
+    bulk = next(b for b in refset.bulks if b.key in bulk_keys)
+    info = refset.info
+    wulff = surface_properties(
+        conventional_cell(bulk.structure),
+        [
+            SurfaceEntryDoc(
+                miller_index=list(hkl),
+                surface_energy=gamma,
+                surface_energy_EV_PER_ANG2=gamma / EV_PER_A2_TO_J_PER_M2,
+            )
+            for hkl, gamma in sorted(gammas.items())
+        ],
+        material_id=material,
+        pretty_formula=bulk.formula,
+        model_id=f"{info.name} ({info.level_of_theory})",
+    )
+    return ReferenceWulffDoc(
+        reference_set=set_name,
+        level_of_theory=info.level_of_theory,
+        citation=info.citation,
+        wulff=wulff,
+    )

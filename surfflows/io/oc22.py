@@ -417,11 +417,12 @@ def oc22_reference_set(
 
     Returns
     -------
-    surfflows.io.canonical.ReferenceSet
+    surfflows.io.reference_set.ReferenceSet
         The same canonical documents as any extxyz set; OC22 skips (no metadata, no
         target, NaN energy, unknown element...) are merged into ``skipped``.
     """
-    from surfflows.io.canonical import ReferenceSetInfo, documents_from_frames
+    from surfflows.io.canonical import documents_from_frames
+    from surfflows.io.reference_set import ReferenceSetInfo
 
     frames = frames_from_is2re(split_dir, read_metadata(metadata_path))
     refset = documents_from_frames(
@@ -451,13 +452,14 @@ def oc22_s2ef_set(split_dir: str | Path, metadata_path: str | Path, *, set_name:
 
     Returns
     -------
-    surfflows.io.canonical.ReferenceSet
-        One :class:`~surfflows.io.canonical.ReferenceFrameDoc` per usable record
+    surfflows.io.reference_set.ReferenceSet
+        One :class:`~surfflows.schemas.references.ReferenceFrameDoc` per usable record
         (key ``"<set>:<frame_id>"``, so re-ingesting changes nothing); OC22 skips (no
         metadata, no target, no forces, bad force shape...) are merged into ``skipped`` as
         ``oc22_<reason>`` with the sids.
     """
-    from surfflows.io.canonical import ReferenceSetInfo, documents_from_frames
+    from surfflows.io.canonical import documents_from_frames
+    from surfflows.io.reference_set import ReferenceSetInfo
 
     frames = frames_from_s2ef(split_dir, read_metadata(metadata_path))
     refset = documents_from_frames(

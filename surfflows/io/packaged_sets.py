@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from surfflows.io.reference_docs import ReferenceSetInfo
+from surfflows.io.reference_set import ReferenceSetInfo
 
 #: The sets shipped in ``surfflows/data/references`` (details in each folder's README.md).
 PACKAGED_SETS = {

@@ -29,7 +29,7 @@ from surfflows.core.timestamps import now_iso
 from surfflows.io.checkpoints import check_checkpoint, checkpoint_heads
 from surfflows.io.packaged import packaged_checkpoint, packaged_names
 from surfflows.schemas.finetune import CHECKPOINT_FIELD, CheckpointDoc
-from surfflows.schemas.models import ModelSpec, names_a_file
+from surfflows.schemas.models import ModelSpec, file_sha256, names_a_file
 
 
 def encode_checkpoint(path: str | Path) -> str:
@@ -50,9 +50,14 @@ def _registered(store: JobStore, criteria: dict[str, Any]) -> list[dict[str, Any
 
 
 def register_checkpoint(
-    path: str | Path, store: JobStore, metadata: dict[str, Any] | None = None
+    path: str | Path,
+    store: JobStore,
+    metadata: dict[str, Any] | None = None,
+    sha256: str | None = None,
 ) -> ModelSpec:
     """Put a checkpoint file's bytes into the JobStore (once per sha256); return its spec.
+
+    A checkpoint registered already (same sha256) is neither read nor checked again.
 
     Parameters
     ----------
@@ -62,18 +67,20 @@ def register_checkpoint(
         The JobStore of the project (connected or not).
     metadata
         Free-form description kept on the :class:`CheckpointDoc`.
+    sha256
+        The file's sha256 where the caller has just computed it (a packaged model's,
+        checked against its card), so the file is not hashed twice.
 
     Raises
     ------
     ValueError
         The file is not a CHGNet checkpoint (nothing is stored then).
     """
-    check_checkpoint(path)
-    spec = ModelSpec.from_checkpoint(path)
-    spec = ModelSpec(kind="checkpoint", sha256=spec.sha256)
+    spec = ModelSpec(kind="checkpoint", sha256=sha256 or file_sha256(path))
     with store:
         if _registered(store, {"output.sha256": spec.sha256}):
             return spec
+        check_checkpoint(path)
         default_head, heads = checkpoint_heads(path)
         doc = CheckpointDoc(
             default_head=default_head,
@@ -141,7 +148,7 @@ def register_packaged(name: str, store: JobStore) -> ModelSpec:
         "recipe": card.recipe,
         "parent_model_id": card.parent,
     }
-    spec = register_checkpoint(path, store, metadata)
+    spec = register_checkpoint(path, store, metadata, sha256=card.sha256)
     return spec.model_copy(update={"name": name})
 
 
@@ -216,5 +223,5 @@ def resolve_name(text: str | dict, store: JobStore) -> ModelSpec:
         return ModelSpec(kind="checkpoint", sha256=hits[0])
     spec = ModelSpec.parse(text)
     if spec.kind == "checkpoint" and spec.checkpoint:
-        register_checkpoint(spec.checkpoint, store)
+        register_checkpoint(spec.checkpoint, store, sha256=spec.sha256)
     return spec

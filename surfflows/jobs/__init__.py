@@ -1,1 +1,1 @@
-"""jobflow Makers and flows of surfflows."""
+"""jobflow jobs of surfflows and the Makers of single jobs; they read only their inputs."""

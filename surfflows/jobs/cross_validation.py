@@ -1,13 +1,12 @@
-"""Element-wise k-fold cross-validation of a fine-tuning recipe.
+"""Jobs and helpers of element-wise k-fold cross-validation of a fine-tuning recipe.
 
-:class:`CrossValidationMaker` splits a reference set into k folds by element (by material
-for compounds, :mod:`surfflows.core.folds`) and, for each fold, fine-tunes the parent with
-:class:`~surfflows.jobs.finetune.FineTuneMaker` on the other folds but one, keeps the
-epoch on that one (the next fold), and evaluates the held-out fold in both modes with
-:class:`~surfflows.jobs.evaluate.EvaluateMaker`. The parent is evaluated on every
-held-out slab once. :func:`cross_validation_summary` gives each fold's held-out gamma
-(MAE, mean signed error, MAPE, per element), the mean ± std over folds, and the epoch count
-for a final model chosen from the folds' validation curves.
+The flow is :class:`surfflows.flows.cross_validation.CrossValidationMaker`: it splits a
+reference set into k folds by element (by material for compounds,
+:mod:`surfflows.core.folds`; :func:`fold_inputs`) and, for each fold, fine-tunes the parent
+on the other folds but one, keeps the epoch on that one (the next fold), and evaluates the
+held-out fold in both modes. :func:`cross_validation_summary` gives each fold's held-out
+gamma (MAE, mean signed error, MAPE, per element), the mean ± std over folds, and the epoch
+count for a final model chosen from the folds' validation curves.
 
 The stored seed-0 split of the set is not used: the folds are the split, and every slab
 of the set is held out in exactly one fold.
@@ -15,12 +14,9 @@ of the set is held out in exactly one fold.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from jobflow import Flow, Job, Maker, OutputReference, job
+from jobflow import job
 
 from surfflows.core.folds import (
     aligned_assignments,
@@ -32,10 +28,6 @@ from surfflows.core.folds import (
     kfold_assignments,
     mean_std,
 )
-from surfflows.core.text import job_name
-from surfflows.io.inputs import reference_items
-from surfflows.jobs.evaluate import EvaluateMaker, chunk_outputs
-from surfflows.jobs.finetune import FineTuneMaker, default_work_dir
 from surfflows.schemas.cross_validation import (
     CrossValidationDoc,
     FoldDoc,
@@ -53,7 +45,7 @@ MODES = ("single_point", "relaxed")
 def fold_inputs(references: ReferenceInputs, k: int, fold: int, seed: int) -> ReferenceInputs:
     """The set's documents with fold ``fold``'s split (held out: ``test``, selection:
     ``val``), named ``<set>:cv<k>seed<seed>:fold<fold>``."""
-    folds = kfold_assignments(references.docs, k, seed)
+    folds = kfold_assignments(references.materials(), k, seed)
     return references.model_copy(
         update={
             "assignments": fold_parts(folds, fold, k),
@@ -67,7 +59,7 @@ def every_material(references: ReferenceInputs) -> ReferenceInputs:
     cross-validation trains on all folds, for the epoch count the folds chose."""
     return references.model_copy(
         update={
-            "assignments": {d["material_id"]: "train" for d in references.docs},
+            "assignments": {d.material_id: "train" for d in references.docs},
             "split_id": f"{references.set_name}:all",
         }
     )
@@ -85,7 +77,7 @@ def aligned_replay(
         r.model_copy(
             update={
                 "assignments": aligned_assignments(
-                    r.docs, r.assignments, references.docs, references.assignments
+                    r.materials(), r.assignments, references.materials(), references.assignments
                 ),
                 "split_id": f"{r.split_id}~{references.split_id}",
             }
@@ -147,14 +139,16 @@ def cross_validation_summary(
     parent_evaluations
         The parent's evaluation documents covering the set's slabs (empty: no parent rows).
     """
-    folds = kfold_assignments(references.docs, k, seed)
-    groups = fold_groups(references.docs)
+    folds = kfold_assignments(references.materials(), k, seed)
+    groups = fold_groups(references.materials())
     docs = []
     all_rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     parent_figures: list[dict[str, GammaFigures]] = []
     for i, (tuned, evaluation) in enumerate(zip(finetunes, evaluations, strict=True)):
         parts = fold_parts(folds, i, k)
-        held = [d for d in references.docs if parts.get(d["material_id"]) == "test"]
+        held = [  # as stored: the builders' gamma errors (core.benchmark) read stored JSON
+            d.model_dump(mode="json") for d in references.docs if parts.get(d.material_id) == "test"
+        ]
         in_part = {
             p: sorted({groups[m] for m, q in parts.items() if q == p}) for p in parts.values()
         }
@@ -232,109 +226,3 @@ def cross_validation_summary(
         mean_val_curve=mean_curve,
         chosen_epochs=choose_epochs(curves),
     )
-
-
-@dataclass
-class CrossValidationMaker(Maker):
-    """k-fold cross-validation of a fine-tuning recipe, split by element.
-
-    Parameters
-    ----------
-    name
-        Flow name.
-    finetune_maker
-        Maker of each fold's fine-tune (its ``work_dir`` is replaced per fold).
-    evaluate_maker
-        Maker of the held-out evaluations (its ``model`` is replaced per fold).
-    k
-        Number of folds (at least 3).
-    fold_seed
-        Seed of the fold assignment (the recipe's own seed is ``settings.seed``).
-    work_dir
-        Parent folder of the folds' work folders (default: the current directory).
-    """
-
-    name: str = "cross-validation"
-    finetune_maker: FineTuneMaker = field(default_factory=FineTuneMaker)
-    evaluate_maker: EvaluateMaker = field(default_factory=lambda: EvaluateMaker(modes=MODES))
-    k: int = 5
-    fold_seed: int = 0
-    work_dir: str | None = None
-
-    def make(
-        self,
-        references: ReferenceInputs,
-        parent_checkpoint: str | OutputReference | None = None,
-        replay_sets: list[ReferenceInputs] | None = None,
-        parent_evaluations: list[dict[str, Any]] | None = None,
-    ) -> Flow:
-        """Fine-tune and evaluate every fold, evaluate the parent, summarise.
-
-        Parameters
-        ----------
-        references
-            The set's documents (:func:`surfflows.io.inputs.reference_inputs`).
-        parent_checkpoint
-            The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
-        replay_sets
-            Documents and splits of the settings' ``replay_sets``.
-        parent_evaluations
-            The parent's stored evaluation documents of this set (both modes, every slab):
-            given, the parent is not evaluated again.
-
-        Returns
-        -------
-        Flow
-            Its output is the :class:`~surfflows.schemas.cross_validation.CrossValidationDoc`;
-            its jobs are one flow per fold (fine-tune, then held-out evaluation), the
-            parent's evaluation and the summary, in that order, so they can be run one
-            after the other and an interrupted run keeps its finished folds.
-        """
-        kfold_assignments(references.docs, self.k, self.fold_seed)  # refuse too few groups now
-        parent = self.finetune_maker.parent
-        settings = self.finetune_maker.settings
-        base = Path(self.work_dir) if self.work_dir else Path.cwd() / "finetune"
-        jobs: list[Job | Flow] = []
-        finetunes, evaluations = [], []
-        for fold in range(self.k):
-            inputs = fold_inputs(references, self.k, fold, self.fold_seed)
-            digest = hashlib.sha256(inputs.model_dump_json(include={"assignments"}).encode())
-            folder = default_work_dir(references.set_name, parent, settings).name
-            work_dir = base / f"{folder}_cv{self.k}fold{fold}_{digest.hexdigest()[:8]}"
-            train = replace(self.finetune_maker, work_dir=str(work_dir)).make(
-                inputs,
-                parent_checkpoint=parent_checkpoint,
-                replay_sets=aligned_replay(replay_sets, inputs),
-            )
-            train.name = job_name(train.name, "fold", fold, "of", self.k)
-            evaluate = replace(self.evaluate_maker, model=train.output.model).make(
-                references.set_name, reference_items(inputs, ("test",)), train.output.checkpoint_b64
-            )
-            jobs.append(Flow([train, evaluate], name=job_name("fold", fold, "of", self.k)))
-            finetunes.append(
-                {
-                    name: getattr(train.output, name)
-                    for name in ("model_id", "best_epoch", "history", "n_train", "wall_seconds")
-                }
-            )
-            evaluations.append(chunk_outputs(evaluate))
-        if parent_evaluations is None:
-            evaluate = replace(self.evaluate_maker, model=parent).make(
-                references.set_name, reference_items(references), parent_checkpoint
-            )
-            jobs.append(evaluate)
-            parent_evaluations = chunk_outputs(evaluate)
-        summary = cross_validation_summary(
-            references,
-            self.k,
-            self.fold_seed,
-            parent.model_id,
-            settings,
-            list(settings.replay_sets),
-            finetunes,
-            evaluations,
-            parent_evaluations,
-        )
-        summary.name = job_name("cross-validation summary", references.set_name)
-        jobs.append(Flow([summary], name="summary"))
-        return Flow(jobs, output=summary.output, name=job_name(self.name, references.set_name))

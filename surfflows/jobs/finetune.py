@@ -1,11 +1,11 @@
-"""Fine-tuning flows: one checkpoint, a sweep over depth X and seeds, and their checks.
+"""Fine-tuning jobs: one checkpoint (:class:`FineTuneMaker`) and the bulk forgetting check.
 
 ``FineTuneMaker`` trains one checkpoint on the train part of a reference set (selection on
 the val part), registers it by sha256 and returns a :class:`FineTuneDoc`.
-``FineTuneSweepMaker`` runs it for every X and seed and, for each checkpoint (and the
-parent), evaluates the val and test parts with :class:`EvaluateMaker` (the error and
-benchmark builders then give one benchmark row per model, split part and mode) and checks
-bulk forgetting (:class:`ForgettingDoc`). :func:`sweep_summary` joins the three.
+:func:`bulk_forgetting` gives the bulk energy errors of a checkpoint and its parent on bulks
+the checkpoint never saw (:class:`ForgettingDoc`). The sweep over depth X and seeds is
+:class:`surfflows.flows.finetune.FineTuneSweepMaker`; its summaries and plots are in
+:mod:`surfflows.reports.finetune`.
 
 Splits are the stored seed-0 splits that the builders report by.
 """
@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Job, Maker, OutputReference, job
-from maggma.core import Store
-from pydantic import BaseModel, ConfigDict, Field
+from jobflow import Job, Maker, OutputReference, job
 from pymatgen.core import Structure
 
 from surfflows.core.benchmark import aligned_energy_mae
 from surfflows.core.heads import head_name
 from surfflows.core.splits import held_out_identities, leaking_materials
 from surfflows.core.text import job_name
-from surfflows.core.yaml_files import load_yaml
 from surfflows.engine.chgnet_trainer import chgnet_trainer_finetune, energy_labelled
 from surfflows.engine.finetune import (
     RESUME_IGNORED,
@@ -39,9 +36,7 @@ from surfflows.engine.finetune import (
     reference_data,
 )
 from surfflows.engine.models import load_model
-from surfflows.io.inputs import reference_items
 from surfflows.io.registry import decode_checkpoint, encode_checkpoint
-from surfflows.jobs.evaluate import EvaluateMaker
 from surfflows.schemas.finetune import (
     CHECKPOINT_FIELD,
     LATER_SETTINGS,
@@ -52,7 +47,7 @@ from surfflows.schemas.finetune import (
     HeadDoc,
 )
 from surfflows.schemas.models import ModelSpec, file_sha256
-from surfflows.schemas.references import ReferenceInputs
+from surfflows.schemas.references import ReferenceBulkDoc, ReferenceInputs
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +80,7 @@ def training_sets_name(references: ReferenceInputs | list[ReferenceInputs]) -> s
 
 def _heads(sets: list[ReferenceInputs], mode: str) -> list[Head]:
     """One head per level of theory (in the sets' order), or one for all sets."""
-    levels = {r.set_name: r.docs[0]["level_of_theory"] for r in sets}
+    levels = {r.set_name: r.docs[0].level_of_theory for r in sets}
     if mode == "single":
         names = [head_name(level) for level in dict.fromkeys(levels.values())]
         return [
@@ -110,15 +105,17 @@ def _replay_bulks(
     (counted in ``dropped`` as ``held_out:<set>:<part>``)."""
     bulks = []
     for inputs in replay_sets:
-        docs = [d for d in inputs.of_type("bulk") if not d.get("flags")]
-        leaking = leaking_materials(inputs.set_name, docs, held_out)
+        docs = [d for d in inputs.of_type("bulk") if not d.flags]
+        leaking = leaking_materials(
+            inputs.set_name, [(d.material_id, d.formula) for d in docs], held_out
+        )
         for doc in docs:
-            if inputs.assignments.get(doc["material_id"]) != "train":
+            if inputs.assignments.get(doc.material_id) != "train":
                 continue
-            if doc["material_id"] in leaking:
-                dropped.setdefault(f"held_out:{leaking[doc['material_id']]}", []).append(doc["key"])
+            if doc.material_id in leaking:
+                dropped.setdefault(f"held_out:{leaking[doc.material_id]}", []).append(doc.key)
             else:
-                bulks.append(Structure.from_dict(doc["structure"]))
+                bulks.append(doc.structure.copy())
     return bulks
 
 
@@ -171,11 +168,11 @@ def finetune_checkpoint(
     set_name = training_sets_name(sets)
     parent_model = load_model(parent, decode_checkpoint(parent_checkpoint))
     held_out = held_out_identities(
-        (r.set_name, r.docs, r.assignments) for r in [*sets, *replay_sets]
+        (r.set_name, r.materials(), r.assignments) for r in [*sets, *replay_sets]
     )
     per_set: dict[str, dict[str, ReferenceData]] = {}
     for inputs in sets:
-        leaking = leaking_materials(inputs.set_name, inputs.docs, held_out)
+        leaking = leaking_materials(inputs.set_name, inputs.materials(), held_out)
         per_set[inputs.set_name] = {
             part: reference_data(
                 inputs.docs,
@@ -249,7 +246,7 @@ def finetune_checkpoint(
         parent=parent.installed(),
         set_name=set_name,
         set_names=[r.set_name for r in sets],
-        level_of_theory=" + ".join(dict.fromkeys(r.docs[0]["level_of_theory"] for r in sets)),
+        level_of_theory=" + ".join(dict.fromkeys(r.docs[0].level_of_theory for r in sets)),
         split_id="+".join(str(r.split_id) for r in sets),
         heads={
             h.name: HeadDoc(
@@ -371,16 +368,16 @@ _BULK_PREDICTIONS: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, np.ndarra
 
 
 def _bulk_predictions(
-    spec: ModelSpec, docs: list[dict[str, Any]]
+    spec: ModelSpec, docs: list[ReferenceBulkDoc]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Energies per atom and, if every cell has reference forces, forces of some bulks.
 
     Cached per model and process. The model must be loaded (:func:`load_model`) already.
     """
-    cache_key = (spec.model_id, tuple(d["key"] for d in docs))
+    cache_key = (spec.model_id, tuple(d.key for d in docs))
     if cache_key not in _BULK_PREDICTIONS:
-        structures = [Structure.from_dict(d["structure"]) for d in docs]
-        with_forces = all(d.get("ref_forces") is not None for d in docs)
+        structures = [d.structure.copy() for d in docs]
+        with_forces = all(d.ref_forces is not None for d in docs)
         predictions = load_model(spec).predict_structure(
             structures, task="ef" if with_forces else "e", batch_size=16
         )
@@ -394,8 +391,8 @@ def _bulk_predictions(
 
 def bulk_set_errors(
     name: str,
-    eval_docs: list[dict[str, Any]],
-    fit_docs: list[dict[str, Any]],
+    eval_docs: list[ReferenceBulkDoc],
+    fit_docs: list[ReferenceBulkDoc],
     model: ModelSpec,
     parent: ModelSpec,
     alignment: str,
@@ -405,11 +402,11 @@ def bulk_set_errors(
     Per-element offsets are fitted for each model on ``fit_docs`` and the residual MAE per
     atom is taken over ``eval_docs`` (see :func:`~surfflows.core.benchmark.aligned_energy_mae`).
     """
-    same = [d["key"] for d in fit_docs] == [d["key"] for d in eval_docs]
-    ref = np.array([d["ref_energy"] / d["n_atoms"] for d in eval_docs])
-    fit_ref = np.array([d["ref_energy"] / d["n_atoms"] for d in fit_docs])
-    comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in eval_docs]
-    fit_comps = [Structure.from_dict(d["structure"]).composition.as_dict() for d in fit_docs]
+    same = [d.key for d in fit_docs] == [d.key for d in eval_docs]
+    ref = np.array([d.ref_energy / d.n_atoms for d in eval_docs])
+    fit_ref = np.array([d.ref_energy / d.n_atoms for d in fit_docs])
+    comps = [d.structure.composition.as_dict() for d in eval_docs]
+    fit_comps = [d.structure.composition.as_dict() for d in fit_docs]
     out: dict[str, Any] = {}
     for who, spec in (("model", model), ("parent", parent)):
         energies, forces = _bulk_predictions(spec, eval_docs)
@@ -419,11 +416,11 @@ def bulk_set_errors(
         )
         out[who] = mae
         if forces is not None:
-            ref_forces = np.concatenate([d["ref_forces"] for d in eval_docs])
+            ref_forces = np.concatenate([d.ref_forces for d in eval_docs])
             out[f"{who}_force"] = float(np.abs(forces - ref_forces).mean())
     return BulkSetErrors(
         name=name,
-        level_of_theory=eval_docs[0]["level_of_theory"],
+        level_of_theory=eval_docs[0].level_of_theory,
         alignment=alignment,
         n_structures=n_used,
         n_excluded=len(eval_docs) - n_used,
@@ -460,15 +457,15 @@ def bulk_forgetting(
     load_model(parent, decode_checkpoint(parent_checkpoint))
     sets = []
     for bulk_set in bulk_sets:
-        docs = [d for d in bulk_set.of_type("bulk") if not d.get("flags")]
+        docs = [d for d in bulk_set.of_type("bulk") if not d.flags]
         sets.append(
             bulk_set_errors(bulk_set.set_name, docs, docs, model, parent, bulk_set.set_name)
         )
     for training in [references] if isinstance(references, ReferenceInputs) else references:
         set_name = training.set_name
-        bulks = [d for d in training.of_type("bulk") if not d.get("flags")]
+        bulks = [d for d in training.of_type("bulk") if not d.flags]
         parts = {
-            part: [d for d in bulks if training.assignments.get(d["material_id"]) == part]
+            part: [d for d in bulks if training.assignments.get(d.material_id) == part]
             for part in ("train", "test")
         }
         sets.append(
@@ -490,259 +487,3 @@ def bulk_forgetting(
             (s.relative_change for s in sets if s.relative_change is not None), default=None
         ),
     )
-
-
-@dataclass
-class FineTuneSweepMaker(Maker):
-    """Fine-tune for every depth X and seed; evaluate and check every checkpoint.
-
-    Parameters
-    ----------
-    name
-        Sweep name, recorded on every :class:`FineTuneDoc`.
-    finetune_maker
-        Maker of each fine-tune (its parent is the sweep's parent; ``settings.depth`` and
-        ``settings.seed`` are replaced per run, and ``sweep`` by ``name``).
-    evaluate_maker
-        Maker of the evaluation flows (its ``model`` is replaced per checkpoint).
-    depths, seeds
-        X values and seeds (each pair one checkpoint).
-    parts
-        Split parts evaluated.
-    include_parent
-        Evaluate the parent and check it too (the zero-shot row).
-    work_dir
-        Parent folder of the runs' work folders (default: the current directory).
-    """
-
-    name: str = "finetune sweep"
-    finetune_maker: FineTuneMaker = field(default_factory=FineTuneMaker)
-    evaluate_maker: EvaluateMaker = field(
-        default_factory=lambda: EvaluateMaker(modes=("single_point",))
-    )
-    depths: tuple[int, ...] = (0, 1, 2, 3)
-    seeds: tuple[int, ...] = (0,)
-    parts: tuple[str, ...] = ("val", "test")
-    include_parent: bool = True
-    work_dir: str | None = None
-
-    def make(
-        self,
-        references: ReferenceInputs | list[ReferenceInputs],
-        bulk_sets: list[ReferenceInputs],
-        parent_checkpoint: str | OutputReference | None = None,
-        replay_sets: list[ReferenceInputs] | None = None,
-    ) -> Flow:
-        """Per checkpoint: fine-tune -> evaluation flows (one per training set) and
-        forgetting check.
-
-        Parameters
-        ----------
-        references
-            The training set's documents and split, or several sets'.
-        bulk_sets
-            Bulk sets of the forgetting check (besides the set's own test bulks).
-        parent_checkpoint
-            The parent's checkpoint bytes (base64 or a reference) if it is fine-tuned.
-        replay_sets
-            Documents and splits of the settings' ``replay_sets``.
-
-        Returns
-        -------
-        Flow
-            Its output: ``finetunes`` (the :class:`FineTuneDoc` of each checkpoint, by
-            depth and seed), ``forgetting`` (a :class:`ForgettingDoc` per model).
-        """
-        parent = self.finetune_maker.parent
-        sets = [references] if isinstance(references, ReferenceInputs) else list(references)
-        set_name = training_sets_name(references)
-        jobs: list[Job | Flow] = []
-        finetunes: dict[str, OutputReference] = {}
-        models = [(parent, parent_checkpoint)] if self.include_parent else []
-        for depth in self.depths:
-            for seed in self.seeds:
-                settings = self.finetune_maker.settings.model_copy(
-                    update={"depth": depth, "seed": seed}
-                )
-                work_dir = self.finetune_maker.work_dir
-                if self.work_dir:
-                    folder = default_work_dir(set_name, parent, settings).name
-                    work_dir = str(Path(self.work_dir) / folder)
-                train = replace(
-                    self.finetune_maker, settings=settings, work_dir=work_dir, sweep=self.name
-                ).make(references, parent_checkpoint=parent_checkpoint, replay_sets=replay_sets)
-                jobs.append(train)
-                finetunes[f"X{depth}_seed{seed}"] = train.output
-                models.append((train.output.model, train.output.checkpoint_b64))
-        items = {inputs.set_name: reference_items(inputs, self.parts) for inputs in sets}
-        forgetting = []
-        for model, checkpoint in models:
-            for name, set_items in items.items():
-                evaluate = replace(self.evaluate_maker, model=model).make(
-                    name, set_items, checkpoint
-                )
-                jobs.append(evaluate)
-            check = bulk_forgetting(
-                model, parent, references, bulk_sets, checkpoint, parent_checkpoint
-            )
-            check.name = "bulk forgetting"
-            jobs.append(check)
-            forgetting.append(check.output)
-        output = {"finetunes": finetunes, "forgetting": forgetting}
-        return Flow(jobs, output=output, name=job_name(self.name, "on", set_name))
-
-
-class SweepConfig(BaseModel):
-    """A fine-tune sweep from YAML (``configs/finetune_sweep.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Sweep name (recorded on every fine-tune document).")
-    reference: str = Field(description="Reference set in the store.")
-    parent: str = Field(default="chgnet-0.3.0", description="Model to fine-tune.")
-    depths: list[int] = Field(description="X values.")
-    seeds: list[int] = Field(default=[0], description="Seeds per X.")
-    modes: list[str] = Field(default=["single_point"], description="Evaluation modes.")
-    parts: list[str] = Field(default=["val", "test"], description="Split parts evaluated.")
-    bulk_sets: list[str] = Field(
-        default=["bo2_bulk_eos"], description="Bulk sets of the forgetting check."
-    )
-    hyperparameters: dict[str, Any] = Field(
-        default_factory=dict, description="FineTuneSettings fields other than depth and seed."
-    )
-    default_depth: int | None = Field(
-        default=None, description="X chosen on the validation split (documentation)."
-    )
-    work_dir: str | None = Field(default=None, description="Parent folder of the runs.")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepConfig:
-        """Read and validate a sweep file (:func:`surfflows.core.yaml_files.load_yaml`)."""
-        return cls.model_validate(load_yaml(path, "sweep file"))
-
-    def maker(self, parent: ModelSpec) -> FineTuneSweepMaker:
-        """The sweep Maker of this configuration, ``parent`` being :attr:`parent` resolved
-        (:func:`surfflows.io.registry.resolve_model`)."""
-        bad = {"depth", "seed"} & self.hyperparameters.keys()
-        if bad:
-            raise ValueError(f"hyperparameters may not set {sorted(bad)}: use depths / seeds")
-        return FineTuneSweepMaker(
-            name=self.name,
-            finetune_maker=FineTuneMaker(
-                parent=parent, settings=FineTuneSettings(**self.hyperparameters)
-            ),
-            evaluate_maker=EvaluateMaker(modes=tuple(self.modes)),
-            depths=tuple(self.depths),
-            seeds=tuple(self.seeds),
-            parts=tuple(self.parts),
-            work_dir=self.work_dir,
-        )
-
-
-def sweep_summary(
-    outputs: Store,
-    benchmarks: Store,
-    set_name: str,
-    sweep: str | None = None,
-    mode: str = "single_point",
-    benchmark_set: str | None = None,
-) -> list[dict[str, Any]]:
-    """One row per model: the parent (zero-shot) and each checkpoint of a sweep.
-
-    ``set_name`` is what the checkpoints trained on (several sets joined by '+'),
-    ``benchmark_set`` the set whose benchmark rows are read (default ``set_name``).
-
-    Joins the fine-tune documents and the newest :class:`ForgettingDoc` of each model (job
-    outputs in ``outputs``, the JobStore's docs store) with the ``benchmarks`` store (val
-    and test rows; run the builders first).
-
-    Returns
-    -------
-    list of dict
-        ``model_id``, ``depth`` (None for the parent), ``seed``, ``val_mae``, ``val_signed``,
-        ``test_mae``, ``test_signed``, ``n_test`` (J/m², mean signed error as ``*_signed``),
-        ``forgetting`` (bulk set -> relative change), ``bulk_mae`` (bulk set -> eV/atom),
-        ``best_epoch``, ``epoch_s``, ``wall_s``, ``trainable_parameters``.
-    """
-    criteria: dict[str, Any] = {"output.@class": "FineTuneDoc", "output.set_name": set_name}
-    if sweep is not None:
-        criteria["output.sweep"] = sweep
-    finetuned = {
-        d["output"]["model_id"]: d["output"]
-        for d in outputs.query(criteria, properties=[f"output.{k}" for k in _SUMMARY_FIELDS])
-    }.values()
-    parents = sorted({d["parent_model_id"] for d in finetuned})
-    rows = [{"model_id": p, "depth": None, "seed": None} for p in parents]
-    rows += [
-        {
-            "model_id": d["model_id"],
-            "depth": d["depth"],
-            "seed": d["hyperparameters"]["seed"],
-            "best_epoch": d["best_epoch"],
-            "epoch_s": d["mean_epoch_seconds"],
-            "wall_s": d["wall_seconds"],
-            "trainable_parameters": d["trainable_parameters"],
-        }
-        for d in sorted(finetuned, key=lambda d: (d["depth"], d["hyperparameters"]["seed"]))
-    ]
-    for row in rows:
-        for part in ("val", "test"):
-            bench = benchmarks.query_one(
-                {
-                    "model_id": row["model_id"],
-                    "set_name": benchmark_set or set_name,
-                    "mode": mode,
-                    "split": part,
-                }
-            )
-            row[f"{part}_mae"] = bench["mae"] if bench else None
-            row[f"{part}_signed"] = bench["mean_signed_error"] if bench else None
-            row[f"n_{part}"] = bench["n"] if bench else 0
-        forgetting = outputs.query_one(
-            {"output.@class": "ForgettingDoc", "output.model_id": row["model_id"]},
-            sort={"completed_at": -1},
-        )
-        sets = forgetting["output"]["sets"] if forgetting else []
-        row["forgetting"] = {s["name"]: s["relative_change"] for s in sets}
-        row["bulk_mae"] = {s["name"]: s["mae_per_atom"] for s in sets}
-    return rows
-
-
-#: Fine-tune document fields the summaries read (not the checkpoint bytes).
-_SUMMARY_FIELDS = (
-    "model_id", "parent_model_id", "set_name", "sweep", "depth", "hyperparameters",
-    "best_epoch", "mean_epoch_seconds", "wall_seconds", "trainable_parameters", "history",
-)  # fmt: skip
-
-
-def finetune_report_plots(
-    out: str | Path, outputs: Store, benchmarks: Store, set_name: str | None = None
-) -> list[Path]:
-    """PNGs of every set with fine-tuned models: gamma MAE versus X per mode, loss curves.
-
-    Reads the fine-tune outputs of the JobStore's docs store and the ``benchmarks`` store
-    (run the builders first); writes ``finetune_depth_<set>_<mode>.png`` and
-    ``finetune_curves_<set>.png`` into ``out``.
-    """
-    from surfflows.reports.plots import finetune_curves_plot, finetune_depth_plot
-
-    criteria: dict[str, Any] = {"output.@class": "FineTuneDoc"}
-    if set_name:
-        criteria["output.set_name"] = set_name
-    properties = [f"output.{k}" for k in _SUMMARY_FIELDS]
-    docs = [d["output"] for d in outputs.query(criteria, properties=properties)]
-    modes = benchmarks.distinct("mode")
-    paths = []
-    for name in sorted({d["set_name"] for d in docs}):
-        for mode in sorted(modes):
-            rows = sweep_summary(outputs, benchmarks, name, mode=mode)
-            if any(r["test_mae"] is not None for r in rows if r["depth"] is not None):
-                title = f"fine-tuned CHGNet on {name}, {mode}"
-                paths.append(
-                    finetune_depth_plot(
-                        rows, Path(out) / f"finetune_depth_{name}_{mode}.png", title
-                    )
-                )
-        curves = [d for d in docs if d["set_name"] == name]
-        paths.append(finetune_curves_plot(curves, Path(out) / f"finetune_curves_{name}.png", name))
-    return paths

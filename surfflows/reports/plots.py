@@ -248,7 +248,7 @@ def finetune_depth_plot(
     Parameters
     ----------
     rows
-        Sweep rows (:func:`surfflows.jobs.finetune.sweep_summary`): ``depth`` (None for the
+        Sweep rows (:func:`surfflows.reports.finetune.sweep_summary`): ``depth`` (None for the
         parent), ``val_mae``, ``test_mae`` (J/m²); one point per checkpoint (seed), a line
         through the mean per X.
     path

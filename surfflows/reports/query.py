@@ -1,4 +1,4 @@
-"""Queries over campaign results in the JobStore."""
+"""Queries over campaign results in the JobStore: surface energies, reusable results."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import json
 from typing import Any
 
 from jobflow import JobStore
+from monty.json import MontyDecoder
+from pymatgen.core import Composition
 
+from surfflows.core.slabs import SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
+from surfflows.schemas.relax import BulkRelaxDoc
+from surfflows.schemas.surface import SurfaceEnergyDoc
+from surfflows.schemas.thermo import ElementReferenceDoc
 
 SURFACE_ENERGY_COLUMNS = (
     "material_id",
@@ -108,3 +114,64 @@ def export(docs: list[dict[str, Any]], fmt: str) -> str:
         writer.writerows(to_rows(docs))
         return buffer.getvalue()
     raise ValueError(f"unknown export format {fmt!r}; use json or csv")
+
+
+def _decoded(doc: dict | None):
+    return None if doc is None else MontyDecoder().process_decoded(doc["output"])
+
+
+def stored_reference(store: JobStore, element: str, model_id: str) -> ElementReferenceDoc | None:
+    """Newest converged elemental reference of ``element`` by ``model_id`` in ``store``."""
+    with store:
+        return _decoded(
+            store.query_one(
+                {
+                    "output.@class": "ElementReferenceDoc",
+                    "output.element": element,
+                    "output.model_id": model_id,
+                    "output.converged": True,
+                },
+                sort={"completed_at": -1},
+                load=True,
+            )
+        )
+
+
+def stored_surface_energies(
+    store: JobStore, material_id: str, model_id: str, fmax: float, slab_settings: SlabSettings
+) -> tuple[BulkRelaxDoc, list[SurfaceEnergyDoc]] | None:
+    """The newest complete surface-energy campaign of a material that a flow can reuse.
+
+    Complete: the newest bulk relaxation of ``material_id`` by ``model_id``, converged at
+    an ``fmax`` no looser than ``fmax``, with a surface-energy document (computed against
+    that bulk energy) for every slab ``slab_settings`` cut from it, with the same cell and
+    composition. None if anything is missing.
+    """
+    with store:
+        bulk = _decoded(
+            store.query_one(
+                {
+                    "output.@class": "BulkRelaxDoc",
+                    "output.material_id": material_id,
+                    "output.model_id": model_id,
+                },
+                sort={"completed_at": -1},
+                load=True,
+            )
+        )
+    if bulk is None or not bulk.converged or bulk.fmax > fmax:
+        return None
+    docs = {
+        (tuple(d["miller_index"]), d["shift"], d["termination"]): d
+        for d in surface_energies(store, material_id=material_id, model_id=model_id)
+        if d["bulk_energy"] == bulk.energy
+    }
+    surfaces = []
+    for candidate in generate_slabs(bulk.structure, slab_settings):
+        doc = docs.get((candidate.miller_index, candidate.shift, candidate.termination))
+        if doc is None or abs(doc["area"] - candidate.area) > 1e-6:
+            return None
+        if Composition(doc["slab_formula"]) != candidate.structure.composition:
+            return None
+        surfaces.append(SurfaceEnergyDoc.model_validate(doc))
+    return bulk, surfaces

@@ -57,7 +57,7 @@ class EvaluationDoc(OutputDoc):
 class EvaluationSummaryDoc(OutputDoc):
     """What one evaluation flow did: the structures of each mode and those that failed.
 
-    The last job of :class:`surfflows.jobs.evaluate.EvaluateMaker`'s flow, so that its chunk
+    The last job of :class:`surfflows.flows.evaluate.EvaluateMaker`'s flow, so that its chunk
     jobs form one connected flow.
     """
 

@@ -165,6 +165,17 @@ class SurfacePropertiesDoc(OutputDoc):
     created_at: str = Field(default_factory=now_iso, description="ISO time the document was made.")
 
 
+class ReferenceWulffDoc(BaseModel):
+    """A DFT reference set's Wulff shape of one material, with the set's provenance."""
+
+    reference_set: str = Field(description="Reference set name.")
+    level_of_theory: str = Field(description="Level of theory of the reference gammas.")
+    citation: str | None = Field(default=None, description="Citation of the reference data.")
+    wulff: SurfacePropertiesDoc = Field(
+        description="Wulff shape of the set's gammas (model_id '<set> (<level of theory>)')."
+    )
+
+
 class SurfaceThermoDoc(OutputDoc):
     """Surface thermodynamics of one material under one model.
 

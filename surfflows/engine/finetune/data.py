@@ -6,13 +6,13 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from chgnet.graph import CrystalGraph, CrystalGraphConverter
 from pymatgen.core import Structure
 
 from surfflows.core.thermo import bulk_units_and_excess, slab_area
+from surfflows.schemas.references import ReferenceDoc
 
 
 @dataclass
@@ -98,7 +98,7 @@ def merge_data(parts: Sequence[ReferenceData]) -> ReferenceData:
 
 
 def reference_data(
-    docs: Sequence[dict[str, Any]],
+    docs: Sequence[ReferenceDoc],
     assignments: dict[str, str],
     parts: Sequence[str],
     converter: CrystalGraphConverter,
@@ -142,91 +142,90 @@ def reference_data(
         the published gamma as target.
     """
     dropped: dict[str, list[str]] = defaultdict(list)
-    by_key = {doc["key"]: doc for doc in docs}
+    by_key = {doc.key: doc for doc in docs}
     held_out = held_out or {}
     candidates = [
         doc
         for doc in docs
-        if doc["doc_type"] in ("slab", "bulk", "frame")
-        and assignments.get(doc["material_id"]) in parts
-        if doc["doc_type"] == "bulk"
+        if doc.doc_type in ("slab", "bulk", "frame") and assignments.get(doc.material_id) in parts
+        if doc.doc_type == "bulk"
         or slab_keys is None
-        or doc["key"] in slab_keys
-        or doc.get("parent_key") in slab_keys
+        or doc.key in slab_keys
+        or (doc.doc_type == "frame" and doc.parent_key in slab_keys)
     ]
     selected = []
     for doc in candidates:
-        if doc["material_id"] in held_out:
-            dropped[f"held_out:{held_out[doc['material_id']]}"].append(doc["key"])
+        if doc.material_id in held_out:
+            dropped[f"held_out:{held_out[doc.material_id]}"].append(doc.key)
         else:
             selected.append(doc)
     slabs = []
-    for doc in (d for d in selected if d["doc_type"] == "slab"):
-        if doc.get("flags"):
-            for flag in doc["flags"]:
-                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
-        elif doc.get("bulk_key") not in by_key:
-            dropped["no_bulk"].append(doc["key"])
+    for doc in (d for d in selected if d.doc_type == "slab"):
+        if doc.flags:
+            for flag in doc.flags:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc.key)
+        elif doc.bulk_key not in by_key:
+            dropped["no_bulk"].append(doc.key)
         else:
             slabs.append(doc)
-    needed = {doc["bulk_key"] for doc in slabs}
-    bulk_only = not any(doc["doc_type"] == "slab" for doc in docs)
+    needed = {doc.bulk_key for doc in slabs}
+    bulk_only = not any(doc.doc_type == "slab" for doc in docs)
     bulks = []
-    for doc in (d for d in selected if d["doc_type"] == "bulk"):
-        if doc.get("flags"):
-            for flag in doc["flags"]:
-                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
-        elif doc["key"] not in needed and not bulk_only:
-            dropped["bulk_without_slab"].append(doc["key"])
+    for doc in (d for d in selected if d.doc_type == "bulk"):
+        if doc.flags:
+            for flag in doc.flags:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc.key)
+        elif doc.key not in needed and not bulk_only:
+            dropped["bulk_without_slab"].append(doc.key)
         else:
             bulks.append(doc)
     frames = []  # trajectory frames (OC22 S2EF): energy and force samples, no gamma term
-    for doc in (d for d in selected if d["doc_type"] == "frame"):
-        if doc.get("flags"):
-            for flag in doc["flags"]:
-                dropped[f"flagged:{flag.split('(')[0]}"].append(doc["key"])
+    for doc in (d for d in selected if d.doc_type == "frame"):
+        if doc.flags:
+            for flag in doc.flags:
+                dropped[f"flagged:{flag.split('(')[0]}"].append(doc.key)
         else:
             frames.append(doc)
     # Bulks first so that a slab's bulk is known when the slab's pair is made.
     data = ReferenceData()
     index: dict[str, int] = {}
     for doc in [*bulks, *slabs, *frames]:
-        structure = Structure.from_dict(doc["structure"])
+        structure = doc.structure.copy()
         try:
-            graph = converter(structure, graph_id=doc["key"])
+            graph = converter(structure, graph_id=doc.key)
         except Exception:
-            dropped["graph_failed"].append(doc["key"])
+            dropped["graph_failed"].append(doc.key)
             continue
-        forces = doc.get("ref_forces")
+        forces = doc.ref_forces
         if forces is None and zero_force_labels:
             forces = np.zeros((len(structure), 3))
-        index[doc["key"]] = len(data.samples)
+        index[doc.key] = len(data.samples)
         data.samples.append(
             Sample(
-                key=doc["key"],
-                doc_type=doc["doc_type"],
-                material_id=doc["material_id"],
+                key=doc.key,
+                doc_type=doc.doc_type,
+                material_id=doc.material_id,
                 graph=graph,
                 n_atoms=len(structure),
-                energy=None if doc.get("ref_energy") is None else float(doc["ref_energy"]),
+                energy=None if doc.ref_energy is None else float(doc.ref_energy),
                 forces=None if forces is None else np.asarray(forces, dtype=float),
                 structure=structure,
-                set_name=doc.get("set_name", ""),
+                set_name=doc.set_name,
             )
         )
-        if doc["doc_type"] != "slab" or doc["bulk_key"] not in index:
+        if doc.doc_type != "slab" or doc.bulk_key not in index:
             continue
-        gamma_ref = doc.get("gamma_ref_recomputed")
-        if doc.get("ref_energy") is None:  # gamma-only: the published gamma is the target
-            gamma_ref = doc.get("gamma_ref")
-        bulk = Structure.from_dict(by_key[doc["bulk_key"]]["structure"])
+        gamma_ref = doc.gamma_ref_recomputed
+        if doc.ref_energy is None:  # gamma-only: the published gamma is the target
+            gamma_ref = doc.gamma_ref
+        bulk = by_key[doc.bulk_key].structure
         n_units, excess = bulk_units_and_excess(structure.composition, bulk.composition)
         if gamma_ref is None or excess:
             continue
         data.pairs.append(
             SurfacePair(
-                slab=index[doc["key"]],
-                bulk=index[doc["bulk_key"]],
+                slab=index[doc.key],
+                bulk=index[doc.bulk_key],
                 n_units=n_units,
                 area=slab_area(structure.lattice),
                 gamma_ref=float(gamma_ref),

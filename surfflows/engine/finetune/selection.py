@@ -1,4 +1,5 @@
-"""Epoch selection: the epoch record, the selection key, and relaxed-mode validation gamma."""
+"""Epoch selection: the epoch record, the selection key, relaxed-mode validation gamma, and
+how well single-point selection agrees with relaxed-mode selection."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from chgnet.model import CHGNet
 from torch import nn
 
-from surfflows.core.benchmark import summarize
+from surfflows.core.benchmark import correlation, summarize
 from surfflows.core.thermo import slab_area, surface_energy, to_j_per_m2
 from surfflows.engine.finetune.data import ReferenceData, Sample
 from surfflows.engine.finetune.heads import head_modules, use_head
@@ -215,3 +216,35 @@ def selection_key(record: EpochRecord, selection: str = "single_point") -> float
     if per_set:
         return float(np.mean(per_set))
     return record.val_gamma_mae if record.val_gamma_mae is not None else record.val_energy_mae
+
+
+def selection_agreement(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Single-point val gamma as a proxy of relaxed-mode val gamma, over one fine-tune's epochs.
+
+    For a fine-tune that relaxed its selection slabs every epoch (``selection`` relaxed):
+    the epoch each criterion keeps (:func:`~surfflows.engine.finetune.selection_key`),
+    whether they agree, the relaxed val gamma lost by keeping the single-point epoch
+    (``regret``, J/m²), and the Spearman correlation over the trained epochs (epoch 0, the
+    parent, left out: it is far worse on both) of the relaxed value with the single-point
+    value of every val slab and of the same slabs. None without relaxed values.
+    """
+    records = [EpochRecord.model_validate(r) for r in history]
+    if not any(r.val_relaxed_gamma_mae is not None for r in records):
+        return None
+    by_sp = min(records, key=lambda r: selection_key(r, "single_point"))
+    by_rx = min(records, key=lambda r: selection_key(r, "relaxed"))
+    trained = [r for r in records if r.epoch > 0 and r.val_relaxed_gamma_mae is not None]
+
+    def rho(values: list[float | None]) -> float | None:
+        return correlation(values, [r.val_relaxed_gamma_mae for r in trained])["spearman"]
+
+    regret = selection_key(by_sp, "relaxed") - selection_key(by_rx, "relaxed")
+    return {
+        "n_epochs": len(trained),
+        "single_point_epoch": by_sp.epoch,
+        "relaxed_epoch": by_rx.epoch,
+        "same_epoch": int(by_sp.epoch == by_rx.epoch),
+        "regret": regret if math.isfinite(regret) else None,
+        "spearman_all_val_slabs": rho([r.val_gamma_mae for r in trained]),
+        "spearman_same_slabs": rho([r.val_relaxed_single_point_gamma_mae for r in trained]),
+    }
