@@ -153,6 +153,7 @@ def test_tiny_campaign_end_to_end_and_resume(tmp_path, monkeypatch):
     assert any("termination_map" in p for p in pngs) and any("wulff" in p for p in pngs)
 
     # the stored document: one per (target, model), region, maps and the two (001) terminations
+    from surfflows.reports.query import surface_energies
     from surfflows.stores import get_job_store
 
     store = get_job_store()
@@ -186,6 +187,16 @@ def test_tiny_campaign_end_to_end_and_resume(tmp_path, monkeypatch):
     names = [job.name for job in response.replace.jobs]
     assert sum(n.startswith("slab relax") for n in names) == 1  # one slab left to relax
     assert sum(n.startswith("surface energy") for n in names) == 2
+
+    # an elemental target: its slabs and gamma are stored, it has no region (not a failure)
+    with_element = write_campaign(tmp_path, targets=["SrTiO3", "Sr"])
+    result = CliRunner().invoke(app, ["run", str(with_element)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "slabs Sr: computed" in output and "thermo SrTiO3: stored" in output
+    assert "Sr (chgnet-0.3.0): slabs and gamma stored, no stability region (an element" in output
+    sr_slabs = surface_energies(store, material_id="Sr")
+    assert sr_slabs and all(d["gamma"] > 0 for d in sr_slabs)
 
     # a plain campaign of the same bulk file, settings and model reuses the stored slabs
     plain = write_plain_campaign(tmp_path)

@@ -23,6 +23,7 @@ from surfflows.analysis.chemsys import (
     chemical_system_thermo,
     compare_termination_maps,
     model_phase_diagram,
+    no_region_reason,
     stability_region,
 )
 from surfflows.core.chempot import (
@@ -166,7 +167,7 @@ def test_bad_hull_input():
     diagram = model_phase_diagram(phases(), MU0)
     with pytest.raises(ValueError, match="target BaTiO3 is not among the phases"):
         stability_region(diagram, "BaTiO3")
-    with pytest.raises(ValueError, match="is an element"):
+    with pytest.raises(ValueError, match="an element: gamma does not depend on Δμ"):
         stability_region(diagram, "Sr (reference)")
 
 
@@ -395,3 +396,10 @@ def shoelace(vertices: list[tuple[float, float]]) -> float:
 def mu_sum(mu: dict[str, float], structure: Structure) -> float:
     """sum_X n_X mu_X over the atoms of ``structure``."""
     return sum(mu[el] * n for el, n in structure.composition.get_el_amt_dict().items())
+
+
+def test_targets_without_a_two_potential_region_say_why():
+    assert no_region_reason(Composition("SrTiO3")) is None
+    assert no_region_reason(Composition("SrO")) is None
+    assert "gamma does not depend on Δμ" in no_region_reason(Composition("Sr"))
+    assert "polyhedron" in no_region_reason(Composition("SrTiAlO5"))

@@ -133,6 +133,23 @@ def _entry(phase_diagram: PhaseDiagram, name: str) -> PDEntry:
     raise ValueError(f"target {name} is not among the phases of the hull")
 
 
+def no_region_reason(composition: Composition) -> str | None:
+    """Why a target of this composition has no stability region in two potentials, or None.
+
+    An element's gamma does not depend on Δμ (one number per termination, its Wulff shape
+    needs no region); a target of four elements has a polyhedron in three potentials.
+    """
+    n_elements = len(composition.elements)
+    if n_elements < 2:
+        return "an element: gamma does not depend on Δμ"
+    if n_elements > 3:
+        return (
+            f"{n_elements} elements: its region is a polyhedron; termination maps are made "
+            "for binary and ternary targets"
+        )
+    return None
+
+
 def stability_region(
     phase_diagram: PhaseDiagram,
     target: str,
@@ -169,13 +186,9 @@ def stability_region(
     composition = entry.composition
     formula = composition.reduced_formula
     elements = sorted((str(el) for el in composition.elements), key=lambda el: Element(el).X)
-    if len(elements) < 2:
-        raise ValueError(f"target {target} ({formula}) is an element: gamma has no Δμ dependence")
-    if len(elements) > 3:
-        raise ValueError(
-            f"target {target} ({formula}) has {len(elements)} elements: its region is a "
-            "polyhedron; termination maps are made for binary and ternary targets"
-        )
+    reason = no_region_reason(composition)
+    if reason is not None:
+        raise ValueError(f"target {target} ({formula}): {reason}")
     independent = list(independent or default_independent(elements))
     dependent = dependent_element(composition, independent)
     mu0 = {el: phase_diagram.el_refs[Element(el)].energy_per_atom for el in elements}

@@ -84,6 +84,12 @@ def print_model_run(run: ModelRun) -> None:
             )
         console.print(table)
         console.print(f"PNGs: {doc.map_png}\n      {doc.wulff_png}", highlight=False)
+    for target, reason in run.no_thermo.items():
+        console.print(
+            f"\n{target} ({run.label}): slabs and gamma stored, no stability region ({reason}); "
+            f"see `surfflows results --material {target}`",
+            highlight=False,
+        )
 
 
 def print_comparison(doc: TerminationMapComparisonDoc, labels: dict[str, str]) -> None:

@@ -46,9 +46,10 @@ from typing import Any
 from jobflow import Flow, Job, JobStore, Maker, OutputReference, run_locally
 from monty.json import MontyDecoder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pymatgen.core import Element, Structure
+from pymatgen.core import Composition, Element, Structure
 from rich.progress import Progress
 
+from surfflows.analysis.chemsys import no_region_reason
 from surfflows.core.chempot import MAX_ELEMENTS
 from surfflows.core.slabs import SlabSettings
 from surfflows.core.text import job_name
@@ -465,6 +466,11 @@ class ModelRun(BaseModel):
     errors: dict[str, str] = Field(
         default_factory=dict, description="'<stage> <id>' -> error of a job that raised."
     )
+    no_thermo: dict[str, str] = Field(
+        default_factory=dict,
+        description="Target -> why it has no chemical-potential document (its slabs and "
+        "gamma are stored): an element, or a target of four elements.",
+    )
     seconds: dict[str, float] = Field(
         default_factory=dict, description="Stage -> wall time of this run, s."
     )
@@ -701,6 +707,11 @@ def _run_model(
     # 4. one thermo document per target
     start = time.perf_counter()
     for target, target_surfaces in surfaces.items():
+        reason = no_region_reason(Composition(bulks[target].formula))
+        if reason is not None:
+            run.no_thermo[target] = reason
+            _say(bar, progress, f"{spec.label} thermo {target}: none ({reason})")
+            continue
         key = thermo_hash(slab_hashes[target], bulk_hashes, references)
         stored = stored_thermo(store, key)
         if stored is not None:
