@@ -41,10 +41,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
-from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
 from monty.json import jsanitize
@@ -52,6 +51,9 @@ from montydb.collection import MontyCollection
 from montydb.cursor import MontyCursor
 
 from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
+
+if TYPE_CHECKING:
+    from jobflow import JobStore
 
 STORE_NAMES = (
     "outputs",
@@ -158,6 +160,8 @@ def get_job_store(settings: SurfflowsSettings | None = None) -> JobStore:
     The ``data`` additional store is what atomate2-style jobs expect for structures and
     trajectories; surfflows puts relaxed structures and checkpoint bytes there.
     """
+    from jobflow import JobStore  # 1 s to import: not at the start of every command
+
     return JobStore(
         docs_store=get_store("outputs", settings),
         additional_stores={"data": get_store("outputs_data", settings)},
@@ -208,7 +212,39 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
     # ``check_keys``, and keys holding a "." (reasons such as "flagged: ... (2.5%)" counted
     # per reason) are refused by its checked insert though written by its replace_one
     # (maggma's update), as MongoDB 5+ writes them.
-    collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs], ordered=False)
+    docs = [jsanitize(doc, allow_bson=True) for doc in docs]
+    if isinstance(collection, MontyCollection) and _sqlite_collection(collection) is not None:
+        _sqlite_insert(collection, docs)
+        return
+    collection.insert_many(docs, ordered=False)
+
+
+def _sqlite_collection(collection: MontyCollection) -> Any:
+    """montydb's sqlite storage object of a collection (how its storage delegates to one),
+    or None on another engine."""
+    target = collection._storage
+    if type(target).__name__ != "SQLiteStorage":
+        return None
+    for part in collection._components:
+        target = target.contractor_cls(target, part)
+    return target
+
+
+def _sqlite_insert(collection: MontyCollection, docs: list[dict]) -> None:
+    """Insert into a montydb sqlite collection in one transaction, as montydb does, without
+    its duplicate check: montydb 2.5 tests each new ``_id`` against a list of every stored
+    key (quadratic: minutes for 100,000 documents, and it compares ids with table rows, so
+    it never finds one); a repeated ``_id`` still fails on the table's primary key."""
+    from montydb.types import bson  # the BSON module montydb was started with
+
+    target = _sqlite_collection(collection)
+    if not target._database.collection_exists(target._name):
+        target._database.collection_create(target._name)
+    rows = []
+    for doc in docs:
+        doc.setdefault("_id", bson.ObjectId())
+        rows.append((bson.id_encode(doc["_id"]), target._encode_doc(doc, False)))
+    target._conn.write_many(target._col_path, rows, target.wconcern)
 
 
 def read_documents(
@@ -317,12 +353,6 @@ def import_documents(store: Store, docs: list[dict], keys: tuple[str, ...]) -> i
 def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     """Remove the documents whose ``key`` is one of ``values``, in one pass.
 
-    montydb matches ``$in`` by comparing every listed value with every document (removing
-    300 of 30,000 documents took 72 s, measured on 2 shared cores), so on a MontyStore the
-    keys are matched here on one read of the collection and the documents removed by
-    ``_id`` through montydb's storage layer, the step its own ``delete_many`` ends with;
-    other stores get ``remove_docs`` with ``$in``.
-
     Parameters
     ----------
     store
@@ -332,19 +362,45 @@ def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     values
         Values of ``key`` to remove.
     """
+    remove_ids(store, [i for ids in document_ids(store, key, values).values() for i in ids])
+
+
+def document_ids(store: Store, key: str, values: Iterable[str]) -> dict[str, list[Any]]:
+    """``key`` value -> ``_id`` of the stored documents holding it, for ``values``, in one pass.
+
+    montydb matches ``$in`` by comparing every listed value with every document (removing
+    300 of 30,000 documents took 72 s, measured on 2 shared cores), so on a MontyStore the
+    values are matched here on one read of the collection; other stores get a ``$in`` query.
+    """
     wanted = set(values)
     if not wanted:
+        return {}
+    collection = getattr(store, "_collection", None)
+    if isinstance(collection, MontyCollection):
+        docs = (
+            doc
+            for doc in collection._storage.query(MontyCursor(collection), 0)
+            if doc.get(key) in wanted
+        )
+    else:
+        docs = store.query({key: {"$in": sorted(wanted)}}, properties=[key])
+    ids: dict[str, list[Any]] = {}
+    for doc in docs:
+        ids.setdefault(doc[key], []).append(doc["_id"])
+    return ids
+
+
+def remove_ids(store: Store, ids: Iterable[Any]) -> None:
+    """Remove documents by ``_id`` (from :func:`document_ids`): on a MontyStore through
+    montydb's storage layer, the step its own ``delete_many`` ends with."""
+    ids = list(ids)
+    if not ids:
         return
     collection = getattr(store, "_collection", None)
-    if not isinstance(collection, MontyCollection):
-        store.remove_docs({key: {"$in": sorted(wanted)}})
-        return
-    storage = collection._storage
-    ids = [
-        doc["_id"] for doc in storage.query(MontyCursor(collection), 0) if doc.get(key) in wanted
-    ]
-    if ids:
-        storage.delete_many(collection, ids)
+    if isinstance(collection, MontyCollection):
+        collection._storage.delete_many(collection, ids)
+    else:
+        store.remove_docs({"_id": {"$in": ids}})
 
 
 @contextmanager
