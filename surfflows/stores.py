@@ -38,7 +38,7 @@ from __future__ import annotations
 import configparser
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -362,45 +362,66 @@ def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     values
         Values of ``key`` to remove.
     """
-    remove_ids(store, [i for ids in document_ids(store, key, values).values() for i in ids])
+    wanted = sorted(set(values))
+    if wanted:
+        remove_prepared(store, prepare_removal(store, {key: [{key: {"$in": wanted}}]}).values())
 
 
-def document_ids(store: Store, key: str, values: Iterable[str]) -> dict[str, list[Any]]:
-    """``key`` value -> ``_id`` of the stored documents holding it, for ``values``, in one pass.
+def prepare_removal(
+    store: Store, criteria: dict[Hashable, list[dict[str, Any]]]
+) -> dict[Hashable, Any]:
+    """What :func:`remove_prepared` removes for each of the caller's keys, prepared at once.
 
-    montydb matches ``$in`` by comparing every listed value with every document (removing
-    300 of 30,000 documents took 72 s, measured on 2 shared cores), so on a MontyStore the
-    values are matched here on one read of the collection; other stores get a ``$in`` query.
+    montydb reads the whole collection for any query and matches ``$in`` by comparing every
+    listed value with every document (removing 300 of 30,000 documents took 72 s, measured
+    on 2 shared cores): on a MontyStore the ``_id`` of the documents matching each key's
+    criteria are found here in one read of the collection for all keys. Other stores get
+    the criteria back (``$or``), for their server to match (with its indexes) at removal.
+
+    Parameters
+    ----------
+    store
+        Connected store.
+    criteria
+        Caller's key (e.g. a builder's group) -> alternatives, each of equalities and
+        ``$in`` on scalar fields; a document matching one alternative is removed.
     """
-    wanted = set(values)
-    if not wanted:
-        return {}
+    criteria = {key: alts for key, alts in criteria.items() if alts}
     collection = getattr(store, "_collection", None)
-    if isinstance(collection, MontyCollection):
-        docs = (
-            doc
-            for doc in collection._storage.query(MontyCursor(collection), 0)
-            if doc.get(key) in wanted
-        )
-    else:
-        docs = store.query({key: {"$in": sorted(wanted)}}, properties=[key])
-    ids: dict[str, list[Any]] = {}
-    for doc in docs:
-        ids.setdefault(doc[key], []).append(doc["_id"])
+    if not isinstance(collection, MontyCollection):
+        return {key: {"$or": alts} for key, alts in criteria.items()}
+    tests = [(key, _scalar_tests(alt)) for key, alts in criteria.items() for alt in alts]
+    if any(test is None for _, test in tests):
+        raise ValueError("prepare_removal matches equalities and $in on scalar fields only")
+    ids: dict[Hashable, list[Any]] = {key: [] for key in criteria}
+    if tests:
+        for doc in collection._storage.query(MontyCursor(collection), 0):
+            for key, test in tests:
+                if all(check(_field(doc, path)) for path, check in test):
+                    ids[key].append(doc["_id"])
+                    break
     return ids
 
 
-def remove_ids(store: Store, ids: Iterable[Any]) -> None:
-    """Remove documents by ``_id`` (from :func:`document_ids`): on a MontyStore through
-    montydb's storage layer, the step its own ``delete_many`` ends with."""
-    ids = list(ids)
-    if not ids:
-        return
+def remove_prepared(store: Store, prepared: Iterable[Any]) -> int:
+    """Remove what :func:`prepare_removal` prepared (some of its values); the number removed.
+
+    On a MontyStore by ``_id`` through montydb's storage layer, the step its own
+    ``delete_many`` ends with; on other stores by the criteria.
+    """
+    prepared = list(prepared)
     collection = getattr(store, "_collection", None)
     if isinstance(collection, MontyCollection):
-        collection._storage.delete_many(collection, ids)
-    else:
-        store.remove_docs({"_id": {"$in": ids}})
+        ids = [i for part in prepared for i in part]
+        if ids:
+            collection._storage.delete_many(collection, ids)
+        return len(ids)
+    if not prepared:
+        return 0
+    criteria = {"$or": [alt for part in prepared for alt in part["$or"]]}
+    n = store.count(criteria)
+    store.remove_docs(criteria)
+    return n
 
 
 @contextmanager

@@ -23,11 +23,11 @@ from surfflows.core.timestamps import now_iso
 from surfflows.io.splits import split_of_materials
 from surfflows.schemas.benchmark import SurfaceErrorDoc
 from surfflows.stores import (
-    document_ids,
     ensure_indexes,
     insert_new_documents,
+    prepare_removal,
     read_documents,
-    remove_ids,
+    remove_prepared,
 )
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
@@ -101,7 +101,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         #: What the last run read and wrote (documents): ``evaluations`` and ``references``
         #: read whole, error documents ``written`` and ``replaced``; logged at the end.
         self.counts: Counter[str] = Counter()
-        self._replaced_ids: dict[str, list] = {}
+        self._removal: dict[Group, Any] = {}
         # maggma's runners hold a chunk of items (a group's energies and references) and
         # their documents in memory at once: a few groups, not a whole campaign
         kwargs.setdefault("chunk_size", 8)
@@ -277,8 +277,8 @@ class SurfaceEnergyErrorBuilder(Builder):
                 elemental_docs.append(doc)
         self.counts["references"] = len(references)
         # the stored documents this build replaces, found in one read of the target
-        self._replaced_ids = document_ids(
-            self.surface_errors, "error_id", [i for w in work for i in w["replaced"]]
+        self._removal = prepare_removal(
+            self.surface_errors, {p.group: w["replaced"] for p, w in zip(plans, work, strict=True)}
         )
         splits = {}
         for plan, item in zip(plans, work, strict=True):
@@ -319,11 +319,18 @@ class SurfaceEnergyErrorBuilder(Builder):
             "references_updated_at": plan.refs_updated,
             "elemental_stamps": plan.elemental_stamps,
             "n_references": len(refs),
-            "previous_state": plan.state,
-            "full": plan.full,
         }
+        group = {"model_id": model_id, "set_name": set_name, "mode": mode}
         if plan.full:
-            return item | {"keys": set(refs), "energies": energies, "bulks": True, "replaced": []}
+            # a group rebuilt over documents of an earlier build (interrupted, or its
+            # references changed) replaces all of them
+            replaced = [group] if plan.state is not None else []
+            return item | {
+                "keys": set(refs),
+                "energies": energies,
+                "bulks": True,
+                "replaced": replaced,
+            }
         stamp = plan.state["references_updated_at"]
         new_refs = {k for k, r in refs.items() if r["ingested_at"] > stamp}
         evaluated = {k for uuid_index in plan.new_evaluations for k in keys_of.get(uuid_index, ())}
@@ -337,13 +344,16 @@ class SurfaceEnergyErrorBuilder(Builder):
             keys |= set(bulks)
         # documents written by an earlier build that are replaced now: re-evaluated slabs,
         # and every bulk where the bulks are refitted
-        replaced = [k for k in slab_keys if k not in new_refs] + (bulks if redo_bulks else [])
+        evaluated_again = sorted(f"{model_id}|{mode}|{k}" for k in slab_keys if k not in new_refs)
+        replaced = [{"error_id": {"$in": evaluated_again}}] if evaluated_again else []
+        if redo_bulks:
+            replaced.append(group | {"kind": "bulk"})
         return item | {
             "keys": keys,
             "energies": {k: energies[k] for k in keys if k in energies},
             "bulks": redo_bulks,
             "slab_keys": slab_keys,
-            "replaced": sorted(f"{model_id}|{mode}|{k}" for k in replaced),
+            "replaced": replaced,
         }
 
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -416,9 +426,12 @@ class SurfaceEnergyErrorBuilder(Builder):
                         **bulk_errors[ref["key"]],
                     )
                 )
-        group = {"model_id": item["model_id"], "set_name": item["set_name"], "mode": item["mode"]}
-        state = group | {
-            "state_id": state_id(STATE_TARGET, (item["model_id"], item["set_name"], item["mode"])),
+        group = (item["model_id"], item["set_name"], item["mode"])
+        state = {
+            "model_id": item["model_id"],
+            "set_name": item["set_name"],
+            "mode": item["mode"],
+            "state_id": state_id(STATE_TARGET, group),
             "target": STATE_TARGET,
             "evaluations_completed_at": item["source_completed_at"],
             "references_updated_at": item["references_updated_at"],
@@ -428,8 +441,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         return {
             "docs": docs,
             "state": state,
-            "remove_group": group if item["full"] and item["previous_state"] is not None else None,
-            "replaced": item["replaced"],
+            "group": group,
         }
 
     def update_targets(self, items: list[dict[str, Any]]) -> None:
@@ -442,15 +454,13 @@ class SurfaceEnergyErrorBuilder(Builder):
         if not items:
             return
         self.state.update([{**item["state"], "complete": False} for item in items], key="state_id")
-        for item in items:
-            if item["remove_group"]:  # rare: an interrupted build, changed references
-                self.surface_errors.remove_docs(item["remove_group"])
-        ids = self._replaced_ids
-        replaced = [i for item in items for key in item["replaced"] for i in ids.get(key, [])]
-        remove_ids(self.surface_errors, replaced)
+        replaced = remove_prepared(
+            self.surface_errors,
+            [self._removal[item["group"]] for item in items if item["group"] in self._removal],
+        )
         docs = [d for item in items for d in item["docs"]]
         insert_new_documents(self.surface_errors, docs, key="error_id")
-        self.counts.update(written=len(docs), replaced=len(replaced))
+        self.counts.update(written=len(docs), replaced=replaced)
         written = now_iso()
         self.state.update(
             [{**item["state"], "complete": True, "written_at": written} for item in items],

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
-
-from jobflow import JobStore
+from typing import TYPE_CHECKING, Any
 
 from surfflows.core.text import miller_text
+
+if TYPE_CHECKING:
+    from maggma.core import Store
 
 SURFACE_ENERGY_COLUMNS = (
     "material_id",
@@ -28,7 +29,7 @@ SURFACE_ENERGY_COLUMNS = (
 
 
 def surface_energies(
-    store: JobStore,
+    store: Store,
     *,
     formula: str | None = None,
     material_id: str | None = None,
@@ -42,7 +43,8 @@ def surface_energies(
     Parameters
     ----------
     store
-        The campaign JobStore.
+        The campaign JobStore, or its docs store ``outputs`` (what ``surfflows results``
+        opens: it needs no jobflow import).
     formula, material_id, miller_index, model_id
         Optional exact-match filters.
     latest_only
