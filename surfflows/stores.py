@@ -36,8 +36,10 @@ refused with a message naming the first). MongoDB takes several writers.
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -272,9 +274,10 @@ def read_documents(
     if not isinstance(collection, MontyCollection) or tests is None:
         yield from store.query(criteria, properties=properties)
         return
+    paths = None if properties is None else [prop.split(".") for prop in properties]
     for doc in collection._storage.query(MontyCursor(collection), 0):
         if all(test(_field(doc, path)) for path, test in tests):
-            yield doc if properties is None else _projected(doc, properties)
+            yield doc if paths is None else _projected(doc, paths)
 
 
 def _scalar_tests(criteria: dict[str, Any]) -> list | None:
@@ -306,10 +309,13 @@ def _field(doc: dict, path: list[str]) -> Any:
     return doc
 
 
-def _projected(doc: dict, properties: list[str]) -> dict:
+def _projected(doc: dict, paths: list[list[str]]) -> dict:
     out: dict[str, Any] = {"_id": doc.get("_id")}
-    for prop in properties:
-        path = prop.split(".")
+    for path in paths:
+        if len(path) == 1:
+            if path[0] in doc:
+                out[path[0]] = doc[path[0]]
+            continue
         value = _field(doc, path)
         if value is _MISSING:
             continue
@@ -390,14 +396,31 @@ def prepare_removal(
     collection = getattr(store, "_collection", None)
     if not isinstance(collection, MontyCollection):
         return {key: {"$or": alts} for key, alts in criteria.items()}
-    tests = [(key, _scalar_tests(alt)) for key, alts in criteria.items() for alt in alts]
-    if any(test is None for _, test in tests):
-        raise ValueError("prepare_removal matches equalities and $in on scalar fields only")
+    # fields of an alternative -> their values -> the caller's key: one lookup per document
+    # and set of fields, however many alternatives
+    index: dict[tuple[str, ...], dict[tuple, Hashable]] = defaultdict(dict)
+    for key, alts in criteria.items():
+        for alt in alts:
+            fields = tuple(sorted(alt))
+            choices = []
+            for field in fields:
+                condition = alt[field]
+                is_in = isinstance(condition, dict)
+                if field.startswith("$") or (is_in and set(condition) != {"$in"}):
+                    raise ValueError(f"prepare_removal matches equalities and $in only: {alt}")
+                choices.append(condition["$in"] if is_in else [condition])
+            for values in itertools.product(*choices):
+                index[fields].setdefault(values, key)
+    paths = {fields: [field.split(".") for field in fields] for fields in index}
     ids: dict[Hashable, list[Any]] = {key: [] for key in criteria}
-    if tests:
+    if index:
         for doc in collection._storage.query(MontyCursor(collection), 0):
-            for key, test in tests:
-                if all(check(_field(doc, path)) for path, check in test):
+            for fields, keys in index.items():
+                try:
+                    key = keys.get(tuple(_field(doc, path) for path in paths[fields]), _MISSING)
+                except TypeError:  # a list or document where the criteria name a scalar
+                    continue
+                if key is not _MISSING:
                     ids[key].append(doc["_id"])
                     break
     return ids
