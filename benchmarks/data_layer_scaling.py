@@ -366,7 +366,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(step)
         ax.set_xlabel("slab results N")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("CPU seconds (2 shared cores; 100k +1 %: unfinished)")
+    axes[0].set_ylabel("CPU seconds (2 shared CPU cores, 1 torch thread)")
     axes[0].legend()
     fig.suptitle("surfflows data layer: time per step vs slab results (log-log)")
     fig.tight_layout()

@@ -65,10 +65,12 @@ class SurfaceEnergyErrorBuilder(Builder):
     reference set, mode) group, a ``builder_state`` document recording the newest
     evaluation and reference ingest it was built from.
 
-    maggma's ``GroupBuilder`` does not fit: it rebuilds a whole group when one source
-    document of it changes and finds changes by reading the target's time stamps, which on
-    MontyDB (no indexes) reads every error document; here a rerun reads the small state
-    store, and a group with new evaluations gets only their documents.
+    maggma's ``GroupBuilder`` (and ``Store.newer_in``) does not fit: it rebuilds a whole
+    group when one source document of it changes and finds changes by reading the target's
+    time stamps, which on MontyDB (no indexes) reads every error document; here a rerun
+    reads the small state store, and a group with new evaluations gets only their
+    documents. maggma's runner does the rest: ``get_items`` -> ``process_item`` (the
+    physics, pure) -> ``update_targets`` per chunk of ``chunk_size`` groups.
 
     Parameters
     ----------
