@@ -461,7 +461,8 @@ class SurfaceEnergyErrorBuilder(Builder):
             [self._removal[item["group"]] for item in items if item["group"] in self._removal],
         )
         docs = [d for item in items for d in item["docs"]]
-        insert_new_documents(self.surface_errors, docs, key="error_id")
+        # plain already: SurfaceErrorDoc.model_dump
+        insert_new_documents(self.surface_errors, docs, key="error_id", sanitize=False)
         self.counts.update(written=len(docs), replaced=replaced)
         written = now_iso()
         self.state.update(
