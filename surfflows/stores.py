@@ -36,15 +36,16 @@ refused with a message naming the first). MongoDB takes several writers.
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
-from jobflow import JobStore
 from maggma.core import Store
 from maggma.stores import MongoURIStore, MontyStore
 from monty.json import jsanitize
@@ -52,6 +53,9 @@ from montydb.collection import MontyCollection
 from montydb.cursor import MontyCursor
 
 from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
+
+if TYPE_CHECKING:
+    from jobflow import JobStore
 
 STORE_NAMES = (
     "outputs",
@@ -158,6 +162,8 @@ def get_job_store(settings: SurfflowsSettings | None = None) -> JobStore:
     The ``data`` additional store is what atomate2-style jobs expect for structures and
     trajectories; surfflows puts relaxed structures and checkpoint bytes there.
     """
+    from jobflow import JobStore  # 1 s to import: not at the start of every command
+
     return JobStore(
         docs_store=get_store("outputs", settings),
         additional_stores={"data": get_store("outputs_data", settings)},
@@ -177,7 +183,7 @@ def ensure_indexes(store: Store, keys: tuple[str, ...], unique: bool = False) ->
             return
 
 
-def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
+def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: bool = True) -> None:
     """Insert documents whose keys the store does not hold, in one bulk write.
 
     maggma's public write, :meth:`~maggma.core.Store.update`, upserts; on a MontyStore it
@@ -197,6 +203,10 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
         Documents to write (not modified).
     key
         Their unique field (what a store without a collection upserts by).
+    sanitize
+        Pass each document through monty's ``jsanitize``, as ``update`` does. False for
+        documents that are already plain (``model_dump`` of a pydantic document): it walks
+        every value, 12 s for the 78,000 error documents of a build.
     """
     if not docs:
         return
@@ -208,7 +218,39 @@ def insert_new_documents(store: Store, docs: list[dict], key: str) -> None:
     # ``check_keys``, and keys holding a "." (reasons such as "flagged: ... (2.5%)" counted
     # per reason) are refused by its checked insert though written by its replace_one
     # (maggma's update), as MongoDB 5+ writes them.
-    collection.insert_many([jsanitize(doc, allow_bson=True) for doc in docs], ordered=False)
+    docs = [jsanitize(doc, allow_bson=True) if sanitize else dict(doc) for doc in docs]
+    if isinstance(collection, MontyCollection) and _sqlite_collection(collection) is not None:
+        _sqlite_insert(collection, docs)
+        return
+    collection.insert_many(docs, ordered=False)
+
+
+def _sqlite_collection(collection: MontyCollection) -> Any:
+    """montydb's sqlite storage object of a collection (how its storage delegates to one),
+    or None on another engine."""
+    target = collection._storage
+    if type(target).__name__ != "SQLiteStorage":
+        return None
+    for part in collection._components:
+        target = target.contractor_cls(target, part)
+    return target
+
+
+def _sqlite_insert(collection: MontyCollection, docs: list[dict]) -> None:
+    """Insert into a montydb sqlite collection in one transaction, as montydb does, without
+    its duplicate check: montydb 2.5 tests each new ``_id`` against a list of every stored
+    key (quadratic: minutes for 100,000 documents, and it compares ids with table rows, so
+    it never finds one); a repeated ``_id`` still fails on the table's primary key."""
+    from montydb.types import bson  # the BSON module montydb was started with
+
+    target = _sqlite_collection(collection)
+    if not target._database.collection_exists(target._name):
+        target._database.collection_create(target._name)
+    rows = []
+    for doc in docs:
+        doc.setdefault("_id", bson.ObjectId())
+        rows.append((bson.id_encode(doc["_id"]), target._encode_doc(doc, False)))
+    target._conn.write_many(target._col_path, rows, target.wconcern)
 
 
 def read_documents(
@@ -236,9 +278,10 @@ def read_documents(
     if not isinstance(collection, MontyCollection) or tests is None:
         yield from store.query(criteria, properties=properties)
         return
+    paths = None if properties is None else [prop.split(".") for prop in properties]
     for doc in collection._storage.query(MontyCursor(collection), 0):
         if all(test(_field(doc, path)) for path, test in tests):
-            yield doc if properties is None else _projected(doc, properties)
+            yield doc if paths is None else _projected(doc, paths)
 
 
 def _scalar_tests(criteria: dict[str, Any]) -> list | None:
@@ -270,10 +313,13 @@ def _field(doc: dict, path: list[str]) -> Any:
     return doc
 
 
-def _projected(doc: dict, properties: list[str]) -> dict:
+def _projected(doc: dict, paths: list[list[str]]) -> dict:
     out: dict[str, Any] = {"_id": doc.get("_id")}
-    for prop in properties:
-        path = prop.split(".")
+    for path in paths:
+        if len(path) == 1:
+            if path[0] in doc:
+                out[path[0]] = doc[path[0]]
+            continue
         value = _field(doc, path)
         if value is _MISSING:
             continue
@@ -317,12 +363,6 @@ def import_documents(store: Store, docs: list[dict], keys: tuple[str, ...]) -> i
 def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     """Remove the documents whose ``key`` is one of ``values``, in one pass.
 
-    montydb matches ``$in`` by comparing every listed value with every document (removing
-    300 of 30,000 documents took 72 s, measured on 2 shared cores), so on a MontyStore the
-    keys are matched here on one read of the collection and the documents removed by
-    ``_id`` through montydb's storage layer, the step its own ``delete_many`` ends with;
-    other stores get ``remove_docs`` with ``$in``.
-
     Parameters
     ----------
     store
@@ -332,19 +372,85 @@ def remove_by_key(store: Store, key: str, values: Iterable[str]) -> None:
     values
         Values of ``key`` to remove.
     """
-    wanted = set(values)
-    if not wanted:
-        return
+    wanted = sorted(set(values))
+    if wanted:
+        remove_prepared(store, prepare_removal(store, {key: [{key: {"$in": wanted}}]}).values())
+
+
+def prepare_removal(
+    store: Store, criteria: dict[Hashable, list[dict[str, Any]]]
+) -> dict[Hashable, Any]:
+    """What :func:`remove_prepared` removes for each of the caller's keys, prepared at once.
+
+    montydb reads the whole collection for any query and matches ``$in`` by comparing every
+    listed value with every document (removing 300 of 30,000 documents took 72 s, measured
+    on 2 shared cores): on a MontyStore the ``_id`` of the documents matching each key's
+    criteria are found here in one read of the collection for all keys. Other stores get
+    the criteria back (``$or``), for their server to match (with its indexes) at removal.
+
+    Parameters
+    ----------
+    store
+        Connected store.
+    criteria
+        Caller's key (e.g. a builder's group) -> alternatives, each of equalities and
+        ``$in`` on scalar fields; a document matching one alternative is removed.
+    """
+    criteria = {key: alts for key, alts in criteria.items() if alts}
     collection = getattr(store, "_collection", None)
     if not isinstance(collection, MontyCollection):
-        store.remove_docs({key: {"$in": sorted(wanted)}})
-        return
-    storage = collection._storage
-    ids = [
-        doc["_id"] for doc in storage.query(MontyCursor(collection), 0) if doc.get(key) in wanted
-    ]
-    if ids:
-        storage.delete_many(collection, ids)
+        return {key: {"$or": alts} for key, alts in criteria.items()}
+    # fields of an alternative -> their values -> the caller's key: one lookup per document
+    # and set of fields, however many alternatives
+    index: dict[tuple[str, ...], dict[tuple, Hashable]] = defaultdict(dict)
+    for key, alts in criteria.items():
+        for alt in alts:
+            fields = tuple(sorted(alt))
+            choices = []
+            for field in fields:
+                condition = alt[field]
+                is_in = isinstance(condition, dict)
+                if field.startswith("$") or (is_in and set(condition) != {"$in"}):
+                    raise ValueError(f"prepare_removal matches equalities and $in only: {alt}")
+                choices.append(condition["$in"] if is_in else [condition])
+            for values in itertools.product(*choices):
+                index[fields].setdefault(values, key)
+    paths = {fields: [field.split(".") for field in fields] for fields in index}
+    ids: dict[Hashable, list[Any]] = {key: [] for key in criteria}
+    if index:
+        for doc in collection._storage.query(MontyCursor(collection), 0):
+            for fields, keys in index.items():
+                try:
+                    key = keys.get(tuple(_field(doc, path) for path in paths[fields]), _MISSING)
+                except TypeError:  # a list or document where the criteria name a scalar
+                    continue
+                if key is not _MISSING:
+                    ids[key].append(doc["_id"])
+                    break
+    return ids
+
+
+def remove_prepared(store: Store, prepared: Iterable[Any]) -> int:
+    """Remove what :func:`prepare_removal` prepared (some of its values); the number removed.
+
+    On a MontyStore by ``_id`` through montydb's storage layer, the step its own
+    ``delete_many`` ends with; on other stores by the criteria.
+    """
+    prepared = list(prepared)
+    collection = getattr(store, "_collection", None)
+    if isinstance(collection, MontyCollection):
+        ids = [i for part in prepared for i in part]
+        if ids:
+            collection._storage.delete_many(collection, ids)
+        return len(ids)
+    if not prepared:
+        return 0
+    criteria = {"$or": [alt for part in prepared for alt in part["$or"]]}
+    if collection is not None:  # pymongo or mongomock: the count comes with the removal
+        return collection.delete_many(criteria).deleted_count
+    n = store.count(criteria)
+    store.remove_docs(criteria)
+    return n
 
 
 @contextmanager

@@ -43,12 +43,12 @@ def cli(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def evaluate_keys(keys: set[str] | None = None) -> None:
-    """CHGNet single points of the tiny set's structures (those of ``keys`` only)."""
+def evaluate_keys(keys: set[str] | None = None, set_name: str = "tiny_metals") -> None:
+    """CHGNet single points of a set's structures (those of ``keys`` only)."""
     with get_store("references") as references, get_store("splits") as splits:
-        items = reference_items(reference_inputs("tiny_metals", references, splits))
+        items = reference_items(reference_inputs(set_name, references, splits))
     items = [item for item in items if keys is None or item[0] in keys]
-    flow = EvaluateMaker(model=ModelSpec(), modes=("single_point",)).make("tiny_metals", items)
+    flow = EvaluateMaker(model=ModelSpec(), modes=("single_point",)).make(set_name, items)
     run_locally(flow, store=get_job_store(), log=False, ensure_success=True)
 
 
@@ -108,6 +108,44 @@ def test_incremental_build_processes_only_the_new_evaluations(tiny_set):  # noqa
         state.remove_docs({})
     run_builders(configured_builders())
     assert content(errors_by_id()) == content(after)
+
+
+@pytest.mark.slow
+def test_a_build_after_new_results_of_one_set_reads_and_writes_only_their_work(tiny_set):  # noqa: F811
+    """Counted by the error builder: after new evaluations in one of two sets, a build
+    reads only that set's evaluations and the references its new slabs and refitted bulks
+    need, writes only their documents, and leaves the other set's group untouched."""
+    ingest_path(tiny_set)
+    ingest_path(tiny_set, set_name="tiny_metals_b")
+    with get_store("references") as references:
+        refs = {d["key"]: d for d in references.query({"set_name": "tiny_metals_b"})}
+    first_material = sorted({d["material_id"] for d in refs.values()})[0]
+    first = {k for k, d in refs.items() if d["material_id"] == first_material}
+    evaluate_keys()
+    evaluate_keys(first, set_name="tiny_metals_b")
+    assert set(run_builders(configured_builders()).values()) == {2}
+    before = errors_by_id()
+
+    evaluate_keys(set(refs) - first, set_name="tiny_metals_b")
+    builders = configured_builders()
+    assert run_builders(builders) == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    slabs = {k for k, d in refs.items() if d["doc_type"] == "slab"}
+    bulks = {k for k, d in refs.items() if d["doc_type"] == "bulk"}
+    new_slabs = slabs - first
+    with get_store("outputs") as outputs:
+        evaluations_b = outputs.count(
+            {"output.@class": "EvaluationDoc", "output.set_name": "tiny_metals_b"}
+        )
+    assert dict(builders[0].counts) == {
+        "evaluations": evaluations_b,  # none of the other set's
+        "references": len(new_slabs | bulks),
+        "written": len(new_slabs | bulks),
+        # the new slabs' "not evaluated" documents and the one bulk evaluated before
+        "replaced": len(new_slabs) + 1,
+    }
+    after = errors_by_id()
+    untouched = {k for k in before if "|tiny_metals:" in k}
+    assert untouched and all(after[k] == before[k] for k in untouched)
 
 
 def small_docs(n: int) -> list[dict]:

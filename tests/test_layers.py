@@ -4,9 +4,11 @@ Every module of the package is parsed (no import needed) and each ``surfflows`` 
 makes at run time is checked against the layer table below. Imports under
 ``if TYPE_CHECKING:`` load nothing at run time and are not checked. A second test imports the
 documents, builders and core in a fresh interpreter and checks that torch stays unloaded
-(``mrun`` and the builders must start without it). Job makers (``make`` returns a Job) live in
-``jobs``, Flow makers in ``flows``, and a job module imports nothing of ``io`` or ``reports``
-that reads a store or a reference set: jobs read only their inputs.
+(``mrun`` and the builders must start without it); a third runs ``surfflows build`` with
+nothing to do and checks that neither torch nor pymatgen nor jobflow is loaded. Job makers
+(``make`` returns a Job) live in ``jobs``, Flow makers in ``flows``, and a job module imports
+nothing of ``io`` or ``reports`` that reads a store or a reference set: jobs read only their
+inputs.
 """
 
 from __future__ import annotations
@@ -191,3 +193,27 @@ def test_documents_analysis_builders_and_core_load_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]", f"loaded: {out}"
+
+
+def test_a_build_with_nothing_to_do_loads_neither_torch_nor_the_physics(tmp_path):
+    """``surfflows build`` with nothing new (the torch threads setting given, as on a
+    cluster) imports no torch, CHGNet, pymatgen or jobflow: they cost seconds at each start."""
+    code = (
+        "import sys\n"
+        "from surfflows.cli import app\n"
+        "try:\n    app(['build'], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = ('torch', 'chgnet', 'pymatgen.core', 'jobflow')\n"
+        "    print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(PACKAGE.parent),
+        "SURFFLOWS_DB_DIR": str(tmp_path / "db"),
+        "SURFFLOWS_SETTINGS_FILE": str(tmp_path / "no_settings.yaml"),
+        "SURFFLOWS_TORCH_THREADS": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", f"loaded: {out}"

@@ -14,7 +14,6 @@ from typing import Any
 from maggma.core import Builder, Store
 
 from surfflows.builders.errors import STATE_TARGET
-from surfflows.core.benchmark import against_parent, bulk_summary, reason_category, summarize
 from surfflows.io.packaged import registered_parent
 from surfflows.schemas.benchmark import BenchmarkDoc
 from surfflows.stores import ensure_indexes, read_documents, replace_documents
@@ -119,38 +118,47 @@ class BenchmarkBuilder(Builder):
 
     def get_items(self) -> Iterator[dict[str, Any]]:
         """Groups (model, set, mode) whose errors changed since their benchmark, with their
-        errors and their parent's, read in one query per reference set.
+        errors and their parent's, read in one query for all of them.
 
         ``total`` (read by maggma's runners) is set to their number first.
         """
         stale, parent_of = self._stale_groups()
         self.total = len(stale)
-        by_set: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
-        for group in stale:
-            by_set[group[1]].append(group)
-        for set_name, groups in by_set.items():
-            parents = {g[0]: parent_of.get(g[0]) for g in groups}
-            models = {g[0] for g in groups} | {p for p in parents.values() if p}
-            errors: dict[tuple[str, str], list[dict]] = defaultdict(list)
-            for doc in read_documents(
-                self.surface_errors, {"set_name": set_name}, properties=ERROR_FIELDS
-            ):
-                if doc["model_id"] in models:
-                    errors[(doc["model_id"], doc["mode"])].append(doc)
-            for model_id, _, mode, updated in groups:
-                parent = parents[model_id]
-                yield {
-                    "model_id": model_id,
-                    "set_name": set_name,
-                    "mode": mode,
-                    "source_updated": updated,
-                    "errors": errors[(model_id, mode)],
-                    "parent_model_id": parent,
-                    "parent_errors": errors[(parent, mode)] if parent else [],
-                }
+        if not stale:
+            return
+        parents = {g[0]: parent_of.get(g[0]) for g in stale}
+        wanted = {(m, s, mode) for m, s, mode, _ in stale}
+        wanted |= {(parents[m], s, mode) for m, s, mode, _ in stale if parents[m]}
+        errors: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+        for doc in read_documents(
+            self.surface_errors,
+            {"set_name": {"$in": sorted({g[1] for g in stale})}},
+            properties=[*ERROR_FIELDS, "set_name"],
+        ):
+            group = (doc["model_id"], doc["set_name"], doc["mode"])
+            if group in wanted:
+                errors[group].append(doc)
+        for model_id, set_name, mode, updated in stale:
+            parent = parents[model_id]
+            yield {
+                "model_id": model_id,
+                "set_name": set_name,
+                "mode": mode,
+                "source_updated": updated,
+                "errors": errors[(model_id, set_name, mode)],
+                "parent_model_id": parent,
+                "parent_errors": errors[(parent, set_name, mode)] if parent else [],
+            }
 
     def process_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """One BenchmarkDoc per split part (and ``all``) and quantity present."""
+        # the statistics' module imports pymatgen: only when there is work
+        from surfflows.core.benchmark import (
+            against_parent,
+            bulk_summary,
+            reason_category,
+            summarize,
+        )
 
         def rows_of(errors: list[dict], kind: str, part: str) -> list[dict]:
             return [

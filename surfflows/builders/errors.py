@@ -12,24 +12,23 @@ of each bulk is fitted on the others).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from maggma.core import Builder, Store
 
-from surfflows.core.benchmark import (
-    bulk_energy_errors,
-    chemistry_class,
-    elemental_offsets,
-    facet_family,
-    slab_surface_error,
-)
 from surfflows.core.timestamps import now_iso
-from surfflows.io.splits import get_or_create_split
+from surfflows.io.splits import split_of_materials
 from surfflows.schemas.benchmark import SurfaceErrorDoc
-from surfflows.stores import ensure_indexes, insert_new_documents, read_documents, remove_by_key
+from surfflows.stores import (
+    ensure_indexes,
+    insert_new_documents,
+    prepare_removal,
+    read_documents,
+    remove_prepared,
+)
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
 
@@ -66,10 +65,12 @@ class SurfaceEnergyErrorBuilder(Builder):
     reference set, mode) group, a ``builder_state`` document recording the newest
     evaluation and reference ingest it was built from.
 
-    maggma's ``GroupBuilder`` does not fit: it rebuilds a whole group when one source
-    document of it changes and finds changes by reading the target's time stamps, which on
-    MontyDB (no indexes) reads every error document; here a rerun reads the small state
-    store, and a group with new evaluations gets only their documents.
+    maggma's ``GroupBuilder`` (and ``Store.newer_in``) does not fit: it rebuilds a whole
+    group when one source document of it changes and finds changes by reading the target's
+    time stamps, which on MontyDB (no indexes) reads every error document; here a rerun
+    reads the small state store, and a group with new evaluations gets only their
+    documents. maggma's runner does the rest: ``get_items`` -> ``process_item`` (the
+    physics, pure) -> ``update_targets`` per chunk of ``chunk_size`` groups.
 
     Parameters
     ----------
@@ -99,6 +100,10 @@ class SurfaceEnergyErrorBuilder(Builder):
         self.surface_errors = surface_errors
         self.splits = splits
         self.state = state
+        #: What the last run read and wrote (documents): ``evaluations`` and ``references``
+        #: read whole, error documents ``written`` and ``replaced``; logged at the end.
+        self.counts: Counter[str] = Counter()
+        self._removal: dict[Group, Any] = {}
         # maggma's runners hold a chunk of items (a group's energies and references) and
         # their documents in memory at once: a few groups, not a whole campaign
         kwargs.setdefault("chunk_size", 8)
@@ -116,6 +121,11 @@ class SurfaceEnergyErrorBuilder(Builder):
         ensure_indexes(self.outputs, ("output.@class", "output.set_name"))
         ensure_indexes(self.state, ("state_id",), unique=True)
 
+    def finalize(self) -> None:
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
+        self.logger.info(f"surface errors: {self.total} groups; documents {counts or 'none'}")
+        super().finalize()
+
     # -- what changed: one projected query per source, and the state -------------------------
 
     def _evaluations(self) -> dict[Group, list[tuple[str, str, int]]]:
@@ -128,14 +138,19 @@ class SurfaceEnergyErrorBuilder(Builder):
             groups[key].append((doc["completed_at"], doc["uuid"], doc.get("index", 1)))
         return groups
 
-    def _reference_stamps(self, set_names: list[str]) -> dict[str, dict[str, dict]]:
-        """set -> key -> (doc_type, material_id, bulk_key, ingested_at) of its references."""
+    def _reference_stamps(
+        self, set_names: list[str]
+    ) -> tuple[dict[str, dict[str, dict]], dict[str, set[str]]]:
+        """set -> key -> (doc_type, material_id, bulk_key, ingested_at) of its slabs and
+        bulks, and set -> material ids of all its documents (what its split covers)."""
         fields = ["key", "set_name", "doc_type", "material_id", "bulk_key", "ingested_at"]
         stamps: dict[str, dict[str, dict]] = defaultdict(dict)
-        criteria = {"set_name": {"$in": set_names}, "doc_type": {"$in": ["slab", "bulk"]}}
-        for doc in read_documents(self.references, criteria, fields):
-            stamps[doc["set_name"]][doc["key"]] = doc
-        return stamps
+        materials: dict[str, set[str]] = defaultdict(set)
+        for doc in read_documents(self.references, {"set_name": {"$in": set_names}}, fields):
+            materials[doc["set_name"]].add(doc.get("material_id"))
+            if doc.get("doc_type") in ("slab", "bulk"):
+                stamps[doc["set_name"]][doc["key"]] = doc
+        return stamps, materials
 
     def _stored_state(self) -> dict[Group, dict]:
         return {
@@ -199,11 +214,11 @@ class SurfaceEnergyErrorBuilder(Builder):
 
     # -- the work --------------------------------------------------------------------------
 
-    def _energies(self, set_names: list[str], groups: set[Group]) -> dict[Group, tuple]:
+    def _energies(self, groups: set[Group]) -> dict[Group, tuple]:
         """Per group: reference key -> the model's energy document (newest evaluation wins),
-        and the keys of the evaluations in ``new`` of its plan; one query for the sets."""
+        and the keys each evaluation (uuid, index) covers; one query for all groups."""
         docs: dict[Group, list] = defaultdict(list)
-        criteria = EVALUATION_CLASS | {"output.set_name": {"$in": set_names}}
+        criteria = EVALUATION_CLASS | {"output.set_name": {"$in": sorted({g[1] for g in groups})}}
         for doc in read_documents(
             self.outputs, criteria, properties=["uuid", "index", "completed_at", "output"]
         ):
@@ -212,6 +227,7 @@ class SurfaceEnergyErrorBuilder(Builder):
             if group in groups:
                 stamp = (doc["completed_at"], doc["uuid"], doc.get("index", 1))
                 docs[group].append((stamp, out["results"]))
+                self.counts["evaluations"] += 1
         energies = {}
         for group, chunks in docs.items():
             by_key: dict[str, dict] = {}
@@ -224,61 +240,67 @@ class SurfaceEnergyErrorBuilder(Builder):
         return energies
 
     def get_items(self) -> Iterator[dict[str, Any]]:
-        """Stale groups with the documents their new work needs, one reference set at a time.
+        """Stale groups with the documents their new work needs.
 
-        ``total`` (read by maggma's runners) is set to their number first. A reference set
-        and its split are read once, however many models and modes evaluated it.
+        Whatever the number of groups and sets, a build reads each source twice: once
+        projected (keys and time stamps: what changed) and once for the documents of the
+        stale groups' new work (evaluations, then only the references that work needs);
+        a set's split comes from the first read. ``total`` (read by maggma's runners) is set
+        to the number of stale groups first.
         """
+        self.counts.clear()
         evaluations = self._evaluations()
         sets = sorted({set_name for _, set_name, _ in evaluations} | {self.elemental_set})
-        refs = self._reference_stamps(sets)
+        refs, materials = self._reference_stamps(sets)
         plans = self._plans(evaluations, refs)
         self.total = len(plans)
         if not plans:
             return
+        # the physics imports pymatgen (a second at every start): only when there is work
+        from surfflows.core.benchmark import elemental_offsets
+
         elemental = self.elemental_set
         needs_elements = {(p.group[0], elemental, p.group[2]) for p in plans if p.elemental_stamps}
-        elemental_energies = {}
+        energies = self._energies({p.group for p in plans} | needs_elements)
+        work = [
+            self._work(p, refs.get(p.group[1], {}), *energies.get(p.group, ({}, {}))) for p in plans
+        ]
+        needed = set().union(*(w["keys"] for w in work))
+        read_sets = {p.group[1] for p in plans} | ({elemental} if needs_elements else set())
+        references: dict[str, dict] = {}
         elemental_docs: list[dict] = []
-        if needs_elements:
-            elemental_energies = self._energies([elemental], needs_elements)
-            elemental_docs = list(
-                read_documents(self.references, {"set_name": elemental, "doc_type": "bulk"})
-            )
-        by_set: dict[str, list[_Plan]] = defaultdict(list)
-        for plan in plans:
-            by_set[plan.group[1]].append(plan)
-        for set_name, set_plans in by_set.items():
-            energies = self._energies([set_name], {p.group for p in set_plans})
-            split = get_or_create_split(set_name, store=self.splits, references=self.references)
-            work = [
-                self._work(p, refs.get(set_name, {}), *energies.get(p.group, ({}, {})))
-                for p in set_plans
-            ]
-            needed = set().union(*(w["keys"] for w in work))
-            references = {
-                doc["key"]: doc
-                for doc in read_documents(
-                    self.references, {"set_name": set_name, "doc_type": {"$in": ["slab", "bulk"]}}
+        for doc in read_documents(
+            self.references,
+            {"set_name": {"$in": sorted(read_sets)}, "doc_type": {"$in": ["slab", "bulk"]}},
+        ):
+            if doc["key"] in needed:
+                references[doc["key"]] = doc
+            if needs_elements and doc["set_name"] == elemental and doc["doc_type"] == "bulk":
+                elemental_docs.append(doc)
+        self.counts["references"] = len(references)
+        # the stored documents this build replaces, found in one read of the target
+        self._removal = prepare_removal(
+            self.surface_errors, {p.group: w["replaced"] for p, w in zip(plans, work, strict=True)}
+        )
+        splits = {}
+        for plan, item in zip(plans, work, strict=True):
+            model_id, set_name, mode = plan.group
+            if set_name not in splits:
+                splits[set_name] = split_of_materials(
+                    set_name, materials[set_name], store=self.splits
                 )
-                if doc["key"] in needed
+            formation_offsets = None
+            if plan.elemental_stamps:
+                elemental_group = (model_id, elemental, mode)
+                formation_offsets = elemental_offsets(
+                    elemental_docs, energies.get(elemental_group, ({}, {}))[0]
+                )
+            self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
+            yield item | {
+                "references": [references[k] for k in sorted(item.pop("keys")) if k in references],
+                "assignments": splits[set_name].assignments,
+                "formation_offsets": formation_offsets,
             }
-            for plan, item in zip(set_plans, work, strict=True):
-                model_id, _, mode = plan.group
-                formation_offsets = None
-                if plan.elemental_stamps:
-                    elemental_group = (model_id, elemental, mode)
-                    formation_offsets = elemental_offsets(
-                        elemental_docs, elemental_energies.get(elemental_group, ({}, {}))[0]
-                    )
-                self.logger.info(f"surface errors: {model_id} {set_name} {mode}")
-                yield item | {
-                    "references": [
-                        references[k] for k in sorted(item.pop("keys")) if k in references
-                    ],
-                    "assignments": split.assignments,
-                    "formation_offsets": formation_offsets,
-                }
 
     def _work(
         self,
@@ -299,11 +321,18 @@ class SurfaceEnergyErrorBuilder(Builder):
             "references_updated_at": plan.refs_updated,
             "elemental_stamps": plan.elemental_stamps,
             "n_references": len(refs),
-            "previous_state": plan.state,
-            "full": plan.full,
         }
+        group = {"model_id": model_id, "set_name": set_name, "mode": mode}
         if plan.full:
-            return item | {"keys": set(refs), "energies": energies, "bulks": True, "replaced": []}
+            # a group rebuilt over documents of an earlier build (interrupted, or its
+            # references changed) replaces all of them
+            replaced = [group] if plan.state is not None else []
+            return item | {
+                "keys": set(refs),
+                "energies": energies,
+                "bulks": True,
+                "replaced": replaced,
+            }
         stamp = plan.state["references_updated_at"]
         new_refs = {k for k, r in refs.items() if r["ingested_at"] > stamp}
         evaluated = {k for uuid_index in plan.new_evaluations for k in keys_of.get(uuid_index, ())}
@@ -317,18 +346,28 @@ class SurfaceEnergyErrorBuilder(Builder):
             keys |= set(bulks)
         # documents written by an earlier build that are replaced now: re-evaluated slabs,
         # and every bulk where the bulks are refitted
-        replaced = [k for k in slab_keys if k not in new_refs] + (bulks if redo_bulks else [])
+        evaluated_again = sorted(f"{model_id}|{mode}|{k}" for k in slab_keys if k not in new_refs)
+        replaced = [{"error_id": {"$in": evaluated_again}}] if evaluated_again else []
+        if redo_bulks:
+            replaced.append(group | {"kind": "bulk"})
         return item | {
             "keys": keys,
             "energies": {k: energies[k] for k in keys if k in energies},
             "bulks": redo_bulks,
             "slab_keys": slab_keys,
-            "replaced": sorted(f"{model_id}|{mode}|{k}" for k in replaced),
+            "replaced": replaced,
         }
 
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
         """SurfaceErrorDocs of the group's new work: one per reference slab it changed and,
         where bulks changed, one per evaluated reference bulk."""
+        from surfflows.core.benchmark import (
+            bulk_energy_errors,
+            chemistry_class,
+            facet_family,
+            slab_surface_error,
+        )
+
         refs = {doc["key"]: doc for doc in item["references"]}
         energies = item["energies"]
         common = {
@@ -389,9 +428,12 @@ class SurfaceEnergyErrorBuilder(Builder):
                         **bulk_errors[ref["key"]],
                     )
                 )
-        group = {"model_id": item["model_id"], "set_name": item["set_name"], "mode": item["mode"]}
-        state = group | {
-            "state_id": state_id(STATE_TARGET, (item["model_id"], item["set_name"], item["mode"])),
+        group = (item["model_id"], item["set_name"], item["mode"])
+        state = {
+            "model_id": item["model_id"],
+            "set_name": item["set_name"],
+            "mode": item["mode"],
+            "state_id": state_id(STATE_TARGET, group),
             "target": STATE_TARGET,
             "evaluations_completed_at": item["source_completed_at"],
             "references_updated_at": item["references_updated_at"],
@@ -401,8 +443,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         return {
             "docs": docs,
             "state": state,
-            "remove_group": group if item["full"] and item["previous_state"] is not None else None,
-            "replaced": item["replaced"],
+            "group": group,
         }
 
     def update_targets(self, items: list[dict[str, Any]]) -> None:
@@ -415,15 +456,14 @@ class SurfaceEnergyErrorBuilder(Builder):
         if not items:
             return
         self.state.update([{**item["state"], "complete": False} for item in items], key="state_id")
-        for item in items:
-            if item["remove_group"]:  # rare: an interrupted build, changed references
-                self.surface_errors.remove_docs(item["remove_group"])
-        remove_by_key(
-            self.surface_errors, "error_id", [i for item in items for i in item["replaced"]]
+        replaced = remove_prepared(
+            self.surface_errors,
+            [self._removal[item["group"]] for item in items if item["group"] in self._removal],
         )
-        insert_new_documents(
-            self.surface_errors, [d for item in items for d in item["docs"]], key="error_id"
-        )
+        docs = [d for item in items for d in item["docs"]]
+        # plain already: SurfaceErrorDoc.model_dump
+        insert_new_documents(self.surface_errors, docs, key="error_id", sanitize=False)
+        self.counts.update(written=len(docs), replaced=replaced)
         written = now_iso()
         self.state.update(
             [{**item["state"], "complete": True, "written_at": written} for item in items],

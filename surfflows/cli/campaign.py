@@ -90,7 +90,7 @@ def results(
     """List surface energies (newest per slab and model) as a table, JSON or CSV."""
     from surfflows.core.validation import check_formula, check_material_id
     from surfflows.reports.query import export, surface_energies
-    from surfflows.stores import get_job_store
+    from surfflows.stores import get_store
 
     miller_index = parse_miller(miller)
     try:
@@ -106,7 +106,7 @@ def results(
     if output and not output.parent.is_dir():
         fail(f"--output {output}: folder {output.parent} does not exist")
     docs = surface_energies(
-        get_job_store(),
+        get_store("outputs"),
         formula=formula,
         material_id=material,
         miller_index=miller_index,

@@ -155,16 +155,17 @@ MODEL_HELP = (
 def apply_torch_threads() -> None:
     """Give torch the ``torch_threads`` of the settings (``SURFFLOWS_TORCH_THREADS``).
 
-    torch is imported only where the setting is given (``OMP_NUM_THREADS`` alone would not
-    do: torch caps it at the number of cores).
+    Set when torch is imported (wrapt's post-import hook; at once if it already is):
+    commands that never load a model do not pay torch's import (3 CPU s here).
+    ``OMP_NUM_THREADS`` alone would not do: torch caps it at the number of cores.
     """
     from surfflows.settings import get_settings
 
     threads = get_settings().torch_threads
     if threads is not None:
-        import torch
+        import wrapt
 
-        torch.set_num_threads(threads)
+        wrapt.register_post_import_hook(lambda torch: torch.set_num_threads(threads), "torch")
 
 
 def prepare_database(ctx: click.Context) -> None:

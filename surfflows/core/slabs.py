@@ -22,9 +22,8 @@ from pymatgen.core.surface import (
 )
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from surfflows.core.text import MillerIndex
 from surfflows.core.thermo import bulk_units_and_excess, slab_area
-
-MillerIndex = tuple[int, int, int]
 
 #: Largest |component| of a Miller index (and largest max_index): beyond it pymatgen's
 #: slab search takes minutes and the slabs hold thousands of atoms.

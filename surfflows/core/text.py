@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
+#: A Miller index (h, k, l) of a facet, in the conventional bulk cell.
+MillerIndex = tuple[int, int, int]
+
 #: Longest job name; longer names are cut.
 MAX_JOB_NAME = 128
 #: Characters a job name may not hold: all but ASCII letters, digits, space and ``_.+:=@,-``.

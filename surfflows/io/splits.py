@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from maggma.core import Store
 
 from surfflows.core.splits import DEFAULT_FRACTIONS, SplitDoc, make_split, split_id
@@ -43,10 +45,30 @@ def get_or_create_split(
         If the set has no documents, or ``fractions`` contradict the stored split.
     """
     references.connect()
+    material_ids = references.distinct("material_id", {"set_name": set_name})
+    return split_of_materials(set_name, material_ids, seed, store=store, fractions=fractions)
+
+
+def split_of_materials(
+    set_name: str,
+    material_ids: Iterable[str | None],
+    seed: int = 0,
+    *,
+    store: Store,
+    fractions: tuple[float, float, float] | None = None,
+) -> SplitDoc:
+    """:func:`get_or_create_split` from material ids the caller has read (the builders take
+    them from their one read of the references, not from one more query per set).
+
+    Parameters
+    ----------
+    set_name, seed, store, fractions
+        As for :func:`get_or_create_split`.
+    material_ids
+        Material ids of every document of the set (None entries are skipped).
+    """
     store.connect()
-    material_ids = [
-        m for m in references.distinct("material_id", {"set_name": set_name}) if m is not None
-    ]
+    material_ids = sorted({m for m in material_ids if m is not None})
     if not material_ids:
         raise ValueError(f"the references store has no documents of set {set_name!r}")
     stored = store.query_one({"split_id": split_id(set_name, seed)})

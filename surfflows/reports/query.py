@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobflow import JobStore
 from monty.json import MontyDecoder
@@ -16,6 +16,9 @@ from surfflows.core.text import miller_text
 from surfflows.schemas.relax import BulkRelaxDoc
 from surfflows.schemas.surface import SurfaceEnergyDoc
 from surfflows.schemas.thermo import ElementReferenceDoc
+
+if TYPE_CHECKING:
+    from maggma.core import Store
 
 SURFACE_ENERGY_COLUMNS = (
     "material_id",
@@ -34,7 +37,7 @@ SURFACE_ENERGY_COLUMNS = (
 
 
 def surface_energies(
-    store: JobStore,
+    store: Store,
     *,
     formula: str | None = None,
     material_id: str | None = None,
@@ -48,7 +51,8 @@ def surface_energies(
     Parameters
     ----------
     store
-        The campaign JobStore.
+        The campaign JobStore, or its docs store ``outputs`` (what ``surfflows results``
+        opens: it needs no jobflow import).
     formula, material_id, miller_index, model_id
         Optional exact-match filters.
     latest_only

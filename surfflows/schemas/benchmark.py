@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from surfflows.core.slabs import (
-    MillerIndex,
-)
+from surfflows.core.text import MillerIndex
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.provenance import OutputDoc
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from surfflows.core.slabs import MillerIndex
+from surfflows.core.text import MillerIndex
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.provenance import OutputDoc
 from surfflows.schemas.relax import BulkRelaxDoc

@@ -7,12 +7,8 @@ from typing import TYPE_CHECKING
 from pydantic import ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.core.slabs import (
-    MillerIndex,
-    SlabCandidate,
-    fixed_mask,
-)
-from surfflows.core.text import finite_or_none
+from surfflows.core.slabs import SlabCandidate, fixed_mask
+from surfflows.core.text import MillerIndex, finite_or_none
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc

@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from surfflows.core.slabs import (
-    MillerIndex,
-)
+from surfflows.core.text import MillerIndex
 from surfflows.core.thermo import (
     bulk_units_and_excess,
     surface_energy,

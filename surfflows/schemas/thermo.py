@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from surfflows.core.slabs import MillerIndex
+from surfflows.core.text import MillerIndex
 from surfflows.core.timestamps import now_iso
 from surfflows.schemas.models import ModelSpec
 from surfflows.schemas.provenance import OutputDoc
