@@ -46,9 +46,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
-from maggma.core import Store
-from maggma.stores import MongoURIStore, MontyStore
-from monty.json import jsanitize
 from montydb.collection import MontyCollection
 from montydb.cursor import MontyCursor
 
@@ -56,6 +53,7 @@ from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
 
 if TYPE_CHECKING:
     from jobflow import JobStore
+    from maggma.core import Store
 
 STORE_NAMES = (
     "outputs",
@@ -101,6 +99,9 @@ def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
     """
     if name not in STORE_NAMES:
         raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+    # maggma takes a second to import: not at the start of commands that open no store
+    from maggma.stores import MongoURIStore, MontyStore
+
     settings = settings or get_settings()
     if settings.mongodb_uri:
         return MongoURIStore(
@@ -218,6 +219,8 @@ def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: boo
     # ``check_keys``, and keys holding a "." (reasons such as "flagged: ... (2.5%)" counted
     # per reason) are refused by its checked insert though written by its replace_one
     # (maggma's update), as MongoDB 5+ writes them.
+    from monty.json import jsanitize
+
     docs = [jsanitize(doc, allow_bson=True) if sanitize else dict(doc) for doc in docs]
     if isinstance(collection, MontyCollection) and _sqlite_collection(collection) is not None:
         _sqlite_insert(collection, docs)

@@ -17,6 +17,11 @@ from test_evaluate_builders import tiny_set  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from surfflows.builders import configured_builders, run_builders
+from surfflows.builders.last_build import (
+    record_file,
+    recording_build,
+    unchanged_since_last_build,
+)
 from surfflows.cli import app
 from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
@@ -146,6 +151,103 @@ def test_a_build_after_new_results_of_one_set_reads_and_writes_only_their_work(t
     after = errors_by_id()
     untouched = {k for k in before if "|tiny_metals:" in k}
     assert untouched and all(after[k] == before[k] for k in untouched)
+
+
+def evaluation_job(refs: list[dict], model_id: str = "model-a") -> dict:
+    """A stored EvaluationDoc job document of ``refs``: the DFT energies shifted by 0.01 eV
+    per atom (no model run: what the builders read of it)."""
+    from surfflows.core.timestamps import now_iso
+    from surfflows.schemas.evaluate import ModelEnergyDoc
+
+    results = [
+        ModelEnergyDoc(
+            reference_key=r["key"],
+            doc_type=r["doc_type"],
+            n_atoms=r["n_atoms"],
+            energy=r["ref_energy"] + 0.01 * r["n_atoms"],
+            energy_per_atom=r["ref_energy"] / r["n_atoms"] + 0.01,
+            converged=True,
+        ).model_dump()
+        for r in refs
+        if r.get("ref_energy") is not None
+    ]
+    output = {"@class": "EvaluationDoc", "model_id": model_id, "set_name": refs[0]["set_name"]}
+    return {
+        "uuid": f"evaluation-{model_id}-{len(refs)}",
+        "index": 1,
+        "completed_at": now_iso(),
+        "output": output | {"mode": "single_point", "results": results},
+    }
+
+
+def build_did_work() -> bool:
+    """``surfflows build``: True if it ran the builders, False if it found nothing changed."""
+    out = cli("build")
+    assert out.exit_code == 0, out.output
+    assert ("groups processed" in out.output) != ("nothing changed" in out.output), out.output
+    return "groups processed" in out.output
+
+
+def test_a_build_stops_at_once_when_nothing_changed_and_not_after_a_write(
+    tiny_set,  # noqa: F811
+    monkeypatch,
+):
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = list(references.query({"doc_type": {"$in": ["slab", "bulk"]}}))
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs)], key="uuid")
+    assert build_did_work()
+    with get_store("surface_errors") as errors:
+        n_errors = errors.count()
+    assert n_errors > 0
+    assert not build_did_work()  # the record of the last build: nothing opened
+
+    # a write into a source after the build: the next build reads and builds it
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs, "model-b")], key="uuid")
+    assert build_did_work()
+    with get_store("surface_errors") as errors:
+        assert errors.count() == 2 * n_errors
+    assert not build_did_work()
+
+    # and into a target (here the statistics removed): rebuilt, not skipped
+    with get_store("benchmarks") as benchmarks:
+        benchmarks.remove_docs({"model_id": "model-b"})
+    assert build_did_work()
+    with get_store("benchmarks") as benchmarks:
+        assert benchmarks.count({"model_id": "model-b"}) > 0
+
+    # a build that fails part way leaves no record: the next one builds
+    import surfflows.builders.run
+
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs, "model-c")], key="uuid")
+
+    def failing(builders, **kwargs):
+        with get_store("benchmarks") as benchmarks:
+            benchmarks.remove_docs({})
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(surfflows.builders.run, "run_builders", failing)
+        assert cli("build").exit_code == 2
+    assert not record_file(get_settings()).exists()
+    assert build_did_work()
+    with get_store("benchmarks") as benchmarks:
+        assert benchmarks.distinct("model_id") == ["model-a", "model-b", "model-c"]
+    assert not build_did_work()
+
+
+def test_the_build_record_is_not_written_by_a_failed_build(tmp_path):
+    settings = get_settings()
+    with recording_build(settings):
+        pass
+    assert unchanged_since_last_build(settings)
+    with pytest.raises(KeyboardInterrupt), recording_build(settings):
+        raise KeyboardInterrupt
+    assert not record_file(settings).exists()
+    assert unchanged_since_last_build(settings) is None
 
 
 def small_docs(n: int) -> list[dict]:
