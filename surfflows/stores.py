@@ -184,6 +184,18 @@ def ensure_indexes(store: Store, keys: tuple[str, ...], unique: bool = False) ->
             return
 
 
+def is_embedded(store: Store) -> bool:
+    """A MontyStore: no indexes, every query reads and decodes the whole collection."""
+    return isinstance(getattr(store, "_collection", None), MontyCollection)
+
+
+def source_marks(store: Store, stamp: str) -> tuple[int, Any]:
+    """(number of documents, largest ``stamp``) of a store: from the collection's metadata
+    and one sorted query answered by an index on MongoDB (``ensure_indexes`` on ``stamp``)."""
+    newest = store.query_one({stamp: {"$exists": True}}, properties=[stamp], sort={stamp: -1})
+    return store.count(), newest and _field(newest, stamp.split("."))
+
+
 def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: bool = True) -> None:
     """Insert documents whose keys the store does not hold, in one bulk write.
 

@@ -454,3 +454,51 @@ def test_a_killed_writer_leaves_a_lock_the_next_command_takes():
     with writer_lock():
         pid = (get_settings().db_dir / "writer.pid").read_text()
     assert pid.startswith(f"pid {os.getpid()}")
+
+
+def test_in_process_stores_a_rerun_reads_no_source_document_when_nothing_was_added(tiny_set):  # noqa: F811
+    """On stores with indexes (here mongomock) the error builder compares each source's
+    count and newest stamp with those recorded by the last complete build."""
+    from maggma.stores import MemoryStore
+
+    from surfflows.builders import campaign_builders
+
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = [{k: v for k, v in d.items() if k != "_id"} for d in references.query({})]
+    class KeptMemoryStore(MemoryStore):
+        """A MemoryStore that outlives a build (maggma's runner closes stores at the end)."""
+
+        def close(self) -> None:
+            pass
+
+    names = ("outputs", "references", "splits", "surface_errors", "benchmarks", "builder_state")
+    stores = {name: KeptMemoryStore(name) for name in names}
+    for store in stores.values():
+        store.connect()
+    stores["references"].update(refs, key="key")
+    slab_refs = [r for r in refs if r["doc_type"] in ("slab", "bulk")]
+    stores["outputs"].update([evaluation_job(slab_refs)], key="uuid")
+
+    def build(read_sources: bool = True) -> dict[str, int]:
+        builders = campaign_builders(stores)
+        if not read_sources:  # the no-op must not read evaluations or reference stamps
+
+            def refused(*args):
+                raise AssertionError("read the sources")
+
+            builders[0]._evaluations = builders[0]._reference_stamps = refused
+        return run_builders(builders)
+
+    assert build() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    assert build(read_sources=False) == {"SurfaceEnergyErrorBuilder": 0, "BenchmarkBuilder": 0}
+    # an evaluation stamped before the last build (imported): the count tells
+    older = evaluation_job(slab_refs, "model-b") | {"completed_at": "2000-01-01T00:00:00"}
+    stores["outputs"].update([older], key="uuid")
+    assert build() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    assert build(read_sources=False)["SurfaceEnergyErrorBuilder"] == 0
+    # a reference re-ingested (same count, newer stamp): its set's groups rebuilt
+    from surfflows.core.timestamps import now_iso
+
+    stores["references"].update([slab_refs[0] | {"ingested_at": now_iso()}], key="key")
+    assert build()["SurfaceEnergyErrorBuilder"] == 2

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.metadata import version
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from surfflows import __version__
 
 if TYPE_CHECKING:
     from surfflows.settings import SurfflowsSettings
@@ -70,7 +69,7 @@ def unchanged_since_last_build(settings: SurfflowsSettings) -> str | None:
     except (OSError, ValueError):
         return None
     now = store_files(settings, (*SOURCE_STORES, *TARGET_STORES))
-    if record.get("version") != __version__ or record.get("files") != now:
+    if record.get("version") != version("surfflows") or record.get("files") != now:
         return None
     return record.get("finished_at")
 
@@ -97,7 +96,7 @@ def recording_build(settings: SurfflowsSettings) -> Iterator[None]:
     sources = store_files(settings, SOURCE_STORES)
     yield
     record = {
-        "version": __version__,
+        "version": version("surfflows"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": sources | store_files(settings, TARGET_STORES),
     }

@@ -13,7 +13,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from surfflows.core.text import miller_text
-from surfflows.stores import read_documents
 
 if TYPE_CHECKING:
     from jobflow import JobStore
@@ -76,8 +75,7 @@ def surface_energies(
             criteria[f"output.{field}"] = value
     with store:
         docs = [
-            d["output"] | {"completed_at": d.get("completed_at")}
-            for d in read_documents(store, criteria, ["output", "completed_at"])
+            d["output"] | {"completed_at": d.get("completed_at")} for d in store.query(criteria)
         ]
     if latest_only:
         newest: dict[tuple, dict] = {}
