@@ -466,6 +466,7 @@ def test_in_process_stores_a_rerun_reads_no_source_document_when_nothing_was_add
     ingest_path(tiny_set)
     with get_store("references") as references:
         refs = [{k: v for k, v in d.items() if k != "_id"} for d in references.query({})]
+
     class KeptMemoryStore(MemoryStore):
         """A MemoryStore that outlives a build (maggma's runner closes stores at the end)."""
 

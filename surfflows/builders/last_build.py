@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.metadata import version
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
