@@ -189,11 +189,20 @@ def is_embedded(store: Store) -> bool:
     return isinstance(getattr(store, "_collection", None), MontyCollection)
 
 
-def source_marks(store: Store, stamp: str) -> tuple[int, Any]:
-    """(number of documents, largest ``stamp``) of a store: from the collection's metadata
+def source_marks(store: Store, stamp: str) -> list:
+    """[number of documents, largest ``stamp``] of a store: from the collection's metadata
     and one sorted query answered by an index on MongoDB (``ensure_indexes`` on ``stamp``)."""
     newest = store.query_one({stamp: {"$exists": True}}, properties=[stamp], sort={stamp: -1})
-    return store.count(), newest and _field(newest, stamp.split("."))
+    return [store.count(), newest and _field(newest, stamp.split("."))]
+
+
+def unchanged_since(store: Store, stamp: str, marks: list) -> bool:
+    """The store holds as many documents as :func:`source_marks` counted and none stamped
+    later than its newest: two counts, from metadata and from an index on MongoDB (a third
+    of the cost of the sorted query on mongomock)."""
+    count, newest = marks
+    later = {stamp: {"$gt": newest}} if newest is not None else {stamp: {"$exists": True}}
+    return store.count() == count and store.count(later) == 0
 
 
 def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: bool = True) -> None:

@@ -30,6 +30,7 @@ from surfflows.stores import (
     read_documents,
     remove_prepared,
     source_marks,
+    unchanged_since,
 )
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
@@ -164,16 +165,18 @@ class SurfaceEnergyErrorBuilder(Builder):
                 stamps[doc["set_name"]][doc["key"]] = doc
         return stamps, materials
 
+    #: Each source and the time stamp its writes set.
+    SOURCE_STAMPS = (("outputs", "completed_at"), ("references", "ingested_at"))
+
     def _source_marks(self) -> dict[str, list] | None:
-        """(number of documents, newest time stamp) of each source, where the store answers
+        """[number of documents, newest time stamp] of each source, where the store answers
         them from its indexes; None on MontyDB, where they cost a read of every document
         (``surfflows build`` compares the database files there:
         :mod:`surfflows.builders.last_build`)."""
         if is_embedded(self.outputs) or is_embedded(self.references):
             return None
         return {
-            "outputs": list(source_marks(self.outputs, "completed_at")),
-            "references": list(source_marks(self.references, "ingested_at")),
+            name: source_marks(getattr(self, name), stamp) for name, stamp in self.SOURCE_STAMPS
         }
 
     def _sources_unchanged(self) -> bool:
@@ -184,10 +187,13 @@ class SurfaceEnergyErrorBuilder(Builder):
         reference); only a removal and an insertion of an older-stamped document together
         would go unseen, as they would by the per-group stamps.
         """
-        if self._sources is None:
+        if is_embedded(self.outputs) or is_embedded(self.references):
             return False
         stored = self.state.query_one({"state_id": SOURCES_STATE_ID})
-        return stored is not None and all(stored.get(k) == v for k, v in self._sources.items())
+        return stored is not None and all(
+            name in stored and unchanged_since(getattr(self, name), stamp, stored[name])
+            for name, stamp in self.SOURCE_STAMPS
+        )
 
     def _stored_state(self) -> dict[Group, dict]:
         return {
@@ -286,10 +292,11 @@ class SurfaceEnergyErrorBuilder(Builder):
         to the number of stale groups first.
         """
         self.counts.clear()
-        self._sources = self._source_marks()
         if self._sources_unchanged():
+            self._sources = None
             self.total = 0
             return
+        self._sources = self._source_marks()
         evaluations = self._evaluations()
         sets = sorted({set_name for _, set_name, _ in evaluations} | {self.elemental_set})
         refs, materials = self._reference_stamps(sets)
