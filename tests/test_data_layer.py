@@ -503,3 +503,19 @@ def test_in_process_stores_a_rerun_reads_no_source_document_when_nothing_was_add
 
     stores["references"].update([slab_refs[0] | {"ingested_at": now_iso()}], key="key")
     assert build()["SurfaceEnergyErrorBuilder"] == 2
+
+    # a build stopped part way leaves no record of the sources: the next one reads them
+    from surfflows.builders.errors import SOURCES_STATE_ID
+
+    stores["outputs"].update([evaluation_job(slab_refs, "model-c")], key="uuid")
+    builders = campaign_builders(stores)
+
+    def stopped(items):
+        raise KeyboardInterrupt
+
+    builders[0].update_targets = stopped
+    with pytest.raises(KeyboardInterrupt):
+        run_builders(builders)
+    assert stores["builder_state"].query_one({"state_id": SOURCES_STATE_ID}) is None
+    assert build()["SurfaceEnergyErrorBuilder"] == 1
+    assert build(read_sources=False)["SurfaceEnergyErrorBuilder"] == 0

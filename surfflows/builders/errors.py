@@ -297,6 +297,8 @@ class SurfaceEnergyErrorBuilder(Builder):
             self.total = 0
             return
         self._sources = self._source_marks()
+        if self._sources is not None:  # a build stopped part way leaves no record
+            self.state.remove_docs({"state_id": SOURCES_STATE_ID})
         evaluations = self._evaluations()
         sets = sorted({set_name for _, set_name, _ in evaluations} | {self.elemental_set})
         refs, materials = self._reference_stamps(sets)
