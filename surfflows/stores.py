@@ -190,19 +190,24 @@ def is_embedded(store: Store) -> bool:
 
 
 def source_marks(store: Store, stamp: str) -> list:
-    """[number of documents, largest ``stamp``] of a store: from the collection's metadata
-    and one sorted query answered by an index on MongoDB (``ensure_indexes`` on ``stamp``)."""
+    """[number of documents stamped, largest ``stamp``] of a store: one sorted query and
+    one count, both answered by an index on MongoDB (``ensure_indexes`` on ``stamp``)."""
     newest = store.query_one({stamp: {"$exists": True}}, properties=[stamp], sort={stamp: -1})
-    return [store.count(), newest and _field(newest, stamp.split("."))]
+    newest = newest and _field(newest, stamp.split("."))
+    return [store.count({stamp: {"$lte": newest}}) if newest is not None else 0, newest]
 
 
 def unchanged_since(store: Store, stamp: str, marks: list) -> bool:
-    """The store holds as many documents as :func:`source_marks` counted and none stamped
-    later than its newest: two counts, from metadata and from an index on MongoDB (a third
-    of the cost of the sorted query on mongomock)."""
+    """The store holds as many documents stamped up to the newest stamp of
+    :func:`source_marks` as it counted, and none stamped later: two counts, answered by an
+    index on MongoDB (on mongomock a third of the cost of the sorted query)."""
     count, newest = marks
-    later = {stamp: {"$gt": newest}} if newest is not None else {stamp: {"$exists": True}}
-    return store.count() == count and store.count(later) == 0
+    if newest is None:
+        return store.count({stamp: {"$exists": True}}) == 0
+    return (
+        store.count({stamp: {"$lte": newest}}) == count
+        and store.count({stamp: {"$gt": newest}}) == 0
+    )
 
 
 def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: bool = True) -> None:
