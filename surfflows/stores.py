@@ -46,9 +46,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
-from maggma.core import Store
-from maggma.stores import MongoURIStore, MontyStore
-from monty.json import jsanitize
 from montydb.collection import MontyCollection
 from montydb.cursor import MontyCursor
 
@@ -56,6 +53,7 @@ from surfflows.settings import SurfflowsSettings, get_settings, redact_uri
 
 if TYPE_CHECKING:
     from jobflow import JobStore
+    from maggma.core import Store
 
 STORE_NAMES = (
     "outputs",
@@ -101,6 +99,9 @@ def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
     """
     if name not in STORE_NAMES:
         raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+    # maggma takes a second to import: not at the start of commands that open no store
+    from maggma.stores import MongoURIStore, MontyStore
+
     settings = settings or get_settings()
     if settings.mongodb_uri:
         return MongoURIStore(
@@ -183,6 +184,32 @@ def ensure_indexes(store: Store, keys: tuple[str, ...], unique: bool = False) ->
             return
 
 
+def is_embedded(store: Store) -> bool:
+    """A MontyStore: no indexes, every query reads and decodes the whole collection."""
+    return isinstance(getattr(store, "_collection", None), MontyCollection)
+
+
+def source_marks(store: Store, stamp: str) -> list:
+    """[number of documents stamped, largest ``stamp``] of a store: one sorted query and
+    one count, both answered by an index on MongoDB (``ensure_indexes`` on ``stamp``)."""
+    newest = store.query_one({stamp: {"$exists": True}}, properties=[stamp], sort={stamp: -1})
+    newest = newest and _field(newest, stamp.split("."))
+    return [store.count({stamp: {"$lte": newest}}) if newest is not None else 0, newest]
+
+
+def unchanged_since(store: Store, stamp: str, marks: list) -> bool:
+    """The store holds as many documents stamped up to the newest stamp of
+    :func:`source_marks` as it counted, and none stamped later: two counts, answered by an
+    index on MongoDB (on mongomock a third of the cost of the sorted query)."""
+    count, newest = marks
+    if newest is None:
+        return store.count({stamp: {"$exists": True}}) == 0
+    return (
+        store.count({stamp: {"$lte": newest}}) == count
+        and store.count({stamp: {"$gt": newest}}) == 0
+    )
+
+
 def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: bool = True) -> None:
     """Insert documents whose keys the store does not hold, in one bulk write.
 
@@ -218,6 +245,8 @@ def insert_new_documents(store: Store, docs: list[dict], key: str, sanitize: boo
     # ``check_keys``, and keys holding a "." (reasons such as "flagged: ... (2.5%)" counted
     # per reason) are refused by its checked insert though written by its replace_one
     # (maggma's update), as MongoDB 5+ writes them.
+    from monty.json import jsanitize
+
     docs = [jsanitize(doc, allow_bson=True) if sanitize else dict(doc) for doc in docs]
     if isinstance(collection, MontyCollection) and _sqlite_collection(collection) is not None:
         _sqlite_insert(collection, docs)

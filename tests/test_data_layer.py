@@ -17,6 +17,11 @@ from test_evaluate_builders import tiny_set  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from surfflows.builders import configured_builders, run_builders
+from surfflows.builders.last_build import (
+    record_file,
+    recording_build,
+    unchanged_since_last_build,
+)
 from surfflows.cli import app
 from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
@@ -146,6 +151,103 @@ def test_a_build_after_new_results_of_one_set_reads_and_writes_only_their_work(t
     after = errors_by_id()
     untouched = {k for k in before if "|tiny_metals:" in k}
     assert untouched and all(after[k] == before[k] for k in untouched)
+
+
+def evaluation_job(refs: list[dict], model_id: str = "model-a") -> dict:
+    """A stored EvaluationDoc job document of ``refs``: the DFT energies shifted by 0.01 eV
+    per atom (no model run: what the builders read of it)."""
+    from surfflows.core.timestamps import now_iso
+    from surfflows.schemas.evaluate import ModelEnergyDoc
+
+    results = [
+        ModelEnergyDoc(
+            reference_key=r["key"],
+            doc_type=r["doc_type"],
+            n_atoms=r["n_atoms"],
+            energy=r["ref_energy"] + 0.01 * r["n_atoms"],
+            energy_per_atom=r["ref_energy"] / r["n_atoms"] + 0.01,
+            converged=True,
+        ).model_dump()
+        for r in refs
+        if r.get("ref_energy") is not None
+    ]
+    output = {"@class": "EvaluationDoc", "model_id": model_id, "set_name": refs[0]["set_name"]}
+    return {
+        "uuid": f"evaluation-{model_id}-{len(refs)}",
+        "index": 1,
+        "completed_at": now_iso(),
+        "output": output | {"mode": "single_point", "results": results},
+    }
+
+
+def build_did_work() -> bool:
+    """``surfflows build``: True if it ran the builders, False if it found nothing changed."""
+    out = cli("build")
+    assert out.exit_code == 0, out.output
+    assert ("groups processed" in out.output) != ("nothing changed" in out.output), out.output
+    return "groups processed" in out.output
+
+
+def test_a_build_stops_at_once_when_nothing_changed_and_not_after_a_write(
+    tiny_set,  # noqa: F811
+    monkeypatch,
+):
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = list(references.query({"doc_type": {"$in": ["slab", "bulk"]}}))
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs)], key="uuid")
+    assert build_did_work()
+    with get_store("surface_errors") as errors:
+        n_errors = errors.count()
+    assert n_errors > 0
+    assert not build_did_work()  # the record of the last build: nothing opened
+
+    # a write into a source after the build: the next build reads and builds it
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs, "model-b")], key="uuid")
+    assert build_did_work()
+    with get_store("surface_errors") as errors:
+        assert errors.count() == 2 * n_errors
+    assert not build_did_work()
+
+    # and into a target (here the statistics removed): rebuilt, not skipped
+    with get_store("benchmarks") as benchmarks:
+        benchmarks.remove_docs({"model_id": "model-b"})
+    assert build_did_work()
+    with get_store("benchmarks") as benchmarks:
+        assert benchmarks.count({"model_id": "model-b"}) > 0
+
+    # a build that fails part way leaves no record: the next one builds
+    import surfflows.builders.run
+
+    with get_store("outputs") as outputs:
+        insert_new_documents(outputs, [evaluation_job(refs, "model-c")], key="uuid")
+
+    def failing(builders, **kwargs):
+        with get_store("benchmarks") as benchmarks:
+            benchmarks.remove_docs({})
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(surfflows.builders.run, "run_builders", failing)
+        assert cli("build").exit_code == 2
+    assert not record_file(get_settings()).exists()
+    assert build_did_work()
+    with get_store("benchmarks") as benchmarks:
+        assert benchmarks.distinct("model_id") == ["model-a", "model-b", "model-c"]
+    assert not build_did_work()
+
+
+def test_the_build_record_is_not_written_by_a_failed_build(tmp_path):
+    settings = get_settings()
+    with recording_build(settings):
+        pass
+    assert unchanged_since_last_build(settings)
+    with pytest.raises(KeyboardInterrupt), recording_build(settings):
+        raise KeyboardInterrupt
+    assert not record_file(settings).exists()
+    assert unchanged_since_last_build(settings) is None
 
 
 def small_docs(n: int) -> list[dict]:
@@ -352,3 +454,68 @@ def test_a_killed_writer_leaves_a_lock_the_next_command_takes():
     with writer_lock():
         pid = (get_settings().db_dir / "writer.pid").read_text()
     assert pid.startswith(f"pid {os.getpid()}")
+
+
+def test_in_process_stores_a_rerun_reads_no_source_document_when_nothing_was_added(tiny_set):  # noqa: F811
+    """On stores with indexes (here mongomock) the error builder compares each source's
+    count and newest stamp with those recorded by the last complete build."""
+    from maggma.stores import MemoryStore
+
+    from surfflows.builders import campaign_builders
+
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = [{k: v for k, v in d.items() if k != "_id"} for d in references.query({})]
+
+    class KeptMemoryStore(MemoryStore):
+        """A MemoryStore that outlives a build (maggma's runner closes stores at the end)."""
+
+        def close(self) -> None:
+            pass
+
+    names = ("outputs", "references", "splits", "surface_errors", "benchmarks", "builder_state")
+    stores = {name: KeptMemoryStore(name) for name in names}
+    for store in stores.values():
+        store.connect()
+    stores["references"].update(refs, key="key")
+    slab_refs = [r for r in refs if r["doc_type"] in ("slab", "bulk")]
+    stores["outputs"].update([evaluation_job(slab_refs)], key="uuid")
+
+    def build(read_sources: bool = True) -> dict[str, int]:
+        builders = campaign_builders(stores)
+        if not read_sources:  # the no-op must not read evaluations or reference stamps
+
+            def refused(*args):
+                raise AssertionError("read the sources")
+
+            builders[0]._evaluations = builders[0]._reference_stamps = refused
+        return run_builders(builders)
+
+    assert build() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    assert build(read_sources=False) == {"SurfaceEnergyErrorBuilder": 0, "BenchmarkBuilder": 0}
+    # an evaluation stamped before the last build (imported): the count tells
+    older = evaluation_job(slab_refs, "model-b") | {"completed_at": "2000-01-01T00:00:00"}
+    stores["outputs"].update([older], key="uuid")
+    assert build() == {"SurfaceEnergyErrorBuilder": 1, "BenchmarkBuilder": 1}
+    assert build(read_sources=False)["SurfaceEnergyErrorBuilder"] == 0
+    # a reference re-ingested (same count, newer stamp): its set's groups rebuilt
+    from surfflows.core.timestamps import now_iso
+
+    stores["references"].update([slab_refs[0] | {"ingested_at": now_iso()}], key="key")
+    assert build()["SurfaceEnergyErrorBuilder"] == 2
+
+    # a build stopped part way leaves no record of the sources: the next one reads them
+    from surfflows.builders.errors import SOURCES_STATE_ID
+
+    stores["outputs"].update([evaluation_job(slab_refs, "model-c")], key="uuid")
+    builders = campaign_builders(stores)
+
+    def stopped(items):
+        raise KeyboardInterrupt
+
+    builders[0].update_targets = stopped
+    with pytest.raises(KeyboardInterrupt):
+        run_builders(builders)
+    assert stores["builder_state"].query_one({"state_id": SOURCES_STATE_ID}) is None
+    assert build()["SurfaceEnergyErrorBuilder"] == 1
+    assert build(read_sources=False)["SurfaceEnergyErrorBuilder"] == 0

@@ -5,16 +5,29 @@ both build them with :func:`~surfflows.builders.run.campaign_builders` and run t
 maggma's serial runner (:func:`~surfflows.builders.run.run_builders`). Both are
 incremental: a rerun with nothing new processes nothing, and a new model's results are
 processed alone.
+
+The names below are imported when first used (they import maggma): ``surfflows build``
+reads :mod:`surfflows.builders.last_build` first and, when nothing changed, stops there.
 """
 
-from surfflows.builders.benchmarks import BenchmarkBuilder
-from surfflows.builders.errors import SurfaceEnergyErrorBuilder
-from surfflows.builders.run import campaign_builders, configured_builders, run_builders
+from __future__ import annotations
 
-__all__ = [
-    "BenchmarkBuilder",
-    "SurfaceEnergyErrorBuilder",
-    "campaign_builders",
-    "configured_builders",
-    "run_builders",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "BenchmarkBuilder": "surfflows.builders.benchmarks",
+    "SurfaceEnergyErrorBuilder": "surfflows.builders.errors",
+    "campaign_builders": "surfflows.builders.run",
+    "configured_builders": "surfflows.builders.run",
+    "run_builders": "surfflows.builders.run",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -25,15 +25,21 @@ from surfflows.schemas.benchmark import SurfaceErrorDoc
 from surfflows.stores import (
     ensure_indexes,
     insert_new_documents,
+    is_embedded,
     prepare_removal,
     read_documents,
     remove_prepared,
+    source_marks,
+    unchanged_since,
 )
 
 EVALUATION_CLASS = {"output.@class": "EvaluationDoc"}
 
 #: ``target`` of this builder's documents in the ``builder_state`` store.
 STATE_TARGET = "surface_errors"
+#: ``state_id`` of the document recording what the sources held when the last complete
+#: build started.
+SOURCES_STATE_ID = f"{STATE_TARGET}|sources"
 
 Group = tuple[str, str, str]  # (model_id, set_name, mode)
 
@@ -104,6 +110,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         #: read whole, error documents ``written`` and ``replaced``; logged at the end.
         self.counts: Counter[str] = Counter()
         self._removal: dict[Group, Any] = {}
+        self._sources: dict[str, list] | None = None
         # maggma's runners hold a chunk of items (a group's energies and references) and
         # their documents in memory at once: a few groups, not a whole campaign
         kwargs.setdefault("chunk_size", 8)
@@ -118,10 +125,16 @@ class SurfaceEnergyErrorBuilder(Builder):
         # not unique: mongomock checks a unique index by reading every document per insert
         ensure_indexes(self.surface_errors, ("error_id", "model_id", "set_name", "mode"))
         ensure_indexes(self.references, ("key", "set_name"))
-        ensure_indexes(self.outputs, ("output.@class", "output.set_name"))
+        ensure_indexes(self.outputs, ("output.@class", "output.set_name", "completed_at"))
+        ensure_indexes(self.references, ("ingested_at",))
         ensure_indexes(self.state, ("state_id",), unique=True)
 
     def finalize(self) -> None:
+        if self._sources is not None:  # every group written: the sources are built
+            self.state.update(
+                [{"state_id": SOURCES_STATE_ID, "target": "sources", **self._sources}],
+                key="state_id",
+            )
         counts = ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
         self.logger.info(f"surface errors: {self.total} groups; documents {counts or 'none'}")
         super().finalize()
@@ -151,6 +164,36 @@ class SurfaceEnergyErrorBuilder(Builder):
             if doc.get("doc_type") in ("slab", "bulk"):
                 stamps[doc["set_name"]][doc["key"]] = doc
         return stamps, materials
+
+    #: Each source and the time stamp its writes set.
+    SOURCE_STAMPS = (("outputs", "completed_at"), ("references", "ingested_at"))
+
+    def _source_marks(self) -> dict[str, list] | None:
+        """[number of documents, newest time stamp] of each source, where the store answers
+        them from its indexes; None on MontyDB, where they cost a read of every document
+        (``surfflows build`` compares the database files there:
+        :mod:`surfflows.builders.last_build`)."""
+        if is_embedded(self.outputs) or is_embedded(self.references):
+            return None
+        return {
+            name: source_marks(getattr(self, name), stamp) for name, stamp in self.SOURCE_STAMPS
+        }
+
+    def _sources_unchanged(self) -> bool:
+        """The sources hold what they held when the last complete build started.
+
+        Safe because a write to a source adds a document (an evaluation rerun adds an
+        ``index``) or stamps one later than the newest stamp recorded then (a re-ingested
+        reference); only a removal and an insertion of an older-stamped document together
+        would go unseen, as they would by the per-group stamps.
+        """
+        if is_embedded(self.outputs) or is_embedded(self.references):
+            return False
+        stored = self.state.query_one({"state_id": SOURCES_STATE_ID})
+        return stored is not None and all(
+            name in stored and unchanged_since(getattr(self, name), stamp, stored[name])
+            for name, stamp in self.SOURCE_STAMPS
+        )
 
     def _stored_state(self) -> dict[Group, dict]:
         return {
@@ -249,6 +292,13 @@ class SurfaceEnergyErrorBuilder(Builder):
         to the number of stale groups first.
         """
         self.counts.clear()
+        if self._sources_unchanged():
+            self._sources = None
+            self.total = 0
+            return
+        self._sources = self._source_marks()
+        if self._sources is not None:  # a build stopped part way leaves no record
+            self.state.remove_docs({"state_id": SOURCES_STATE_ID})
         evaluations = self._evaluations()
         sets = sorted({set_name for _, set_name, _ in evaluations} | {self.elemental_set})
         refs, materials = self._reference_stamps(sets)

@@ -80,14 +80,27 @@ def evaluate(
 def build(
     progress: Annotated[bool, typer.Option(help="Show maggma's progress bars.")] = False,
 ) -> None:
-    """Run the error and benchmark builders incrementally (same as mrun configs/builders.py)."""
+    """Run the error and benchmark builders incrementally (same as mrun configs/builders.py).
+
+    On the embedded database, a build after which no store it reads or writes has changed
+    stops at once.
+    """
+    from surfflows.builders.last_build import recording_build, unchanged_since_last_build
+    from surfflows.settings import get_settings
+
+    settings = get_settings()
+    finished = unchanged_since_last_build(settings)
+    if finished:
+        console.print(f"nothing changed since the last build ({finished}): nothing to do")
+        return
     from surfflows.builders import campaign_builders, run_builders
     from surfflows.builders.run import BUILDER_STORES
     from surfflows.stores import get_store
 
-    stores = {name: get_store(name) for name in BUILDER_STORES}
+    stores = {name: get_store(name, settings) for name in BUILDER_STORES}
     seconds: dict[str, float] = {}
-    counts = run_builders(campaign_builders(stores), progress=progress, seconds=seconds)
+    with recording_build(settings):
+        counts = run_builders(campaign_builders(stores), progress=progress, seconds=seconds)
     for name, n_items in counts.items():
         console.print(f"{name}: {n_items} groups processed in {seconds[name]:.2f} s")
 

@@ -88,19 +88,22 @@ def results(
     output: Annotated[Path | None, typer.Option(help="Write json/csv here.")] = None,
 ) -> None:
     """List surface energies (newest per slab and model) as a table, JSON or CSV."""
-    from surfflows.core.validation import check_formula, check_material_id
     from surfflows.reports.query import export, surface_energies
     from surfflows.stores import get_store
 
     miller_index = parse_miller(miller)
-    try:
-        formula = check_formula(formula) if formula is not None else None
-    except ValueError as exc:
-        fail(f"--formula: {exc}")
-    try:
-        material = check_material_id(material) if material is not None else None
-    except ValueError as exc:
-        fail(f"--material: {exc}")
+    if formula is not None or material is not None:
+        # core.validation imports pymatgen (half a second): only for the filters that need it
+        from surfflows.core.validation import check_formula, check_material_id
+
+        try:
+            formula = check_formula(formula) if formula is not None else None
+        except ValueError as exc:
+            fail(f"--formula: {exc}")
+        try:
+            material = check_material_id(material) if material is not None else None
+        except ValueError as exc:
+            fail(f"--material: {exc}")
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r}: use table, json or csv")
     if output and not output.parent.is_dir():

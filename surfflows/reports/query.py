@@ -1,4 +1,9 @@
-"""Queries over campaign results in the JobStore: surface energies, reusable results."""
+"""Queries over campaign results in the JobStore: surface energies, reusable results.
+
+:func:`surface_energies` and its exports import neither jobflow nor pymatgen (a second or
+two at the start of ``surfflows results``); the queries that rebuild documents and slabs
+import them where they run.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,16 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from jobflow import JobStore
-from monty.json import MontyDecoder
-from pymatgen.core import Composition
-
-from surfflows.core.slabs import SlabSettings, generate_slabs
 from surfflows.core.text import miller_text
-from surfflows.schemas.relax import BulkRelaxDoc
-from surfflows.schemas.surface import SurfaceEnergyDoc
-from surfflows.schemas.thermo import ElementReferenceDoc
 
 if TYPE_CHECKING:
+    from jobflow import JobStore
     from maggma.core import Store
+
+    from surfflows.core.slabs import SlabSettings
+    from surfflows.schemas.relax import BulkRelaxDoc
+    from surfflows.schemas.surface import SurfaceEnergyDoc
+    from surfflows.schemas.thermo import ElementReferenceDoc
 
 SURFACE_ENERGY_COLUMNS = (
     "material_id",
@@ -121,6 +124,8 @@ def export(docs: list[dict[str, Any]], fmt: str) -> str:
 
 
 def _decoded(doc: dict | None):
+    from monty.json import MontyDecoder
+
     return None if doc is None else MontyDecoder().process_decoded(doc["output"])
 
 
@@ -151,6 +156,11 @@ def stored_surface_energies(
     that bulk energy) for every slab ``slab_settings`` cut from it, with the same cell and
     composition. None if anything is missing.
     """
+    from pymatgen.core import Composition
+
+    from surfflows.core.slabs import generate_slabs
+    from surfflows.schemas.surface import SurfaceEnergyDoc
+
     with store:
         bulk = _decoded(
             store.query_one(
