@@ -49,7 +49,7 @@ CV_RECIPE = "pbe+bulk_replay"
 #: for the epoch count its folds chose.
 RECIPE = [
     "--reference", "mp_elemental_surfaces", "--all-materials", "--layers", "4",
-    "--epochs", "1", "--replay-weight", "10",
+    "--epochs", "6", "--replay-weight", "10",
     "--replay-set", "wbm_bulks", "--replay-set", "mp_elemental_refs",
 ]  # fmt: skip
 #: Sets ingested into the scratch database: the recipe's data, replay and judged sets.

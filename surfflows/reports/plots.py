@@ -629,7 +629,11 @@ def cross_validation_plot(
     ex = np.arange(len(elements))
     for i, name in enumerate(names):
         groups = recipes[name]["by_group"].get("relaxed", {})
-        values = [np.nan if e not in groups else groups[e]["mean_signed_error"] for e in elements]
+        values = [  # NaN: not held out by this recipe's folds, or no slab with a gamma error
+            np.nan if (groups.get(e) or {}).get("mean_signed_error") is None
+            else groups[e]["mean_signed_error"]
+            for e in elements
+        ]  # fmt: skip
         right.bar(ex + (i - (len(names) - 1) / 2) * width, values, width, color=colours(i))
     right.axhline(0.0, color="0.5", lw=0.8)
     right.set_xticks(ex, elements, fontsize=8)
