@@ -690,6 +690,8 @@ def element_learning_curve_plot(
             ax.axhline(curve["targets"][figure] * scale, color="k", ls="--", lw=0.8, label="target")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(x, [f"{n:g}" for n in x])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training elements")
         ax.set_ylabel(f"held-out γ {figure.upper()}, {unit}")
         ax.legend(fontsize=8)
