@@ -49,7 +49,7 @@ CV_RECIPE = "pbe+bulk_replay"
 #: for the epoch count its folds chose.
 RECIPE = [
     "--reference", "mp_elemental_surfaces", "--all-materials", "--layers", "4",
-    "--epochs", "1", "--replay-weight", "10",
+    "--epochs", "6", "--replay-weight", "10",
     "--replay-set", "wbm_bulks", "--replay-set", "mp_elemental_refs",
 ]  # fmt: skip
 #: Sets ingested into the scratch database: the recipe's data, replay and judged sets.
@@ -94,18 +94,32 @@ def _cli(args: list[str], env: dict[str, str], allow_failures: bool = False) -> 
     return False
 
 
-def _finetune_doc(store, reference: str) -> dict | None:
-    """The newest FineTuneDoc on ``reference`` in the JobStore (without its bytes), or None."""
+def _recipe_settings(recipe: list[str]) -> dict:
+    """The FineTuneSettings fields the recipe's arguments set (what a stored fine-tune must
+    match to be reused)."""
+    return {
+        "depth": int(_option(recipe, "--layers")),
+        "epochs": int(_option(recipe, "--epochs")),
+        "replay_weight": float(_option(recipe, "--replay-weight")),
+        "replay_sets": [recipe[i + 1] for i, arg in enumerate(recipe) if arg == "--replay-set"],
+    }
+
+
+def _finetune_doc(store, reference: str, recipe: list[str]) -> dict | None:
+    """The newest FineTuneDoc on ``reference`` with the recipe's settings in the JobStore
+    (without its bytes), or None."""
+    wanted = _recipe_settings(recipe)
     with store:
-        found = store.query_one(
+        for found in store.query(
             {"output.@class": "FineTuneDoc", "output.set_name": reference},
             properties=["output"],
             sort={"completed_at": -1},
-        )
-    if found is None:
-        return None
-    found["output"].pop("checkpoint_b64", None)
-    return found["output"]
+        ):
+            settings = found["output"]["hyperparameters"]
+            if all(settings.get(k) == v for k, v in wanted.items()):
+                found["output"].pop("checkpoint_b64", None)
+                return found["output"]
+    return None
 
 
 def main() -> None:
@@ -156,10 +170,10 @@ def main() -> None:
     store = get_job_store()
     start = time.perf_counter()
     _cli(["ingest", *DATA], env)
-    doc = _finetune_doc(store, reference)
+    doc = _finetune_doc(store, reference, recipe)
     if doc is None:
         _cli(["finetune", *recipe, "--work-dir", str(scratch / "run")], env)
-        doc = _finetune_doc(store, reference)
+        doc = _finetune_doc(store, reference, recipe)
     else:
         print(f"reusing the fine-tune {doc['model_id']} found in {db_dir}")
     spec = ModelSpec(kind="checkpoint", sha256=doc["sha256"])

@@ -17,6 +17,8 @@ from surfflows.core.folds import (
     kfold_assignments,
 )
 from surfflows.io.ingest import ingest_path
+from surfflows.reports.finetune import element_learning_curve
+from surfflows.reports.plots import element_learning_curve_plot
 from surfflows.stores import get_job_store
 
 PBE = Path(__file__).parents[1] / "surfflows" / "data" / "references" / "pbe_metal_surfaces"
@@ -90,6 +92,39 @@ def tiny_four_elements(tmp_path) -> Path:
 
 
 @pytest.mark.slow
+def test_element_learning_curve_fits_a_power_law_to_the_fold_means(tmp_path):
+    """Cross-validations with 3, 4, 5 folds become points at their mean training-group
+    count; the log-log fit recovers y = a n^b and extrapolates to the target."""
+
+    def doc(train_groups, mae, mape, signed):
+        stat = lambda v: {"mean": v, "std": 0.01, "n": len(train_groups)}  # noqa: E731
+        figures = {"mae": stat(mae), "mape": stat(mape), "mean_signed_error": stat(signed)}
+        return {
+            "folds": [{"n_train_groups": n} for n in train_groups],
+            "summary": {"single_point": figures, "relaxed": figures},
+        }
+
+    law = lambda n: 0.5 * n**-0.5  # noqa: E731
+    docs = {  # MAE follows the law; MAPE does not fall with more elements
+        3: doc([10, 10, 10], law(10), 0.20, -0.10),
+        4: doc([15, 15, 15, 15], law(15), 0.21, -0.08),
+        5: doc([18, 18, 18, 18, 18], law(18), 0.22, -0.06),
+    }
+    targets = {"mae": 0.10, "mape": 0.12, "abs_mean_signed_error": 0.03}
+    curve = element_learning_curve(docs, targets)
+    assert [p["n_train_groups"] for p in curve["points"]] == [10, 15, 18]
+    assert curve["points"][0]["figures"]["relaxed"]["abs_mean_signed_error"]["mean"] == 0.10
+    fit = curve["fits"]["relaxed"]["mae"]
+    assert fit["slope"] == pytest.approx(-0.5)
+    assert fit["prefactor"] == pytest.approx(0.5)
+    assert fit["n_at_target"] == pytest.approx(25.0)  # 0.5 / sqrt(25) = 0.10
+    assert curve["fits"]["relaxed"]["mape"]["n_at_target"] is None  # rising: never reached
+    assert curve["fits"]["relaxed"]["abs_mean_signed_error"]["slope"] < 0
+    parent = {m: {"mae": {"mean": 0.3}, "mape": {"mean": 0.33}} for m in ("relaxed",)}
+    png = element_learning_curve_plot(curve, tmp_path / "curve.png", parent, "test")
+    assert png.stat().st_size > 10_000
+
+
 def test_finetune_cv_folds_real(tiny_four_elements, tmp_path):
     """``surfflows finetune --cv-folds 3``: 3 real fine-tunes, held-out gamma both modes."""
     ingest_path(tiny_four_elements)

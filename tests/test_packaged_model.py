@@ -165,3 +165,41 @@ def test_thermo_by_name_from_the_cli(tmp_path):
     assert doc["model_id"] == model_id
     assert [tuple(row["miller_index"]) for row in doc["stable"]] == [(1, 1, 1)]
     assert f"Cu (chgnet-surf ({model_id}))" in result.output
+
+
+def test_train_script_reuses_only_a_fine_tune_of_its_recipe():
+    """benchmarks/train_chgnet_surf.py finds a stored fine-tune to reuse only if its depth,
+    epochs and replay are the recipe's (a 1-epoch model is not the 6-epoch recipe's)."""
+    import sys
+
+    from jobflow import JobStore
+    from maggma.stores import MemoryStore
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_chgnet_surf
+
+    recipe = train_chgnet_surf.RECIPE
+    wanted = train_chgnet_surf._recipe_settings(recipe)
+    assert wanted["replay_sets"] == ["wbm_bulks", "mp_elemental_refs"]
+    store = JobStore(MemoryStore())
+    with store:
+        for i, epochs in enumerate((wanted["epochs"], wanted["epochs"] + 1)):
+            settings = {**wanted, "epochs": epochs, "seed": 0}
+            store.update(
+                {
+                    "uuid": f"u{i}",
+                    "index": 1,
+                    "completed_at": f"2026-12-0{i + 1}",
+                    "output": {
+                        "@class": "FineTuneDoc",
+                        "set_name": "mp_elemental_surfaces",
+                        "model_id": f"m{i}",
+                        "hyperparameters": settings,
+                        "checkpoint_b64": "xx",
+                    },
+                },
+                key=["uuid", "index"],
+            )
+    doc = train_chgnet_surf._finetune_doc(store, "mp_elemental_surfaces", recipe)
+    assert doc["model_id"] == "m0" and "checkpoint_b64" not in doc  # not the newer m1
+    assert train_chgnet_surf._finetune_doc(store, "jarvis_surfaces", recipe) is None

@@ -7,7 +7,7 @@ They join the fine-tune and learning-curve documents of the JobStore's docs stor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +202,73 @@ def proxy_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
         target: correlation(force, [p[target] for p in points])
         for target in ("val_gap", "test_gap", "val_relaxed_mae")
     }
+
+
+def element_learning_curve(
+    cross_validations: Mapping[int, Mapping[str, Any]], targets: Mapping[str, float]
+) -> dict[str, Any]:
+    """Held-out gamma figures against the number of training elements.
+
+    The points are cross-validations of one recipe with different fold counts: k folds
+    train on k - 2 of them, so k = 3, 4, 5 train on a third, a half and three fifths of
+    the groups, and every group (element) is held out once in each. Per mode and figure
+    (``mae``, ``mape``, ``abs_mean_signed_error``), a power law ``y = a n^b`` is fitted to
+    the fold means in log-log, and the number of training groups at which it reaches the
+    target is given where the fitted slope is negative (an extrapolation: the fit rests on
+    as many points as there are fold counts).
+
+    Parameters
+    ----------
+    cross_validations
+        fold count k -> the recipe's CrossValidationDoc (as JSON) with that many folds.
+    targets
+        figure -> target (``mae`` in J/m², ``mape`` a fraction, ``abs_mean_signed_error``
+        in J/m²).
+
+    Returns
+    -------
+    dict
+        ``points`` (per k: folds finished, mean training groups, mode -> figure -> mean,
+        std), ``fits`` (mode -> figure -> slope, prefactor, ``n_at_target``) and the
+        ``targets``.
+    """
+    points = []
+    for k, doc in sorted(cross_validations.items()):
+        figures = {}
+        for mode, summary in doc["summary"].items():
+            signed = summary["mean_signed_error"]
+            figures[mode] = {
+                "mae": summary["mae"],
+                "mape": summary["mape"],
+                "abs_mean_signed_error": signed | {"mean": abs(signed["mean"])}
+                if signed["mean"] is not None
+                else signed,
+            }
+        points.append(
+            {
+                "k": k,
+                "folds": len(doc["folds"]),
+                "partial": doc.get("partial", False),
+                "n_train_groups": float(np.mean([f["n_train_groups"] for f in doc["folds"]])),
+                "figures": figures,
+            }
+        )
+    fits: dict[str, dict[str, Any]] = {}
+    for mode in sorted({m for p in points for m in p["figures"]}):
+        for figure, target in targets.items():
+            xy = [
+                (p["n_train_groups"], p["figures"][mode][figure]["mean"])
+                for p in points
+                if mode in p["figures"] and (p["figures"][mode][figure]["mean"] or 0) > 0
+            ]
+            if len({x for x, _ in xy}) < 2:
+                continue
+            slope, intercept = np.polyfit(np.log([x for x, _ in xy]), np.log([y for _, y in xy]), 1)
+            fits.setdefault(mode, {})[figure] = {
+                "slope": float(slope),
+                "prefactor": float(np.exp(intercept)),
+                "n_at_target": float(np.exp((np.log(target) - intercept) / slope))
+                if slope < 0
+                else None,
+            }
+    return {"points": points, "fits": fits, "targets": dict(targets)}

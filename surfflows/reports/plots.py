@@ -629,12 +629,73 @@ def cross_validation_plot(
     ex = np.arange(len(elements))
     for i, name in enumerate(names):
         groups = recipes[name]["by_group"].get("relaxed", {})
-        values = [np.nan if e not in groups else groups[e]["mean_signed_error"] for e in elements]
+        values = [  # NaN: not held out by this recipe's folds, or no slab with a gamma error
+            np.nan if (groups.get(e) or {}).get("mean_signed_error") is None
+            else groups[e]["mean_signed_error"]
+            for e in elements
+        ]  # fmt: skip
         right.bar(ex + (i - (len(names) - 1) / 2) * width, values, width, color=colours(i))
     right.axhline(0.0, color="0.5", lw=0.8)
     right.set_xticks(ex, elements, fontsize=8)
     right.set_ylabel("held-out mean signed γ error (relaxed), J/m²")
     fig.suptitle("element-wise cross-validation: every element held out once")
+    if attribution:
+        fig.text(0.01, 0.005, attribution, fontsize=7, color="0.4")
+    return _save(fig, path)
+
+
+def element_learning_curve_plot(
+    curve: dict[str, Any],
+    path: str | Path,
+    parent: dict[str, Any] | None = None,
+    title: str = "",
+    attribution: str = "",
+) -> Path:
+    """Held-out gamma MAE and MAPE against the number of training elements (one point per
+    fold count, error bars: std over folds), the power-law fits extended to their targets
+    (dotted), the targets (dashed) and the zero-shot parent (grey).
+
+    Parameters
+    ----------
+    curve
+        :func:`surfflows.reports.finetune.element_learning_curve`'s result.
+    path
+        PNG file to write.
+    parent
+        mode -> the parent's fold summary (``parent_summary`` of a CrossValidationDoc).
+    title, attribution
+        Figure title; source of the reference data, printed under the axes.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"single_point": ("C0", "single point"), "relaxed": ("C3", "relaxed")}
+    x = np.array([p["n_train_groups"] for p in curve["points"]])
+    for ax, figure, scale, unit in (
+        (axes[0], "mae", 1.0, "J/m²"),
+        (axes[1], "mape", 100.0, "%"),
+    ):
+        for mode, (colour, label) in styles.items():
+            stats = [_mean_std(p["figures"].get(mode, {}).get(figure)) for p in curve["points"]]
+            means = np.array([m for m, _ in stats]) * scale
+            ax.errorbar(x, means, yerr=[s * scale for _, s in stats], fmt="o-", color=colour,
+                        capsize=3, label=label)  # fmt: skip
+            fit = curve["fits"].get(mode, {}).get(figure)
+            if fit:
+                end = fit["n_at_target"] if fit["n_at_target"] else x.max()
+                grid = np.geomspace(x.min(), min(max(end, x.max()), 50 * x.max()), 50)
+                ax.plot(grid, fit["prefactor"] * grid ** fit["slope"] * scale, ":", color=colour)
+            if parent and mode in parent:
+                value = _mean_std(parent[mode].get(figure))[0] * scale
+                ax.axhline(value, color=colour, lw=0.8, alpha=0.4)
+        if figure in curve["targets"]:
+            ax.axhline(curve["targets"][figure] * scale, color="k", ls="--", lw=0.8, label="target")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(x, [f"{n:g}" for n in x])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("training elements")
+        ax.set_ylabel(f"held-out γ {figure.upper()}, {unit}")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "learning curve over the number of training elements", fontsize=10)
     if attribution:
         fig.text(0.01, 0.005, attribution, fontsize=7, color="0.4")
     return _save(fig, path)
