@@ -95,7 +95,7 @@ PARENT = "chgnet-0.3.0"
 #: The stores the runner reads besides the JobStore.
 RUNNER_STORES = ("references", "splits", "surface_errors", "benchmarks")
 #: What ``--quick`` changes (stated in the JSON).
-#: Issue 22's targets on held-out elements: relaxed gamma MAE and |mean signed| in J/m²,
+#: The targets on held-out elements: relaxed gamma MAE and |mean signed| in J/m²,
 #: MAPE a fraction (the learning curve's fits say where they would be reached).
 TARGETS = {"mae": 0.10, "mape": 0.12, "abs_mean_signed_error": 0.03}
 QUICK = {"seeds": [0], "epochs": 2, "max_train_slabs": 60, "max_relaxed_slabs": 4}

@@ -40,6 +40,8 @@ STATE_TARGET = "surface_errors"
 #: ``state_id`` of the document recording what the sources held when the last complete
 #: build started.
 SOURCES_STATE_ID = f"{STATE_TARGET}|sources"
+#: Each source store and the time stamp its writes set.
+SOURCE_STAMPS = (("outputs", "completed_at"), ("references", "ingested_at"))
 
 Group = tuple[str, str, str]  # (model_id, set_name, mode)
 
@@ -165,9 +167,6 @@ class SurfaceEnergyErrorBuilder(Builder):
                 stamps[doc["set_name"]][doc["key"]] = doc
         return stamps, materials
 
-    #: Each source and the time stamp its writes set.
-    SOURCE_STAMPS = (("outputs", "completed_at"), ("references", "ingested_at"))
-
     def _source_marks(self) -> dict[str, list] | None:
         """[number of documents, newest time stamp] of each source, where the store answers
         them from its indexes; None on MontyDB, where they cost a read of every document
@@ -175,9 +174,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         :mod:`surfflows.builders.last_build`)."""
         if is_embedded(self.outputs) or is_embedded(self.references):
             return None
-        return {
-            name: source_marks(getattr(self, name), stamp) for name, stamp in self.SOURCE_STAMPS
-        }
+        return {name: source_marks(getattr(self, name), stamp) for name, stamp in SOURCE_STAMPS}
 
     def _sources_unchanged(self) -> bool:
         """The sources hold what they held when the last complete build started.
@@ -192,7 +189,7 @@ class SurfaceEnergyErrorBuilder(Builder):
         stored = self.state.query_one({"state_id": SOURCES_STATE_ID})
         return stored is not None and all(
             name in stored and unchanged_since(getattr(self, name), stamp, stored[name])
-            for name, stamp in self.SOURCE_STAMPS
+            for name, stamp in SOURCE_STAMPS
         )
 
     def _stored_state(self) -> dict[Group, dict]:
