@@ -157,6 +157,33 @@ def embedded_storage(db_dir: Path) -> str | None:
     return sections[0] if sections else None
 
 
+def query_collection(
+    name: str, criteria: dict[str, Any], settings: SurfflowsSettings | None = None
+) -> list[dict]:
+    """Documents of one named collection matching ``criteria``, for commands that only read.
+
+    On the embedded database montydb's own client reads them, without importing maggma
+    (whose ``maggma.stores`` imports boto3, paramiko and gridfs: a second, most of
+    ``surfflows results`` at 100k slab results), and without writing its storage
+    configuration as a MontyStore's ``connect`` does; on MongoDB a maggma store reads them.
+    """
+    settings = settings or get_settings()
+    if name not in STORE_NAMES:
+        raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+    if settings.mongodb_uri:
+        with get_store(name, settings) as store:
+            return list(store.query(criteria))
+    if embedded_storage(settings.db_dir) is None:  # no database here yet
+        return []
+    from montydb import MontyClient
+
+    client = MontyClient(str(settings.db_dir))  # with the storage its configuration names
+    try:
+        return list(client[settings.database][name].find(criteria))
+    finally:
+        client.close()
+
+
 def get_job_store(settings: SurfflowsSettings | None = None) -> JobStore:
     """Return the jobflow JobStore: docs in ``outputs``, large data in ``outputs_data``.
 

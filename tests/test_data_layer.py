@@ -34,6 +34,7 @@ from surfflows.stores import (
     get_job_store,
     get_store,
     insert_new_documents,
+    query_collection,
     writer_lock,
 )
 
@@ -283,6 +284,22 @@ def test_export_import_round_trip(tmp_path, monkeypatch):
         assert references.count() == 1
     original = sorted(small_docs(50), key=lambda d: d["error_id"])
     assert [{k: v for k, v in d.items() if k != "_id"} for d in restored] == original
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "lightning"])
+def test_a_read_without_maggma_finds_what_the_store_finds(monkeypatch, storage):
+    """``query_collection`` (what ``surfflows results`` reads with) matches the MontyStore
+    query, on each engine, and finds nothing (creating nothing) where no database is yet."""
+    assert query_collection("surface_errors", {}) == []
+    assert not get_settings().db_dir.exists()
+    monkeypatch.setenv("SURFFLOWS_DB_STORAGE", storage)
+    with get_store("surface_errors") as errors:
+        insert_new_documents(errors, small_docs(20), key="error_id")
+        criteria = {"miller_index": [1, 1, 2]}
+        expected = list(errors.query(criteria))
+    assert expected and query_collection("surface_errors", criteria) == expected
+    with pytest.raises(ValueError, match="unknown store 'errors'"):
+        query_collection("errors", {})
 
 
 def corrupt(path: Path) -> None:

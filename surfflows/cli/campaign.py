@@ -88,8 +88,8 @@ def results(
     output: Annotated[Path | None, typer.Option(help="Write json/csv here.")] = None,
 ) -> None:
     """List surface energies (newest per slab and model) as a table, JSON or CSV."""
-    from surfflows.reports.query import export, surface_energies
-    from surfflows.stores import get_store
+    from surfflows.reports.query import export, newest_surface_energies, surface_energy_criteria
+    from surfflows.stores import query_collection
 
     miller_index = parse_miller(miller)
     if formula is not None or material is not None:
@@ -108,13 +108,10 @@ def results(
         fail(f"--format {fmt!r}: use table, json or csv")
     if output and not output.parent.is_dir():
         fail(f"--output {output}: folder {output.parent} does not exist")
-    docs = surface_energies(
-        get_store("outputs"),
-        formula=formula,
-        material_id=material,
-        miller_index=miller_index,
-        model_id=model,
+    criteria = surface_energy_criteria(
+        formula=formula, material_id=material, miller_index=miller_index, model_id=model
     )
+    docs = newest_surface_energies(query_collection("outputs", criteria))
     if fmt == "table":
         _print_surface_table(docs, title=f"{len(docs)} surface energies")
         return

@@ -1,8 +1,8 @@
 """Queries over campaign results in the JobStore: surface energies, reusable results.
 
-:func:`surface_energies` and its exports import neither jobflow nor pymatgen (a second or
-two at the start of ``surfflows results``); the queries that rebuild documents and slabs
-import them where they run.
+:func:`surface_energies`, its parts and its exports import neither jobflow nor pymatgen (a
+second or two at the start of ``surfflows results``); the queries that rebuild documents and
+slabs import them where they run.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from surfflows.core.text import miller_text
@@ -39,28 +40,20 @@ SURFACE_ENERGY_COLUMNS = (
 )
 
 
-def surface_energies(
-    store: Store,
+def surface_energy_criteria(
     *,
     formula: str | None = None,
     material_id: str | None = None,
     miller_index: tuple[int, int, int] | None = None,
     model_id: str | None = None,
-    latest_only: bool = True,
     criteria: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Surface-energy documents matching the filters, sorted by material, facet, gamma.
+) -> dict[str, Any]:
+    """Query criteria of the stored surface-energy job documents matching the filters.
 
     Parameters
     ----------
-    store
-        The campaign JobStore, or its docs store ``outputs`` (what ``surfflows results``
-        opens: it needs no jobflow import).
     formula, material_id, miller_index, model_id
         Optional exact-match filters.
-    latest_only
-        Keep only the newest document per (material, model, facet, shift, termination), so
-        reruns of a campaign do not show twice.
     criteria
         Further query criteria on the stored job documents (e.g. job metadata).
     """
@@ -73,10 +66,16 @@ def surface_energies(
     ):
         if value is not None:
             criteria[f"output.{field}"] = value
-    with store:
-        docs = [
-            d["output"] | {"completed_at": d.get("completed_at")} for d in store.query(criteria)
-        ]
+    return criteria
+
+
+def newest_surface_energies(
+    job_docs: Iterable[dict[str, Any]], latest_only: bool = True
+) -> list[dict[str, Any]]:
+    """The surface-energy documents of stored job documents, sorted by material, facet,
+    gamma; with ``latest_only`` only the newest per (material, model, facet, shift,
+    termination), so reruns of a campaign do not show twice."""
+    docs = [d["output"] | {"completed_at": d.get("completed_at")} for d in job_docs]
     if latest_only:
         newest: dict[tuple, dict] = {}
         for doc in sorted(docs, key=lambda d: d["completed_at"] or ""):
@@ -98,6 +97,38 @@ def surface_energies(
             d["gamma"] if d["gamma"] is not None else float("inf"),
         ),
     )
+
+
+def surface_energies(
+    store: Store,
+    *,
+    formula: str | None = None,
+    material_id: str | None = None,
+    miller_index: tuple[int, int, int] | None = None,
+    model_id: str | None = None,
+    latest_only: bool = True,
+    criteria: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Surface-energy documents matching the filters, sorted by material, facet, gamma.
+
+    Parameters
+    ----------
+    store
+        The campaign JobStore, or its docs store ``outputs``.
+    formula, material_id, miller_index, model_id, criteria
+        Filters (:func:`surface_energy_criteria`).
+    latest_only
+        See :func:`newest_surface_energies`.
+    """
+    criteria = surface_energy_criteria(
+        formula=formula,
+        material_id=material_id,
+        miller_index=miller_index,
+        model_id=model_id,
+        criteria=criteria,
+    )
+    with store:
+        return newest_surface_energies(store.query(criteria), latest_only=latest_only)
 
 
 def to_rows(docs: list[dict[str, Any]], columns=SURFACE_ENERGY_COLUMNS) -> list[dict[str, Any]]:
