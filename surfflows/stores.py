@@ -82,6 +82,11 @@ STORE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _check_store_name(name: str) -> None:
+    if name not in STORE_NAMES:
+        raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+
+
 def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
     """Return the (unconnected) maggma store for one named collection.
 
@@ -97,8 +102,7 @@ def get_store(name: str, settings: SurfflowsSettings | None = None) -> Store:
     Store
         A MongoURIStore if a MongoDB URI is configured, else a MontyStore on disk.
     """
-    if name not in STORE_NAMES:
-        raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+    _check_store_name(name)
     # maggma takes a second to import: not at the start of commands that open no store
     from maggma.stores import MongoURIStore, MontyStore
 
@@ -168,8 +172,7 @@ def query_collection(
     configuration as a MontyStore's ``connect`` does; on MongoDB a maggma store reads them.
     """
     settings = settings or get_settings()
-    if name not in STORE_NAMES:
-        raise ValueError(f"unknown store {name!r}; known stores: {', '.join(STORE_NAMES)}")
+    _check_store_name(name)
     if settings.mongodb_uri:
         with get_store(name, settings) as store:
             return list(store.query(criteria))
