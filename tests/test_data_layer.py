@@ -23,6 +23,7 @@ from surfflows.builders.last_build import (
     unchanged_since_last_build,
 )
 from surfflows.cli import app
+from surfflows.core.benchmark import ALIGNMENT_TOLERANCE_EV
 from surfflows.flows.evaluate import EvaluateMaker
 from surfflows.io.ingest import ingest_path
 from surfflows.io.inputs import reference_inputs, reference_items
@@ -154,9 +155,9 @@ def test_a_build_after_new_results_of_one_set_reads_and_writes_only_their_work(t
     assert untouched and all(after[k] == before[k] for k in untouched)
 
 
-def evaluation_job(refs: list[dict], model_id: str = "model-a") -> dict:
-    """A stored EvaluationDoc job document of ``refs``: the DFT energies shifted by 0.01 eV
-    per atom (no model run: what the builders read of it)."""
+def evaluation_job(refs: list[dict], model_id: str = "model-a", shift: float = 0.01) -> dict:
+    """A stored EvaluationDoc job document of ``refs``: the DFT energies shifted by ``shift``
+    eV per atom (no model run: what the builders read of it)."""
     from surfflows.core.timestamps import now_iso
     from surfflows.schemas.evaluate import ModelEnergyDoc
 
@@ -165,8 +166,8 @@ def evaluation_job(refs: list[dict], model_id: str = "model-a") -> dict:
             reference_key=r["key"],
             doc_type=r["doc_type"],
             n_atoms=r["n_atoms"],
-            energy=r["ref_energy"] + 0.01 * r["n_atoms"],
-            energy_per_atom=r["ref_energy"] / r["n_atoms"] + 0.01,
+            energy=r["ref_energy"] + shift * r["n_atoms"],
+            energy_per_atom=r["ref_energy"] / r["n_atoms"] + shift,
             converged=True,
         ).model_dump()
         for r in refs
@@ -174,11 +175,78 @@ def evaluation_job(refs: list[dict], model_id: str = "model-a") -> dict:
     ]
     output = {"@class": "EvaluationDoc", "model_id": model_id, "set_name": refs[0]["set_name"]}
     return {
-        "uuid": f"evaluation-{model_id}-{len(refs)}",
+        "uuid": f"evaluation-{model_id}-{refs[0]['key']}-{len(refs)}",
         "index": 1,
         "completed_at": now_iso(),
         "output": output | {"mode": "single_point", "results": results},
     }
+
+
+def bulk_copies(bulks: list[dict], first: int, count: int) -> list[dict]:
+    """Reference bulks of ``count`` new materials, each a copy of one of ``bulks``."""
+    from surfflows.core.timestamps import now_iso
+
+    return [
+        bulk
+        | {"key": f"{bulk['key']}-copy{i}", "material_id": f"copy{i}", "ingested_at": now_iso()}
+        for i in range(first, first + count)
+        for bulk in [bulks[i % len(bulks)]]
+    ]
+
+
+def test_bulks_only_added_keep_the_stored_alignment_unless_it_moves(tiny_set):  # noqa: F811
+    """New bulks that leave the per-element offsets (fitted on the other split parts) where
+    they were are written alone; a bulk that moves them has every bulk error refitted."""
+    ingest_path(tiny_set)
+    with get_store("references") as references:
+        refs = [{k: v for k, v in d.items() if k != "_id"} for d in references.query({})]
+    bulks = [r for r in refs if r["doc_type"] == "bulk"]
+
+    def add(docs: list[dict], shift: float = 0.01) -> dict[str, int]:
+        with get_store("references") as references, get_store("outputs") as outputs:
+            insert_new_documents(references, docs, key="key")
+            insert_new_documents(outputs, [evaluation_job(docs, shift=shift)], key="uuid")
+        builders = configured_builders()
+        run_builders(builders)
+        return dict(builders[0].counts)
+
+    first = bulk_copies(bulks, 0, 12)  # four materials of each element
+    add([r for r in refs if r["doc_type"] in ("slab", "bulk")] + first)
+    before = errors_by_id()
+    n_bulks = sum(d["kind"] == "bulk" for d in before.values())
+    assert n_bulks == len(bulks) + 12
+    assert any(d["kind"] == "bulk" and d["status"] == "ok" for d in before.values())
+
+    # three more materials, their energies off by what the others' are: offsets unchanged
+    counts = add(bulk_copies(bulks, 12, 3))
+    assert counts["written"] == 3 and counts["replaced"] == 0
+    assert counts["alignments kept"] == 1
+    kept = errors_by_id()
+    assert all(kept[k] == before[k] for k in before)
+    with get_store("builder_state") as state, get_store("surface_errors") as errors:
+        state.remove_docs({})
+        errors.remove_docs({})
+    run_builders(configured_builders())  # a build from nothing: the same errors
+    refitted = errors_by_id()
+    aligned = "aligned_energy_error_per_atom"
+    assert refitted.keys() == kept.keys()
+    for key, doc in kept.items():
+        assert content({key: doc | {aligned: None}}) == content(
+            {key: refitted[key] | {aligned: None}}
+        )
+        if doc[aligned] is not None:
+            assert doc[aligned] == pytest.approx(refitted[key][aligned], abs=ALIGNMENT_TOLERANCE_EV)
+
+    # one material 40 meV/atom off the others: the offsets move, every bulk is refitted
+    counts = add(bulk_copies(bulks, 15, 1), shift=0.05)
+    assert "alignments kept" not in counts
+    assert counts["written"] == n_bulks + 4 and counts["replaced"] == n_bulks + 3
+    shifted = errors_by_id()
+    assert any(
+        d[aligned] != refitted[k][aligned]
+        for k, d in shifted.items()
+        if d["kind"] == "bulk" and d[aligned] is not None and k in refitted
+    )
 
 
 def build_did_work() -> bool:

@@ -16,7 +16,12 @@ from typer.testing import CliRunner
 
 from surfflows.builders import configured_builders, run_builders
 from surfflows.cli import app
-from surfflows.core.benchmark import bulk_energy_errors, bulk_summary
+from surfflows.core.benchmark import (
+    alignment_drift,
+    alignment_offsets,
+    bulk_energy_errors,
+    bulk_summary,
+)
 from surfflows.engine.finetune import Objective, build_batch, reference_data
 from surfflows.engine.models import load_model
 from surfflows.flows.evaluate import EvaluateMaker
@@ -187,6 +192,16 @@ def test_bulk_alignment_recovers_per_element_offsets_on_a_disjoint_part():
     assert rows["set:b0"]["alignment"] == "offsets fitted on the bulks of parts test,val"
     stats = bulk_summary(list(rows.values()))
     assert stats["n"] == 30 and stats["raw_energy_mae"] > 0.3 and stats["force_mae"] is None
+
+    # offsets fitted once apply to a few bulks alone, as to all of them
+    offsets = alignment_offsets(refs, model, parts)
+    assert bulk_energy_errors(refs[1:3], model, parts, offsets=offsets) == {
+        r["key"]: rows[r["key"]] for r in refs[1:3]
+    }
+    # without the perturbed bulk the offsets move a little; a fit of other parts is no match
+    drift = alignment_drift(offsets, alignment_offsets(refs[1:], model, parts))
+    assert 0 < drift < 0.01
+    assert alignment_drift(offsets, {"train": offsets["train"]}) is None
 
 
 def _structure(comp: dict[str, int]):

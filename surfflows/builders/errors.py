@@ -6,8 +6,10 @@ atom, forces where labelled) of every evaluated (model, set, mode).
 Incremental by what changed: one projected query of each source (evaluation and reference
 keys and time stamps) is compared with the small ``builder_state`` document of each
 group; only new evaluations and new references are processed, and only their error
-documents are written (a group's bulk errors are refitted together, since the alignment
-of each bulk is fitted on the others).
+documents are written. A bulk's alignment is fitted on the group's other bulks: where
+bulks are only added and the fit on all of them moves no offset by more than
+``ALIGNMENT_TOLERANCE_EV`` (0.1 meV/atom), the stored offsets stay (recorded in the group's
+state) and only the new bulks are written; else every bulk error of the group is refitted.
 """
 
 from __future__ import annotations
@@ -325,17 +327,19 @@ class SurfaceEnergyErrorBuilder(Builder):
             if needs_elements and doc["set_name"] == elemental and doc["doc_type"] == "bulk":
                 elemental_docs.append(doc)
         self.counts["references"] = len(references)
+        splits = {
+            set_name: split_of_materials(set_name, materials[set_name], store=self.splits)
+            for set_name in sorted({p.group[1] for p in plans})
+        }
+        for plan, item in zip(plans, work, strict=True):
+            if item["bulks"] and not plan.full:
+                self._align(plan, item, references, splits[plan.group[1]].assignments)
         # the stored documents this build replaces, found in one read of the target
         self._removal = prepare_removal(
             self.surface_errors, {p.group: w["replaced"] for p, w in zip(plans, work, strict=True)}
         )
-        splits = {}
         for plan, item in zip(plans, work, strict=True):
             model_id, set_name, mode = plan.group
-            if set_name not in splits:
-                splits[set_name] = split_of_materials(
-                    set_name, materials[set_name], store=self.splits
-                )
             formation_offsets = None
             if plan.elemental_stamps:
                 elemental_group = (model_id, elemental, mode)
@@ -348,6 +352,36 @@ class SurfaceEnergyErrorBuilder(Builder):
                 "assignments": splits[set_name].assignments,
                 "formation_offsets": formation_offsets,
             }
+
+    def _align(
+        self, plan: _Plan, item: dict[str, Any], references: dict[str, dict], assignments: dict
+    ) -> None:
+        """Decide how a group's refitted bulks are aligned: with the stored offsets, writing
+        only the added bulks, where bulks were only added and the offsets fitted on all of
+        them moved by at most ``ALIGNMENT_TOLERANCE_EV``; else with the new fit, every bulk
+        error replaced. Sets the item's ``bulk_offsets``, ``added_bulks`` and ``replaced``."""
+        from surfflows.core.benchmark import (
+            ALIGNMENT_TOLERANCE_EV,
+            alignment_drift,
+            alignment_offsets,
+        )
+
+        bulks = [
+            references[k]
+            for k in sorted(item["keys"])
+            if k in references and references[k]["doc_type"] == "bulk"
+        ]
+        fitted = alignment_offsets(bulks, item["energies"], assignments)
+        stored, added = item["bulk_offsets"], item["added_bulks"]
+        drift = None if stored is None else alignment_drift(stored, fitted)
+        if added is not None and drift is not None and drift <= ALIGNMENT_TOLERANCE_EV:
+            self.counts["alignments kept"] += 1
+            return
+        model_id, set_name, mode = plan.group
+        item["replaced"].append(
+            {"model_id": model_id, "set_name": set_name, "mode": mode, "kind": "bulk"}
+        )
+        item.update(bulk_offsets=fitted, added_bulks=None)
 
     def _work(
         self,
@@ -379,6 +413,8 @@ class SurfaceEnergyErrorBuilder(Builder):
                 "energies": energies,
                 "bulks": True,
                 "replaced": replaced,
+                "added_bulks": None,
+                "bulk_offsets": None,
             }
         stamp = plan.state["references_updated_at"]
         new_refs = {k for k, r in refs.items() if r["ingested_at"] > stamp}
@@ -391,24 +427,41 @@ class SurfaceEnergyErrorBuilder(Builder):
         keys = slab_keys | {refs[k]["bulk_key"] for k in slab_keys if refs[k].get("bulk_key")}
         if redo_bulks:
             keys |= set(bulks)
-        # documents written by an earlier build that are replaced now: re-evaluated slabs,
-        # and every bulk where the bulks are refitted
+        # documents written by an earlier build that are replaced now: re-evaluated slabs
+        # (and every bulk where the bulks are refitted: added in get_items)
         evaluated_again = sorted(f"{model_id}|{mode}|{k}" for k in slab_keys if k not in new_refs)
         replaced = [{"error_id": {"$in": evaluated_again}}] if evaluated_again else []
-        if redo_bulks:
-            replaced.append(group | {"kind": "bulk"})
+        # Bulks only added (new, or evaluated for the first time), the elemental energies
+        # as they were: the stored alignment may stay, and only the new bulks be written.
+        old_evaluated = {
+            k
+            for uuid_index, covered in keys_of.items()
+            if uuid_index not in plan.new_evaluations
+            for k in covered
+        }
+        added_bulks = {k for k in changed & set(bulks) if k not in old_evaluated}
+        only_added = (
+            redo_bulks
+            and added_bulks == changed & set(bulks)
+            and plan.elemental_stamps
+            == (plan.state.get("elemental_stamps") and tuple(plan.state["elemental_stamps"]))
+            and plan.state.get("bulk_offsets") is not None
+        )
         return item | {
             "keys": keys,
             "energies": {k: energies[k] for k in keys if k in energies},
             "bulks": redo_bulks,
             "slab_keys": slab_keys,
             "replaced": replaced,
+            "added_bulks": added_bulks if only_added else None,
+            "bulk_offsets": plan.state.get("bulk_offsets"),
         }
 
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
         """SurfaceErrorDocs of the group's new work: one per reference slab it changed and,
         where bulks changed, one per evaluated reference bulk."""
         from surfflows.core.benchmark import (
+            alignment_offsets,
             bulk_energy_errors,
             chemistry_class,
             facet_family,
@@ -459,11 +512,17 @@ class SurfaceEnergyErrorBuilder(Builder):
                     **fields,
                 )
             )
+        offsets = item.get("bulk_offsets")
         if item["bulks"]:
             # Bulks the evaluation covered (a slab set's bulks and a bulk-only set's alike).
             bulks = [r for r in refs.values() if r["doc_type"] == "bulk" and r["key"] in energies]
+            if offsets is None:
+                offsets = alignment_offsets(bulks, energies, item["assignments"])
+            added = item.get("added_bulks")
+            if added is not None:  # the stored alignment kept: only the added bulks written
+                bulks = [r for r in bulks if r["key"] in added]
             bulk_errors = bulk_energy_errors(
-                bulks, energies, item["assignments"], item.get("formation_offsets")
+                bulks, energies, item["assignments"], item.get("formation_offsets"), offsets
             )
             for ref in bulks:
                 docs.append(
@@ -486,6 +545,8 @@ class SurfaceEnergyErrorBuilder(Builder):
             "references_updated_at": item["references_updated_at"],
             "elemental_stamps": item["elemental_stamps"],
             "n_references": item["n_references"],
+            # what the stored bulk errors are aligned with (part -> element -> eV/atom)
+            "bulk_offsets": offsets,
         }
         return {
             "docs": docs,

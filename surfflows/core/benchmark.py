@@ -143,13 +143,18 @@ def slab_surface_error(
 
 
 def _composition(structure: dict[str, Any]) -> Composition:
-    """The composition of a Structure's ``as_dict()`` (sum of site occupancies), read without
-    building the Structure (about 1 ms per slab)."""
+    """The composition of a Structure's ``as_dict()``, read without building the Structure
+    (about 1 ms per slab)."""
+    return Composition(_amounts(structure))
+
+
+def _amounts(structure: dict[str, Any]) -> dict[str, float]:
+    """Element -> sum of site occupancies of a Structure's ``as_dict()``."""
     amounts: dict[str, float] = {}
     for site in structure["sites"]:
         for species in site["species"]:
             amounts[species["element"]] = amounts.get(species["element"], 0) + species["occu"]
-    return Composition(amounts)
+    return amounts
 
 
 def reason_category(reason: str | None) -> str | None:
@@ -248,11 +253,68 @@ def elemental_offsets(
     return offsets
 
 
+#: Largest change of a per-element alignment offset (eV/atom) below which a build that only
+#: adds bulks keeps a group's stored offsets (and its stored bulk errors): a tenth of a
+#: meV/atom, far below the tens of meV/atom of aligned errors the forgetting check compares.
+ALIGNMENT_TOLERANCE_EV = 1e-4
+
+
+def _usable_bulks(
+    ref_bulks: Sequence[dict[str, Any]], model_bulks: dict[str, dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, float], float]]:
+    """(reference, composition, residual per atom ``E_ref / N - E_model / N``) of every bulk
+    that is not flagged and that the model evaluated and converged on."""
+    usable = []
+    for ref in ref_bulks:
+        model = model_bulks.get(ref["key"])
+        if ref.get("flags") or not model or not model.get("converged"):
+            continue
+        if model.get("energy") is None:
+            continue
+        residual = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
+        usable.append((ref, _amounts(ref["structure"]), residual))
+    return usable
+
+
+def alignment_offsets(
+    ref_bulks: Sequence[dict[str, Any]],
+    model_bulks: dict[str, dict[str, Any]],
+    assignments: dict[str, str],
+) -> dict[str, dict[str, float]]:
+    """Per split part, the element offsets that align its bulks: :func:`fit_element_offsets`
+    on the usable bulks of the *other* parts (disjoint from it).
+
+    Arguments as :func:`bulk_energy_errors`; returns part -> element -> ``mu_el`` (eV/atom)
+    for every part holding a usable bulk (``none`` for materials without a part).
+    """
+    usable = _usable_bulks(ref_bulks, model_bulks)
+    part_of = [assignments.get(ref["material_id"], "none") for ref, _, _ in usable]
+    offsets = {}
+    for part in sorted(set(part_of)):
+        others = [(c, r) for (_, c, r), p in zip(usable, part_of, strict=True) if p != part]
+        offsets[part] = fit_element_offsets([c for c, _ in others], [r for _, r in others])
+    return offsets
+
+
+def alignment_drift(
+    stored: dict[str, dict[str, float]], fitted: dict[str, dict[str, float]]
+) -> float | None:
+    """Largest change of an offset between two :func:`alignment_offsets` fits (eV/atom);
+    None where they do not cover the same parts and elements (no comparison holds)."""
+    if stored.keys() != fitted.keys() or any(stored[p].keys() != fitted[p].keys() for p in stored):
+        return None
+    return max(
+        (abs(fitted[p][el] - mu) for p, mus in stored.items() for el, mu in mus.items()),
+        default=0.0,
+    )
+
+
 def bulk_energy_errors(
     ref_bulks: Sequence[dict[str, Any]],
     model_bulks: dict[str, dict[str, Any]],
     assignments: dict[str, str],
     formation_offsets: dict[str, float] | None = None,
+    offsets: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Aligned energy (and force) error fields of every reference bulk of one set.
 
@@ -270,6 +332,9 @@ def bulk_energy_errors(
     formation_offsets
         :func:`elemental_offsets` of the same model and mode; adds
         ``formation_energy_error_per_atom`` (model - DFT formation energy, eV/atom).
+    offsets
+        :func:`alignment_offsets` to apply (fitted before on the set's bulks, of which
+        ``ref_bulks`` may then be a few); None: fitted here on ``ref_bulks``.
 
     Returns
     -------
@@ -280,11 +345,12 @@ def bulk_energy_errors(
         ``alignment`` (what the offsets were fitted on), ``force_mae`` (eV/Å, where the
         reference has forces and the model gave them), ``n_atoms``.
     """
+    if offsets is None:
+        offsets = alignment_offsets(ref_bulks, model_bulks, assignments)
     out: dict[str, dict[str, Any]] = {}
-    usable: list[tuple[dict, dict[str, float], float]] = []
     for ref in ref_bulks:
         model = model_bulks.get(ref["key"])
-        fields: dict[str, Any] = {
+        out[ref["key"]] = {
             "status": "excluded",
             "reason": None,
             "energy_error_per_atom": None,
@@ -294,47 +360,35 @@ def bulk_energy_errors(
             "force_mae": None,
             "n_atoms": ref["n_atoms"],
         }
-        out[ref["key"]] = fields
         if ref.get("flags"):
-            fields["reason"] = "flagged: " + ",".join(ref["flags"])
+            out[ref["key"]]["reason"] = "flagged: " + ",".join(ref["flags"])
         elif model is None:
-            fields["reason"] = "not evaluated"
+            out[ref["key"]]["reason"] = "not evaluated"
         elif not model.get("converged") or model.get("energy") is None:
-            fields["reason"] = "model failed on bulk"
-        else:
-            residual = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
-            fields["energy_error_per_atom"] = -residual
-            if model.get("forces") is not None and ref.get("ref_forces") is not None:
-                delta = np.asarray(model["forces"]) - np.asarray(ref["ref_forces"])
-                fields["force_mae"] = float(np.abs(delta).mean())
-            comp = _composition(ref["structure"]).as_dict()
-            usable.append((ref, comp, residual))
-            shift = offset_of(comp, formation_offsets or {})
-            if shift is not None:
-                fields["formation_energy_error_per_atom"] = shift - residual
-    parts = sorted({assignments.get(ref["material_id"], "none") for ref, _, _ in usable})
-    for part in parts:
-        others = [
-            (comp, r)
-            for ref, comp, r in usable
-            if assignments.get(ref["material_id"], "none") != part
-        ]
-        offsets = fit_element_offsets([c for c, _ in others], [r for _, r in others])
-        alignment = "offsets fitted on the bulks of parts " + ",".join(
-            p for p in parts if p != part
+            out[ref["key"]]["reason"] = "model failed on bulk"
+    for ref, comp, residual in _usable_bulks(ref_bulks, model_bulks):
+        fields = out[ref["key"]]
+        fields["energy_error_per_atom"] = -residual
+        model, reference_forces = model_bulks[ref["key"]], ref.get("ref_forces")
+        if model.get("forces") is not None and reference_forces is not None:
+            delta = np.asarray(model["forces"]) - np.asarray(reference_forces)
+            fields["force_mae"] = float(np.abs(delta).mean())
+        shift = offset_of(comp, formation_offsets or {})
+        if shift is not None:
+            fields["formation_energy_error_per_atom"] = shift - residual
+        part = assignments.get(ref["material_id"], "none")
+        part_offsets = offsets.get(part, {})
+        shift = offset_of(comp, part_offsets)
+        if shift is None:
+            missing = sorted(set(comp) - part_offsets.keys())
+            fields["reason"] = "elements outside the alignment fit: " + ",".join(missing)
+            continue
+        fields.update(
+            status="ok",
+            aligned_energy_error_per_atom=shift - residual,
+            alignment="offsets fitted on the bulks of parts "
+            + ",".join(p for p in sorted(offsets) if p != part),
         )
-        for ref, comp, residual in usable:
-            if assignments.get(ref["material_id"], "none") != part:
-                continue
-            fields = out[ref["key"]]
-            shift = offset_of(comp, offsets)
-            if shift is None:
-                missing = sorted(set(comp) - offsets.keys())
-                fields["reason"] = "elements outside the alignment fit: " + ",".join(missing)
-                continue
-            fields.update(
-                status="ok", aligned_energy_error_per_atom=shift - residual, alignment=alignment
-            )
     return out
 
 
