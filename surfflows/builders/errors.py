@@ -421,9 +421,11 @@ class SurfaceEnergyErrorBuilder(Builder):
         evaluated = {k for uuid_index in plan.new_evaluations for k in keys_of.get(uuid_index, ())}
         changed = new_refs | evaluated
         slab_keys = {k for k in slabs if k in changed or refs[k].get("bulk_key") in changed}
-        redo_bulks = bool(changed & set(bulks)) or plan.elemental_stamps != (
+        elemental_changed = plan.elemental_stamps != (
             plan.state.get("elemental_stamps") and tuple(plan.state["elemental_stamps"])
         )
+        changed_bulks = changed & set(bulks)
+        redo_bulks = bool(changed_bulks) or elemental_changed
         keys = slab_keys | {refs[k]["bulk_key"] for k in slab_keys if refs[k].get("bulk_key")}
         if redo_bulks:
             keys |= set(bulks)
@@ -439,12 +441,10 @@ class SurfaceEnergyErrorBuilder(Builder):
             if uuid_index not in plan.new_evaluations
             for k in covered
         }
-        added_bulks = {k for k in changed & set(bulks) if k not in old_evaluated}
         only_added = (
             redo_bulks
-            and added_bulks == changed & set(bulks)
-            and plan.elemental_stamps
-            == (plan.state.get("elemental_stamps") and tuple(plan.state["elemental_stamps"]))
+            and not elemental_changed
+            and not changed_bulks & old_evaluated
             and plan.state.get("bulk_offsets") is not None
         )
         return item | {
@@ -453,7 +453,7 @@ class SurfaceEnergyErrorBuilder(Builder):
             "bulks": redo_bulks,
             "slab_keys": slab_keys,
             "replaced": replaced,
-            "added_bulks": added_bulks if only_added else None,
+            "added_bulks": changed_bulks if only_added else None,
             "bulk_offsets": plan.state.get("bulk_offsets"),
         }
 

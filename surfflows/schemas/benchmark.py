@@ -45,7 +45,10 @@ class SurfaceErrorDoc(OutputDoc):
         description="Raw energy error (model - DFT), eV/atom; None without a DFT energy."
     )
     aligned_energy_error_per_atom: float | None = Field(
-        default=None, description="Bulks: energy error after per-element alignment, eV/atom."
+        default=None,
+        description="Bulks: energy error after per-element alignment, eV/atom (offsets "
+        "fitted on the bulks of the other split parts; kept while bulks added move them by at "
+        "most 0.1 meV/atom).",
     )
     formation_energy_error_per_atom: float | None = Field(
         default=None,
