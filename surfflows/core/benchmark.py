@@ -267,13 +267,21 @@ def _usable_bulks(
     usable = []
     for ref in ref_bulks:
         model = model_bulks.get(ref["key"])
-        if ref.get("flags") or not model or not model.get("converged"):
-            continue
-        if model.get("energy") is None:
-            continue
-        residual = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
-        usable.append((ref, _amounts(ref["structure"]), residual))
+        if _bulk_exclusion(ref, model) is None:
+            residual = (ref["ref_energy"] - model["energy"]) / ref["n_atoms"]
+            usable.append((ref, _amounts(ref["structure"]), residual))
     return usable
+
+
+def _bulk_exclusion(ref: dict[str, Any], model: dict[str, Any] | None) -> str | None:
+    """Why a reference bulk has no energy error under a model, or None."""
+    if ref.get("flags"):
+        return "flagged: " + ",".join(ref["flags"])
+    if model is None:
+        return "not evaluated"
+    if not model.get("converged") or model.get("energy") is None:
+        return "model failed on bulk"
+    return None
 
 
 def alignment_offsets(
@@ -349,10 +357,9 @@ def bulk_energy_errors(
         offsets = alignment_offsets(ref_bulks, model_bulks, assignments)
     out: dict[str, dict[str, Any]] = {}
     for ref in ref_bulks:
-        model = model_bulks.get(ref["key"])
         out[ref["key"]] = {
             "status": "excluded",
-            "reason": None,
+            "reason": _bulk_exclusion(ref, model_bulks.get(ref["key"])),
             "energy_error_per_atom": None,
             "aligned_energy_error_per_atom": None,
             "formation_energy_error_per_atom": None,
@@ -360,12 +367,6 @@ def bulk_energy_errors(
             "force_mae": None,
             "n_atoms": ref["n_atoms"],
         }
-        if ref.get("flags"):
-            out[ref["key"]]["reason"] = "flagged: " + ",".join(ref["flags"])
-        elif model is None:
-            out[ref["key"]]["reason"] = "not evaluated"
-        elif not model.get("converged") or model.get("energy") is None:
-            out[ref["key"]]["reason"] = "model failed on bulk"
     for ref, comp, residual in _usable_bulks(ref_bulks, model_bulks):
         fields = out[ref["key"]]
         fields["energy_error_per_atom"] = -residual
